@@ -1,0 +1,48 @@
+// hybridize: the single binary. Subcommands live in cmd_*.cc.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "hyb/common/logging.h"
+
+namespace hyb::cli {
+
+int ReportError(const std::string& command, const Status& status) {
+  std::cerr << "hybridize " << command << ": error: " << status.message() << "\n";
+  return status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+}  // namespace hyb::cli
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: hybridize <command> [flags]
+
+Turns a pretrained Transformer into a task-specific hybrid of softmax and linear attention.
+
+commands:
+  logits     run a model directory on token ids and write fp32 logits (parity checks)
+  generate   greedy decoding with the KV cache from token ids
+
+Run 'hybridize <command> --help' for a command's flags. Environment: HYB_LOG_LEVEL
+(debug|info|warning|error) sets the log threshold.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "logits") return hyb::cli::RunLogits(args);
+  if (command == "generate") return hyb::cli::RunGenerate(args);
+  std::cerr << "hybridize: unknown command '" << command << "'\n\n" << kUsage;
+  return 2;
+}

@@ -1,0 +1,38 @@
+// Softmax attention with causal, offset and sliding-window masking, as one function so the
+// model runtime never branches on the LibTorch version: LibTorch 2.x uses the fused
+// scaled_dot_product_attention, 1.13 an equivalent math path.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace hyb::kernels {
+
+struct AttentionOptions {
+  // Absolute position of query 0; keys are at positions 0..Tk-1. With a KV cache of n tokens
+  // and Tq new ones, q_offset = n and Tk = n + Tq.
+  int64_t q_offset = 0;
+  // 0: plain causal. W > 0: query at position p sees keys at positions p-W+1 .. p
+  // (transformers' `kv_idx > q_idx - sliding_window`).
+  int64_t sliding_window = 0;
+  // Multiplier of q.k; the usual value is head_dim^-0.5.
+  double scale = 1.0;
+  // Use the math path even when the fused one exists (tests and parity checks).
+  bool force_math = false;
+};
+
+// q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D] with Hq % Hkv == 0 (query head h reads key/value
+// head h / (Hq / Hkv)). Returns [B, Hq, Tq, D] in q's dtype. Softmax is computed in fp32.
+// Throws c10::Error on inconsistent shapes (the caller's task boundary converts it).
+at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const AttentionOptions& options);
+
+// The boolean mask used above, [Tq, Tk], true where attention is allowed (on `device`).
+at::Tensor AttentionMask(int64_t tq, int64_t tk, const AttentionOptions& options,
+                         const at::Device& device);
+
+// True when this build dispatches to the fused kernel.
+bool HasFusedAttention();
+
+}  // namespace hyb::kernels

@@ -1,0 +1,75 @@
+#include "hyb/kernels/attention.h"
+
+#include <torch/torch.h>
+#include <torch/version.h>
+
+namespace hyb::kernels {
+namespace {
+
+// [B, Hkv, T, D] -> [B, Hkv * n_rep, T, D], each key/value head repeated n_rep times in a row.
+at::Tensor RepeatKv(const at::Tensor& x, int64_t n_rep) {
+  if (n_rep == 1) return x;
+  const auto b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);
+  return x.unsqueeze(2).expand({b, h, n_rep, t, d}).reshape({b, h * n_rep, t, d});
+}
+
+at::Tensor MathAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& mask /* [Tq, Tk] bool or undefined */, double scale) {
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;  // [B, H, Tq, Tk]
+  if (mask.defined()) {
+    scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  // fp32 softmax as transformers' eager path; fp64 inputs (tests) keep double precision.
+  const auto softmax_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor probs = at::softmax(scores, -1, softmax_type).to(q.scalar_type());
+  return at::matmul(probs, v);
+}
+
+}  // namespace
+
+bool HasFusedAttention() { return TORCH_VERSION_MAJOR >= 2; }
+
+at::Tensor AttentionMask(int64_t tq, int64_t tk, const AttentionOptions& options,
+                         const at::Device& device) {
+  auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor qpos = at::arange(options.q_offset, options.q_offset + tq, opts).unsqueeze(1);
+  at::Tensor kpos = at::arange(0, tk, opts).unsqueeze(0);
+  at::Tensor allowed = kpos.le(qpos);
+  if (options.sliding_window > 0) {
+    allowed = allowed.logical_and(kpos.gt(qpos - options.sliding_window));
+  }
+  return allowed;
+}
+
+at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const AttentionOptions& options) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention expects 4-D q, k, v");
+  TORCH_CHECK(k.sizes() == v.sizes(), "attention: k and v shapes differ");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3), "attention: q/k shape mismatch");
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
+              "attention: query heads must be a multiple of key/value heads");
+  const int64_t tq = q.size(2), tk = k.size(2);
+  TORCH_CHECK(options.q_offset + tq == tk, "attention: q_offset + Tq must equal Tk");
+  const int64_t n_rep = q.size(1) / k.size(1);
+  const at::Tensor kk = RepeatKv(k, n_rep), vv = RepeatKv(v, n_rep);
+  // Plain causal attention over a fresh sequence needs no explicit mask.
+  const bool plain_causal = options.q_offset == 0 && options.sliding_window == 0;
+  const bool window_inactive = options.sliding_window == 0 || options.sliding_window >= tk;
+  const bool no_mask_needed = (tq == 1 && window_inactive);
+#if TORCH_VERSION_MAJOR >= 2
+  if (!options.force_math) {
+    if (no_mask_needed) {
+      return at::scaled_dot_product_attention(q, kk, vv, {}, 0.0, false, options.scale);
+    }
+    if (plain_causal) {
+      return at::scaled_dot_product_attention(q, kk, vv, {}, 0.0, true, options.scale);
+    }
+    const at::Tensor mask = AttentionMask(tq, tk, options, q.device());
+    return at::scaled_dot_product_attention(q, kk, vv, mask, 0.0, false, options.scale);
+  }
+#endif
+  if (no_mask_needed) return MathAttention(q, kk, vv, {}, options.scale);
+  return MathAttention(q, kk, vv, AttentionMask(tq, tk, options, q.device()), options.scale);
+}
+
+}  // namespace hyb::kernels

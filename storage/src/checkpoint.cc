@@ -1,0 +1,125 @@
+#include "hyb/storage/checkpoint.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "hyb/common/json_util.h"
+#include "hyb/storage/atomic_file.h"
+
+namespace hyb::storage {
+
+namespace fs = std::filesystem;
+
+StatusOr<Checkpoint> Checkpoint::OpenFile(const std::string& path) {
+  HYB_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  Checkpoint c;
+  c.source_ = path;
+  c.files_.push_back(file);
+  for (const std::string& n : file->names()) c.where_.emplace(n, 0);
+  return c;
+}
+
+StatusOr<Checkpoint> Checkpoint::Open(const std::string& dir) {
+  const fs::path index_path = fs::path(dir) / kCheckpointIndexFile;
+  const fs::path single_path = fs::path(dir) / kSingleCheckpointFile;
+  std::error_code ec;
+  if (!fs::exists(index_path, ec)) {
+    if (!fs::exists(single_path, ec)) {
+      return NotFound(dir + ": no " + std::string(kSingleCheckpointFile) + " or " +
+                      kCheckpointIndexFile);
+    }
+    return OpenFile(single_path.string());
+  }
+  const std::string ip = index_path.string();
+  auto index = ReadJsonFile(ip);
+  if (!index.ok()) return index.status();
+  if (!index->is_object()) return DataLoss(ip + ": not a JSON object");
+  auto wm = index->find("weight_map");
+  if (wm == index->end() || !wm->is_object()) {
+    return DataLoss(ip + ": missing object 'weight_map'");
+  }
+  Checkpoint c;
+  c.source_ = ip;
+  std::map<std::string, size_t> shard_index;
+  for (auto it = wm->begin(); it != wm->end(); ++it) {
+    if (!it.value().is_string()) {
+      return DataLoss(ip + ": weight_map entry for '" + it.key() + "' is not a file name");
+    }
+    const std::string shard = it.value().get<std::string>();
+    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
+      return DataLoss(ip + ": weight_map entry for '" + it.key() + "' names an invalid file '" +
+                      shard + "'");
+    }
+    auto found = shard_index.find(shard);
+    if (found == shard_index.end()) {
+      auto file = SafetensorsFile::Open((fs::path(dir) / shard).string());
+      if (!file.ok()) return file.status().WithContext(ip);
+      found = shard_index.emplace(shard, c.files_.size()).first;
+      c.files_.push_back(*file);
+    }
+    if (!c.files_[found->second]->Contains(it.key())) {
+      return DataLoss(ip + ": tensor '" + it.key() + "' is mapped to " + shard +
+                      " which does not contain it");
+    }
+    c.where_.emplace(it.key(), found->second);
+  }
+  // A tensor stored in two shards is ambiguous: reject rather than pick one.
+  std::map<std::string, std::string> holder;
+  for (const auto& file : c.files_) {
+    for (const std::string& n : file->names()) {
+      auto [pos, inserted] = holder.emplace(n, file->path());
+      if (!inserted) {
+        return DataLoss(ip + ": tensor '" + n + "' is stored in both " + pos->second + " and " +
+                        file->path());
+      }
+    }
+  }
+  return c;
+}
+
+bool Checkpoint::Contains(std::string_view name) const { return where_.count(name) > 0; }
+
+StatusOr<TensorView> Checkpoint::Get(std::string_view name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) {
+    return NotFound(source_ + ": no tensor named '" + std::string(name) + "'");
+  }
+  return files_[it->second]->Get(name);
+}
+
+std::vector<std::string> Checkpoint::Names() const {
+  std::vector<std::string> out;
+  out.reserve(where_.size());
+  for (const auto& [n, i] : where_) out.push_back(n);
+  return out;
+}
+
+Status WriteCheckpoint(const std::string& dir, const std::vector<TensorToWrite>& tensors,
+                       uint64_t max_shard_bytes) {
+  uint64_t total = 0;
+  for (const auto& t : tensors) total += t.nbytes;
+  if (total <= max_shard_bytes) {
+    return WriteSafetensors((fs::path(dir) / kSingleCheckpointFile).string(), tensors);
+  }
+  std::vector<std::vector<TensorToWrite>> shards(1);
+  uint64_t in_shard = 0;
+  for (const auto& t : tensors) {
+    if (!shards.back().empty() && in_shard + t.nbytes > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += t.nbytes;
+  }
+  Json weight_map = Json::object();
+  for (size_t i = 0; i < shards.size(); ++i) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    HYB_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir) / name).string(), shards[i]));
+    for (const auto& t : shards[i]) weight_map[t.name] = name;
+  }
+  Json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  return AtomicWriteString((fs::path(dir) / kCheckpointIndexFile).string(), index.dump(2));
+}
+
+}  // namespace hyb::storage

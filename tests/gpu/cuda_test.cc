@@ -1,0 +1,99 @@
+// GPU tests (ctest label `gpu`): the CUDA kernels against the CPU reference, and the model
+// runtime on CUDA against CPU. Each skips with a reason when no CUDA device is present.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "hyb/kernels/attention.h"
+#include "hyb/kernels/cuda_ops.h"
+#include "hyb/kernels/norm.h"
+#include "hyb/worker/decoder_model.h"
+#include "testing/temp_dir.h"
+#include "worker/test_model.h"
+
+namespace hyb {
+namespace {
+
+#define HYB_REQUIRE_CUDA()                                                   \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
+
+TEST(CudaRmsNormTest, MatchesReferenceAcrossShapesAndTypes) {
+  HYB_REQUIRE_CUDA();
+#ifndef HYB_WITH_CUDA
+  GTEST_SKIP() << "built without HYB_CUDA";
+#else
+  torch::manual_seed(0);
+  for (auto type : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+             {1, 7}, {3, 64}, {129, 1000}, {17, 4096}, {2, 8192}}) {
+      const auto opts = at::TensorOptions().device(at::kCUDA).dtype(type);
+      const at::Tensor x = (at::randn({rows, cols}, opts.dtype(at::kFloat)) * 3).to(type);
+      const at::Tensor w = (1 + 0.1 * at::randn({cols}, opts.dtype(at::kFloat))).to(type);
+      ASSERT_TRUE(kernels::cuda::RmsNormSupported(x, w));
+      const at::Tensor got = kernels::cuda::RmsNorm(x, w, 1e-5).to(at::kFloat);
+      const at::Tensor want = kernels::RmsNormReference(x, w, 1e-5).to(at::kFloat);
+      // fp32: reduction order only. bf16/fp16: at most one rounding step of the output type
+      // apart (the fp32 inverse norm may differ in its last bit).
+      const double ulp = type == at::kFloat ? 1e-6 : (type == at::kBFloat16 ? 1.0 / 128 : 1.0 / 1024);
+      const double err = ((got - want).abs() / (want.abs() + 1e-3)).max().item<double>();
+      EXPECT_LE(err, 2 * ulp) << c10::toString(type) << " " << rows << "x" << cols;
+    }
+  }
+#endif
+}
+
+TEST(CudaRmsNormTest, BlockSizeCoversRow) {
+#ifndef HYB_WITH_CUDA
+  GTEST_SKIP() << "built without HYB_CUDA";
+#else
+  EXPECT_EQ(kernels::cuda::RmsNormBlockSize(1), 32);
+  EXPECT_EQ(kernels::cuda::RmsNormBlockSize(33), 64);
+  EXPECT_EQ(kernels::cuda::RmsNormBlockSize(4096), 1024);
+#endif
+}
+
+TEST(CudaAttentionTest, FusedMatchesMathPath) {
+  HYB_REQUIRE_CUDA();
+  torch::manual_seed(1);
+  const auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  for (int64_t window : {0, 5}) {
+    for (auto [tq, tk] : std::vector<std::pair<int64_t, int64_t>>{{33, 33}, {1, 40}, {6, 40}}) {
+      const at::Tensor q = at::randn({2, 8, tq, 64}, opts);
+      const at::Tensor k = at::randn({2, 2, tk, 64}, opts);
+      const at::Tensor v = at::randn({2, 2, tk, 64}, opts);
+      kernels::AttentionOptions o;
+      o.q_offset = tk - tq;
+      o.sliding_window = window;
+      o.scale = 0.125;
+      const at::Tensor fused = kernels::SoftmaxAttention(q, k, v, o);
+      o.force_math = true;
+      const at::Tensor math = kernels::SoftmaxAttention(q, k, v, o);
+      EXPECT_LT((fused - math).abs().max().item<double>(), 1e-4) << tq << " " << tk << " " << window;
+    }
+  }
+}
+
+TEST(CudaModelTest, CudaForwardMatchesCpu) {
+  HYB_REQUIRE_CUDA();
+  testing::TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.family = "qwen3";
+  spec.head_dim = 16;
+  testing::WriteTinyModel(dir.path(), spec, 21);
+  auto cpu = worker::DecoderModel::Load(dir.path(), {"cpu", "fp32"});
+  auto gpu = worker::DecoderModel::Load(dir.path(), {"cuda", "fp32"});
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = at::randint(0, spec.vocab, {2, 24}, at::kLong);
+  const at::Tensor a = *(*cpu)->Forward(ids);
+  const at::Tensor b = (*(*gpu)->Forward(ids)).to(at::kCPU);
+  EXPECT_LT((a - b).abs().max().item<double>(), 1e-4);
+  // Incremental decoding on the GPU equals its full forward.
+  worker::DecodeState state = (*gpu)->NewDecodeState();
+  std::vector<at::Tensor> parts;
+  parts.push_back(*(*gpu)->Forward(ids.narrow(1, 0, 20), &state));
+  for (int64_t t = 20; t < 24; ++t) parts.push_back(*(*gpu)->Forward(ids.narrow(1, t, 1), &state));
+  EXPECT_LT((at::cat(parts, 1).to(at::kCPU) - b).abs().max().item<double>(), 1e-4);
+}
+
+}  // namespace
+}  // namespace hyb

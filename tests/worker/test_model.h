@@ -1,0 +1,40 @@
+// Tiny random-weight models written as Hugging Face directories, and an independent,
+// deliberately plain reference forward pass (double precision, loops over positions and heads).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+
+#include "hyb/common/json_util.h"
+
+namespace hyb::testing {
+
+struct TinyModelSpec {
+  std::string family = "llama";
+  int64_t vocab = 41;
+  int64_t hidden = 32;
+  int64_t intermediate = 48;
+  int64_t layers = 2;
+  int64_t heads = 4;
+  int64_t kv_heads = 2;
+  int64_t head_dim = 0;  // 0: hidden / heads
+  bool tie = false;
+  bool attention_bias = false;  // llama / qwen3
+  Json extra = Json::object();  // merged into config.json last
+};
+
+// Writes config.json and model.safetensors (fp32, seeded normal weights) into `dir`.
+// Returns the config written.
+Json WriteTinyModel(const std::string& dir, const TinyModelSpec& spec, uint64_t seed);
+
+// Straightforward reference: logits [B, T, vocab] in double for the model stored in `dir`,
+// computed from config.json and the raw tensors. Supports what the tiny specs use: GQA, biases,
+// q/k norm, tied embeddings, sliding windows (per layer), rope types default/linear/llama3/yarn.
+at::Tensor ReferenceLogits(const std::string& dir, const at::Tensor& input_ids);
+
+// inverse rotary frequencies computed in double by a scalar transcription of the formulas.
+std::vector<double> ReferenceInvFreq(const Json& config, int64_t head_dim, double* scaling);
+
+}  // namespace hyb::testing

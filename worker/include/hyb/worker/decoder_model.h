@@ -1,0 +1,105 @@
+// A decoder-only Transformer (llama, qwen2, qwen3, mistral) whose token mixer is pluggable per
+// layer, loaded from a Hugging Face model directory. Forward passes expose, per layer, the mixer's
+// input (after the input norm) and output (before the residual add): the hook blockwise
+// distillation trains on.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hyb/common/status.h"
+#include "hyb/storage/checkpoint.h"
+#include "hyb/worker/model_config.h"
+#include "hyb/worker/rope.h"
+#include "hyb/worker/token_mixer.h"
+
+namespace hyb::worker {
+
+struct RuntimeOptions {
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
+  std::string dtype = "fp32";  // "fp32", "bf16", "fp16", "fp64"
+};
+
+// Validated form of RuntimeOptions.
+struct RuntimePlacement {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+};
+// InvalidArgument naming the bad value; Unavailable-style FailedPrecondition for "cuda" when
+// this build or machine has no CUDA device.
+StatusOr<RuntimePlacement> ResolvePlacement(const RuntimeOptions& options);
+
+// Per-sequence decoding state: one MixerState per layer plus the number of tokens consumed.
+struct DecodeState {
+  std::vector<std::unique_ptr<MixerState>> layers;
+  int64_t length = 0;
+  int64_t Bytes() const;
+};
+
+// Filled by Forward when requested: per layer, [B, T, hidden] tensors.
+struct LayerTaps {
+  std::vector<at::Tensor> mixer_input;
+  std::vector<at::Tensor> mixer_output;
+};
+
+struct MlpWeights {
+  at::Tensor gate_proj, up_proj, down_proj;   // [out, in]
+  at::Tensor gate_bias, up_bias, down_bias;   // llama with mlp_bias, else undefined
+};
+
+class DecoderModel {
+ public:
+  // Reads config.json and the weights of a model directory, places them on the requested
+  // device and dtype. Errors name the file and the tensor (missing, wrong shape, ...).
+  static StatusOr<std::unique_ptr<DecoderModel>> Load(const std::string& dir,
+                                                      const RuntimeOptions& options);
+  // As Load, from an already parsed config and opened checkpoint.
+  static StatusOr<std::unique_ptr<DecoderModel>> FromCheckpoint(const ModelConfig& config,
+                                                                const storage::Checkpoint& weights,
+                                                                const RuntimePlacement& placement);
+
+  const ModelConfig& config() const { return config_; }
+  const RuntimePlacement& placement() const { return placement_; }
+  int64_t num_layers() const { return config_.num_layers; }
+
+  // input_ids: int64 [B, T] (any device). Returns logits [B, T, vocab] in the model dtype on the
+  // model device. With `state`, continues the sequences it holds and appends to it; `taps`, if
+  // given, receives every layer's mixer input and output. InvalidArgument for ids of the wrong
+  // shape, type or range; Internal for a LibTorch failure.
+  StatusOr<at::Tensor> Forward(const at::Tensor& input_ids, DecodeState* state = nullptr,
+                               LayerTaps* taps = nullptr) const;
+
+  // An empty decoding state with one MixerState per layer.
+  DecodeState NewDecodeState() const;
+
+  // Greedy decoding with the KV cache: prompt [B, T] -> [B, T + n] ids on CPU, n <= max_new.
+  // Stops early once every row has produced one of `stop_ids` (rows already stopped are padded
+  // with their stop id).
+  StatusOr<at::Tensor> GenerateGreedy(const at::Tensor& prompt, int64_t max_new_tokens,
+                                      const std::vector<int64_t>& stop_ids) const;
+
+  const TokenMixer& mixer(int64_t layer) const { return *mixers_.at(static_cast<size_t>(layer)); }
+  // Replaces layer `layer`'s token mixer (e.g. with a linear-attention mixer).
+  void SetMixer(int64_t layer, std::shared_ptr<const TokenMixer> mixer);
+
+ private:
+  DecoderModel() = default;
+  at::Tensor ForwardImpl(const at::Tensor& ids, DecodeState* state, LayerTaps* taps) const;
+
+  ModelConfig config_;
+  RuntimePlacement placement_;
+  RotaryEmbedding rope_;
+  at::Tensor embed_tokens_;  // [vocab, hidden]
+  at::Tensor final_norm_;    // [hidden]
+  at::Tensor lm_head_;       // [vocab, hidden]; the embedding when tied
+  std::vector<at::Tensor> input_norm_, post_attention_norm_;  // [hidden] per layer
+  std::vector<MlpWeights> mlp_;
+  std::vector<std::shared_ptr<const TokenMixer>> mixers_;
+};
+
+}  // namespace hyb::worker

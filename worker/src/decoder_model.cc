@@ -1,0 +1,302 @@
+#include "hyb/worker/decoder_model.h"
+
+#include <torch/torch.h>
+
+#include <set>
+
+#include "hyb/common/logging.h"
+#include "hyb/kernels/norm.h"
+#include "hyb/storage/model_dir.h"
+#include "hyb/worker/attention_mixer.h"
+#include "hyb/worker/tensor_io.h"
+
+namespace hyb::worker {
+namespace {
+
+std::string ShapeString(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Fetches checkpoint tensors, checks shapes, and places them; remembers what it consumed.
+class WeightLoader {
+ public:
+  WeightLoader(const storage::Checkpoint& ckpt, const RuntimePlacement& placement)
+      : ckpt_(ckpt), placement_(placement) {}
+
+  StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
+    auto view = ckpt_.Get(name);
+    if (!view.ok()) return NotFound(ckpt_.source() + ": missing tensor '" + name + "'");
+    if (view->shape != shape) {
+      return DataLoss(ckpt_.source() + ": tensor '" + name + "' has shape " +
+                      ShapeString(view->shape) + ", expected " + ShapeString(shape));
+    }
+    used_.insert(name);
+    const at::Tensor raw = TensorFromView(*view);
+    // Copy whenever the result could alias the read-only mapping.
+    at::Tensor placed = raw.to(placement_.device, placement_.dtype, /*non_blocking=*/false,
+                               /*copy=*/true);
+    return placed;
+  }
+
+  StatusOr<at::Tensor> GetIf(bool present, const std::string& name, std::vector<int64_t> shape) {
+    if (!present) return at::Tensor();
+    return Get(name, std::move(shape));
+  }
+
+  std::vector<std::string> Unused() const {
+    std::vector<std::string> out;
+    for (const auto& n : ckpt_.Names()) {
+      if (!used_.count(n)) out.push_back(n);
+    }
+    return out;
+  }
+
+ private:
+  const storage::Checkpoint& ckpt_;
+  RuntimePlacement placement_;
+  std::set<std::string> used_;
+};
+
+Status CheckIds(const at::Tensor& ids, int64_t vocab) {
+  if (!ids.defined()) return InvalidArgument("input_ids is undefined");
+  if (ids.dim() != 2) {
+    return InvalidArgument("input_ids must be 2-D [batch, tokens], got shape " +
+                           ShapeString(ids.sizes()));
+  }
+  if (ids.scalar_type() != at::kLong && ids.scalar_type() != at::kInt) {
+    return InvalidArgument(std::string("input_ids must be int64 or int32, got ") +
+                           c10::toString(ids.scalar_type()));
+  }
+  if (ids.size(0) == 0 || ids.size(1) == 0) return InvalidArgument("input_ids is empty");
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= vocab) {
+    return InvalidArgument("input_ids must lie in [0, " + std::to_string(vocab) + "), found " +
+                           std::to_string(lo < 0 ? lo : hi));
+  }
+  return Status::Ok();
+}
+
+at::Tensor Mlp(const at::Tensor& x, const MlpWeights& w) {
+  const at::Tensor gate = at::silu(at::linear(x, w.gate_proj, w.gate_bias));
+  return at::linear(gate * at::linear(x, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
+}
+
+}  // namespace
+
+StatusOr<RuntimePlacement> ResolvePlacement(const RuntimeOptions& options) {
+  RuntimePlacement p;
+  if (options.dtype == "fp32") {
+    p.dtype = at::kFloat;
+  } else if (options.dtype == "bf16") {
+    p.dtype = at::kBFloat16;
+  } else if (options.dtype == "fp16") {
+    p.dtype = at::kHalf;
+  } else if (options.dtype == "fp64") {
+    p.dtype = at::kDouble;
+  } else {
+    return InvalidArgument("dtype '" + options.dtype + "' is not one of fp32, bf16, fp16, fp64");
+  }
+  try {
+    p.device = at::Device(options.device);
+  } catch (const c10::Error&) {
+    return InvalidArgument("device '" + options.device + "' is not a device (cpu, cuda, cuda:N)");
+  }
+  if (p.device.is_cuda()) {
+    if (!torch::cuda::is_available()) {
+      return FailedPrecondition("device '" + options.device +
+                                "' requested but no CUDA device is available to this build");
+    }
+    if (p.device.has_index() &&
+        p.device.index() >= static_cast<int>(torch::cuda::device_count())) {
+      return InvalidArgument("device '" + options.device + "' does not exist (" +
+                             std::to_string(torch::cuda::device_count()) + " CUDA devices)");
+    }
+  } else if (!p.device.is_cpu()) {
+    return InvalidArgument("device '" + options.device + "' is not supported (cpu, cuda)");
+  }
+  return p;
+}
+
+int64_t DecodeState::Bytes() const {
+  int64_t total = 0;
+  for (const auto& l : layers) total += l ? l->Bytes() : 0;
+  return total;
+}
+
+StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(const std::string& dir,
+                                                           const RuntimeOptions& options) {
+  HYB_ASSIGN_OR_RETURN(RuntimePlacement placement, ResolvePlacement(options));
+  HYB_ASSIGN_OR_RETURN(auto model_dir, storage::ModelDirectory::Open(dir));
+  HYB_ASSIGN_OR_RETURN(ModelConfig config,
+                       ParseModelConfig(model_dir.config(), model_dir.config_path()));
+  return FromCheckpoint(config, model_dir.weights(), placement);
+}
+
+StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
+    const ModelConfig& config, const storage::Checkpoint& weights,
+    const RuntimePlacement& placement) {
+  std::unique_ptr<DecoderModel> m(new DecoderModel());
+  m->config_ = config;
+  m->placement_ = placement;
+  HYB_ASSIGN_OR_RETURN(m->rope_, RotaryEmbedding::Create(config.rope, config.head_dim));
+  try {
+    WeightLoader load(weights, placement);
+    const int64_t h = config.hidden_size, v = config.vocab_size, f = config.intermediate_size;
+    const int64_t q_out = config.num_heads * config.head_dim;
+    const int64_t kv_out = config.num_kv_heads * config.head_dim;
+    HYB_ASSIGN_OR_RETURN(m->embed_tokens_, load.Get("model.embed_tokens.weight", {v, h}));
+    HYB_ASSIGN_OR_RETURN(m->final_norm_, load.Get("model.norm.weight", {h}));
+    if (config.tie_word_embeddings) {
+      m->lm_head_ = m->embed_tokens_;
+      if (weights.Contains("lm_head.weight")) (void)load.Get("lm_head.weight", {v, h});
+    } else {
+      HYB_ASSIGN_OR_RETURN(m->lm_head_, load.Get("lm_head.weight", {v, h}));
+    }
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      HYB_ASSIGN_OR_RETURN(at::Tensor in_norm, load.Get(p + "input_layernorm.weight", {h}));
+      HYB_ASSIGN_OR_RETURN(at::Tensor post_norm,
+                           load.Get(p + "post_attention_layernorm.weight", {h}));
+      m->input_norm_.push_back(in_norm);
+      m->post_attention_norm_.push_back(post_norm);
+      MlpWeights mlp;
+      HYB_ASSIGN_OR_RETURN(mlp.gate_proj, load.Get(p + "mlp.gate_proj.weight", {f, h}));
+      HYB_ASSIGN_OR_RETURN(mlp.up_proj, load.Get(p + "mlp.up_proj.weight", {f, h}));
+      HYB_ASSIGN_OR_RETURN(mlp.down_proj, load.Get(p + "mlp.down_proj.weight", {h, f}));
+      HYB_ASSIGN_OR_RETURN(mlp.gate_bias, load.GetIf(config.mlp_bias, p + "mlp.gate_proj.bias", {f}));
+      HYB_ASSIGN_OR_RETURN(mlp.up_bias, load.GetIf(config.mlp_bias, p + "mlp.up_proj.bias", {f}));
+      HYB_ASSIGN_OR_RETURN(mlp.down_bias, load.GetIf(config.mlp_bias, p + "mlp.down_proj.bias", {h}));
+      m->mlp_.push_back(std::move(mlp));
+
+      AttentionWeights a;
+      const std::string s = p + "self_attn.";
+      HYB_ASSIGN_OR_RETURN(a.q_proj, load.Get(s + "q_proj.weight", {q_out, h}));
+      HYB_ASSIGN_OR_RETURN(a.k_proj, load.Get(s + "k_proj.weight", {kv_out, h}));
+      HYB_ASSIGN_OR_RETURN(a.v_proj, load.Get(s + "v_proj.weight", {kv_out, h}));
+      HYB_ASSIGN_OR_RETURN(a.o_proj, load.Get(s + "o_proj.weight", {h, q_out}));
+      HYB_ASSIGN_OR_RETURN(a.q_bias, load.GetIf(config.qkv_bias, s + "q_proj.bias", {q_out}));
+      HYB_ASSIGN_OR_RETURN(a.k_bias, load.GetIf(config.qkv_bias, s + "k_proj.bias", {kv_out}));
+      HYB_ASSIGN_OR_RETURN(a.v_bias, load.GetIf(config.qkv_bias, s + "v_proj.bias", {kv_out}));
+      HYB_ASSIGN_OR_RETURN(a.o_bias, load.GetIf(config.o_bias, s + "o_proj.bias", {h}));
+      HYB_ASSIGN_OR_RETURN(a.q_norm, load.GetIf(config.qk_norm, s + "q_norm.weight",
+                                                {config.head_dim}));
+      HYB_ASSIGN_OR_RETURN(a.k_norm, load.GetIf(config.qk_norm, s + "k_norm.weight",
+                                                {config.head_dim}));
+      AttentionShape shape;
+      shape.hidden_size = h;
+      shape.num_heads = config.num_heads;
+      shape.num_kv_heads = config.num_kv_heads;
+      shape.head_dim = config.head_dim;
+      shape.rms_norm_eps = config.rms_norm_eps;
+      shape.sliding_window =
+          config.layer_attention[static_cast<size_t>(l)] == AttentionKind::kSliding
+              ? config.sliding_window
+              : 0;
+      m->mixers_.push_back(std::make_shared<SoftmaxAttentionMixer>(shape, std::move(a)));
+    }
+    const auto unused = load.Unused();
+    for (const auto& n : unused) {
+      // Stale rotary buffers in old checkpoints are harmless; anything else is worth a warning.
+      if (n.find("rotary_emb.inv_freq") == std::string::npos) {
+        HYB_LOG(Warning) << weights.source() << ": ignoring unexpected tensor '" << n << "'";
+      }
+    }
+  } catch (const c10::Error& e) {
+    return Internal(weights.source() + ": placing weights failed: " + e.what_without_backtrace());
+  }
+  return m;
+}
+
+void DecoderModel::SetMixer(int64_t layer, std::shared_ptr<const TokenMixer> mixer) {
+  mixers_.at(static_cast<size_t>(layer)) = std::move(mixer);
+}
+
+DecodeState DecoderModel::NewDecodeState() const {
+  DecodeState s;
+  for (const auto& m : mixers_) s.layers.push_back(m->NewState());
+  return s;
+}
+
+StatusOr<at::Tensor> DecoderModel::Forward(const at::Tensor& input_ids, DecodeState* state,
+                                           LayerTaps* taps) const {
+  HYB_RETURN_IF_ERROR(CheckIds(input_ids, config_.vocab_size));
+  if (state != nullptr && state->layers.size() != mixers_.size()) {
+    return InvalidArgument("decode state has " + std::to_string(state->layers.size()) +
+                           " layers, the model " + std::to_string(mixers_.size()));
+  }
+  try {
+    return ForwardImpl(input_ids, state, taps);
+  } catch (const c10::Error& e) {
+    return Internal(std::string("forward pass failed: ") + e.what_without_backtrace());
+  }
+}
+
+at::Tensor DecoderModel::ForwardImpl(const at::Tensor& input_ids, DecodeState* state,
+                                     LayerTaps* taps) const {
+  const at::Tensor ids = input_ids.to(placement_.device, at::kLong);
+  const int64_t t = ids.size(1);
+  const int64_t offset = state != nullptr ? state->length : 0;
+  MixerContext ctx;
+  ctx.position_offset = offset;
+  std::tie(ctx.cos, ctx.sin) = rope_.CosSin(offset, t, placement_.device, placement_.dtype);
+  if (taps != nullptr) {
+    taps->mixer_input.assign(mixers_.size(), at::Tensor());
+    taps->mixer_output.assign(mixers_.size(), at::Tensor());
+  }
+  at::Tensor h = at::embedding(embed_tokens_, ids);  // [B, T, hidden]
+  for (size_t l = 0; l < mixers_.size(); ++l) {
+    const at::Tensor x = kernels::RmsNorm(h, input_norm_[l], config_.rms_norm_eps);
+    const at::Tensor a =
+        mixers_[l]->Forward(x, ctx, state != nullptr ? state->layers[l].get() : nullptr);
+    if (taps != nullptr) {
+      taps->mixer_input[l] = x;
+      taps->mixer_output[l] = a;
+    }
+    h = h + a;
+    h = h + Mlp(kernels::RmsNorm(h, post_attention_norm_[l], config_.rms_norm_eps), mlp_[l]);
+  }
+  if (state != nullptr) state->length += t;
+  return at::linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
+}
+
+StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt,
+                                                  int64_t max_new_tokens,
+                                                  const std::vector<int64_t>& stop_ids) const {
+  if (max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
+  HYB_RETURN_IF_ERROR(CheckIds(prompt, config_.vocab_size));
+  try {
+    at::NoGradGuard no_grad;
+    DecodeState state = NewDecodeState();
+    const int64_t b = prompt.size(0);
+    at::Tensor out = prompt.to(at::kCPU, at::kLong);
+    std::vector<int64_t> done(static_cast<size_t>(b), -1);  // the stop id a row ended with
+    at::Tensor next_input = out;
+    for (int64_t step = 0; step < max_new_tokens; ++step) {
+      const at::Tensor logits = ForwardImpl(next_input, &state, nullptr);  // [B, T, V]
+      at::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1).to(at::kCPU);  // [B]
+      auto acc = next.accessor<int64_t, 1>();
+      bool all_done = true;
+      for (int64_t i = 0; i < b; ++i) {
+        const auto ui = static_cast<size_t>(i);
+        if (done[ui] >= 0) {
+          acc[i] = done[ui];
+        } else {
+          for (int64_t s : stop_ids) {
+            if (acc[i] == s) done[ui] = s;
+          }
+        }
+        all_done = all_done && done[ui] >= 0;
+      }
+      out = at::cat({out, next.unsqueeze(1)}, 1);
+      if (all_done) break;
+      next_input = next.unsqueeze(1);
+    }
+    return out;
+  } catch (const c10::Error& e) {
+    return Internal(std::string("generation failed: ") + e.what_without_backtrace());
+  }
+}
+
+}  // namespace hyb::worker
