@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On the GPU machine: CUDA build, every test (CPU and `gpu` labels), then logits parity with
+# transformers. Results under ${OUT:-out}/.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-out}"
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+  nvcc --version | tail -2
+} > "$OUT/env.txt" 2>&1
+TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+start=$(date +%s)
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHYB_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" > "$OUT/configure.log" 2>&1 \
+  || { tail -40 "$OUT/configure.log"; exit 1; }
+cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+ctest --test-dir build-gpu --output-on-failure -j8 > "$OUT/ctest.log" 2>&1
+echo "ctest rc=$?"; tail -15 "$OUT/ctest.log"
+python3 tests/parity/run_parity.py --cli build-gpu/cli/hybridize --out "$OUT/parity" 2>&1 | tee "$OUT/parity.log" | grep -v Warning
