@@ -10,5 +10,7 @@ namespace hyb::kernels::cuda {
 bool RmsNormSupported(const at::Tensor& x, const at::Tensor& weight);
 // Forward only (no autograd). Same numerics as kernels::RmsNorm's reference path.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// Threads per block the RMSNorm kernel uses for rows of `cols` elements.
+int RmsNormBlockSize(int64_t cols);
 
 }  // namespace hyb::kernels::cuda
