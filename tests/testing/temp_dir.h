@@ -1,10 +1,16 @@
 // A fresh directory under the system temp dir, removed with everything in it on destruction.
+//
+// Uses mkdtemp/nftw rather than std::filesystem::remove_all: the PyTorch wheel's libtorch.so
+// exports its own std::filesystem::remove_all, which binaries linked against it bind to and
+// which crashes (a call through a null pointer, seen with torch 2.11).
 #pragma once
 
+#include <ftw.h>
+#include <stdlib.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <filesystem>
+#include <cstdio>
+#include <stdexcept>
 #include <string>
 
 namespace hyb::testing {
@@ -12,24 +18,25 @@ namespace hyb::testing {
 class TempDir {
  public:
   TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = std::filesystem::temp_directory_path() /
-            ("hyb_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
+    const char* base = std::getenv("TMPDIR");
+    std::string templ = std::string(base != nullptr ? base : "/tmp") + "/hyb_test_XXXXXX";
+    if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = templ;
   }
   ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
+    nftw(
+        path_.c_str(),
+        [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
+        FTW_DEPTH | FTW_PHYS);
   }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 
-  std::string path() const { return path_.string(); }
-  std::string File(const std::string& name) const { return (path_ / name).string(); }
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
 
  private:
-  std::filesystem::path path_;
+  std::string path_;
 };
 
 }  // namespace hyb::testing
