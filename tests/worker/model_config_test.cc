@@ -84,7 +84,7 @@ TEST(ModelConfigTest, QwenSlidingLayers) {
   j["use_sliding_window"] = true;
   j["layer_types"] = {"sliding_attention"};
   EXPECT_NE(ErrorOf(j).find("'layer_types'"), std::string::npos);
-  j["layer_types"] = {"sliding_attention", "linear_attention", "full_attention", "full_attention"};
+  j["layer_types"] = {"sliding_attention", "mamba", "full_attention", "full_attention"};
   EXPECT_NE(ErrorOf(j).find("entry 1"), std::string::npos);
 }
 

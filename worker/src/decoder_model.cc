@@ -1,13 +1,19 @@
 #include "hyb/worker/decoder_model.h"
 
+#include <sys/stat.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <set>
 
 #include "hyb/common/logging.h"
 #include "hyb/kernels/norm.h"
+#include "hyb/storage/atomic_file.h"
 #include "hyb/storage/model_dir.h"
 #include "hyb/worker/attention_mixer.h"
+#include "hyb/worker/linear_mixer.h"
 #include "hyb/worker/tensor_io.h"
 
 namespace hyb::worker {
@@ -39,6 +45,8 @@ class WeightLoader {
                                /*copy=*/true);
     return placed;
   }
+
+  bool Has(const std::string& name) const { return ckpt_.Contains(name); }
 
   StatusOr<at::Tensor> GetIf(bool present, const std::string& name, std::vector<int64_t> shape) {
     if (!present) return at::Tensor();
@@ -131,14 +139,16 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(const std::string& di
   HYB_ASSIGN_OR_RETURN(auto model_dir, storage::ModelDirectory::Open(dir));
   HYB_ASSIGN_OR_RETURN(ModelConfig config,
                        ParseModelConfig(model_dir.config(), model_dir.config_path()));
-  return FromCheckpoint(config, model_dir.weights(), placement);
+  return FromCheckpoint(config, model_dir.weights(), placement, model_dir.config(), dir);
 }
 
 StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
     const ModelConfig& config, const storage::Checkpoint& weights,
-    const RuntimePlacement& placement) {
+    const RuntimePlacement& placement, const Json& source_config, const std::string& source_dir) {
   std::unique_ptr<DecoderModel> m(new DecoderModel());
   m->config_ = config;
+  m->source_config_ = source_config;
+  m->source_dir_ = source_dir;
   m->placement_ = placement;
   HYB_ASSIGN_OR_RETURN(m->rope_, RotaryEmbedding::Create(config.rope, config.head_dim));
   try {
@@ -170,6 +180,28 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
       HYB_ASSIGN_OR_RETURN(mlp.down_bias, load.GetIf(config.mlp_bias, p + "mlp.down_proj.bias", {h}));
       m->mlp_.push_back(std::move(mlp));
 
+      AttentionShape shape;
+      shape.hidden_size = h;
+      shape.num_heads = config.num_heads;
+      shape.num_kv_heads = config.num_kv_heads;
+      shape.head_dim = config.head_dim;
+      shape.rms_norm_eps = config.rms_norm_eps;
+      shape.sliding_window =
+          config.layer_attention[static_cast<size_t>(l)] == AttentionKind::kSliding
+              ? config.sliding_window
+              : 0;
+      if (config.layer_is_linear[static_cast<size_t>(l)]) {
+        HYB_ASSIGN_OR_RETURN(
+            auto mixer,
+            LinearMixer::FromTensors(
+                shape, *config.linear_mixer,
+                [&](const std::string& name, std::vector<int64_t> dims) {
+                  return load.Get(p + name, std::move(dims));
+                },
+                [&](const std::string& name) { return load.Has(p + name); }));
+        m->mixers_.push_back(std::move(mixer));
+        continue;
+      }
       AttentionWeights a;
       const std::string s = p + "self_attn.";
       HYB_ASSIGN_OR_RETURN(a.q_proj, load.Get(s + "q_proj.weight", {q_out, h}));
@@ -184,16 +216,6 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
                                                 {config.head_dim}));
       HYB_ASSIGN_OR_RETURN(a.k_norm, load.GetIf(config.qk_norm, s + "k_norm.weight",
                                                 {config.head_dim}));
-      AttentionShape shape;
-      shape.hidden_size = h;
-      shape.num_heads = config.num_heads;
-      shape.num_kv_heads = config.num_kv_heads;
-      shape.head_dim = config.head_dim;
-      shape.rms_norm_eps = config.rms_norm_eps;
-      shape.sliding_window =
-          config.layer_attention[static_cast<size_t>(l)] == AttentionKind::kSliding
-              ? config.sliding_window
-              : 0;
       m->mixers_.push_back(std::make_shared<SoftmaxAttentionMixer>(shape, std::move(a)));
     }
     const auto unused = load.Unused();
@@ -297,6 +319,109 @@ StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt,
   } catch (const c10::Error& e) {
     return Internal(std::string("generation failed: ") + e.what_without_backtrace());
   }
+}
+
+}  // namespace hyb::worker
+
+namespace hyb::worker {
+namespace {
+
+Status CopyFileIfExists(const std::string& from, const std::string& to) {
+  auto contents = ReadFileToString(from);
+  if (!contents.ok()) return Status::Ok();  // absent: nothing to copy
+  return storage::AtomicWriteString(to, *contents);
+}
+
+}  // namespace
+
+Status DecoderModel::Save(const std::string& dir) const {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0) return FailedPrecondition(dir + ": already exists");
+  // config.json: the source config, with the layer mixers written out.
+  Json config = source_config_.is_object() ? source_config_ : Json::object();
+  Json layer_types = Json::array();
+  std::optional<LinearMixerOptions> linear;
+  for (size_t l = 0; l < mixers_.size(); ++l) {
+    if (const auto* lm = dynamic_cast<const LinearMixer*>(mixers_[l].get())) {
+      const Json options = LinearMixerOptionsToJson(lm->options());
+      if (linear && LinearMixerOptionsToJson(*linear) != options) {
+        return InvalidArgument("layer " + std::to_string(l) +
+                               ": linear layers with different mixer options cannot share one "
+                               "config.json");
+      }
+      linear = lm->options();
+      layer_types.push_back("linear_attention");
+    } else {
+      layer_types.push_back(config_.layer_attention[l] == AttentionKind::kSliding
+                                ? "sliding_attention"
+                                : "full_attention");
+    }
+  }
+  config["layer_types"] = layer_types;
+  if (linear) {
+    config["linear_attention"] = LinearMixerOptionsToJson(*linear);
+  } else {
+    config.erase("linear_attention");
+  }
+  // Weights under the Hugging Face names; tied heads are stored once, as transformers does.
+  NamedTensors tensors = {{"model.embed_tokens.weight", embed_tokens_},
+                          {"model.norm.weight", final_norm_}};
+  if (!config_.tie_word_embeddings) tensors.emplace_back("lm_head.weight", lm_head_);
+  for (size_t l = 0; l < mixers_.size(); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    tensors.emplace_back(p + "input_layernorm.weight", input_norm_[l]);
+    tensors.emplace_back(p + "post_attention_layernorm.weight", post_attention_norm_[l]);
+    const MlpWeights& w = mlp_[l];
+    tensors.emplace_back(p + "mlp.gate_proj.weight", w.gate_proj);
+    tensors.emplace_back(p + "mlp.up_proj.weight", w.up_proj);
+    tensors.emplace_back(p + "mlp.down_proj.weight", w.down_proj);
+    if (w.gate_bias.defined()) {
+      tensors.emplace_back(p + "mlp.gate_proj.bias", w.gate_bias);
+      tensors.emplace_back(p + "mlp.up_proj.bias", w.up_bias);
+      tensors.emplace_back(p + "mlp.down_proj.bias", w.down_bias);
+    }
+    for (const auto& [name, t] : mixers_[l]->NamedTensors()) tensors.emplace_back(p + name, t);
+  }
+  // Assemble beside the target, then publish with one rename.
+  const std::string staging = dir + ".partial." + std::to_string(::getpid());
+  if (::mkdir(staging.c_str(), 0755) != 0) {
+    return IoError(staging + ": cannot create directory: " + std::strerror(errno));
+  }
+  std::vector<std::string> written;
+  auto cleanup = [&](Status s) {
+    for (const auto& f : written) ::unlink((staging + "/" + f).c_str());
+    ::unlink((staging + "/" + storage::kSingleCheckpointFile).c_str());
+    ::rmdir(staging.c_str());
+    return s;
+  };
+  Status s = storage::AtomicWriteString(staging + "/config.json", config.dump(2) + "\n");
+  if (!s.ok()) return cleanup(s);
+  written.push_back("config.json");
+  {
+    std::vector<at::Tensor> keep;
+    std::vector<storage::TensorToWrite> items;
+    for (const auto& [name, t] : tensors) {
+      auto dtype = ToStorageDType(t.scalar_type());
+      if (!dtype.ok()) return cleanup(dtype.status().WithContext(name));
+      keep.push_back(t.detach().to(at::kCPU).contiguous());
+      items.push_back({name, *dtype, keep.back().sizes().vec(), keep.back().data_ptr(),
+                       static_cast<size_t>(keep.back().numel()) * storage::DTypeSize(*dtype)});
+    }
+    s = storage::WriteCheckpoint(staging, items);
+    if (!s.ok()) return cleanup(s);
+  }
+  if (!source_dir_.empty()) {
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "generation_config.json"}) {
+      s = CopyFileIfExists(source_dir_ + "/" + f, staging + "/" + f);
+      if (!s.ok()) return cleanup(s);
+      written.push_back(f);
+    }
+  }
+  if (::rename(staging.c_str(), dir.c_str()) != 0) {
+    return cleanup(IoError(dir + ": cannot publish: " + std::strerror(errno)));
+  }
+  return Status::Ok();
 }
 
 }  // namespace hyb::worker

@@ -118,7 +118,47 @@ StatusOr<std::vector<int64_t>> ParseTokenIds(const JsonObject& c, const char* ke
   return out;
 }
 
+// Marks the layers that layer_types calls "linear_attention" and parses the mixer settings.
+// Softmax layer kinds (full/sliding) are the families' business above; here every entry must be
+// one of the three names and the list must have one entry per layer.
+Status ParseLinearLayers(const JsonObject& c, ModelConfig* m) {
+  m->layer_is_linear.assign(static_cast<size_t>(m->num_layers), false);
+  if (c.Has("layer_types")) {
+    const Json& lt = c.json()["layer_types"];
+    if (!lt.is_array() || static_cast<int64_t>(lt.size()) != m->num_layers) {
+      return c.FieldError("layer_types", "must be a list of num_hidden_layers (" +
+                                             std::to_string(m->num_layers) + ") strings");
+    }
+    for (size_t i = 0; i < lt.size(); ++i) {
+      const std::string t = lt[i].is_string() ? lt[i].get<std::string>() : "";
+      const bool sliding_ok = m->family != "llama";
+      if (t == "linear_attention") {
+        m->layer_is_linear[i] = true;
+      } else if (!(t == "full_attention" || (sliding_ok && t == "sliding_attention"))) {
+        return c.FieldError("layer_types", "entry " + std::to_string(i) + " is " +
+                                               JsonSnippet(lt[i]) + ", not supported for family " +
+                                               m->family);
+      }
+    }
+  }
+  if (c.Has("linear_attention")) {
+    HYB_ASSIGN_OR_RETURN(m->linear_mixer,
+                         ParseLinearMixerOptions(c.json()["linear_attention"],
+                                                 c.source() + " (linear_attention)"));
+  } else if (m->num_linear_layers() > 0) {
+    return c.FieldError("linear_attention",
+                        "is required when layer_types has \"linear_attention\" entries");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+int64_t ModelConfig::num_linear_layers() const {
+  int64_t n = 0;
+  for (bool b : layer_is_linear) n += b ? 1 : 0;
+  return n;
+}
 
 StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& source) {
   if (!config.is_object()) return InvalidArgument(source + ": not a JSON object");
@@ -209,15 +249,15 @@ StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& so
       }
       for (size_t i = 0; i < lt.size(); ++i) {
         const std::string t = lt[i].is_string() ? lt[i].get<std::string>() : "";
-        if (t == "full_attention") {
+        if (t == "full_attention" || t == "linear_attention") {
           m.layer_attention[i] = AttentionKind::kFull;
         } else if (t == "sliding_attention") {
           m.layer_attention[i] = AttentionKind::kSliding;
         } else {
           return c.FieldError("layer_types", "entry " + std::to_string(i) + " is " +
                                                  JsonSnippet(lt[i]) +
-                                                 ", expected \"full_attention\" or "
-                                                 "\"sliding_attention\"");
+                                                 ", expected \"full_attention\", "
+                                                 "\"sliding_attention\" or \"linear_attention\"");
         }
       }
     } else if (m.sliding_window > 0) {
@@ -230,15 +270,8 @@ StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& so
     if (m.sliding_window == 0) {
       m.layer_attention.assign(static_cast<size_t>(m.num_layers), AttentionKind::kFull);
     }
-  } else {  // llama
-    if (c.Has("layer_types")) {
-      for (const Json& t : config["layer_types"]) {
-        if (!(t.is_string() && t.get<std::string>() == "full_attention")) {
-          return c.FieldError("layer_types", "family llama supports only \"full_attention\"");
-        }
-      }
-    }
   }
+  HYB_RETURN_IF_ERROR(ParseLinearLayers(c, &m));
 
   HYB_ASSIGN_OR_RETURN(m.rope, ParseRope(c, m.max_position_embeddings));
   HYB_ASSIGN_OR_RETURN(auto bos, ParseTokenIds(c, "bos_token_id"));

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 #include "hyb/storage/checkpoint.h"
 #include "hyb/worker/model_config.h"
@@ -58,10 +59,21 @@ class DecoderModel {
   // device and dtype. Errors name the file and the tensor (missing, wrong shape, ...).
   static StatusOr<std::unique_ptr<DecoderModel>> Load(const std::string& dir,
                                                       const RuntimeOptions& options);
-  // As Load, from an already parsed config and opened checkpoint.
-  static StatusOr<std::unique_ptr<DecoderModel>> FromCheckpoint(const ModelConfig& config,
-                                                                const storage::Checkpoint& weights,
-                                                                const RuntimePlacement& placement);
+  // As Load, from an already parsed config and opened checkpoint. `source_config` is the
+  // config.json object the config came from (Save() writes it back, updated); `source_dir`, if
+  // not empty, is where Save() copies tokenizer files from.
+  static StatusOr<std::unique_ptr<DecoderModel>> FromCheckpoint(
+      const ModelConfig& config, const storage::Checkpoint& weights,
+      const RuntimePlacement& placement, const Json& source_config = Json::object(),
+      const std::string& source_dir = "");
+
+  // Writes the model as a Hugging Face style directory: config.json (the source config with
+  // "layer_types" naming each layer's mixer and, if any layer is linear, the "linear_attention"
+  // settings), weights in safetensors (every layer's current mixer under its own tensor names),
+  // and the tokenizer files of the source directory. The directory is assembled beside `dir`
+  // and renamed into place; FailedPrecondition if `dir` already exists, InvalidArgument if the
+  // linear layers do not share one set of mixer options.
+  Status Save(const std::string& dir) const;
 
   const ModelConfig& config() const { return config_; }
   const RuntimePlacement& placement() const { return placement_; }
@@ -92,6 +104,8 @@ class DecoderModel {
   at::Tensor ForwardImpl(const at::Tensor& ids, DecodeState* state, LayerTaps* taps) const;
 
   ModelConfig config_;
+  Json source_config_;
+  std::string source_dir_;
   RuntimePlacement placement_;
   RotaryEmbedding rope_;
   at::Tensor embed_tokens_;  // [vocab, hidden]

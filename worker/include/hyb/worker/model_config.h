@@ -9,6 +9,7 @@
 
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
+#include "hyb/worker/linear_mixer_options.h"
 
 namespace hyb::worker {
 
@@ -53,13 +54,18 @@ struct ModelConfig {
   bool mlp_bias = false;    // bias on gate/up/down
   bool qk_norm = false;     // per-head RMSNorm on q and k before rotary (qwen3)
   int64_t sliding_window = 0;            // 0: no sliding window anywhere
-  std::vector<AttentionKind> layer_attention;  // one per layer
+  std::vector<AttentionKind> layer_attention;  // one per layer (for softmax layers)
+  // Hybrids: layers whose token mixer is a linear-attention mixer ("linear_attention" in
+  // layer_types), and the mixer settings (config.json's "linear_attention" object).
+  std::vector<bool> layer_is_linear;
+  std::optional<LinearMixerOptions> linear_mixer;
   RopeConfig rope;
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
 
   // Number of query heads sharing one key/value head.
   int64_t group_size() const { return num_heads / num_kv_heads; }
+  int64_t num_linear_layers() const;
 };
 
 // Parses and checks a config.json object. `source` names the file in messages. Unsupported

@@ -1,0 +1,55 @@
+// Linear-attention operators: the one dispatch point for the mixers' recurrences. Every
+// operator exists in a recurrent form (token by token: the definition, and the decoding step)
+// and a chunked form (parallel within chunks: the training path). The CPU/LibTorch reference
+// implementations below are composed of differentiable ATen ops, so autograd provides their
+// backward; CUDA kernels plug in behind these functions without touching callers.
+//
+// Shapes: B batch, H heads, T tokens, K key dim, V value dim. States are [B, H, K, V] and the
+// output at step t is o_t = scale * S_t^T q_t. All math runs in the inputs' dtype; callers pass
+// fp32 (or fp64 in tests).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace hyb::kernels {
+
+struct LinearAttentionOutput {
+  at::Tensor output;       // [B, H, T, V]
+  at::Tensor final_state;  // [B, H, K, V]
+};
+
+// Gated linear attention (GLA, arXiv 2312.06635), decay per key dimension:
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = scale * S_t^T q_t
+// q, k, g: [B, H, T, K] (g = log decay <= 0); v: [B, H, T, V]; initial_state [B, H, K, V] or
+// undefined (zeros).
+LinearAttentionOutput GlaRecurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& g, double scale,
+                                   const at::Tensor& initial_state);
+LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& g, double scale, const at::Tensor& initial_state,
+                                 int64_t chunk_size);
+
+// Gated delta rule (Gated DeltaNet, arXiv 2412.06464), scalar decay and write strength per head:
+//   S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale * S_t^T q_t
+// q, k: [B, H, T, K] (k expected L2-normalised); v: [B, H, T, V]; g (log decay <= 0) and beta
+// (in [0, 1]): [B, H, T].
+LinearAttentionOutput GatedDeltaRecurrent(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g,
+                                          const at::Tensor& beta, double scale,
+                                          const at::Tensor& initial_state);
+LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& g,
+                                        const at::Tensor& beta, double scale,
+                                        const at::Tensor& initial_state, int64_t chunk_size);
+
+// One decoding step of each recurrence: q, k, g: [B, H, K]; v: [B, H, V]; beta, g (delta):
+// [B, H]; state [B, H, K, V] (not modified). Returns o [B, H, V] and the new state.
+LinearAttentionOutput GlaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& g, double scale, const at::Tensor& state);
+LinearAttentionOutput GatedDeltaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& g, const at::Tensor& beta, double scale,
+                                     const at::Tensor& state);
+
+}  // namespace hyb::kernels

@@ -1,0 +1,170 @@
+#include "hyb/kernels/linear_attention.h"
+
+#include <torch/torch.h>
+
+namespace hyb::kernels {
+namespace {
+
+at::Tensor ZeroState(const at::Tensor& k, const at::Tensor& v) {
+  return at::zeros({k.size(0), k.size(1), k.size(-1), v.size(-1)}, k.options());
+}
+
+void CheckQkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* op) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op, ": q, k, v must be [B, H, T, D]");
+  TORCH_CHECK(q.sizes() == k.sizes(), op, ": q and k shapes differ");
+  TORCH_CHECK(v.size(0) == q.size(0) && v.size(1) == q.size(1) && v.size(2) == q.size(2), op,
+              ": v must be [B, H, T, V] matching q");
+}
+
+// Pads dimension 2 (time) of x up to `t` with zeros.
+at::Tensor PadTime(const at::Tensor& x, int64_t t) {
+  if (x.size(2) == t) return x;
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[2] = t - x.size(2);
+  return at::cat({x, at::zeros(shape, x.options())}, 2);
+}
+
+}  // namespace
+
+LinearAttentionOutput GlaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& g, double scale, const at::Tensor& state) {
+  // S = diag(exp(g)) S + k v^T
+  at::Tensor s = state * g.exp().unsqueeze(-1) + k.unsqueeze(-1) * v.unsqueeze(-2);
+  at::Tensor o = at::matmul(q.unsqueeze(-2), s).squeeze(-2) * scale;  // [B, H, V]
+  return {o, s};
+}
+
+LinearAttentionOutput GatedDeltaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& g, const at::Tensor& beta, double scale,
+                                     const at::Tensor& state) {
+  // S = a (S - beta k (k^T S)) + beta k v^T  ==  a S + k (beta (v - a S^T k))^T
+  const at::Tensor a = g.exp().unsqueeze(-1).unsqueeze(-1);               // [B, H, 1, 1]
+  const at::Tensor decayed = state * a;                                    // a S
+  const at::Tensor kts = at::matmul(k.unsqueeze(-2), decayed).squeeze(-2);  // (aS)^T k: [B, H, V]
+  const at::Tensor w = beta.unsqueeze(-1) * (v - kts);                     // [B, H, V]
+  at::Tensor s = decayed + k.unsqueeze(-1) * w.unsqueeze(-2);
+  at::Tensor o = at::matmul(q.unsqueeze(-2), s).squeeze(-2) * scale;
+  return {o, s};
+}
+
+LinearAttentionOutput GlaRecurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& g, double scale,
+                                   const at::Tensor& initial_state) {
+  CheckQkv(q, k, v, "GlaRecurrent");
+  TORCH_CHECK(g.sizes() == k.sizes(), "GlaRecurrent: g must match k");
+  at::Tensor s = initial_state.defined() ? initial_state : ZeroState(k, v);
+  std::vector<at::Tensor> outs;
+  for (int64_t t = 0; t < q.size(2); ++t) {
+    auto step = GlaStep(q.select(2, t), k.select(2, t), v.select(2, t), g.select(2, t), scale, s);
+    outs.push_back(step.output);
+    s = step.final_state;
+  }
+  return {at::stack(outs, 2), s};
+}
+
+LinearAttentionOutput GatedDeltaRecurrent(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g,
+                                          const at::Tensor& beta, double scale,
+                                          const at::Tensor& initial_state) {
+  CheckQkv(q, k, v, "GatedDeltaRecurrent");
+  TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
+              "GatedDeltaRecurrent: g and beta must be [B, H, T]");
+  at::Tensor s = initial_state.defined() ? initial_state : ZeroState(k, v);
+  std::vector<at::Tensor> outs;
+  for (int64_t t = 0; t < q.size(2); ++t) {
+    auto step = GatedDeltaStep(q.select(2, t), k.select(2, t), v.select(2, t), g.select(2, t),
+                               beta.select(2, t), scale, s);
+    outs.push_back(step.output);
+    s = step.final_state;
+  }
+  return {at::stack(outs, 2), s};
+}
+
+LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& g, double scale, const at::Tensor& initial_state,
+                                 int64_t chunk_size) {
+  CheckQkv(q, k, v, "GlaChunked");
+  TORCH_CHECK(g.sizes() == k.sizes(), "GlaChunked: g must match k");
+  TORCH_CHECK(chunk_size > 0, "GlaChunked: chunk_size must be positive");
+  const int64_t t = q.size(2), c = chunk_size;
+  const int64_t n = (t + c - 1) / c;
+  // Zero padding at the end (k = v = 0, g = 0) changes neither earlier outputs nor the state.
+  const at::Tensor qp = PadTime(q, n * c), kp = PadTime(k, n * c), vp = PadTime(v, n * c);
+  const at::Tensor gp = PadTime(g, n * c);
+  at::Tensor s = initial_state.defined() ? initial_state : ZeroState(k, v);
+  // Causal mask over (t, s) positions inside a chunk.
+  const at::Tensor causal =
+      at::ones({c, c}, q.options().dtype(at::kBool)).tril().view({1, 1, c, c, 1});
+  std::vector<at::Tensor> outs;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor qc = qp.narrow(2, i * c, c), kc = kp.narrow(2, i * c, c);
+    const at::Tensor vc = vp.narrow(2, i * c, c);
+    const at::Tensor b = gp.narrow(2, i * c, c).cumsum(2);  // [B, H, C, K] log decay from start
+    // Intra-chunk: A[t, s] = sum_d q_t[d] k_s[d] exp(b_t[d] - b_s[d]) for s <= t. The exponent is
+    // <= 0 on the causal part; the masked part is set to -inf before exp (never overflows).
+    at::Tensor diff = b.unsqueeze(3) - b.unsqueeze(2);  // [B, H, C(t), C(s), K]
+    diff = diff.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity());
+    const at::Tensor attn = (qc.unsqueeze(3) * kc.unsqueeze(2) * diff.exp()).sum(-1);  // [B,H,C,C]
+    at::Tensor o = at::matmul(attn, vc) + at::matmul(qc * b.exp(), s);
+    outs.push_back(o * scale);
+    // State to the end of the chunk: decay by exp(b_C) and add exp(b_C - b_s) k_s v_s^T.
+    const at::Tensor b_last = b.narrow(2, c - 1, 1);                   // [B, H, 1, K]
+    const at::Tensor k_decayed = kc * (b_last - b).exp();              // [B, H, C, K]
+    s = s * b_last.squeeze(2).exp().unsqueeze(-1) + at::matmul(k_decayed.transpose(2, 3), vc);
+  }
+  return {at::cat(outs, 2).narrow(2, 0, t), s};
+}
+
+LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& g,
+                                        const at::Tensor& beta, double scale,
+                                        const at::Tensor& initial_state, int64_t chunk_size) {
+  CheckQkv(q, k, v, "GatedDeltaChunked");
+  TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
+              "GatedDeltaChunked: g and beta must be [B, H, T]");
+  TORCH_CHECK(chunk_size > 0, "GatedDeltaChunked: chunk_size must be positive");
+  const int64_t t = q.size(2), c = chunk_size;
+  const int64_t n = (t + c - 1) / c;
+  // Padding with k = v = 0, beta = 0, g = 0 leaves outputs and state unchanged.
+  const at::Tensor qp = PadTime(q, n * c), kp = PadTime(k, n * c), vp = PadTime(v, n * c);
+  const at::Tensor gp = PadTime(g.unsqueeze(-1), n * c).squeeze(-1);
+  const at::Tensor bp = PadTime(beta.unsqueeze(-1), n * c).squeeze(-1);
+  at::Tensor s = initial_state.defined() ? initial_state : ZeroState(k, v);
+  const auto bool_opts = q.options().dtype(at::kBool);
+  const at::Tensor causal = at::ones({c, c}, bool_opts).tril();        // s <= t
+  const at::Tensor strict = at::ones({c, c}, bool_opts).tril(-1);      // s < t
+  const at::Tensor eye = at::eye(c, q.options());
+  std::vector<at::Tensor> outs;
+  // Within a chunk with start state S0 and cumulative log decay b_t, the state is
+  //   S_t = e^{b_t} S0 + sum_{s<=t} e^{b_t - b_s} k_s w_s^T,
+  // where the pseudo-values w solve the unit lower-triangular system
+  //   w_t + beta_t sum_{s<t} e^{b_t - b_s} (k_t.k_s) w_s = beta_t (v_t - e^{b_t} S0^T k_t).
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor qc = qp.narrow(2, i * c, c), kc = kp.narrow(2, i * c, c);
+    const at::Tensor vc = vp.narrow(2, i * c, c);
+    const at::Tensor bc = bp.narrow(2, i * c, c).unsqueeze(-1);          // [B, H, C, 1] beta
+    const at::Tensor b = gp.narrow(2, i * c, c).cumsum(2);               // [B, H, C]
+    at::Tensor diff = b.unsqueeze(-1) - b.unsqueeze(-2);                 // [B, H, C(t), C(s)]
+    const at::Tensor decay =
+        diff.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()).exp();
+    const at::Tensor kk = at::matmul(kc, kc.transpose(2, 3));            // [B, H, C, C]
+    const at::Tensor lower = (bc * decay * kk).masked_fill(strict.logical_not(), 0.0);
+    const at::Tensor system = lower + eye;                                // unit lower triangular
+    const at::Tensor gamma = b.exp().unsqueeze(-1);                       // [B, H, C, 1]
+    const at::Tensor rhs = at::cat({bc * vc, bc * gamma * kc}, -1);       // [B, H, C, V + K]
+    const at::Tensor sol = at::linalg_solve_triangular(system, rhs, /*upper=*/false,
+                                                       /*left=*/true, /*unitriangular=*/true);
+    const int64_t dv = v.size(-1), dk = k.size(-1);
+    const at::Tensor u = sol.narrow(-1, 0, dv), wk = sol.narrow(-1, dv, dk);
+    const at::Tensor w = u - at::matmul(wk, s);                           // [B, H, C, V]
+    const at::Tensor qk = at::matmul(qc, kc.transpose(2, 3)) * decay;    // [B, H, C, C]
+    const at::Tensor o = at::matmul(qc * gamma, s) + at::matmul(qk, w);
+    outs.push_back(o * scale);
+    const at::Tensor b_last = b.narrow(2, c - 1, 1);                     // [B, H, 1]
+    const at::Tensor k_decayed = kc * (b_last - b).exp().unsqueeze(-1);  // [B, H, C, K]
+    s = s * b_last.exp().unsqueeze(-1) + at::matmul(k_decayed.transpose(2, 3), w);
+  }
+  return {at::cat(outs, 2).narrow(2, 0, t), s};
+}
+
+}  // namespace hyb::kernels
