@@ -5,7 +5,10 @@
 
 #include "hyb/kernels/attention.h"
 #include "hyb/kernels/cuda_ops.h"
+#include "hyb/kernels/linear_attention.h"
 #include "hyb/kernels/norm.h"
+#include "hyb/worker/attention_mixer.h"
+#include "hyb/worker/linear_mixer.h"
 #include "hyb/worker/decoder_model.h"
 #include "testing/temp_dir.h"
 #include "worker/test_model.h"
@@ -93,6 +96,59 @@ TEST(CudaModelTest, CudaForwardMatchesCpu) {
   parts.push_back(*(*gpu)->Forward(ids.narrow(1, 0, 20), &state));
   for (int64_t t = 20; t < 24; ++t) parts.push_back(*(*gpu)->Forward(ids.narrow(1, t, 1), &state));
   EXPECT_LT((at::cat(parts, 1).to(at::kCPU) - b).abs().max().item<double>(), 1e-4);
+}
+
+}  // namespace
+}  // namespace hyb
+
+namespace hyb {
+namespace {
+
+TEST(CudaLinearAttentionTest, ChunkedMatchesCpu) {
+  HYB_REQUIRE_CUDA();
+  torch::manual_seed(4);
+  const auto o = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor q = at::randn({2, 4, 77, 32}, o), k = at::randn({2, 4, 77, 32}, o);
+  k = k / k.norm(2, -1, true);
+  const at::Tensor v = at::randn({2, 4, 77, 16}, o), g = -at::rand({2, 4, 77, 32}, o);
+  const at::Tensor gh = -at::rand({2, 4, 77}, o), beta = at::rand({2, 4, 77}, o);
+  auto cpu = kernels::GatedDeltaChunked(q, k, v, gh, beta, 0.2, {}, 32);
+  auto gpu = kernels::GatedDeltaChunked(q.cuda(), k.cuda(), v.cuda(), gh.cuda(), beta.cuda(), 0.2,
+                                        {}, 32);
+  EXPECT_LT((gpu.output.cpu() - cpu.output).abs().max().item<double>(), 1e-4);
+  auto cpu_gla = kernels::GlaChunked(q, k, v, g, 0.2, {}, 32);
+  auto gpu_gla = kernels::GlaChunked(q.cuda(), k.cuda(), v.cuda(), g.cuda(), 0.2, {}, 32);
+  EXPECT_LT((gpu_gla.output.cpu() - cpu_gla.output).abs().max().item<double>(), 1e-4);
+}
+
+TEST(CudaHybridTest, HybridOnCudaMatchesCpuAndDecodes) {
+  HYB_REQUIRE_CUDA();
+  testing::TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.layers = 3;
+  testing::WriteTinyModel(dir.path(), spec, 30);
+  for (const char* mixer : {"gated_deltanet", "gla", "linear_elu"}) {
+    Json config = *ReadJsonFile(dir.File("config.json"));
+    auto cpu = worker::DecoderModel::Load(dir.path(), {"cpu", "fp32"});
+    ASSERT_TRUE(cpu.ok());
+    worker::LinearMixerOptions options =
+        *worker::ParseLinearMixerOptions(Json{{"mixer", mixer}}, "test");
+    const auto& teacher = dynamic_cast<const worker::SoftmaxAttentionMixer&>((*cpu)->mixer(1));
+    (*cpu)->SetMixer(1, worker::LinearMixer::Transfer(teacher.shape(), teacher.weights(), options));
+    const std::string hybrid = dir.File(std::string("hybrid_") + mixer);
+    ASSERT_TRUE((*cpu)->Save(hybrid).ok());
+    auto gpu = worker::DecoderModel::Load(hybrid, {"cuda", "fp32"});
+    ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+    at::NoGradGuard no_grad;
+    const at::Tensor ids = at::randint(0, spec.vocab, {2, 40}, at::kLong);
+    const at::Tensor a = *(*cpu)->Forward(ids);
+    const at::Tensor b = (*(*gpu)->Forward(ids)).cpu();
+    EXPECT_LT((a - b).abs().max().item<double>(), 1e-4) << mixer;
+    worker::DecodeState state = (*gpu)->NewDecodeState();
+    std::vector<at::Tensor> parts = {*(*gpu)->Forward(ids.narrow(1, 0, 33), &state)};
+    for (int64_t t = 33; t < 40; ++t) parts.push_back(*(*gpu)->Forward(ids.narrow(1, t, 1), &state));
+    EXPECT_LT((at::cat(parts, 1).cpu() - b).abs().max().item<double>(), 1e-4) << mixer;
+  }
 }
 
 }  // namespace

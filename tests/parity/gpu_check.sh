@@ -21,3 +21,7 @@ echo "build: $(( $(date +%s) - start )) s"
 ctest --test-dir build-gpu --output-on-failure -j8 > "$OUT/ctest.log" 2>&1
 echo "ctest rc=$?"; tail -15 "$OUT/ctest.log"
 python3 tests/parity/run_parity.py --cli build-gpu/cli/hybridize --out "$OUT/parity" 2>&1 | tee "$OUT/parity.log" | grep -v Warning
+# Linear-attention operator throughput on the GPU (LibTorch-ops reference, the baseline the CUDA
+# kernels will be compared against).
+build-gpu/bench/linear_attention_bench --device cuda --tokens 512,2048,8192 --repeats 10 \
+  --json "$OUT/linear_attention_bench_cuda.json" | tee "$OUT/linear_attention_bench_cuda.md"

@@ -21,7 +21,9 @@ std::string_view LinearMixerTypeName(LinearMixerType type);
 
 struct LinearMixerOptions {
   LinearMixerType type = LinearMixerType::kGatedDeltaNet;
-  int64_t chunk_size = 64;  // tokens per chunk of the chunked (training/prefill) form
+  // Tokens per chunk of the chunked (training/prefill) form; 32 measured fastest for forward +
+  // backward on CPU (BENCHMARKS.md).
+  int64_t chunk_size = 32;
   // Gated DeltaNet: kernel size of the causal depthwise convolutions on q, k, v (>= 1), and
   // whether SiLU follows them (the paper's choice).
   int64_t conv_size = 4;
