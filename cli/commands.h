@@ -11,6 +11,7 @@ namespace hyb::cli {
 
 int RunLogits(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
+int RunTokenize(const std::vector<std::string>& args);
 
 // Prints "error: <message>" to stderr and returns 1 (2 for InvalidArgument: a usage error).
 int ReportError(const std::string& command, const Status& status);

@@ -26,6 +26,7 @@ Turns a pretrained Transformer into a task-specific hybrid of softmax and linear
 commands:
   logits     run a model directory on token ids and write fp32 logits (parity checks)
   generate   greedy decoding with the KV cache from token ids
+  tokenize   encode text / decode ids with a tokenizer.json
 
 Run 'hybridize <command> --help' for a command's flags. Environment: HYB_LOG_LEVEL
 (debug|info|warning|error) sets the log threshold.
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "logits") return hyb::cli::RunLogits(args);
   if (command == "generate") return hyb::cli::RunGenerate(args);
+  if (command == "tokenize") return hyb::cli::RunTokenize(args);
   std::cerr << "hybridize: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }
