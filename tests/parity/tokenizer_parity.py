@@ -243,12 +243,26 @@ def main():
                 with open(os.path.join(d, f"mismatches_{tag}.json"), "w", encoding="utf-8") as f:
                     json.dump({"ids": mism_ids[:50], "decode": mism_dec[:50]}, f, ensure_ascii=False, indent=1)
             if not special_flag:
-                # Round trip: for byte-level tokenizers decode(encode(s)) == s (NFC for qwen2).
-                for s in strings:
-                    back = tok.decode(tok.encode(s).ids)
+                # Round trip with our decoder: byte-level tokenizers are lossless
+                # (decode(encode(s)) == s, after NFC for qwen2).
+                for k, s in enumerate(strings):
                     want = unicodedata.normalize("NFC", s) if name == "qwen2_style" else s
-                    mism_round += back != want and name in ("gpt2_bytelevel", "llama3_style", "qwen2_style")
+                    mism_round += ours[k]["decoded"] != want and name in (
+                        "gpt2_bytelevel", "llama3_style", "qwen2_style")
                 row["byte_level_roundtrip_failures"] = int(mism_round)
+                ok &= mism_round == 0
+                # A sample with the reference ids, checked into tests/data for CI.
+                with open(os.path.join(d, "fixtures.jsonl"), "w", encoding="utf-8") as f:
+                    for k in list(range(0, len(strings), len(strings) // 300))[:300]:
+                        f.write(json.dumps({"text": strings[k], "ids": tok.encode(strings[k]).ids,
+                                            "ids_special": tok.encode(strings[k], add_special_tokens=True).ids,
+                                            "decoded": tok.decode(tok.encode(strings[k]).ids, skip_special_tokens=False)},
+                                           ensure_ascii=False) + "\n")
+                    for b in invalid[:50]:
+                        ids = tok.encode(b.decode("utf-8", errors="replace")).ids
+                        f.write(json.dumps({"text_hex": b.hex(), "ids": ids,
+                                            "ids_special": tok.encode(b.decode("utf-8", errors="replace"), add_special_tokens=True).ids,
+                                            "decoded": tok.decode(ids, skip_special_tokens=False)}) + "\n")
                 # Throughput on the same strings, single thread.
                 nbytes = sum(len(s.encode("utf-8")) for s in texts)
                 t0 = time.perf_counter()
