@@ -99,7 +99,7 @@ Status Generate(const ParsedFlags& flags) {
 
 int RunGenerate(const std::vector<std::string>& args) {
   auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("generate", flags.status());
+  if (!flags.ok()) return ReportError("generate", flags.status(), /*usage=*/true);
   if (flags->help()) {
     std::cout << FlagHelp("hybridize generate --model DIR (--prompt-ids IDS | --input FILE) "
                           "[--max-new-tokens N] [--stop-ids IDS] [--output FILE]",
@@ -107,6 +107,9 @@ int RunGenerate(const std::vector<std::string>& args) {
                           "prompt on one line (token ids until the tokenizer lands).",
                           Specs());
     return 0;
+  }
+  if (Status req = flags->RequireAll({"model"}); !req.ok()) {
+    return ReportError("generate", req, /*usage=*/true);
   }
   const Status s = Generate(*flags);
   return s.ok() ? 0 : ReportError("generate", s);

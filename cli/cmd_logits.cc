@@ -44,7 +44,7 @@ Status Logits(const ParsedFlags& flags) {
 
 int RunLogits(const std::vector<std::string>& args) {
   auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("logits", flags.status());
+  if (!flags.ok()) return ReportError("logits", flags.status(), /*usage=*/true);
   if (flags->help()) {
     std::cout << FlagHelp("hybridize logits --model DIR --input IDS.safetensors --output "
                           "LOGITS.safetensors [--device D] [--dtype T]",
@@ -52,6 +52,9 @@ int RunLogits(const std::vector<std::string>& args) {
                           "and writes the logits in fp32.",
                           Specs());
     return 0;
+  }
+  if (Status req = flags->RequireAll({"model", "input", "output"}); !req.ok()) {
+    return ReportError("logits", req, /*usage=*/true);
   }
   const Status s = Logits(*flags);
   return s.ok() ? 0 : ReportError("logits", s);

@@ -48,7 +48,9 @@ Status Tokenize(const ParsedFlags& flags) {
     std::string item;
     while (std::getline(ss, item, ',')) {
       try {
-        ids.push_back(std::stoll(item));
+        size_t used = 0;
+        ids.push_back(std::stoll(item, &used));
+        if (used != item.size()) throw std::invalid_argument("trailing characters");
       } catch (const std::exception&) {
         return InvalidArgument("flag --decode: '" + item + "' is not a token id");
       }
@@ -126,7 +128,7 @@ Status Tokenize(const ParsedFlags& flags) {
 
 int RunTokenize(const std::vector<std::string>& args) {
   auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("tokenize", flags.status());
+  if (!flags.ok()) return ReportError("tokenize", flags.status(), /*usage=*/true);
   if (flags->help()) {
     std::cout << FlagHelp("hybridize tokenize --tokenizer FILE (--text TEXT | --decode IDS | "
                           "--input IN.jsonl --output OUT.jsonl)",
@@ -135,6 +137,9 @@ int RunTokenize(const std::vector<std::string>& args) {
                           "prints encode throughput to stderr.",
                           Specs());
     return 0;
+  }
+  if (Status req = flags->RequireAll({"tokenizer"}); !req.ok()) {
+    return ReportError("tokenize", req, /*usage=*/true);
   }
   const Status s = Tokenize(*flags);
   return s.ok() ? 0 : ReportError("tokenize", s);

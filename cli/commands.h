@@ -13,7 +13,8 @@ int RunLogits(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
 int RunTokenize(const std::vector<std::string>& args);
 
-// Prints "error: <message>" to stderr and returns 1 (2 for InvalidArgument: a usage error).
-int ReportError(const std::string& command, const Status& status);
+// Prints "hybridize <command>: error: <message>" to stderr and returns the exit code: 2 for a
+// usage error (bad or missing flags), 1 for any other failure.
+int ReportError(const std::string& command, const Status& status, bool usage = false);
 
 }  // namespace hyb::cli

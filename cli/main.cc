@@ -10,9 +10,9 @@
 
 namespace hyb::cli {
 
-int ReportError(const std::string& command, const Status& status) {
+int ReportError(const std::string& command, const Status& status, bool usage) {
   std::cerr << "hybridize " << command << ": error: " << status.message() << "\n";
-  return status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+  return usage ? 2 : 1;
 }
 
 }  // namespace hyb::cli
@@ -34,7 +34,7 @@ Run 'hybridize <command> --help' for a command's flags. Environment: HYB_LOG_LEV
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Dispatch(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
@@ -47,4 +47,13 @@ int main(int argc, char** argv) {
   if (command == "tokenize") return hyb::cli::RunTokenize(args);
   std::cerr << "hybridize: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return Dispatch(argc, argv);
+  } catch (const std::exception& e) {  // a LibTorch or allocation failure outside a Status path
+    std::cerr << "hybridize: internal error: " << e.what() << "\n";
+    return 1;
+  }
 }

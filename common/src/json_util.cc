@@ -7,7 +7,36 @@
 
 namespace hyb {
 
-StatusOr<Json> ParseJson(std::string_view text, std::string_view source) {
+Status CheckJsonDepth(std::string_view text, int max_depth, std::string_view source) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) {
+        return DataLoss(std::string(source) + ": JSON nested deeper than " +
+                        std::to_string(max_depth) + " levels");
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return Status::Ok();
+}
+
+StatusOr<Json> ParseJson(std::string_view text, std::string_view source, int max_depth) {
+  HYB_RETURN_IF_ERROR(CheckJsonDepth(text, max_depth, source));
   Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     // Re-parse with exceptions only to obtain the position in the message.

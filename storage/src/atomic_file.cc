@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
 #include <filesystem>
+#include <random>
 
 namespace hyb::storage {
 
@@ -39,13 +41,28 @@ Status SyncDirectory(const std::string& dir) {
 
 }  // namespace
 
-Status AtomicWriteFile(const std::string& path, const std::function<Status(FileSink&)>& fill) {
+std::string UniqueSuffix() {
+  // Random, not pid-based: a restarted worker (often pid 1 in a container) replaying the same
+  // writes must not collide with temporaries a crash left behind.
   static std::atomic<uint64_t> counter{0};
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%016llx%llx", static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(counter.fetch_add(1)));
+  return buf;
+}
+
+Status SyncParentDirectory(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  return SyncDirectory(dir);
+}
+
+Status AtomicWriteFile(const std::string& path, const std::function<Status(FileSink&)>& fill) {
   const std::filesystem::path target(path);
   std::string dir = target.parent_path().string();
   if (dir.empty()) dir = ".";
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." +
-                          std::to_string(counter.fetch_add(1));
+  const std::string tmp = path + ".tmp." + UniqueSuffix();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return IoError(tmp + ": cannot create: " + std::strerror(errno));
   FileSink sink(fd, tmp);

@@ -1,5 +1,7 @@
 #include "hyb/storage/checkpoint.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 
@@ -99,7 +101,10 @@ Status WriteCheckpoint(const std::string& dir, const std::vector<TensorToWrite>&
   uint64_t total = 0;
   for (const auto& t : tensors) total += t.nbytes;
   if (total <= max_shard_bytes) {
-    return WriteSafetensors((fs::path(dir) / kSingleCheckpointFile).string(), tensors);
+    HYB_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir) / kSingleCheckpointFile).string(), tensors));
+    // A stale index from an earlier sharded write would shadow the new file.
+    ::unlink((fs::path(dir) / kCheckpointIndexFile).c_str());
+    return Status::Ok();
   }
   std::vector<std::vector<TensorToWrite>> shards(1);
   uint64_t in_shard = 0;

@@ -65,6 +65,8 @@ StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(const std
   }
   const std::string_view header_text(reinterpret_cast<const char*>(file->data()) + 8,
                                      static_cast<size_t>(header_len));
+  // A valid header nests three levels ({name: {shape: [...]}}); anything deeper is corrupt.
+  if (!CheckJsonDepth(header_text, 3, path).ok()) return corrupt("header nests too deeply");
   Json header = Json::parse(header_text.begin(), header_text.end(), nullptr, false);
   if (header.is_discarded()) return corrupt("header is not valid JSON");
   if (!header.is_object()) return corrupt("header is not a JSON object");

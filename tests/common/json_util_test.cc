@@ -56,3 +56,22 @@ TEST(JsonUtilTest, UnknownKeysAreNamed) {
 
 }  // namespace
 }  // namespace hyb
+
+namespace hyb {
+namespace {
+
+TEST(JsonUtilTest, DeepNestingIsRejectedBeforeParsing) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  auto r = ParseJson(deep, "deep.json");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find("nested deeper than 64"), std::string::npos);
+  // Brackets inside strings do not count; 64 levels are fine.
+  EXPECT_TRUE(ParseJson("{\"a\": \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}",
+                        "s.json")
+                  .ok());
+  EXPECT_TRUE(ParseJson(std::string(64, '[') + std::string(64, ']'), "ok.json").ok());
+}
+
+}  // namespace
+}  // namespace hyb

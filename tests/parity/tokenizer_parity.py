@@ -251,7 +251,8 @@ def main():
                         "gpt2_bytelevel", "llama3_style", "qwen2_style")
                 row["byte_level_roundtrip_failures"] = int(mism_round)
                 ok &= mism_round == 0
-                # A sample with the reference ids, checked into tests/data for CI.
+                # A sample with the reference ids, checked into tests/data for CI. "ids" and
+                # "ids_special" both come from encode() with its default add_special_tokens=True.
                 with open(os.path.join(d, "fixtures.jsonl"), "w", encoding="utf-8") as f:
                     for k in list(range(0, len(strings), len(strings) // 300))[:300]:
                         f.write(json.dumps({"text": strings[k], "ids": tok.encode(strings[k]).ids,

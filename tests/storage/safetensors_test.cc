@@ -261,3 +261,17 @@ TEST(SafetensorsCorruptionTest, RandomCorruptionNeverCrashes) {
 
 }  // namespace
 }  // namespace hyb::storage
+
+namespace hyb::storage {
+namespace {
+
+TEST(SafetensorsCorruptionTest, DeeplyNestedHeaderIsRejected) {
+  hyb::testing::TempDir dir;
+  const std::string shape = std::string(1000000, '[') + std::string(1000000, ']');
+  const std::string header = "{\"x\": {\"dtype\": \"F32\", \"shape\": " + shape +
+                             ", \"data_offsets\": [0, 0]}}";
+  ExpectError(WriteRaw(dir, "deep", header, ""), StatusCode::kDataLoss, "nests too deeply");
+}
+
+}  // namespace
+}  // namespace hyb::storage

@@ -47,8 +47,19 @@ TEST(ModelConfigTest, FamilyDefaults) {
   const ModelConfig m = Parse(mistral);
   EXPECT_EQ(m.sliding_window, 16);
   for (auto k : m.layer_attention) EXPECT_EQ(k, AttentionKind::kSliding);
-  mistral["sliding_window"] = nullptr;
+  mistral["sliding_window"] = nullptr;  // explicit null: no window
   EXPECT_EQ(Parse(mistral).sliding_window, 0);
+  mistral.erase("sliding_window");  // absent: MistralConfig's default
+  EXPECT_EQ(Parse(mistral).sliding_window, 4096);
+  // Absent num_key_value_heads takes the family default (Mistral 8), null means "= heads".
+  Json m2 = Base("mistral");
+  m2.erase("num_key_value_heads");
+  EXPECT_EQ(Parse(m2).num_kv_heads, 8);
+  m2["num_key_value_heads"] = nullptr;
+  EXPECT_EQ(Parse(m2).num_kv_heads, 8);  // 8 heads in Base: null -> num_attention_heads
+  Json l2 = Base("llama");
+  l2.erase("num_key_value_heads");
+  EXPECT_EQ(Parse(l2).num_kv_heads, 8);
 }
 
 TEST(ModelConfigTest, BiasesAndHeadDim) {
@@ -158,6 +169,9 @@ TEST(ModelConfigTest, ErrorsNameTheField) {
   j = Base("llama");
   j["quantization_config"] = {{"quant_method", "gptq"}};
   EXPECT_NE(ErrorOf(j).find("quantization_config"), std::string::npos);
+  j = Base("qwen2");
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"beta_fast", 0}};
+  EXPECT_NE(ErrorOf(j).find("'beta_fast' must be positive"), std::string::npos);
   j = Base("llama");
   j["partial_rotary_factor"] = 0.5;
   EXPECT_NE(ErrorOf(j).find("partial_rotary_factor"), std::string::npos);

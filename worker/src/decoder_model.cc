@@ -1,5 +1,8 @@
 #include "hyb/worker/decoder_model.h"
 
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -244,6 +247,10 @@ DecodeState DecoderModel::NewDecodeState() const {
 StatusOr<at::Tensor> DecoderModel::Forward(const at::Tensor& input_ids, DecodeState* state,
                                            LayerTaps* taps) const {
   HYB_RETURN_IF_ERROR(CheckIds(input_ids, config_.vocab_size));
+  if (state != nullptr && state->length < 0) {
+    return FailedPrecondition("decode state is unusable after a failed forward pass; start a "
+                              "new one with NewDecodeState()");
+  }
   if (state != nullptr && state->layers.size() != mixers_.size()) {
     return InvalidArgument("decode state has " + std::to_string(state->layers.size()) +
                            " layers, the model " + std::to_string(mixers_.size()));
@@ -251,6 +258,9 @@ StatusOr<at::Tensor> DecoderModel::Forward(const at::Tensor& input_ids, DecodeSt
   try {
     return ForwardImpl(input_ids, state, taps);
   } catch (const c10::Error& e) {
+    // Layers before the failure may have advanced their caches: poison the state rather than
+    // let a retry continue from a half-updated one.
+    if (state != nullptr) state->length = -1;
     return Internal(std::string("forward pass failed: ") + e.what_without_backtrace());
   }
 }
@@ -326,6 +336,15 @@ StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt,
 namespace hyb::worker {
 namespace {
 
+// Removes a directory tree (nftw, not std::filesystem::remove_all, which crashes when linked
+// against the PyTorch wheel's libtorch).
+void RemoveTree(const std::string& path) {
+  ::nftw(
+      path.c_str(),
+      [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
 Status CopyFileIfExists(const std::string& from, const std::string& to) {
   auto contents = ReadFileToString(from);
   if (!contents.ok()) return Status::Ok();  // absent: nothing to copy
@@ -382,22 +401,19 @@ Status DecoderModel::Save(const std::string& dir) const {
     }
     for (const auto& [name, t] : mixers_[l]->NamedTensors()) tensors.emplace_back(p + name, t);
   }
-  // Assemble beside the target, then publish with one rename.
-  const std::string staging = dir + ".partial." + std::to_string(::getpid());
+  // Assemble beside the target, then publish with one rename that never replaces an existing
+  // directory.
+  const std::string staging = dir + ".partial." + storage::UniqueSuffix();
   if (::mkdir(staging.c_str(), 0755) != 0) {
     return IoError(staging + ": cannot create directory: " + std::strerror(errno));
   }
-  std::vector<std::string> written;
   auto cleanup = [&](Status s) {
-    for (const auto& f : written) ::unlink((staging + "/" + f).c_str());
-    ::unlink((staging + "/" + storage::kSingleCheckpointFile).c_str());
-    ::rmdir(staging.c_str());
+    RemoveTree(staging);
     return s;
   };
   Status s = storage::AtomicWriteString(staging + "/config.json", config.dump(2) + "\n");
   if (!s.ok()) return cleanup(s);
-  written.push_back("config.json");
-  {
+  try {
     std::vector<at::Tensor> keep;
     std::vector<storage::TensorToWrite> items;
     for (const auto& [name, t] : tensors) {
@@ -408,20 +424,23 @@ Status DecoderModel::Save(const std::string& dir) const {
                        static_cast<size_t>(keep.back().numel()) * storage::DTypeSize(*dtype)});
     }
     s = storage::WriteCheckpoint(staging, items);
-    if (!s.ok()) return cleanup(s);
+  } catch (const c10::Error& e) {
+    s = Internal(std::string("copying weights to host failed: ") + e.what_without_backtrace());
   }
+  if (!s.ok()) return cleanup(s);
   if (!source_dir_.empty()) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                           "generation_config.json"}) {
       s = CopyFileIfExists(source_dir_ + "/" + f, staging + "/" + f);
       if (!s.ok()) return cleanup(s);
-      written.push_back(f);
     }
   }
-  if (::rename(staging.c_str(), dir.c_str()) != 0) {
-    return cleanup(IoError(dir + ": cannot publish: " + std::strerror(errno)));
+  if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, dir.c_str(), RENAME_NOREPLACE) != 0) {
+    const int err = errno;
+    return cleanup(err == EEXIST ? FailedPrecondition(dir + ": already exists")
+                                 : IoError(dir + ": cannot publish: " + std::strerror(err)));
   }
-  return Status::Ok();
+  return storage::SyncParentDirectory(dir);
 }
 
 }  // namespace hyb::worker

@@ -9,14 +9,17 @@ namespace {
 struct FamilyDefaults {
   const char* name;
   int64_t max_position_embeddings;
-  int64_t head_dim;  // 0: hidden_size / num_attention_heads
+  int64_t head_dim;      // 0: hidden_size / num_attention_heads
+  int64_t num_kv_heads;  // when the key is absent; 0: num_attention_heads (null means that too)
 };
 constexpr FamilyDefaults kFamilies[] = {
-    {"llama", 2048, 0},
-    {"qwen2", 32768, 0},
-    {"qwen3", 32768, 128},
-    {"mistral", 131072, 0},
+    {"llama", 2048, 0, 0},
+    {"qwen2", 32768, 0, 32},
+    {"qwen3", 32768, 128, 32},
+    {"mistral", 131072, 0, 8},
 };
+// MistralConfig's sliding_window when the key is absent (an explicit null disables it).
+constexpr int64_t kMistralDefaultSlidingWindow = 4096;
 
 // Fields of config.json whose value changes the computation and that we do not implement.
 // Presence with a non-default value is an error, so nothing is silently ignored.
@@ -94,6 +97,8 @@ StatusOr<RopeConfig> ParseRope(const JsonObject& c, int64_t max_position_embeddi
     HYB_ASSIGN_OR_RETURN(r.mscale, rope.OptionalNumber("mscale"));
     HYB_ASSIGN_OR_RETURN(r.mscale_all_dim, rope.OptionalNumber("mscale_all_dim"));
     HYB_ASSIGN_OR_RETURN(r.truncate, rope.Bool("truncate", true));
+    if (!(r.beta_fast > 0)) return rope.FieldError("beta_fast", "must be positive");
+    if (!(r.beta_slow > 0)) return rope.FieldError("beta_slow", "must be positive");
   }
   if (r.original_max_position_embeddings <= 0) {
     return rope.FieldError("original_max_position_embeddings", "must be positive");
@@ -186,7 +191,10 @@ StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& so
   HYB_RETURN_IF_ERROR(positive("intermediate_size", &m.intermediate_size));
   HYB_RETURN_IF_ERROR(positive("num_hidden_layers", &m.num_layers));
   HYB_RETURN_IF_ERROR(positive("num_attention_heads", &m.num_heads));
-  HYB_ASSIGN_OR_RETURN(m.num_kv_heads, c.Int("num_key_value_heads", m.num_heads));
+  const int64_t default_kv =
+      (!config.contains("num_key_value_heads") && fam->num_kv_heads > 0) ? fam->num_kv_heads
+                                                                         : m.num_heads;
+  HYB_ASSIGN_OR_RETURN(m.num_kv_heads, c.Int("num_key_value_heads", default_kv));
   if (m.num_kv_heads <= 0 || m.num_heads % m.num_kv_heads != 0) {
     return c.FieldError("num_key_value_heads",
                         "must be positive and divide num_attention_heads (" +
@@ -229,6 +237,7 @@ StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& so
   m.layer_attention.assign(static_cast<size_t>(m.num_layers), AttentionKind::kFull);
   if (m.family == "mistral") {
     HYB_ASSIGN_OR_RETURN(auto window, c.OptionalInt("sliding_window"));
+    if (!config.contains("sliding_window")) window = kMistralDefaultSlidingWindow;
     if (window) {
       if (*window <= 0) return c.FieldError("sliding_window", "must be positive or null");
       m.sliding_window = *window;

@@ -53,7 +53,12 @@ Status SaveTensors(const std::string& path, const NamedTensors& tensors,
   for (const auto& [name, t] : tensors) {
     if (!t.defined()) return InvalidArgument(path + ": tensor '" + name + "' is undefined");
     HYB_ASSIGN_OR_RETURN(storage::DType dtype, ToStorageDType(t.scalar_type()));
-    keep.push_back(t.detach().to(at::kCPU).contiguous());
+    try {
+      keep.push_back(t.detach().to(at::kCPU).contiguous());
+    } catch (const c10::Error& e) {
+      return Internal(path + ": copying tensor '" + name + "' to host failed: " +
+                      e.what_without_backtrace());
+    }
     const at::Tensor& c = keep.back();
     items.push_back({name, dtype, c.sizes().vec(), c.data_ptr(),
                      static_cast<size_t>(c.numel()) * storage::DTypeSize(dtype)});

@@ -17,8 +17,18 @@ namespace hyb {
 
 using Json = nlohmann::json;
 
-// Parses `text`; `source` (a path or a label) prefixes any error message.
-StatusOr<Json> ParseJson(std::string_view text, std::string_view source);
+// Nesting deeper than this is rejected before parsing: serialising or copying a parsed value
+// recurses once per level, so unbounded depth from a file or request could exhaust the stack.
+inline constexpr int kMaxJsonDepth = 64;
+
+// Parses `text`; `source` (a path or a label) prefixes any error message. Input nested deeper
+// than `max_depth` is DataLoss.
+StatusOr<Json> ParseJson(std::string_view text, std::string_view source,
+                         int max_depth = kMaxJsonDepth);
+
+// Fails if arrays/objects in `text` nest deeper than `max_depth` (brackets inside strings do
+// not count). Linear time, no recursion.
+Status CheckJsonDepth(std::string_view text, int max_depth, std::string_view source);
 
 // Reads and parses a whole file. Fails with NotFound if absent, DataLoss if not valid JSON.
 StatusOr<Json> ReadJsonFile(const std::string& path);

@@ -29,6 +29,12 @@ class FileSink {
 // from `fill`) the temporary file is removed and `path` is left as it was.
 Status AtomicWriteFile(const std::string& path, const std::function<Status(FileSink&)>& fill);
 
+// A random hexadecimal string for temporary and staging names.
+std::string UniqueSuffix();
+
+// fsyncs the directory containing `path` (after a rename into it).
+Status SyncParentDirectory(const std::string& path);
+
 // Convenience: atomically writes `contents` to `path`.
 Status AtomicWriteString(const std::string& path, std::string_view contents);
 

@@ -35,7 +35,8 @@ struct RuntimePlacement {
 // this build or machine has no CUDA device.
 StatusOr<RuntimePlacement> ResolvePlacement(const RuntimeOptions& options);
 
-// Per-sequence decoding state: one MixerState per layer plus the number of tokens consumed.
+// Per-sequence decoding state: one MixerState per layer plus the number of tokens consumed
+// (-1 after a failed forward pass: the state must then be discarded).
 struct DecodeState {
   std::vector<std::unique_ptr<MixerState>> layers;
   int64_t length = 0;
@@ -82,7 +83,7 @@ class DecoderModel {
   // input_ids: int64 [B, T] (any device). Returns logits [B, T, vocab] in the model dtype on the
   // model device. With `state`, continues the sequences it holds and appends to it; `taps`, if
   // given, receives every layer's mixer input and output. InvalidArgument for ids of the wrong
-  // shape, type or range; Internal for a LibTorch failure.
+  // shape, type or range; Internal for a LibTorch failure (which also invalidates `state`).
   StatusOr<at::Tensor> Forward(const at::Tensor& input_ids, DecodeState* state = nullptr,
                                LayerTaps* taps = nullptr) const;
 
