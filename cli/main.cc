@@ -27,6 +27,7 @@ commands:
   logits     run a model directory on token ids and write fp32 logits (parity checks)
   generate   greedy decoding with the KV cache from token ids
   tokenize   encode text / decode ids with a tokenizer.json
+  prepare    tokenize JSONL documents into a packed dataset for distillation
 
 Run 'hybridize <command> --help' for a command's flags. Environment: HYB_LOG_LEVEL
 (debug|info|warning|error) sets the log threshold.
@@ -45,6 +46,7 @@ int Dispatch(int argc, char** argv) {
   if (command == "logits") return hyb::cli::RunLogits(args);
   if (command == "generate") return hyb::cli::RunGenerate(args);
   if (command == "tokenize") return hyb::cli::RunTokenize(args);
+  if (command == "prepare") return hyb::cli::RunPrepare(args);
   std::cerr << "hybridize: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }
