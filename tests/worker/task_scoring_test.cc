@@ -1,0 +1,187 @@
+#include "hyb/worker/task_scoring.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "testing/temp_dir.h"
+
+namespace hyb::worker {
+namespace {
+
+// Character-level tokenizer: a=0 b=1 c=2 ' '=3 '\n'=4, <s>=5 prepended by the template.
+std::shared_ptr<const Tokenizer> CharTokenizer() {
+  Json j = {{"model",
+             {{"type", "BPE"},
+              {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {" ", 3}, {"\n", 4}}},
+              {"merges", Json::array()}}},
+            {"added_tokens", {{{"id", 5}, {"content", "<s>"}, {"special", true}}}},
+            {"post_processor",
+             {{"type", "TemplateProcessing"},
+              {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+              {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
+  return *Tokenizer::FromJson(j, "char.json");
+}
+
+// A bigram language model with hand-chosen next-token probabilities (rows: previous token).
+const double kTable[6][6] = {
+    /* a   */ {0.1, 0.6, 0.1, 0.1, 0.1, 0},
+    /* b   */ {0.2, 0.2, 0.4, 0.1, 0.1, 0},
+    /* c   */ {0.1, 0.1, 0.1, 0.2, 0.5, 0},
+    /* ' ' */ {0.4, 0.3, 0.3, 0, 0, 0},
+    /* \n  */ {1.0 / 3, 1.0 / 3, 1.0 / 3, 0, 0, 0},
+    /* <s> */ {0.5, 0.25, 0.25, 0, 0, 0},
+};
+
+StatusOr<at::Tensor> Bigram(const at::Tensor& ids) {
+  const int64_t t = ids.size(1);
+  at::Tensor logits = at::empty({1, t, 6}, at::kDouble);
+  for (int64_t i = 0; i < t; ++i) {
+    const int64_t prev = ids[0][i].item<int64_t>();
+    for (int64_t v = 0; v < 6; ++v) logits[0][i][v] = std::log(kTable[prev][v] + 1e-15);
+  }
+  return logits;
+}
+
+StatusOr<at::Tensor> Uniform(const at::Tensor& ids) {
+  return at::zeros({1, ids.size(1), 6}, at::kDouble);
+}
+
+TEST(TaskScoringTest, LanguageModelLossIsTokenWeighted) {
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex(2);
+  ex[0].text = "ab";  // <s> a b: -(ln .5 + ln .6) over 2 tokens
+  ex[1].text = "c";   // <s> c: -ln .25 over 1 token
+  auto s = ScoreLm(Bigram, *tok, ex);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const double nll0 = -(std::log(0.5) + std::log(0.6)), nll1 = -std::log(0.25);
+  EXPECT_NEAR(s->per_example[0], nll0 / 2, 1e-9);
+  EXPECT_NEAR(s->per_example[1], nll1, 1e-9);
+  EXPECT_NEAR(s->value, (nll0 + nll1) / 3, 1e-9);
+  EXPECT_NEAR(s->details["perplexity"].get<double>(), std::exp((nll0 + nll1) / 3), 1e-9);
+  EXPECT_FALSE(s->higher_is_better);
+}
+
+TEST(TaskScoringTest, MultipleChoiceFollowsHarnessSemantics) {
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex(2);
+  ex[0].context = "a";
+  ex[0].choices = {"b", "c"};  // ln .6 vs ln .1
+  ex[0].label = 0;
+  // The context's trailing space moves into the continuation: " a" vs " cc".
+  // Raw: ln(.1*.4) = -3.22 beats ln(.1*.3*.1) = -5.81, so acc picks "a" (wrong);
+  // per character: -3.22 / 1 vs -5.81 / 2 = -2.90, so acc_norm picks "cc" (right).
+  ex[1].context = "b ";
+  ex[1].choices = {"a", "cc"};
+  ex[1].label = 1;
+  auto s = ScoreMultipleChoice(Bigram, *tok, ex);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->per_example, (std::vector<double>{1, 0}));
+  EXPECT_DOUBLE_EQ(s->value, 0.5);
+  EXPECT_DOUBLE_EQ(s->details["acc_norm"].get<double>(), 1.0);
+}
+
+TEST(TaskScoringTest, GenerateCutsAtStopAndMatchesExactly) {
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex(2);
+  ex[0].prompt = "a";  // greedy: b (.6), c (.4), \n (.5) -> "bc"
+  ex[0].answer = " bc ";
+  ex[0].stop = {"\n"};
+  ex[1].prompt = "b";  // greedy: c, \n -> "c"
+  ex[1].answer = "x";
+  ex[1].stop = {"\n"};
+  ScoringOptions o;
+  o.max_new_tokens = 5;
+  auto s = ScoreGenerate(GreedyByFullForward(Bigram), *tok, ex, o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->per_example, (std::vector<double>{1, 0}));
+  EXPECT_DOUBLE_EQ(s->value, 0.5);
+  EXPECT_EQ(s->details["samples"][0]["output"], "bc");
+}
+
+TEST(TaskScoringTest, KlToTeacherAgainstUniformModel) {
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex(1);
+  ex[0].text = "ab";  // positions after <s> and after a
+  auto s = ScoreKlToTeacher(Uniform, Bigram, *tok, ex);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  auto row_kl = [](const double* p) {
+    double kl = 0;
+    for (int v = 0; v < 6; ++v) {
+      if (p[v] > 0) kl += p[v] * std::log(p[v] * 6);
+    }
+    return kl;
+  };
+  EXPECT_NEAR(s->value, (row_kl(kTable[5]) + row_kl(kTable[0])) / 2, 1e-9);
+  // A model equal to the teacher has zero KL.
+  EXPECT_NEAR(ScoreKlToTeacher(Bigram, Bigram, *tok, ex)->value, 0.0, 1e-12);
+}
+
+TEST(TaskScoringTest, TaskFilesAreValidatedWithLineNumbers) {
+  hyb::testing::TempDir dir;
+  auto write = [&](const std::string& body) {
+    std::ofstream(dir.File("t.jsonl"), std::ios::trunc) << body;
+    return dir.File("t.jsonl");
+  };
+  auto mc = LoadTaskExamples(
+      write("{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 1}\n"), TaskKind::kMultipleChoice);
+  ASSERT_TRUE(mc.ok()) << mc.status().ToString();
+  EXPECT_EQ((*mc)[0].label, 1);
+  auto bad = LoadTaskExamples(
+      write("{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 1}\n"
+            "{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 2}\n"),
+      TaskKind::kMultipleChoice);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("t.jsonl:2: field 'label'"), std::string::npos)
+      << bad.status().message();
+  bad = LoadTaskExamples(write("{\"txt\": \"x\"}\n"), TaskKind::kLm);
+  EXPECT_NE(bad.status().message().find("'txt' is not a known field"), std::string::npos);
+  bad = LoadTaskExamples(write("{\"prompt\": \"p\"}\n"), TaskKind::kGenerate);
+  EXPECT_NE(bad.status().message().find("'answer' is required"), std::string::npos);
+  bad = LoadTaskExamples(write("\n\n"), TaskKind::kLm);
+  EXPECT_NE(bad.status().message().find("no examples"), std::string::npos);
+  EXPECT_FALSE(ParseTaskKind("qa").ok());
+  EXPECT_EQ(*ParseTaskKind("kl_to_teacher"), TaskKind::kKlToTeacher);
+}
+
+}  // namespace
+}  // namespace hyb::worker
+
+#include "worker/test_model.h"
+
+namespace hyb::worker {
+namespace {
+
+// The DecoderModel adapters: KV-cache greedy decoding agrees with greedy decoding by full
+// forwards, and lm scoring of a real model matches its own log-softmax.
+TEST(TaskScoringTest, DecoderModelAdapters) {
+  hyb::testing::TempDir dir;
+  hyb::testing::TinyModelSpec spec;
+  spec.vocab = 6;
+  hyb::testing::WriteTinyModel(dir.path(), spec, 40);
+  auto model = DecoderModel::Load(dir.path(), {});
+  ASSERT_TRUE(model.ok());
+  const std::vector<int64_t> prompt = {5, 0, 1};
+  auto cached = GreedyOf(**model)(prompt, 6, {});
+  auto full = GreedyByFullForward(LogitsOf(**model))(prompt, 6, {});
+  ASSERT_TRUE(cached.ok() && full.ok());
+  EXPECT_EQ(*cached, *full);
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex(1);
+  ex[0].text = "abc";
+  auto s = ScoreLm(LogitsOf(**model), *tok, ex);
+  ASSERT_TRUE(s.ok());
+  at::NoGradGuard no_grad;
+  const at::Tensor logp =
+      at::log_softmax((*(*model)->Forward(torch::tensor({5, 0, 1, 2}, at::kLong).view({1, 4})))[0]
+                          .to(at::kDouble),
+                      -1);
+  const double want = -(logp[0][0].item<double>() + logp[1][1].item<double>() +
+                        logp[2][2].item<double>()) / 3;
+  EXPECT_NEAR(s->value, want, 1e-9);
+}
+
+}  // namespace
+}  // namespace hyb::worker

@@ -1,0 +1,87 @@
+// Scoring a model on a task's examples: what the greedy search compares candidates with. Every
+// scorer returns the aggregate and one value per example (the search's paired bootstrap needs
+// them). Task files are JSONL, one example per line:
+//   lm               {"text": "..."}                                   mean token loss, perplexity
+//   multiple_choice  {"context": "...", "choices": ["...", ...], "label": 0}
+//                    accuracy and length-normalised accuracy, lm-evaluation-harness semantics
+//   generate         {"prompt": "...", "answer": "...", "stop": ["\n"]}  greedy decoding, exact match
+//   kl_to_teacher    {"text": "..."}                                   mean per-token KL(teacher || model)
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hyb/common/json_util.h"
+#include "hyb/common/status.h"
+#include "hyb/worker/decoder_model.h"
+#include "hyb/worker/tokenizer.h"
+
+namespace hyb::worker {
+
+enum class TaskKind { kLm, kMultipleChoice, kGenerate, kKlToTeacher };
+
+std::string TaskKindName(TaskKind kind);
+StatusOr<TaskKind> ParseTaskKind(const std::string& name);
+
+struct TaskExample {
+  std::string text;                  // lm, kl_to_teacher
+  std::string context;               // multiple_choice
+  std::vector<std::string> choices;  // multiple_choice
+  int64_t label = -1;                // multiple_choice
+  std::string prompt;                // generate
+  std::string answer;                // generate
+  std::vector<std::string> stop;     // generate (default: a newline)
+};
+
+// Reads and validates a task file; errors name the file, line and field. Unknown fields are
+// rejected so a typo does not silently change what is scored.
+StatusOr<std::vector<TaskExample>> LoadTaskExamples(const std::string& path, TaskKind kind);
+
+struct TaskScore {
+  std::string metric;             // "loss", "acc", "exact_match", "kl"
+  double value = 0;               // the aggregate of `metric`
+  bool higher_is_better = true;
+  std::vector<double> per_example;
+  Json details = Json::object();  // secondary metrics (perplexity, acc_norm, tokens, ...)
+};
+
+// The model as the scorers see it: ids [1, T] int64 -> logits [1, T, V].
+using LogitsFn = std::function<StatusOr<at::Tensor>(const at::Tensor& ids)>;
+// Greedy continuation of `prompt` by up to `max_new` tokens, stopping after any of `stop_ids`.
+using GenerateFn = std::function<StatusOr<std::vector<int64_t>>(
+    const std::vector<int64_t>& prompt, int64_t max_new, const std::vector<int64_t>& stop_ids)>;
+
+LogitsFn LogitsOf(const DecoderModel& model);
+GenerateFn GreedyOf(const DecoderModel& model);
+// Greedy decoding with repeated full forwards (for models without a decode state).
+GenerateFn GreedyByFullForward(LogitsFn logits);
+
+struct ScoringOptions {
+  // Encode with the tokenizer's post-processor template (e.g. a BOS token) for lm,
+  // kl_to_teacher and generate prompts, and prepend it to multiple-choice contexts.
+  bool add_special_tokens = true;
+  int64_t max_new_tokens = 32;        // generate
+  std::vector<int64_t> stop_ids;      // generate: e.g. the EOS ids
+  std::optional<int64_t> empty_context_token;  // multiple_choice with an empty context
+};
+
+StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
+                            const std::vector<TaskExample>& examples,
+                            const ScoringOptions& options = {});
+StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& tok,
+                                        const std::vector<TaskExample>& examples,
+                                        const ScoringOptions& options = {});
+StatusOr<TaskScore> ScoreGenerate(const GenerateFn& model, const Tokenizer& tok,
+                                  const std::vector<TaskExample>& examples,
+                                  const ScoringOptions& options = {});
+StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,
+                                     const Tokenizer& tok,
+                                     const std::vector<TaskExample>& examples,
+                                     const ScoringOptions& options = {});
+
+}  // namespace hyb::worker

@@ -1,0 +1,301 @@
+#include "hyb/worker/task_scoring.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+
+namespace hyb::worker {
+namespace {
+
+std::vector<int64_t> EncodeFor(const Tokenizer& tok, const std::string& text,
+                               const ScoringOptions& o) {
+  return tok.Encode(text, o.add_special_tokens);
+}
+
+at::Tensor IdsTensor(const std::vector<int64_t>& ids) {
+  return torch::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
+}
+
+// log-probabilities [T, V] in double for the sequence `ids`.
+StatusOr<at::Tensor> LogProbs(const LogitsFn& model, const std::vector<int64_t>& ids) {
+  HYB_ASSIGN_OR_RETURN(at::Tensor logits, model(IdsTensor(ids)));
+  return at::log_softmax(logits[0].to(at::kCPU, at::kDouble), -1);
+}
+
+// Sum of log p(ids[i] | ids[<i]) for i in [from, ids.size()).
+double SumLogProb(const at::Tensor& logp, const std::vector<int64_t>& ids, size_t from) {
+  double s = 0;
+  for (size_t i = std::max<size_t>(from, 1); i < ids.size(); ++i) {
+    s += logp[static_cast<int64_t>(i) - 1][ids[i]].item<double>();
+  }
+  return s;
+}
+
+std::string Trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t\r\n");
+  if (a == std::string::npos) return "";
+  const size_t b = s.find_last_not_of(" \t\r\n");
+  return s.substr(a, b - a + 1);
+}
+
+}  // namespace
+
+std::string TaskKindName(TaskKind kind) {
+  switch (kind) {
+    case TaskKind::kLm: return "lm";
+    case TaskKind::kMultipleChoice: return "multiple_choice";
+    case TaskKind::kGenerate: return "generate";
+    case TaskKind::kKlToTeacher: return "kl_to_teacher";
+  }
+  return "?";
+}
+
+StatusOr<TaskKind> ParseTaskKind(const std::string& name) {
+  for (auto k : {TaskKind::kLm, TaskKind::kMultipleChoice, TaskKind::kGenerate,
+                 TaskKind::kKlToTeacher}) {
+    if (TaskKindName(k) == name) return k;
+  }
+  return InvalidArgument("task type '" + name +
+                         "' is not one of lm, multiple_choice, generate, kl_to_teacher");
+}
+
+StatusOr<std::vector<TaskExample>> LoadTaskExamples(const std::string& path, TaskKind kind) {
+  HYB_ASSIGN_OR_RETURN(std::string contents, ReadFileToString(path));
+  std::vector<TaskExample> out;
+  std::stringstream lines(contents);
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(lines, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(number);
+    HYB_ASSIGN_OR_RETURN(Json j, ParseJson(line, where));
+    if (!j.is_object()) return InvalidArgument(where + ": not a JSON object");
+    JsonObject o(j, where);
+    TaskExample e;
+    switch (kind) {
+      case TaskKind::kLm:
+      case TaskKind::kKlToTeacher: {
+        HYB_RETURN_IF_ERROR(o.CheckKnownKeys({"text", "id"}));
+        HYB_ASSIGN_OR_RETURN(e.text, o.String("text"));
+        if (e.text.empty()) return o.FieldError("text", "is empty");
+        break;
+      }
+      case TaskKind::kMultipleChoice: {
+        HYB_RETURN_IF_ERROR(o.CheckKnownKeys({"context", "choices", "label", "id"}));
+        HYB_ASSIGN_OR_RETURN(e.context, o.String("context"));
+        if (!o.Has("choices") || !j["choices"].is_array() || j["choices"].size() < 2) {
+          return o.FieldError("choices", "must be a list of at least two strings");
+        }
+        for (const Json& c : j["choices"]) {
+          if (!c.is_string() || c.get<std::string>().empty()) {
+            return o.FieldError("choices", "must hold non-empty strings");
+          }
+          e.choices.push_back(c.get<std::string>());
+        }
+        HYB_ASSIGN_OR_RETURN(e.label, o.Int("label"));
+        if (e.label < 0 || e.label >= static_cast<int64_t>(e.choices.size())) {
+          return o.FieldError("label", "must index into choices (0.." +
+                                           std::to_string(e.choices.size() - 1) + ")");
+        }
+        break;
+      }
+      case TaskKind::kGenerate: {
+        HYB_RETURN_IF_ERROR(o.CheckKnownKeys({"prompt", "answer", "stop", "id"}));
+        HYB_ASSIGN_OR_RETURN(e.prompt, o.String("prompt"));
+        HYB_ASSIGN_OR_RETURN(e.answer, o.String("answer"));
+        e.stop = {"\n"};
+        if (o.Has("stop")) {
+          if (!j["stop"].is_array()) return o.FieldError("stop", "must be a list of strings");
+          e.stop.clear();
+          for (const Json& s : j["stop"]) {
+            if (!s.is_string() || s.get<std::string>().empty()) {
+              return o.FieldError("stop", "must hold non-empty strings");
+            }
+            e.stop.push_back(s.get<std::string>());
+          }
+        }
+        break;
+      }
+    }
+    out.push_back(std::move(e));
+  }
+  if (out.empty()) return InvalidArgument(path + ": no examples");
+  return out;
+}
+
+LogitsFn LogitsOf(const DecoderModel& model) {
+  return [&model](const at::Tensor& ids) -> StatusOr<at::Tensor> {
+    at::NoGradGuard no_grad;
+    return model.Forward(ids);
+  };
+}
+
+GenerateFn GreedyOf(const DecoderModel& model) {
+  return [&model](const std::vector<int64_t>& prompt, int64_t max_new,
+                  const std::vector<int64_t>& stop_ids) -> StatusOr<std::vector<int64_t>> {
+    HYB_ASSIGN_OR_RETURN(at::Tensor out, model.GenerateGreedy(IdsTensor(prompt), max_new, stop_ids));
+    std::vector<int64_t> ids;
+    for (int64_t i = static_cast<int64_t>(prompt.size()); i < out.size(1); ++i) {
+      ids.push_back(out[0][i].item<int64_t>());
+    }
+    return ids;
+  };
+}
+
+GenerateFn GreedyByFullForward(LogitsFn logits) {
+  return [logits = std::move(logits)](const std::vector<int64_t>& prompt, int64_t max_new,
+                                      const std::vector<int64_t>& stop_ids)
+             -> StatusOr<std::vector<int64_t>> {
+    std::vector<int64_t> seq = prompt, out;
+    for (int64_t step = 0; step < max_new; ++step) {
+      HYB_ASSIGN_OR_RETURN(at::Tensor l, logits(IdsTensor(seq)));
+      const int64_t next = l[0][static_cast<int64_t>(seq.size()) - 1].argmax().item<int64_t>();
+      out.push_back(next);
+      seq.push_back(next);
+      if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
+    }
+    return out;
+  };
+}
+
+StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
+                            const std::vector<TaskExample>& examples,
+                            const ScoringOptions& options) {
+  TaskScore score;
+  score.metric = "loss";
+  score.higher_is_better = false;
+  double total_nll = 0;
+  int64_t total_tokens = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const auto ids = EncodeFor(tok, examples[i].text, options);
+    if (ids.size() < 2) {
+      return InvalidArgument("lm example " + std::to_string(i) +
+                             " has fewer than two tokens: nothing to predict");
+    }
+    HYB_ASSIGN_OR_RETURN(at::Tensor logp, LogProbs(model, ids));
+    const double nll = -SumLogProb(logp, ids, 1);
+    const auto n = static_cast<int64_t>(ids.size()) - 1;
+    score.per_example.push_back(nll / static_cast<double>(n));
+    total_nll += nll;
+    total_tokens += n;
+  }
+  score.value = total_nll / static_cast<double>(total_tokens);
+  score.details = {{"perplexity", std::exp(score.value)}, {"tokens", total_tokens}};
+  return score;
+}
+
+StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& tok,
+                                        const std::vector<TaskExample>& examples,
+                                        const ScoringOptions& options) {
+  TaskScore score;
+  score.metric = "acc";
+  const std::vector<int64_t> prefix =
+      options.add_special_tokens ? tok.Encode("", true) : std::vector<int64_t>{};
+  double correct = 0, correct_norm = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const TaskExample& e = examples[i];
+    std::vector<double> ll, ll_norm;
+    for (const std::string& choice : e.choices) {
+      // lm-evaluation-harness: trailing whitespace of the context moves to the continuation;
+      // the continuation's tokens are those of context+continuation beyond the context's.
+      std::string context = e.context, continuation = choice;
+      const size_t keep = context.find_last_not_of(" \t\n\r") == std::string::npos
+                              ? 0
+                              : context.find_last_not_of(" \t\n\r") + 1;
+      continuation = context.substr(keep) + continuation;
+      context = context.substr(0, keep);
+      std::vector<int64_t> ctx = prefix, whole = prefix;
+      const auto c = tok.Encode(context, false), w = tok.Encode(context + continuation, false);
+      ctx.insert(ctx.end(), c.begin(), c.end());
+      whole.insert(whole.end(), w.begin(), w.end());
+      if (ctx.empty()) {
+        if (!options.empty_context_token) {
+          return InvalidArgument("multiple_choice example " + std::to_string(i) +
+                                 " has an empty context and no BOS/EOS token to condition on");
+        }
+        ctx.push_back(*options.empty_context_token);
+        whole.insert(whole.begin(), *options.empty_context_token);
+      }
+      if (whole.size() <= ctx.size()) {
+        return InvalidArgument("multiple_choice example " + std::to_string(i) + ": choice '" +
+                               choice + "' adds no tokens");
+      }
+      HYB_ASSIGN_OR_RETURN(at::Tensor logp, LogProbs(model, whole));
+      const double s = SumLogProb(logp, whole, ctx.size());
+      ll.push_back(s);
+      ll_norm.push_back(s / static_cast<double>(choice.size()));  // harness: per character
+    }
+    const auto best = std::max_element(ll.begin(), ll.end()) - ll.begin();
+    const auto best_norm = std::max_element(ll_norm.begin(), ll_norm.end()) - ll_norm.begin();
+    const double hit = best == e.label ? 1.0 : 0.0;
+    score.per_example.push_back(hit);
+    correct += hit;
+    correct_norm += best_norm == e.label ? 1.0 : 0.0;
+  }
+  const auto n = static_cast<double>(examples.size());
+  score.value = correct / n;
+  score.details = {{"acc_norm", correct_norm / n}};
+  return score;
+}
+
+StatusOr<TaskScore> ScoreGenerate(const GenerateFn& model, const Tokenizer& tok,
+                                  const std::vector<TaskExample>& examples,
+                                  const ScoringOptions& options) {
+  TaskScore score;
+  score.metric = "exact_match";
+  double hits = 0;
+  Json samples = Json::array();
+  for (const TaskExample& e : examples) {
+    const auto prompt = EncodeFor(tok, e.prompt, options);
+    HYB_ASSIGN_OR_RETURN(auto ids, model(prompt, options.max_new_tokens, options.stop_ids));
+    // Drop a trailing stop token, decode, cut at the first stop string.
+    if (!ids.empty() && std::find(options.stop_ids.begin(), options.stop_ids.end(), ids.back()) !=
+                            options.stop_ids.end()) {
+      ids.pop_back();
+    }
+    std::string text = tok.Decode(ids, /*skip_special_tokens=*/true);
+    size_t cut = text.size();
+    for (const auto& s : e.stop) cut = std::min(cut, text.find(s));
+    text = Trim(text.substr(0, cut));
+    const double hit = text == Trim(e.answer) ? 1.0 : 0.0;
+    score.per_example.push_back(hit);
+    hits += hit;
+    if (samples.size() < 5) samples.push_back({{"output", text}, {"answer", e.answer}});
+  }
+  score.value = hits / static_cast<double>(examples.size());
+  score.details = {{"samples", samples}};
+  return score;
+}
+
+StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,
+                                     const Tokenizer& tok,
+                                     const std::vector<TaskExample>& examples,
+                                     const ScoringOptions& options) {
+  TaskScore score;
+  score.metric = "kl";
+  score.higher_is_better = false;
+  double total = 0;
+  int64_t positions = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const auto ids = EncodeFor(tok, examples[i].text, options);
+    if (ids.size() < 2) {
+      return InvalidArgument("kl_to_teacher example " + std::to_string(i) +
+                             " has fewer than two tokens");
+    }
+    HYB_ASSIGN_OR_RETURN(at::Tensor q, LogProbs(model, ids));
+    HYB_ASSIGN_OR_RETURN(at::Tensor p, LogProbs(teacher, ids));
+    const auto n = static_cast<int64_t>(ids.size()) - 1;  // positions that predict a token
+    const at::Tensor kl = (p.exp() * (p - q)).sum(-1).narrow(0, 0, n);  // [n]
+    const double sum = kl.sum().item<double>();
+    score.per_example.push_back(sum / static_cast<double>(n));
+    total += sum;
+    positions += n;
+  }
+  score.value = total / static_cast<double>(positions);
+  score.details = {{"positions", positions}};
+  return score;
+}
+
+}  // namespace hyb::worker
