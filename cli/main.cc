@@ -28,6 +28,7 @@ commands:
   generate   greedy decoding with the KV cache from token ids
   tokenize   encode text / decode ids with a tokenizer.json
   prepare    tokenize JSONL documents into a packed dataset for distillation
+  score      score a model on a task file (lm, multiple_choice, generate, kl_to_teacher)
 
 Run 'hybridize <command> --help' for a command's flags. Environment: HYB_LOG_LEVEL
 (debug|info|warning|error) sets the log threshold.
@@ -47,6 +48,7 @@ int Dispatch(int argc, char** argv) {
   if (command == "generate") return hyb::cli::RunGenerate(args);
   if (command == "tokenize") return hyb::cli::RunTokenize(args);
   if (command == "prepare") return hyb::cli::RunPrepare(args);
+  if (command == "score") return hyb::cli::RunScore(args);
   std::cerr << "hybridize: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }
