@@ -98,21 +98,14 @@ Status Generate(const ParsedFlags& flags) {
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
-  auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("generate", flags.status(), /*usage=*/true);
-  if (flags->help()) {
-    std::cout << FlagHelp("hybridize generate --model DIR (--prompt-ids IDS | --input FILE) "
-                          "[--max-new-tokens N] [--stop-ids IDS] [--output FILE]",
-                          "Greedy decoding with the KV cache. Prints the generated ids of each "
-                          "prompt on one line (token ids until the tokenizer lands).",
-                          Specs());
-    return 0;
-  }
-  if (Status req = flags->RequireAll({"model"}); !req.ok()) {
-    return ReportError("generate", req, /*usage=*/true);
-  }
-  const Status s = Generate(*flags);
-  return s.ok() ? 0 : ReportError("generate", s);
+  return RunCommand({"generate",
+                     "hybridize generate --model DIR (--prompt-ids IDS | --input FILE) "
+                     "[--max-new-tokens N] [--stop-ids IDS] [--output FILE]",
+                     "Greedy decoding with the KV cache. Prints the generated ids of each "
+                     "prompt on one line (token ids until the tokenizer lands).",
+                     Specs(),
+                     {"model"}},
+                    args, Generate);
 }
 
 }  // namespace hyb::cli

@@ -43,21 +43,14 @@ Status Logits(const ParsedFlags& flags) {
 }  // namespace
 
 int RunLogits(const std::vector<std::string>& args) {
-  auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("logits", flags.status(), /*usage=*/true);
-  if (flags->help()) {
-    std::cout << FlagHelp("hybridize logits --model DIR --input IDS.safetensors --output "
-                          "LOGITS.safetensors [--device D] [--dtype T]",
-                          "Runs the model on every row of input_ids (one full forward, no cache) "
-                          "and writes the logits in fp32.",
-                          Specs());
-    return 0;
-  }
-  if (Status req = flags->RequireAll({"model", "input", "output"}); !req.ok()) {
-    return ReportError("logits", req, /*usage=*/true);
-  }
-  const Status s = Logits(*flags);
-  return s.ok() ? 0 : ReportError("logits", s);
+  return RunCommand({"logits",
+                     "hybridize logits --model DIR --input IDS.safetensors --output "
+                     "LOGITS.safetensors [--device D] [--dtype T]",
+                     "Runs the model on every row of input_ids (one full forward, no cache) "
+                     "and writes the logits in fp32.",
+                     Specs(),
+                     {"model", "input", "output"}},
+                    args, Logits);
 }
 
 }  // namespace hyb::cli

@@ -1,7 +1,7 @@
 // hybridize prepare: JSONL text -> packed token dataset for distillation.
 #include <chrono>
-#include <optional>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "commands.h"
@@ -101,22 +101,15 @@ Status Prepare(const ParsedFlags& flags) {
 }  // namespace
 
 int RunPrepare(const std::vector<std::string>& args) {
-  auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("prepare", flags.status(), /*usage=*/true);
-  if (flags->help()) {
-    std::cout << FlagHelp("hybridize prepare --tokenizer FILE|DIR --input A.jsonl[,B.jsonl] "
-                          "--output DIR [--text-field NAME] [--eos-token TOKEN|none]",
-                          "Tokenizes JSONL documents into a packed, memory-mappable dataset "
-                          "(tokens.bin, docs.idx, meta.json) that distillation samples "
-                          "fixed-length sequences from.",
-                          Specs());
-    return 0;
-  }
-  if (Status req = flags->RequireAll({"tokenizer", "input", "output"}); !req.ok()) {
-    return ReportError("prepare", req, /*usage=*/true);
-  }
-  const Status s = Prepare(*flags);
-  return s.ok() ? 0 : ReportError("prepare", s);
+  return RunCommand({"prepare",
+                     "hybridize prepare --tokenizer FILE|DIR --input A.jsonl[,B.jsonl] "
+                     "--output DIR [--text-field NAME] [--eos-token TOKEN|none]",
+                     "Tokenizes JSONL documents into a packed, memory-mappable dataset "
+                     "(tokens.bin, docs.idx, meta.json) that distillation samples "
+                     "fixed-length sequences from.",
+                     Specs(),
+                     {"tokenizer", "input", "output"}},
+                    args, Prepare);
 }
 
 }  // namespace hyb::cli

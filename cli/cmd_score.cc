@@ -56,7 +56,8 @@ Status Score(const ParsedFlags& flags) {
       break;
     case worker::TaskKind::kKlToTeacher: {
       if (!flags.Has("teacher")) return InvalidArgument("kl_to_teacher needs --teacher DIR");
-      HYB_ASSIGN_OR_RETURN(auto teacher, worker::DecoderModel::Load(*flags.Get("teacher"), options));
+      HYB_ASSIGN_OR_RETURN(auto teacher,
+                           worker::DecoderModel::Load(*flags.Get("teacher"), options));
       score = worker::ScoreKlToTeacher(worker::LogitsOf(*model), worker::LogitsOf(*teacher), *tok,
                                        examples, so);
       break;
@@ -83,21 +84,14 @@ Status Score(const ParsedFlags& flags) {
 }  // namespace
 
 int RunScore(const std::vector<std::string>& args) {
-  auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("score", flags.status(), /*usage=*/true);
-  if (flags->help()) {
-    std::cout << FlagHelp("hybridize score --model DIR --task-type TYPE --data FILE.jsonl "
-                          "[--teacher DIR] [--limit N] [--output FILE.json]",
-                          "Scores a model (teacher or hybrid) on a task file and prints the "
-                          "aggregate as JSON; --output adds the per-example values.",
-                          Specs());
-    return 0;
-  }
-  if (Status req = flags->RequireAll({"model", "task-type", "data"}); !req.ok()) {
-    return ReportError("score", req, /*usage=*/true);
-  }
-  const Status s = Score(*flags);
-  return s.ok() ? 0 : ReportError("score", s);
+  return RunCommand({"score",
+                     "hybridize score --model DIR --task-type TYPE --data FILE.jsonl "
+                     "[--teacher DIR] [--limit N] [--output FILE.json]",
+                     "Scores a model (teacher or hybrid) on a task file and prints the "
+                     "aggregate as JSON; --output adds the per-example values.",
+                     Specs(),
+                     {"model", "task-type", "data"}},
+                    args, Score);
 }
 
 }  // namespace hyb::cli

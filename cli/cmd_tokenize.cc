@@ -22,8 +22,8 @@ const std::vector<FlagSpec>& Specs() {
        "one object per line: \"text\" (encode), \"text_hex\" (encode raw bytes, for invalid "
        "UTF-8) or \"ids\" (decode only)",
        ""},
-      {"output", "FILE.jsonl", "with --input: write {\"ids\": [...], \"decoded\": \"...\"} per line",
-       ""},
+      {"output", "FILE.jsonl",
+       "with --input: write {\"ids\": [...], \"decoded\": \"...\"} per line", ""},
       {"add-special-tokens", "", "apply the post-processor template (e.g. BOS)", ""},
       {"skip-special-tokens", "", "when decoding, drop special tokens", ""},
   };
@@ -117,8 +117,11 @@ Status Tokenize(const ParsedFlags& flags) {
            "\n";
   }
   HYB_RETURN_IF_ERROR(storage::AtomicWriteString(output, out));
-  std::cerr << Json{{"texts", items.size()}, {"bytes", bytes}, {"tokens", tokens},
-                    {"encode_seconds", secs}, {"mb_per_second", bytes / secs / 1e6}}
+  std::cerr << Json{{"texts", items.size()},
+                    {"bytes", bytes},
+                    {"tokens", tokens},
+                    {"encode_seconds", secs},
+                    {"mb_per_second", bytes / secs / 1e6}}
                    .dump()
             << "\n";
   return Status::Ok();
@@ -127,22 +130,15 @@ Status Tokenize(const ParsedFlags& flags) {
 }  // namespace
 
 int RunTokenize(const std::vector<std::string>& args) {
-  auto flags = ParseFlags(args, Specs());
-  if (!flags.ok()) return ReportError("tokenize", flags.status(), /*usage=*/true);
-  if (flags->help()) {
-    std::cout << FlagHelp("hybridize tokenize --tokenizer FILE (--text TEXT | --decode IDS | "
-                          "--input IN.jsonl --output OUT.jsonl)",
-                          "Encodes text to token ids or decodes ids to text with a Hugging Face "
-                          "tokenizer.json (byte-level BPE or SentencePiece-style BPE). Batch mode "
-                          "prints encode throughput to stderr.",
-                          Specs());
-    return 0;
-  }
-  if (Status req = flags->RequireAll({"tokenizer"}); !req.ok()) {
-    return ReportError("tokenize", req, /*usage=*/true);
-  }
-  const Status s = Tokenize(*flags);
-  return s.ok() ? 0 : ReportError("tokenize", s);
+  return RunCommand({"tokenize",
+                     "hybridize tokenize --tokenizer FILE (--text TEXT | --decode IDS | "
+                     "--input IN.jsonl --output OUT.jsonl)",
+                     "Encodes text to token ids or decodes ids to text with a Hugging Face "
+                     "tokenizer.json (byte-level BPE or SentencePiece-style BPE). Batch mode "
+                     "prints encode throughput to stderr.",
+                     Specs(),
+                     {"tokenizer"}},
+                    args, Tokenize);
 }
 
 }  // namespace hyb::cli

@@ -2,9 +2,11 @@
 // exit code (0 success, 1 failure, 2 usage error), printing errors to stderr.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "flags.h"
 #include "hyb/common/status.h"
 
 namespace hyb::cli {
@@ -18,5 +20,18 @@ int RunScore(const std::vector<std::string>& args);
 // Prints "hybridize <command>: error: <message>" to stderr and returns the exit code: 2 for a
 // usage error (bad or missing flags), 1 for any other failure.
 int ReportError(const std::string& command, const Status& status, bool usage = false);
+
+struct CommandSpec {
+  std::string name;     // "logits"
+  std::string usage;    // one-line synopsis for --help
+  std::string summary;  // what the command does
+  std::vector<FlagSpec> flags;
+  std::vector<std::string> required;  // flags that must be given
+};
+
+// The shared shape of every subcommand: parse flags (usage error -> 2), print --help, check
+// required flags, run `body` (failure -> 1).
+int RunCommand(const CommandSpec& spec, const std::vector<std::string>& args,
+               const std::function<Status(const ParsedFlags&)>& body);
 
 }  // namespace hyb::cli

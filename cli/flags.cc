@@ -21,13 +21,6 @@ StatusOr<std::string> ParsedFlags::Required(const std::string& name) const {
   return *v;
 }
 
-Status ParsedFlags::RequireAll(std::initializer_list<const char*> names) const {
-  for (const char* n : names) {
-    if (!Has(n)) return InvalidArgument(std::string("missing required flag --") + n);
-  }
-  return Status::Ok();
-}
-
 StatusOr<int64_t> ParsedFlags::Int(const std::string& name, int64_t fallback) const {
   auto v = Get(name);
   if (!v) return fallback;

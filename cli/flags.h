@@ -1,7 +1,6 @@
 // Minimal `--name value` / `--name=value` / `--flag` parsing for the hybridize subcommands.
 #pragma once
 
-#include <initializer_list>
 #include <map>
 #include <optional>
 #include <set>
@@ -13,8 +12,8 @@
 namespace hyb::cli {
 
 struct FlagSpec {
-  std::string name;     // without dashes
-  std::string value;    // placeholder shown in help ("DIR"); empty for boolean flags
+  std::string name;   // without dashes
+  std::string value;  // placeholder shown in help ("DIR"); empty for boolean flags
   std::string help;
   std::string default_value;  // shown in help when not empty
 };
@@ -27,8 +26,6 @@ class ParsedFlags {
   StatusOr<std::string> Required(const std::string& name) const;
   StatusOr<int64_t> Int(const std::string& name, int64_t fallback) const;
   bool help() const { return help_; }
-  // InvalidArgument naming the first of `names` that was not given.
-  Status RequireAll(std::initializer_list<const char*> names) const;
 
  private:
   friend StatusOr<ParsedFlags> ParseFlags(const std::vector<std::string>&,

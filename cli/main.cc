@@ -15,6 +15,24 @@ int ReportError(const std::string& command, const Status& status, bool usage) {
   return usage ? 2 : 1;
 }
 
+int RunCommand(const CommandSpec& spec, const std::vector<std::string>& args,
+               const std::function<Status(const ParsedFlags&)>& body) {
+  auto flags = ParseFlags(args, spec.flags);
+  if (!flags.ok()) return ReportError(spec.name, flags.status(), /*usage=*/true);
+  if (flags->help()) {
+    std::cout << FlagHelp(spec.usage, spec.summary, spec.flags);
+    return 0;
+  }
+  for (const auto& r : spec.required) {
+    if (!flags->Has(r)) {
+      return ReportError(spec.name, InvalidArgument("missing required flag --" + r),
+                         /*usage=*/true);
+    }
+  }
+  const Status s = body(*flags);
+  return s.ok() ? 0 : ReportError(spec.name, s);
+}
+
 }  // namespace hyb::cli
 
 namespace {
