@@ -13,7 +13,7 @@ namespace hyb::cli {
 
 struct FlagSpec {
   std::string name;   // without dashes
-  std::string value;  // placeholder shown in help ("DIR"); empty for boolean flags
+  std::string value;  // metavariable shown in help ("DIR"); empty for boolean flags
   std::string help;
   std::string default_value;  // shown in help when not empty
 };
