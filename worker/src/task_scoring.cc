@@ -160,29 +160,49 @@ GenerateFn GreedyByFullForward(LogitsFn logits) {
   };
 }
 
-StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
-                            const std::vector<TaskExample>& examples,
-                            const ScoringOptions& options) {
+namespace {
+
+// Token-weighted mean of a per-position quantity over text examples (lm loss, KL): `sum(ids)`
+// returns the quantity summed over the positions that predict a token (all but the last).
+StatusOr<TaskScore> TokenWeightedScore(
+    const Tokenizer& tok, const std::vector<TaskExample>& examples, const ScoringOptions& options,
+    const std::string& task, const std::string& metric,
+    const std::function<StatusOr<double>(const std::vector<int64_t>&)>& sum) {
   TaskScore score;
-  score.metric = "loss";
+  score.metric = metric;
   score.higher_is_better = false;
-  double total_nll = 0;
-  int64_t total_tokens = 0;
+  double total = 0;
+  int64_t positions = 0;
   for (size_t i = 0; i < examples.size(); ++i) {
     const auto ids = EncodeFor(tok, examples[i].text, options);
     if (ids.size() < 2) {
-      return InvalidArgument("lm example " + std::to_string(i) +
+      return InvalidArgument(task + " example " + std::to_string(i) +
                              " has fewer than two tokens: nothing to predict");
     }
-    HYB_ASSIGN_OR_RETURN(at::Tensor logp, LogProbs(model, ids));
-    const double nll = -SumLogProb(logp, ids, 1);
+    HYB_ASSIGN_OR_RETURN(double s, sum(ids));
     const auto n = static_cast<int64_t>(ids.size()) - 1;
-    score.per_example.push_back(nll / static_cast<double>(n));
-    total_nll += nll;
-    total_tokens += n;
+    score.per_example.push_back(s / static_cast<double>(n));
+    total += s;
+    positions += n;
   }
-  score.value = total_nll / static_cast<double>(total_tokens);
-  score.details = {{"perplexity", std::exp(score.value)}, {"tokens", total_tokens}};
+  score.value = total / static_cast<double>(positions);
+  score.details = {{"tokens", positions}};
+  return score;
+}
+
+}  // namespace
+
+StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
+                            const std::vector<TaskExample>& examples,
+                            const ScoringOptions& options) {
+  HYB_ASSIGN_OR_RETURN(
+      TaskScore score,
+      TokenWeightedScore(tok, examples, options, "lm", "loss",
+                         [&](const std::vector<int64_t>& ids) -> StatusOr<double> {
+                           HYB_ASSIGN_OR_RETURN(at::Tensor logp, LogProbs(model, ids));
+                           return -SumLogProb(logp, ids, 1);
+                         }));
+  score.details["perplexity"] = std::exp(score.value);
   return score;
 }
 
@@ -273,29 +293,14 @@ StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teac
                                      const Tokenizer& tok,
                                      const std::vector<TaskExample>& examples,
                                      const ScoringOptions& options) {
-  TaskScore score;
-  score.metric = "kl";
-  score.higher_is_better = false;
-  double total = 0;
-  int64_t positions = 0;
-  for (size_t i = 0; i < examples.size(); ++i) {
-    const auto ids = EncodeFor(tok, examples[i].text, options);
-    if (ids.size() < 2) {
-      return InvalidArgument("kl_to_teacher example " + std::to_string(i) +
-                             " has fewer than two tokens");
-    }
-    HYB_ASSIGN_OR_RETURN(at::Tensor q, LogProbs(model, ids));
-    HYB_ASSIGN_OR_RETURN(at::Tensor p, LogProbs(teacher, ids));
-    const auto n = static_cast<int64_t>(ids.size()) - 1;  // positions that predict a token
-    const at::Tensor kl = (p.exp() * (p - q)).sum(-1).narrow(0, 0, n);  // [n]
-    const double sum = kl.sum().item<double>();
-    score.per_example.push_back(sum / static_cast<double>(n));
-    total += sum;
-    positions += n;
-  }
-  score.value = total / static_cast<double>(positions);
-  score.details = {{"positions", positions}};
-  return score;
+  return TokenWeightedScore(
+      tok, examples, options, "kl_to_teacher", "kl",
+      [&](const std::vector<int64_t>& ids) -> StatusOr<double> {
+        HYB_ASSIGN_OR_RETURN(at::Tensor q, LogProbs(model, ids));
+        HYB_ASSIGN_OR_RETURN(at::Tensor p, LogProbs(teacher, ids));
+        const auto n = static_cast<int64_t>(ids.size()) - 1;  // positions that predict a token
+        return (p.exp() * (p - q)).sum(-1).narrow(0, 0, n).sum().item<double>();
+      });
 }
 
 }  // namespace hyb::worker
