@@ -5,6 +5,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+
 #include "hyb/storage/atomic_file.h"
 #include "hyb/worker/decoder_model.h"
 #include "hyb/worker/tensor_io.h"
@@ -45,8 +47,11 @@ std::unique_ptr<DecoderModel> LoadTiny(const TempDir& dir, uint64_t seed,
   return std::move(m).value();
 }
 
+// Largest difference relative to the reference's scale (at least 1). Chunked, recurrent and
+// step forms sum in different orders, so fp32 results differ by rounding that grows with depth
+// and varies with the CPU's vector width; a wrong state or decay is off by orders more.
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
-  return (a - b).abs().max().item<double>();
+  return (a - b).abs().max().item<double>() / std::max(1.0, b.abs().max().item<double>());
 }
 
 TEST(LinearMixerTest, IncrementalEqualsFullForEveryType) {
@@ -174,7 +179,7 @@ TEST(HybridModelTest, HybridDecodingAndSaveLoadRoundTrip) {
     std::vector<at::Tensor> parts;
     parts.push_back(*model->Forward(ids.narrow(1, 0, 5), &state));
     for (int64_t t = 5; t < 13; ++t) parts.push_back(*model->Forward(ids.narrow(1, t, 1), &state));
-    EXPECT_LT(MaxDiff(at::cat(parts, 1), full), 1e-5) << LinearMixerTypeName(type);
+    EXPECT_LT(MaxDiff(at::cat(parts, 1), full), 5e-5) << LinearMixerTypeName(type);
     EXPECT_NE(dynamic_cast<LinearState*>(state.layers[0].get()), nullptr);
 
     const std::string out = dir.File("hybrid");
