@@ -102,10 +102,11 @@ def score(model, tok, data_dir, device, limit=None):
 class RecallEpisodes:
     """Builds in-context recall episodes directly as token ids, fast enough to feed every step.
 
-    Under the Llama 3 split pattern every piece of an episode is its own pre-token (" key",
-    "=value", ",", ".", " Query", ":"), so an episode's ids are the concatenation of per-piece
-    ids. __init__ checks that claim against the tokenizer on sample episodes and on the test
-    split's prompts; a mismatch stops the script rather than train on a different tokenisation.
+    Under the Llama 3 split pattern every piece of a pair list is its own pre-token (" key",
+    "=value", ",", "."), so its ids are the concatenation of per-piece ids; __init__ checks that
+    against the tokenizer on sample episodes. A query's answer is generated after a prompt that
+    ends in "=", so answers are taught as "=" followed by the word's own ids, exactly what
+    greedy decoding has to produce at test time.
     """
 
     def __init__(self, tok, words, data_dir, rng):
@@ -113,21 +114,20 @@ class RecallEpisodes:
         enc = lambda text: tok.encode(text, add_special_tokens=False).ids
         self.key = {w: enc(" " + w) for w in words}
         self.val = {w: enc("=" + w) for w in words}
+        self.word = {w: enc(w) for w in words}
         self.pairs, self.colon, self.query = enc("Pairs"), enc(":"), enc(" Query")
         self.comma, self.dot, self.eq = enc(","), enc("."), enc("=")
         self.bos, self.eos = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|end_of_text|>")
         for _ in range(200):
-            ids, _, text = self.episode(with_text=True)
+            ids, _, text = self.episode(with_text=True, queries=0)
             assert ids == [self.bos] + enc(text) + [self.eos], text
-        # Test prompts end in "key=" and the answer is generated after "=": the answer's ids must
-        # be what follows "=" inside "=value" during training.
+        merged = sum(self.val[w] != self.eq + self.word[w] for w in words)
         rows = read_jsonl(os.path.join(data_dir, "tasks/recall/test.jsonl"))
-        same = sum(enc(r["prompt"] + r["answer"]) == enc(r["prompt"]) + enc(r["answer"]) for r in rows)
-        assert same == len(rows), f"{len(rows) - same} test prompts tokenise differently with their answer"
-        for w in words:
-            assert self.val[w] == self.eq + enc(w), w
+        split = sum(enc(r["prompt"] + r["answer"]) != enc(r["prompt"]) + enc(r["answer"]) for r in rows)
+        print(f"recall words whose '=word' merges across '=': {merged}/{len(words)}; "
+              f"test prompts that tokenise differently with their answer: {split}/{len(rows)}", flush=True)
 
-    def episode(self, with_text=False):
+    def episode(self, with_text=False, queries=None):
         """[bos] Pairs: k1=v1, ..., kn=vn. Query: ki=vi. (1-3 queries) [eos], and the answer mask."""
         rng = self.rng
         n = rng.randint(2, 8)
@@ -139,11 +139,11 @@ class RecallEpisodes:
             ids += self.key[k] + self.val[v]
         ids += self.dot
         mask = [0] * len(ids)
-        queries = rng.sample(range(n), min(n, rng.randint(1, 3)))
+        queries = rng.sample(range(n), min(n, rng.randint(1, 3) if queries is None else queries))
         for q in queries:
             ids += self.query + self.colon + self.key[keys[q]] + self.eq
             mask += [0] * (len(self.query) + len(self.colon) + len(self.key[keys[q]]) + len(self.eq))
-            answer = self.val[vals[q]][len(self.eq):] + self.dot
+            answer = self.word[vals[q]] + self.dot
             ids += answer
             mask += [1] * len(answer)
         ids.append(self.eos)
