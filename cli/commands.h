@@ -16,6 +16,7 @@ int RunGenerate(const std::vector<std::string>& args);
 int RunTokenize(const std::vector<std::string>& args);
 int RunPrepare(const std::vector<std::string>& args);
 int RunScore(const std::vector<std::string>& args);
+int RunRun(const std::vector<std::string>& args);
 
 // Prints "hybridize <command>: error: <message>" to stderr and returns the exit code: 2 for a
 // usage error (bad or missing flags), 1 for any other failure.

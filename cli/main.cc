@@ -42,6 +42,7 @@ constexpr char kUsage[] = R"(usage: hybridize <command> [flags]
 Turns a pretrained Transformer into a task-specific hybrid of softmax and linear attention.
 
 commands:
+  run        a whole Distill-then-Replace job from a job spec (distill, search, export, report)
   logits     run a model directory on token ids and write fp32 logits (parity checks)
   generate   greedy decoding with the KV cache from token ids
   tokenize   encode text / decode ids with a tokenizer.json
@@ -67,6 +68,7 @@ int Dispatch(int argc, char** argv) {
   if (command == "tokenize") return hyb::cli::RunTokenize(args);
   if (command == "prepare") return hyb::cli::RunPrepare(args);
   if (command == "score") return hyb::cli::RunScore(args);
+  if (command == "run") return hyb::cli::RunRun(args);
   std::cerr << "hybridize: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }

@@ -10,6 +10,15 @@
 
 namespace hyb::worker {
 
+std::unique_ptr<MixerState> KvCache::Clone() const {
+  auto c = std::make_unique<KvCache>();
+  if (k.defined()) {
+    c->k = k.clone();
+    c->v = v.clone();
+  }
+  return c;
+}
+
 int64_t KvCache::Bytes() const {
   if (!k.defined()) return 0;
   return (k.numel() + v.numel()) * static_cast<int64_t>(k.element_size());

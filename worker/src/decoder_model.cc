@@ -265,20 +265,47 @@ StatusOr<at::Tensor> DecoderModel::Forward(const at::Tensor& input_ids, DecodeSt
   }
 }
 
+StatusOr<at::Tensor> DecoderModel::ForwardFrom(int64_t first_layer, const at::Tensor& residual,
+                                               DecodeState* state, LayerTaps* taps) const {
+  if (first_layer < 0 || first_layer > num_layers()) {
+    return InvalidArgument("first layer " + std::to_string(first_layer) + " is outside [0, " +
+                           std::to_string(num_layers()) + "]");
+  }
+  if (!residual.defined() || residual.dim() != 3 || residual.size(2) != config_.hidden_size) {
+    return InvalidArgument("residual stream must be [B, T, " +
+                           std::to_string(config_.hidden_size) + "]");
+  }
+  if (state != nullptr && (state->length < 0 || state->layers.size() != mixers_.size())) {
+    return FailedPrecondition("decode state is unusable or belongs to another model");
+  }
+  try {
+    return RunLayers(first_layer, residual.to(placement_.device, placement_.dtype), state, taps);
+  } catch (const c10::Error& e) {
+    if (state != nullptr) state->length = -1;
+    return Internal(std::string("forward pass failed: ") + e.what_without_backtrace());
+  }
+}
+
 at::Tensor DecoderModel::ForwardImpl(const at::Tensor& input_ids, DecodeState* state,
                                      LayerTaps* taps) const {
   const at::Tensor ids = input_ids.to(placement_.device, at::kLong);
-  const int64_t t = ids.size(1);
+  return RunLayers(0, at::embedding(embed_tokens_, ids), state, taps);  // h: [B, T, hidden]
+}
+
+at::Tensor DecoderModel::RunLayers(int64_t first_layer, at::Tensor h, DecodeState* state,
+                                   LayerTaps* taps) const {
+  const int64_t t = h.size(1);
   const int64_t offset = state != nullptr ? state->length : 0;
   MixerContext ctx;
   ctx.position_offset = offset;
   std::tie(ctx.cos, ctx.sin) = rope_.CosSin(offset, t, placement_.device, placement_.dtype);
   if (taps != nullptr) {
+    taps->residual.assign(mixers_.size(), at::Tensor());
     taps->mixer_input.assign(mixers_.size(), at::Tensor());
     taps->mixer_output.assign(mixers_.size(), at::Tensor());
   }
-  at::Tensor h = at::embedding(embed_tokens_, ids);  // [B, T, hidden]
-  for (size_t l = 0; l < mixers_.size(); ++l) {
+  for (auto l = static_cast<size_t>(first_layer); l < mixers_.size(); ++l) {
+    if (taps != nullptr) taps->residual[l] = h;
     const at::Tensor x = kernels::RmsNorm(h, input_norm_[l], config_.rms_norm_eps);
     const at::Tensor a =
         mixers_[l]->Forward(x, ctx, state != nullptr ? state->layers[l].get() : nullptr);

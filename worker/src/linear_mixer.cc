@@ -57,6 +57,16 @@ at::Tensor L2Normalize(const at::Tensor& x) {
 
 }  // namespace
 
+std::unique_ptr<MixerState> LinearState::Clone() const {
+  auto c = std::make_unique<LinearState>();
+  auto copy = [](const at::Tensor& t) { return t.defined() ? t.clone() : t; };
+  c->state = copy(state);
+  c->conv_q = copy(conv_q);
+  c->conv_k = copy(conv_k);
+  c->conv_v = copy(conv_v);
+  return c;
+}
+
 int64_t LinearState::Bytes() const {
   int64_t n = 0;
   for (const at::Tensor* t : {&state, &conv_q, &conv_k, &conv_v}) {

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -260,16 +261,46 @@ StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& 
   return score;
 }
 
+std::vector<int64_t> StopStringTokens(const Tokenizer& tok,
+                                      const std::vector<TaskExample>& examples) {
+  std::vector<char> common;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    std::vector<char> mine;
+    for (const auto& s : examples[i].stop) {
+      if (s.size() == 1 && static_cast<unsigned char>(s[0]) < 0x80) mine.push_back(s[0]);
+    }
+    if (i == 0) {
+      common = mine;
+    } else {
+      std::erase_if(common, [&](char c) { return std::find(mine.begin(), mine.end(), c) == mine.end(); });
+    }
+  }
+  std::vector<int64_t> ids;
+  if (common.empty()) return ids;
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) {
+    const std::string text = tok.Decode({id}, /*skip_special_tokens=*/true);
+    for (char c : common) {
+      if (text.find(c) != std::string::npos) {
+        ids.push_back(id);
+        break;
+      }
+    }
+  }
+  return ids;
+}
+
 StatusOr<TaskScore> ScoreGenerate(const GenerateFn& model, const Tokenizer& tok,
                                   const std::vector<TaskExample>& examples,
                                   const ScoringOptions& options) {
   TaskScore score;
   score.metric = "exact_match";
+  std::vector<int64_t> end_ids = options.stop_ids;
+  end_ids.insert(end_ids.end(), options.cut_ids.begin(), options.cut_ids.end());
   double hits = 0;
   Json samples = Json::array();
   for (const TaskExample& e : examples) {
     const auto prompt = EncodeFor(tok, e.prompt, options);
-    HYB_ASSIGN_OR_RETURN(auto ids, model(prompt, options.max_new_tokens, options.stop_ids));
+    HYB_ASSIGN_OR_RETURN(auto ids, model(prompt, options.max_new_tokens, end_ids));
     // Drop a trailing stop token, decode, cut at the first stop string.
     if (!ids.empty() && std::find(options.stop_ids.begin(), options.stop_ids.end(), ids.back()) !=
                             options.stop_ids.end()) {

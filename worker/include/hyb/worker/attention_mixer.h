@@ -21,6 +21,7 @@ struct AttentionWeights {
 class KvCache : public MixerState {
  public:
   int64_t Bytes() const override;
+  std::unique_ptr<MixerState> Clone() const override;
   int64_t length() const { return k.defined() ? k.size(2) : 0; }
   at::Tensor k, v;
 };

@@ -43,10 +43,12 @@ struct DecodeState {
   int64_t Bytes() const;
 };
 
-// Filled by Forward when requested: per layer, [B, T, hidden] tensors.
+// Filled by Forward when requested: per layer, [B, T, hidden] tensors (undefined for layers a
+// ForwardFrom call did not run).
 struct LayerTaps {
-  std::vector<at::Tensor> mixer_input;
-  std::vector<at::Tensor> mixer_output;
+  std::vector<at::Tensor> residual;      // the residual stream entering the layer
+  std::vector<at::Tensor> mixer_input;   // after the layer's input norm
+  std::vector<at::Tensor> mixer_output;  // before the residual add
 };
 
 struct MlpWeights {
@@ -87,6 +89,15 @@ class DecoderModel {
   StatusOr<at::Tensor> Forward(const at::Tensor& input_ids, DecodeState* state = nullptr,
                                LayerTaps* taps = nullptr) const;
 
+  // Runs layers [first_layer, L) and the head on `residual` [B, T, hidden], the residual stream
+  // entering `first_layer` (a LayerTaps::residual of an earlier pass): what prefix-activation
+  // caching uses to score a model that differs from an earlier one only from `first_layer` on.
+  // With `state`, positions start at state->length and only layers >= first_layer read and
+  // update their states (the caller supplies the others' states for later tokens). Same errors
+  // as Forward.
+  StatusOr<at::Tensor> ForwardFrom(int64_t first_layer, const at::Tensor& residual,
+                                   DecodeState* state = nullptr, LayerTaps* taps = nullptr) const;
+
   // An empty decoding state with one MixerState per layer.
   DecodeState NewDecodeState() const;
 
@@ -97,12 +108,18 @@ class DecoderModel {
                                       const std::vector<int64_t>& stop_ids) const;
 
   const TokenMixer& mixer(int64_t layer) const { return *mixers_.at(static_cast<size_t>(layer)); }
+  std::shared_ptr<const TokenMixer> shared_mixer(int64_t layer) const {
+    return mixers_.at(static_cast<size_t>(layer));
+  }
   // Replaces layer `layer`'s token mixer (e.g. with a linear-attention mixer).
   void SetMixer(int64_t layer, std::shared_ptr<const TokenMixer> mixer);
 
  private:
   DecoderModel() = default;
   at::Tensor ForwardImpl(const at::Tensor& ids, DecodeState* state, LayerTaps* taps) const;
+  // Layers [first_layer, L) and the head on the residual stream h.
+  at::Tensor RunLayers(int64_t first_layer, at::Tensor h, DecodeState* state,
+                       LayerTaps* taps) const;
 
   ModelConfig config_;
   Json source_config_;

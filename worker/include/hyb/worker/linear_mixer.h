@@ -45,6 +45,7 @@ namespace hyb::worker {
 class LinearState : public MixerState {
  public:
   int64_t Bytes() const override;
+  std::unique_ptr<MixerState> Clone() const override;
   at::Tensor state;
   at::Tensor conv_q, conv_k, conv_v;
 };

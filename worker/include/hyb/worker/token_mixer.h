@@ -19,6 +19,8 @@ class MixerState {
   virtual ~MixerState() = default;
   // Bytes held on the device, for memory accounting.
   virtual int64_t Bytes() const = 0;
+  // An independent copy (tensors cloned): a cached prefill state reused by several candidates.
+  virtual std::unique_ptr<MixerState> Clone() const = 0;
 };
 
 // What a mixer sees besides its input for one forward call.

@@ -1,0 +1,87 @@
+// The job spec: what a user submits (`hybridize run job.json`, later POST /v1/jobs). Parsed in
+// one place: the text is validated against configs/job.schema.json (compiled into the binary),
+// defaults are filled from the schema, and the fields map 1:1 onto these plain structs.
+// Torch-free: the coordinator and the workers both read it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hyb/common/json_util.h"
+#include "hyb/common/status.h"
+
+namespace hyb {
+
+struct DistillSpec {
+  std::string data;  // prepared token dataset directory
+  int64_t steps = 200;
+  int64_t batch_size = 8;
+  int64_t sequence_length = 128;
+  double lr = 1e-3;
+  int64_t warmup_steps = 20;
+  double min_lr_ratio = 0.1;
+  double weight_decay = 0;
+  double grad_clip = 1.0;
+  int64_t checkpoint_every = 50;
+  int64_t log_every = 10;
+  uint64_t seed = 0;
+  bool calibrate_output_scale = true;
+};
+
+struct TaskSpec {
+  std::string name = "task";
+  std::string type;        // lm, multiple_choice, generate, kl_to_teacher
+  std::string validation;  // JSONL
+  std::string test;        // JSONL, empty if none
+  int64_t max_examples = 0;
+  int64_t max_new_tokens = 32;
+  bool add_special_tokens = true;
+};
+
+struct SearchSpec {
+  std::optional<double> tolerance;
+  std::optional<double> p_min;
+  int64_t max_linear_layers = 0;
+  std::vector<int64_t> layers;  // empty: all
+  int64_t bootstrap_samples = 1000;
+  uint64_t seed = 0;
+  bool prefix_cache = true;
+  int64_t prefix_cache_max_mb = 2048;
+  int64_t kl_examples = 32;
+};
+
+struct PlacementSpec {
+  bool enabled = false;
+  int64_t random = 3;
+  uint64_t seed = 0;
+};
+
+struct JobSpec {
+  std::string job_id;
+  std::string teacher;  // paths are resolved against the job file's directory
+  std::string device = "cpu";
+  std::string dtype = "auto";
+  int64_t threads = 0;
+  Json mixer = Json::object();  // the hybrid's "linear_attention" settings (worker parses them)
+  DistillSpec distill;
+  TaskSpec task;
+  SearchSpec search;
+  PlacementSpec compare_placements;
+  // The validated document with defaults filled and paths resolved: what the job directory
+  // keeps as job.json, and what a resumed run compares against.
+  Json resolved;
+};
+
+// The schema text compiled into the binary (configs/job.schema.json).
+std::string_view JobSchemaText();
+
+// Validates `text` (from `source`, e.g. the file name) against the schema and builds the spec.
+// Relative paths are resolved against `base_dir` (the job file's directory; "" = as given).
+// InvalidArgument "<source>: <field path>: <problem>" for anything the schema rejects.
+StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
+                               const std::string& base_dir);
+
+}  // namespace hyb

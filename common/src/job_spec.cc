@@ -1,0 +1,88 @@
+#include "hyb/common/job_spec.h"
+
+#include <cstdlib>
+#include <mutex>
+
+#include "hyb/common/json_schema.h"
+
+namespace hyb {
+namespace {
+
+const StatusOr<JsonSchema>& Schema() {
+  static const StatusOr<JsonSchema> schema = []() -> StatusOr<JsonSchema> {
+    HYB_ASSIGN_OR_RETURN(Json j, ParseJson(JobSchemaText(), "job.schema.json"));
+    return JsonSchema::Parse(j, "job.schema.json");
+  }();
+  return schema;
+}
+
+std::string Resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
+  return base_dir + "/" + path;
+}
+
+}  // namespace
+
+StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
+                               const std::string& base_dir) {
+  const auto& schema = Schema();
+  if (!schema.ok()) return Internal("the built-in job schema is broken: " + schema.status().ToString());
+  HYB_ASSIGN_OR_RETURN(Json doc, ParseJson(text, source));
+  HYB_RETURN_IF_ERROR(schema->Validate(doc, source));
+  Json j = schema->WithDefaults(doc);
+  // Paths become absolute-or-as-given relative to the job file, once, here.
+  j["teacher"] = Resolve(base_dir, j["teacher"].get<std::string>());
+  j["distill"]["data"] = Resolve(base_dir, j["distill"]["data"].get<std::string>());
+  j["task"]["validation"] = Resolve(base_dir, j["task"]["validation"].get<std::string>());
+  if (j["task"].contains("test")) {
+    j["task"]["test"] = Resolve(base_dir, j["task"]["test"].get<std::string>());
+  }
+  JobSpec s;
+  s.job_id = j["job_id"];
+  s.teacher = j["teacher"];
+  s.device = j["device"];
+  s.dtype = j["dtype"];
+  s.threads = j["threads"];
+  s.mixer = j["mixer"];
+  const Json& d = j["distill"];
+  s.distill.data = d["data"];
+  s.distill.steps = d["steps"];
+  s.distill.batch_size = d["batch_size"];
+  s.distill.sequence_length = d["sequence_length"];
+  s.distill.lr = d["lr"];
+  s.distill.warmup_steps = d["warmup_steps"];
+  s.distill.min_lr_ratio = d["min_lr_ratio"];
+  s.distill.weight_decay = d["weight_decay"];
+  s.distill.grad_clip = d["grad_clip"];
+  s.distill.checkpoint_every = d["checkpoint_every"];
+  s.distill.log_every = d["log_every"];
+  s.distill.seed = d["seed"].get<uint64_t>();
+  s.distill.calibrate_output_scale = d["calibrate_output_scale"];
+  const Json& t = j["task"];
+  s.task.name = t["name"];
+  s.task.type = t["type"];
+  s.task.validation = t["validation"];
+  s.task.test = t.value("test", "");
+  s.task.max_examples = t["max_examples"];
+  s.task.max_new_tokens = t["max_new_tokens"];
+  s.task.add_special_tokens = t["add_special_tokens"];
+  const Json& r = j["search"];
+  if (r.contains("tolerance")) s.search.tolerance = r["tolerance"].get<double>();
+  if (r.contains("p_min")) s.search.p_min = r["p_min"].get<double>();
+  s.search.max_linear_layers = r["max_linear_layers"];
+  if (r.contains("layers")) s.search.layers = r["layers"].get<std::vector<int64_t>>();
+  s.search.bootstrap_samples = r["bootstrap_samples"];
+  s.search.seed = r["seed"].get<uint64_t>();
+  s.search.prefix_cache = r["prefix_cache"];
+  s.search.prefix_cache_max_mb = r["prefix_cache_max_mb"];
+  s.search.kl_examples = r["kl_examples"];
+  if (j.contains("compare_placements")) {
+    s.compare_placements.enabled = true;
+    s.compare_placements.random = j["compare_placements"]["random"];
+    s.compare_placements.seed = j["compare_placements"]["seed"].get<uint64_t>();
+  }
+  s.resolved = std::move(j);
+  return s;
+}
+
+}  // namespace hyb

@@ -1,0 +1,398 @@
+#include "hyb/coordinator/job_runner.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "hyb/coordinator/greedy_search.h"
+#include "hyb/coordinator/report_html.h"
+#include "hyb/storage/atomic_file.h"
+
+namespace hyb::coordinator {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string Fmt(const char* fmt, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), fmt, v);
+  return buf;
+}
+
+std::string Layers(const std::vector<int64_t>& layers) {
+  if (layers.empty()) return "none";
+  std::string s;
+  for (size_t i = 0; i < layers.size(); ++i) s += (i ? "," : "") + std::to_string(layers[i]);
+  return s;
+}
+
+std::string Duration(double s) {
+  if (s < 90) return Fmt("%.0fs", s);
+  if (s < 5400) return Fmt("%.0fm", std::floor(s / 60)) + Fmt("%02.0fs", std::fmod(s, 60));
+  return Fmt("%.1fh", s / 3600);
+}
+
+std::string NowUtc() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<int64_t> UniformPlacement(const std::vector<int64_t>& eligible, int64_t k) {
+  std::vector<int64_t> out;
+  const auto n = static_cast<int64_t>(eligible.size());
+  if (k <= 0 || n == 0) return out;
+  k = std::min(k, n);
+  for (int64_t i = 0; i < k; ++i) {
+    const auto idx = static_cast<int64_t>(std::floor((static_cast<double>(i) + 0.5) *
+                                                     static_cast<double>(n) /
+                                                     static_cast<double>(k)));
+    out.push_back(eligible[static_cast<size_t>(std::min(idx, n - 1))]);
+  }
+  return out;
+}
+
+JobRunner::JobRunner(JobSpec spec, TaskExecutor* executor, RunOptions options)
+    : spec_(std::move(spec)),
+      executor_(executor),
+      options_(std::move(options)),
+      layout_(options_.storage_root, spec_.job_id) {}
+
+void JobRunner::Print(const std::string& line) const {
+  if (options_.print) options_.print(line);
+}
+
+void JobRunner::Event(Json event) const {
+  event["time"] = NowUtc();
+  std::ofstream out(layout_.Events(), std::ios::app);
+  out << event.dump() << "\n";
+}
+
+Status JobRunner::Validate() {
+  // Worker side first: the teacher, tokenizer, mixer, data and task files.
+  HYB_RETURN_IF_ERROR(executor_->Validate(spec_));
+  HYB_ASSIGN_OR_RETURN(Json config, ReadJsonFile(spec_.teacher + "/config.json"));
+  JsonObject c(config, spec_.teacher + "/config.json");
+  HYB_ASSIGN_OR_RETURN(num_layers_, c.Int("num_hidden_layers"));
+  HYB_ASSIGN_OR_RETURN(family_, c.String("model_type", ""));
+  for (int64_t l : spec_.search.layers) {
+    if (l >= num_layers_) {
+      return InvalidArgument("search.layers: layer " + std::to_string(l) + " does not exist (the " +
+                             "teacher has " + std::to_string(num_layers_) + " layers)");
+    }
+  }
+  // Resume only the same job.
+  const std::string stored = layout_.JobSpec();
+  if (storage::PathExists(stored)) {
+    HYB_ASSIGN_OR_RETURN(Json previous, ReadJsonFile(stored));
+    if (previous != spec_.resolved) {
+      return FailedPrecondition(stored + " holds a different spec for job '" + spec_.job_id +
+                                "'; use another job_id or remove " + layout_.dir());
+    }
+    Print("resuming job " + spec_.job_id + " in " + layout_.dir());
+  }
+  HYB_RETURN_IF_ERROR(layout_.CreateDirectories());
+  return storage::AtomicWriteString(stored, spec_.resolved.dump(2) + "\n");
+}
+
+Status JobRunner::Distill(Json* distill_report) {
+  std::vector<int64_t> layers = spec_.search.layers;
+  if (layers.empty()) {
+    for (int64_t l = 0; l < num_layers_; ++l) layers.push_back(l);
+  }
+  std::sort(layers.begin(), layers.end());
+  if (storage::PathExists(layout_.DistillResult())) {
+    HYB_ASSIGN_OR_RETURN(*distill_report, ReadJsonFile(layout_.DistillResult()));
+    Print("distillation: finished earlier (" + layout_.DistillResult() + ")");
+    return Status::Ok();
+  }
+  DistillTask task{spec_.job_id, layers, layout_.DistillDir()};
+  Event({{"event", "task_started"}, {"task", "distill"}, {"spec", task.ToJson()}});
+  Print("distilling layers " + Layers(layers) + ": " + std::to_string(spec_.distill.steps) +
+        " steps of " + std::to_string(spec_.distill.batch_size) + " x " +
+        std::to_string(spec_.distill.sequence_length) + " tokens");
+  const auto start = Clock::now();
+  auto last = Clock::now() - std::chrono::hours(1);
+  int64_t first_step = -1;
+  auto progress = [&](const Json& e) {
+    const int64_t step = e.value("step", int64_t{0});
+    if (first_step < 0) first_step = step;
+    const bool final = step >= spec_.distill.steps;
+    if (!final && Since(last) < options_.progress_interval_s) return;
+    last = Clock::now();
+    std::string line = "distill step " + std::to_string(step) + "/" +
+                       std::to_string(spec_.distill.steps) + " | nmse";
+    for (const auto& l : e.value("layers", Json::array())) {
+      line += " " + std::to_string(l.value("layer", -1)) + ":" + Fmt("%.3f", l.value("nmse", 0.0));
+    }
+    const double elapsed = Since(start);
+    const double rate = static_cast<double>(step - first_step + 1) / std::max(elapsed, 1e-9);
+    line += " | " + Fmt("%.1f", rate) + " steps/s";
+    if (!final) {
+      line += " | ETA " + Duration(static_cast<double>(spec_.distill.steps - step) / rate);
+    }
+    Print(line);
+    Event(e);
+  };
+  HYB_ASSIGN_OR_RETURN(DistillResult result, executor_->Distill(task, progress));
+  *distill_report = result.ToJson();
+  Event({{"event", "task_finished"}, {"task", "distill"}, {"seconds", result.seconds}});
+  return storage::AtomicWriteString(layout_.DistillResult(), distill_report->dump(2) + "\n");
+}
+
+StatusOr<EvaluateResult> JobRunner::EvaluateStored(const EvaluateTask& task) {
+  const std::string path = layout_.Evaluation(task.split, task.candidate_id);
+  if (storage::PathExists(path)) {
+    HYB_ASSIGN_OR_RETURN(Json j, ReadJsonFile(path));
+    return EvaluateResult::FromJson(j, path);
+  }
+  HYB_ASSIGN_OR_RETURN(EvaluateResult r, executor_->Evaluate(task));
+  HYB_RETURN_IF_ERROR(storage::AtomicWriteString(path, r.ToJson().dump() + "\n"));
+  Event({{"event", "evaluated"},
+         {"split", task.split},
+         {"candidate_id", task.candidate_id},
+         {"score", r.score},
+         {"seconds", r.seconds}});
+  return r;
+}
+
+StatusOr<RunOutcome> JobRunner::Run() {
+  Json timings = Json::array();
+  auto phase_start = Clock::now();
+  auto end_phase = [&](const std::string& name) {
+    timings.push_back({{"phase", name}, {"seconds", Since(phase_start)}});
+    phase_start = Clock::now();
+  };
+
+  // --- VALIDATING -------------------------------------------------------------------------
+  if (Status s = Validate(); !s.ok()) return s.WithContext("validating");
+  Event({{"event", "phase"}, {"phase", "validating"}, {"job_id", spec_.job_id}});
+  end_phase("validating");
+
+  // --- DISTILLING -------------------------------------------------------------------------
+  Event({{"event", "phase"}, {"phase", "distilling"}});
+  Json distill_report;
+  if (Status s = Distill(&distill_report); !s.ok()) return s.WithContext("distilling");
+  end_phase("distilling");
+
+  // --- SEARCHING --------------------------------------------------------------------------
+  Event({{"event", "phase"}, {"phase", "searching"}});
+  const auto search_start = Clock::now();
+  int64_t layer_passes = 0;
+  EvaluateTask teacher_task{spec_.job_id, CandidateId({}), {}, "validation", true};
+  const bool teacher_stored =
+      storage::PathExists(layout_.Evaluation("validation", teacher_task.candidate_id));
+  auto teacher = EvaluateStored(teacher_task);
+  if (!teacher.ok()) return teacher.status().WithContext("searching: teacher");
+  if (!teacher_stored) layer_passes += teacher->layer_passes;
+  Print("teacher: validation " + teacher->metric + " " + Fmt("%.4f", teacher->score) + " (" +
+        std::to_string(teacher->per_example.size()) + " examples, " +
+        Fmt("%.1fs", teacher->seconds) + ")");
+  SearchOptions so;
+  so.tolerance = spec_.search.tolerance;
+  so.p_min = spec_.search.p_min;
+  so.higher_is_better = teacher->higher_is_better;
+  so.eligible_layers = spec_.search.layers;
+  so.max_linear_layers = spec_.search.max_linear_layers;
+  so.bootstrap_samples = spec_.search.bootstrap_samples;
+  so.seed = spec_.search.seed;
+  auto created = GreedySearch::Create(num_layers_, so);
+  if (!created.ok()) return created.status().WithContext("searching");
+  GreedySearch search = std::move(created).value();
+  CandidateResult tr{teacher->score, teacher->per_example, teacher->kl, teacher->seconds,
+                     teacher->layer_passes};
+  if (Status s = search.SetTeacher(tr); !s.ok()) return s.WithContext("searching");
+  Print("p_full " + Fmt("%.4f", search.p_full()) + ", p_min " + Fmt("%.4f", search.p_min()));
+  // The executor's prefix cache holds the teacher's activations after its (fresh) evaluation.
+  std::vector<int64_t> cached_base;
+  bool cache_ready = spec_.search.prefix_cache && !teacher_stored;
+  double candidate_seconds = 0;
+  int64_t candidates_run = 0;
+  while (!search.done()) {
+    const auto round_candidates = search.RoundCandidates();
+    const int64_t round = static_cast<int64_t>(search.rounds().size());
+    const std::vector<int64_t> base = search.trajectory().back().linear_layers;
+    // Worst case left: this round's and every later round's candidates.
+    int64_t left_worst = 0;
+    for (int64_t k = static_cast<int64_t>(round_candidates.size()); k > 0; --k) left_worst += k;
+    int64_t done_in_round = 0;
+    for (const Candidate& c : round_candidates) {
+      EvaluateTask task{spec_.job_id, c.id, c.linear_layers, "validation", false};
+      const bool stored = storage::PathExists(layout_.Evaluation("validation", c.id));
+      if (!stored && spec_.search.prefix_cache && (!cache_ready || cached_base != base)) {
+        // Record the current model's activations once for this round's candidates.
+        EvaluateTask base_task{spec_.job_id, CandidateId(base), base, "validation", true};
+        auto b = executor_->Evaluate(base_task);
+        if (!b.ok()) return b.status().WithContext("searching: caching " + base_task.candidate_id);
+        layer_passes += b->layer_passes;
+        cached_base = base;
+        cache_ready = true;
+      }
+      auto r = EvaluateStored(task);
+      if (!r.ok()) return r.status().WithContext("searching: " + c.id);
+      if (!stored) {
+        layer_passes += r->layer_passes;
+        candidate_seconds += r->seconds;
+        ++candidates_run;
+      }
+      ++done_in_round;
+      CandidateResult cr{r->score, r->per_example, r->kl, r->seconds, r->layer_passes};
+      if (Status s = search.Report(c.id, cr); !s.ok()) return s.WithContext("searching");
+      const double mean = candidates_run > 0 ? candidate_seconds / static_cast<double>(candidates_run) : 0;
+      const int64_t remaining = left_worst - done_in_round;
+      const auto& scored = search.rounds()[static_cast<size_t>(round - 1)];
+      std::string line = "round " + std::to_string(round) + " [" + std::to_string(done_in_round) +
+                         "/" + std::to_string(round_candidates.size()) + "] layer " +
+                         std::to_string(c.layer) + " -> linear {" + Layers(c.linear_layers) +
+                         "}: " + r->metric + " " + Fmt("%.4f", r->score) + " (delta " +
+                         Fmt("%+.4f", r->score - scored.base_score) + ")";
+      if (r->kl) line += ", kl " + Fmt("%.4f", *r->kl);
+      line += stored ? ", stored" : ", " + Fmt("%.1fs", r->seconds);
+      if (mean > 0 && remaining > 0) line += ", ETA <= " + Duration(mean * static_cast<double>(remaining));
+      Print(line);
+    }
+    const SearchRound& decided = search.rounds()[static_cast<size_t>(round - 1)];
+    for (const auto& sc : decided.candidates) {
+      if (sc.candidate.layer != decided.best_layer) continue;
+      Print("round " + std::to_string(round) + ": best layer " + std::to_string(sc.candidate.layer) +
+            " " + Fmt("%.4f", sc.result.score) + " [delta 95% CI " + Fmt("%+.4f", sc.delta_ci_low) +
+            ", " + Fmt("%+.4f", sc.delta_ci_high) + "] -> " +
+            (decided.committed ? "committed" : "below p_min, stop"));
+    }
+    Event({{"event", "round"}, {"round", round}, {"best_layer", decided.best_layer},
+           {"committed", decided.committed}});
+  }
+  const double search_seconds = Since(search_start);
+  Print("search stopped: " + search.stop_reason());
+  end_phase("searching");
+
+  // --- EXPORTING --------------------------------------------------------------------------
+  Event({{"event", "phase"}, {"phase", "exporting"}});
+  const TrajectoryPoint best = search.best();
+  const TrajectoryPoint opt = search.optimal();
+  for (const auto& [name, point] :
+       std::vector<std::pair<std::string, TrajectoryPoint>>{{"m_best", best}, {"m_opt", opt}}) {
+    const std::string dir = layout_.Export(name);
+    if (storage::PathExists(dir)) continue;
+    if (Status s = executor_->Export({point.linear_layers, dir}); !s.ok()) {
+      return s.WithContext("exporting " + name);
+    }
+    Print("exported " + name + " (linear " + Layers(point.linear_layers) + ") to " + dir);
+  }
+  const bool has_test = !spec_.task.test.empty();
+  auto test_score = [&](const std::vector<int64_t>& layers) -> StatusOr<Json> {
+    if (!has_test) return Json(nullptr);
+    auto r = EvaluateStored({spec_.job_id, CandidateId(layers), layers, "test", false});
+    if (!r.ok()) return r.status().WithContext("exporting: test split");
+    return Json(r->score);
+  };
+  Json models = Json::array();
+  for (const auto& [name, point, dir] :
+       std::vector<std::tuple<std::string, TrajectoryPoint, std::string>>{
+           {"teacher", search.trajectory().front(), ""},
+           {"m_best", best, "exports/m_best"},
+           {"m_opt", opt, "exports/m_opt"}}) {
+    HYB_ASSIGN_OR_RETURN(Json t, test_score(point.linear_layers));
+    models.push_back({{"name", name},
+                      {"linear_layers", point.linear_layers},
+                      {"validation", point.score},
+                      {"test", t},
+                      {"dir", dir}});
+  }
+  Json placements;
+  const auto k = static_cast<int64_t>(opt.linear_layers.size());
+  if (spec_.compare_placements.enabled && has_test && k > 0) {
+    placements = Json::array();
+    std::vector<int64_t> eligible = search.options().eligible_layers;
+    std::vector<std::pair<std::string, std::vector<int64_t>>> sets = {
+        {"greedy", opt.linear_layers}, {"uniform", UniformPlacement(eligible, k)}};
+    std::mt19937_64 rng(spec_.compare_placements.seed);
+    std::set<std::vector<int64_t>> seen = {sets[0].second, sets[1].second};
+    for (int64_t i = 0, tries = 0; i < spec_.compare_placements.random && tries < 1000; ++tries) {
+      std::vector<int64_t> pool = eligible;
+      std::shuffle(pool.begin(), pool.end(), rng);
+      std::vector<int64_t> pick(pool.begin(), pool.begin() + k);
+      std::sort(pick.begin(), pick.end());
+      if (!seen.insert(pick).second && tries < 100) continue;  // prefer distinct placements
+      sets.push_back({"random-" + std::to_string(++i), pick});
+    }
+    for (const auto& [name, layers] : sets) {
+      HYB_ASSIGN_OR_RETURN(Json t, test_score(layers));
+      placements.push_back({{"name", name}, {"linear_layers", layers}, {"test", t}});
+      Print("placement " + name + " {" + Layers(layers) + "}: test " +
+            Fmt("%.4f", t.is_number() ? t.get<double>() : NAN));
+    }
+  }
+  end_phase("exporting");
+
+  // --- REPORT -----------------------------------------------------------------------------
+  Json search_json = search.ToJson();
+  search_json["layer_passes"] = layer_passes;
+  search_json["seconds"] = search_seconds;
+  search_json["prefix_cache"] = spec_.search.prefix_cache;
+  Json report = {
+      {"format", "hyb-report-v1"},
+      {"job_id", spec_.job_id},
+      {"created", NowUtc()},
+      {"teacher", {{"path", spec_.teacher}, {"num_layers", num_layers_}, {"family", family_}}},
+      {"mixer", spec_.mixer},
+      {"task",
+       {{"name", spec_.task.name},
+        {"type", spec_.task.type},
+        {"metric", teacher->metric},
+        {"higher_is_better", teacher->higher_is_better},
+        {"validation_examples", teacher->per_example.size()}}},
+      {"distill", distill_report},
+      {"search", search_json},
+      {"models", models},
+      {"timings", timings}};
+  if (!placements.is_null()) report["placements"] = placements;
+  HYB_RETURN_IF_ERROR(storage::AtomicWriteString(layout_.ReportJson(), report.dump(2) + "\n"));
+  auto html = RenderReportHtml(report);
+  if (!html.ok()) return html.status().WithContext("rendering report.html");
+  HYB_RETURN_IF_ERROR(storage::AtomicWriteString(layout_.ReportHtml(), *html));
+  Event({{"event", "phase"}, {"phase", "succeeded"}});
+
+  std::ostringstream sum;
+  sum << "job " << spec_.job_id << ": " << num_layers_ << "-layer " << family_ << " teacher, "
+      << spec_.mixer.value("type", std::string("?")) << " mixers, task " << spec_.task.name << " ("
+      << teacher->metric << ", " << (teacher->higher_is_better ? "higher" : "lower")
+      << " is better)\n";
+  sum << "  p_full " << Fmt("%.4f", search.p_full()) << "  p_min " << Fmt("%.4f", search.p_min())
+      << "  stop: " << search.stop_reason() << "\n";
+  sum << "  model     linear layers          validation   test\n";
+  for (const auto& m : models) {
+    char line[160];
+    const std::string layers = "{" + Layers(m["linear_layers"].get<std::vector<int64_t>>()) + "}";
+    std::snprintf(line, sizeof(line), "  %-9s %-22s %-12.4f %s\n",
+                  m["name"].get<std::string>().c_str(), layers.c_str(),
+                  m["validation"].get<double>(),
+                  m["test"].is_number() ? Fmt("%.4f", m["test"].get<double>()).c_str() : "-");
+    sum << line;
+  }
+  sum << "  " << search.rounds().size() << " rounds, " << layer_passes
+      << " layer passes; time: ";
+  for (size_t i = 0; i < timings.size(); ++i) {
+    sum << (i ? ", " : "") << timings[i]["phase"].get<std::string>() << " "
+        << Duration(timings[i]["seconds"].get<double>());
+  }
+  sum << "\n  report: " << layout_.ReportHtml() << "\n";
+  return RunOutcome{layout_.dir(), report, sum.str()};
+}
+
+}  // namespace hyb::coordinator

@@ -1,0 +1,41 @@
+// The in-process TaskExecutor of `hybridize run`: runs distillation, evaluations and exports on
+// this machine's CPU or GPU with the job's teacher. Keeps the teacher, the tokenizer and one
+// CandidateEvaluator per split loaded between tasks (the evaluators hold the prefix cache).
+// Not thread-safe: the job runner calls it from one thread.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "hyb/common/tasks.h"
+#include "hyb/worker/candidate_evaluator.h"
+#include "hyb/worker/decoder_model.h"
+#include "hyb/worker/tokenizer.h"
+
+namespace hyb::worker {
+
+class LocalExecutor : public TaskExecutor {
+ public:
+  // `distill_dir` is where Distill tasks publish checkpoints and Evaluate tasks load mixers from.
+  explicit LocalExecutor(std::string distill_dir) : distill_dir_(std::move(distill_dir)) {}
+
+  Status Validate(const JobSpec& spec) override;
+  StatusOr<DistillResult> Distill(const DistillTask& task, const ProgressFn& progress) override;
+  StatusOr<EvaluateResult> Evaluate(const EvaluateTask& task) override;
+  Status Export(const ExportTask& task) override;
+
+ private:
+  StatusOr<CandidateEvaluator*> EvaluatorFor(const std::string& split);
+
+  std::string distill_dir_;
+  JobSpec spec_;
+  RuntimePlacement placement_;
+  RuntimeOptions runtime_;
+  std::shared_ptr<const DecoderModel> teacher_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  TaskKind kind_ = TaskKind::kGenerate;
+  std::map<std::string, std::unique_ptr<CandidateEvaluator>> evaluators_;  // by split
+};
+
+}  // namespace hyb::worker

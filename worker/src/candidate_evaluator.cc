@@ -1,0 +1,284 @@
+#include "hyb/worker/candidate_evaluator.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+
+namespace hyb::worker {
+namespace {
+
+at::Tensor IdsTensor(const std::vector<int64_t>& ids) {
+  return torch::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
+}
+
+std::vector<int64_t> IdsVector(const at::Tensor& ids) {
+  const at::Tensor c = ids.to(at::kCPU, at::kLong).contiguous();
+  return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
+}
+
+int64_t TensorBytes(const at::Tensor& t) {
+  return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0;
+}
+
+const std::string& KlText(const TaskExample& e, TaskKind kind) {
+  switch (kind) {
+    case TaskKind::kGenerate:
+      return e.prompt;
+    case TaskKind::kMultipleChoice:
+      return e.context;
+    default:
+      return e.text;
+  }
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
+    std::unique_ptr<DecoderModel> model, std::vector<std::shared_ptr<const TokenMixer>> linear,
+    std::shared_ptr<const Tokenizer> tokenizer, std::vector<TaskExample> examples,
+    EvaluatorOptions options) {
+  const int64_t n_layers = model->num_layers();
+  if (static_cast<int64_t>(linear.size()) != n_layers) {
+    return InvalidArgument("evaluator: " + std::to_string(linear.size()) + " mixers for " +
+                           std::to_string(n_layers) + " layers");
+  }
+  if (examples.empty()) return InvalidArgument("evaluator: no examples to score");
+  std::unique_ptr<CandidateEvaluator> e(new CandidateEvaluator());
+  for (int64_t l = 0; l < n_layers; ++l) {
+    if (model->mixer(l).LayerType() != "full_attention") {
+      return InvalidArgument("evaluator: the teacher's layer " + std::to_string(l) +
+                             " is not softmax attention");
+    }
+    e->full_.push_back(model->shared_mixer(l));
+  }
+  e->model_ = std::move(model);
+  e->linear_ = std::move(linear);
+  e->tok_ = std::move(tokenizer);
+  e->examples_ = std::move(examples);
+  e->options_ = std::move(options);
+  try {
+    at::NoGradGuard no_grad;
+    const auto n_kl = std::min<int64_t>(e->options_.kl_examples,
+                                        static_cast<int64_t>(e->examples_.size()));
+    for (int64_t i = 0; i < n_kl; ++i) {
+      auto ids = e->tok_->Encode(KlText(e->examples_[static_cast<size_t>(i)], e->options_.kind),
+                                 e->options_.scoring.add_special_tokens);
+      if (ids.size() < 2) continue;
+      HYB_ASSIGN_OR_RETURN(at::Tensor logits, e->model_->Forward(IdsTensor(ids)));
+      e->kl_teacher_logp_.push_back(at::log_softmax(logits[0].to(at::kCPU, at::kDouble), -1));
+      e->kl_ids_.push_back(std::move(ids));
+    }
+    if (e->options_.kind == TaskKind::kKlToTeacher) {
+      for (const auto& ex : e->examples_) {
+        auto ids = e->tok_->Encode(ex.text, e->options_.scoring.add_special_tokens);
+        if (ids.empty() || e->teacher_logits_.count(ids) > 0) continue;
+        HYB_ASSIGN_OR_RETURN(at::Tensor logits, e->model_->Forward(IdsTensor(ids)));
+        e->teacher_logits_.emplace(std::move(ids), logits);
+      }
+    }
+  } catch (const c10::Error& err) {
+    return Internal(std::string("evaluator: teacher pass failed: ") + err.what_without_backtrace());
+  }
+  return e;
+}
+
+Status CandidateEvaluator::Configure(const std::vector<int64_t>& linear_layers) {
+  const int64_t n_layers = model_->num_layers();
+  std::vector<bool> is_linear(static_cast<size_t>(n_layers), false);
+  for (int64_t l : linear_layers) {
+    if (l < 0 || l >= n_layers) {
+      return InvalidArgument("candidate layer " + std::to_string(l) + " is outside [0, " +
+                             std::to_string(n_layers) + ")");
+    }
+    if (linear_[static_cast<size_t>(l)] == nullptr) {
+      return InvalidArgument("layer " + std::to_string(l) + " has no distilled mixer");
+    }
+    is_linear[static_cast<size_t>(l)] = true;
+  }
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const auto ul = static_cast<size_t>(l);
+    model_->SetMixer(l, is_linear[ul] ? linear_[ul] : full_[ul]);
+  }
+  return Status::Ok();
+}
+
+void CandidateEvaluator::AccountEntry(const CacheEntry& e) {
+  for (const auto& t : e.residual) cache_bytes_ += TensorBytes(t);
+  for (const auto& s : e.states) cache_bytes_ += s ? s->Bytes() : 0;
+}
+
+StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, int64_t first_layer,
+                                                bool record) {
+  const int64_t n_layers = model_->num_layers();
+  std::vector<int64_t> key;
+  if (first_layer > 0 || record) key = IdsVector(ids);
+  if (first_layer > 0) {
+    auto it = cache_.find(key);
+    if (it != cache_.end() && !it->second.residual.empty()) {
+      passes_ += n_layers - first_layer;
+      return model_->ForwardFrom(first_layer,
+                                 it->second.residual[static_cast<size_t>(first_layer)]);
+    }
+  }
+  LayerTaps taps;
+  const bool keep =
+      record && cache_bytes_ < options_.prefix_cache_max_bytes && cache_.count(key) == 0;
+  HYB_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(ids, nullptr, keep ? &taps : nullptr));
+  passes_ += n_layers;
+  if (keep) {
+    CacheEntry& e = cache_[key];
+    e.residual = std::move(taps.residual);
+    AccountEntry(e);
+  }
+  return logits;
+}
+
+StatusOr<std::vector<int64_t>> CandidateEvaluator::Generate(const std::vector<int64_t>& prompt,
+                                                            int64_t max_new,
+                                                            const std::vector<int64_t>& stop_ids,
+                                                            int64_t first_layer, bool record) {
+  std::vector<int64_t> out;
+  if (max_new <= 0) return out;
+  const int64_t n_layers = model_->num_layers();
+  DecodeState state = model_->NewDecodeState();
+  at::Tensor logits;
+  auto it = first_layer > 0 ? cache_.find(prompt) : cache_.end();
+  if (it != cache_.end() && static_cast<int64_t>(it->second.states.size()) == n_layers) {
+    for (int64_t j = 0; j < first_layer; ++j) {
+      const auto uj = static_cast<size_t>(j);
+      state.layers[uj] = it->second.states[uj]->Clone();
+    }
+    HYB_ASSIGN_OR_RETURN(logits, model_->ForwardFrom(
+                                     first_layer,
+                                     it->second.residual[static_cast<size_t>(first_layer)],
+                                     &state));
+    passes_ += n_layers - first_layer;
+  } else {
+    const bool keep = record && cache_bytes_ < options_.prefix_cache_max_bytes &&
+                      cache_.count(prompt) == 0;
+    LayerTaps taps;
+    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(IdsTensor(prompt), &state, keep ? &taps : nullptr));
+    passes_ += n_layers;
+    if (keep) {
+      CacheEntry& e = cache_[prompt];
+      e.residual = std::move(taps.residual);
+      e.states.clear();
+      for (const auto& s : state.layers) e.states.push_back(s->Clone());
+      AccountEntry(e);
+    }
+  }
+  while (true) {
+    const int64_t next = logits[0][logits.size(1) - 1].argmax().item<int64_t>();
+    out.push_back(next);
+    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
+    if (static_cast<int64_t>(out.size()) >= max_new) break;
+    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(IdsTensor({next}), &state));
+    passes_ += n_layers;
+  }
+  return out;
+}
+
+StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>& linear_layers,
+                                                      int64_t first_layer, bool record) {
+  const auto start = std::chrono::steady_clock::now();
+  HYB_RETURN_IF_ERROR(Configure(linear_layers));
+  passes_ = 0;
+  CandidateEvaluation ev;
+  ev.first_layer = first_layer;
+  try {
+    at::NoGradGuard no_grad;
+    LogitsFn logits = [this, first_layer, record](const at::Tensor& ids) {
+      return Logits(ids, first_layer, record);
+    };
+    switch (options_.kind) {
+      case TaskKind::kLm: {
+        HYB_ASSIGN_OR_RETURN(ev.score, ScoreLm(logits, *tok_, examples_, options_.scoring));
+        break;
+      }
+      case TaskKind::kMultipleChoice: {
+        HYB_ASSIGN_OR_RETURN(ev.score,
+                             ScoreMultipleChoice(logits, *tok_, examples_, options_.scoring));
+        break;
+      }
+      case TaskKind::kGenerate: {
+        GenerateFn gen = [this, first_layer, record](const std::vector<int64_t>& prompt,
+                                                     int64_t max_new,
+                                                     const std::vector<int64_t>& stop_ids) {
+          return Generate(prompt, max_new, stop_ids, first_layer, record);
+        };
+        HYB_ASSIGN_OR_RETURN(ev.score, ScoreGenerate(gen, *tok_, examples_, options_.scoring));
+        break;
+      }
+      case TaskKind::kKlToTeacher: {
+        LogitsFn teacher = [this](const at::Tensor& ids) -> StatusOr<at::Tensor> {
+          auto it = teacher_logits_.find(IdsVector(ids));
+          if (it == teacher_logits_.end()) return Internal("no teacher logits for a sequence");
+          return it->second;
+        };
+        HYB_ASSIGN_OR_RETURN(
+            ev.score, ScoreKlToTeacher(logits, teacher, *tok_, examples_, options_.scoring));
+        break;
+      }
+    }
+    if (!kl_ids_.empty()) {
+      double sum = 0;
+      int64_t count = 0;
+      for (size_t i = 0; i < kl_ids_.size(); ++i) {
+        HYB_ASSIGN_OR_RETURN(at::Tensor l, logits(IdsTensor(kl_ids_[i])));
+        const at::Tensor q = at::log_softmax(l[0].to(at::kCPU, at::kDouble), -1);
+        const at::Tensor& p = kl_teacher_logp_[i];
+        const int64_t n = q.size(0) - 1;  // positions that predict a token
+        sum += (p.exp() * (p - q)).sum(-1).narrow(0, 0, n).sum().item<double>();
+        count += n;
+      }
+      ev.kl = sum / static_cast<double>(count);
+    }
+  } catch (const c10::Error& err) {
+    return Internal(std::string("evaluation failed: ") + err.what_without_backtrace());
+  }
+  ev.layer_passes = passes_;
+  ev.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return ev;
+}
+
+StatusOr<CandidateEvaluation> CandidateEvaluator::Evaluate(
+    const std::vector<int64_t>& linear_layers) {
+  int64_t first = 0;
+  if (options_.prefix_cache && cache_valid_) {
+    // The first layer where the candidate and the cached base differ.
+    const int64_t n_layers = model_->num_layers();
+    first = n_layers - 1;
+    for (int64_t l = 0; l < n_layers; ++l) {
+      const bool a = std::count(linear_layers.begin(), linear_layers.end(), l) > 0;
+      const bool b = std::count(cache_base_.begin(), cache_base_.end(), l) > 0;
+      if (a != b) {
+        first = l;
+        break;
+      }
+    }
+  }
+  return Run(linear_layers, first, /*record=*/false);
+}
+
+StatusOr<CandidateEvaluation> CandidateEvaluator::EvaluateAndCache(
+    const std::vector<int64_t>& linear_layers) {
+  cache_.clear();
+  cache_bytes_ = 0;
+  cache_valid_ = false;
+  auto ev = Run(linear_layers, 0, /*record=*/options_.prefix_cache);
+  if (ev.ok() && options_.prefix_cache) {
+    cache_base_ = linear_layers;
+    cache_valid_ = true;
+  }
+  return ev;
+}
+
+Status CandidateEvaluator::Export(const std::vector<int64_t>& linear_layers,
+                                  const std::string& dir) {
+  HYB_RETURN_IF_ERROR(Configure(linear_layers));
+  return model_->Save(dir);
+}
+
+}  // namespace hyb::worker

@@ -1,0 +1,185 @@
+#include "hyb/worker/local_executor.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+
+#include "hyb/storage/job_layout.h"
+#include "hyb/storage/token_dataset.h"
+#include "hyb/worker/attention_mixer.h"
+#include "hyb/worker/distill.h"
+#include "hyb/worker/linear_mixer_options.h"
+
+namespace hyb::worker {
+namespace {
+
+std::string LayerFile(const std::string& dir, int64_t layer) {
+  return dir + "/layer_" + std::to_string(layer) + ".safetensors";
+}
+
+StatusOr<std::vector<TaskExample>> LoadSplit(const std::string& path, TaskKind kind,
+                                             int64_t max_examples, const std::string& field) {
+  auto examples = LoadTaskExamples(path, kind);
+  if (!examples.ok()) return examples.status().WithContext(field);
+  if (examples->empty()) return InvalidArgument(field + ": " + path + " has no examples");
+  if (max_examples > 0 && static_cast<int64_t>(examples->size()) > max_examples) {
+    examples->resize(static_cast<size_t>(max_examples));
+  }
+  return examples;
+}
+
+}  // namespace
+
+Status LocalExecutor::Validate(const JobSpec& spec) {
+  spec_ = spec;
+  if (spec.threads > 0) at::set_num_threads(static_cast<int>(spec.threads));
+  runtime_.device = spec.device;
+  const bool cuda = spec.device.rfind("cuda", 0) == 0;
+  runtime_.dtype = spec.dtype == "auto" ? (cuda ? "bf16" : "fp32") : spec.dtype;
+  auto placement = ResolvePlacement(runtime_);
+  if (!placement.ok()) return placement.status().WithContext("device/dtype");
+  placement_ = *placement;
+  auto mixer = ParseLinearMixerOptions(spec.mixer, "mixer");
+  if (!mixer.ok()) return mixer.status();
+  auto teacher = DecoderModel::Load(spec.teacher, runtime_);
+  if (!teacher.ok()) return teacher.status().WithContext("teacher");
+  for (int64_t l = 0; l < (*teacher)->num_layers(); ++l) {
+    if ((*teacher)->mixer(l).LayerType() != "full_attention") {
+      return InvalidArgument("teacher: layer " + std::to_string(l) +
+                             " is not softmax attention (the teacher must be a full-attention model)");
+    }
+  }
+  teacher_ = std::shared_ptr<const DecoderModel>(std::move(teacher).value());
+  auto tok = Tokenizer::FromFile(spec.teacher + "/tokenizer.json");
+  if (!tok.ok()) return tok.status().WithContext("teacher");
+  tokenizer_ = *tok;
+  auto data = storage::TokenDataset::Open(spec.distill.data);
+  if (!data.ok()) return data.status().WithContext("distill.data");
+  if ((*data)->vocab_size() > teacher_->config().vocab_size) {
+    return InvalidArgument("distill.data: " + spec.distill.data + " was prepared with a vocabulary of " +
+                           std::to_string((*data)->vocab_size()) + " tokens, the teacher has " +
+                           std::to_string(teacher_->config().vocab_size));
+  }
+  const int64_t need = spec.distill.batch_size * spec.distill.sequence_length;
+  if ((*data)->num_tokens() < need) {
+    return InvalidArgument("distill.data: " + std::to_string((*data)->num_tokens()) +
+                           " tokens, fewer than one batch (" + std::to_string(need) + ")");
+  }
+  auto kind = ParseTaskKind(spec.task.type);
+  if (!kind.ok()) return kind.status().WithContext("task.type");
+  kind_ = *kind;
+  auto val = LoadSplit(spec.task.validation, kind_, spec.task.max_examples, "task.validation");
+  if (!val.ok()) return val.status();
+  if (!spec.task.test.empty()) {
+    auto test = LoadSplit(spec.task.test, kind_, spec.task.max_examples, "task.test");
+    if (!test.ok()) return test.status();
+  }
+  return Status::Ok();
+}
+
+StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task, const ProgressFn& progress) {
+  if (teacher_ == nullptr) return FailedPrecondition("distill before Validate");
+  HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, ParseLinearMixerOptions(spec_.mixer, "mixer"));
+  HYB_ASSIGN_OR_RETURN(auto data, storage::TokenDataset::Open(spec_.distill.data));
+  DistillOptions o;
+  o.steps = spec_.distill.steps;
+  o.batch_size = spec_.distill.batch_size;
+  o.sequence_length = spec_.distill.sequence_length;
+  o.lr = spec_.distill.lr;
+  o.warmup_steps = spec_.distill.warmup_steps;
+  o.min_lr_ratio = spec_.distill.min_lr_ratio;
+  o.weight_decay = spec_.distill.weight_decay;
+  o.grad_clip = spec_.distill.grad_clip;
+  o.checkpoint_every = spec_.distill.checkpoint_every;
+  o.log_every = spec_.distill.log_every;
+  o.seed = spec_.distill.seed;
+  o.calibrate_output_scale = spec_.distill.calibrate_output_scale;
+  o.compute_dtype = placement_.device.is_cuda() ? "bf16" : "fp32";
+  HYB_RETURN_IF_ERROR(storage::MakeDirectories(task.checkpoint_dir));
+  HYB_ASSIGN_OR_RETURN(auto distiller, BlockwiseDistiller::Create(teacher_, task.layers, mixer, o,
+                                                                  data, task.checkpoint_dir));
+  const auto start = std::chrono::steady_clock::now();
+  HYB_RETURN_IF_ERROR(distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
+    if (!progress) return;
+    Json layers = Json::array();
+    for (const auto& s : states) {
+      if (s.curve.empty()) continue;
+      layers.push_back({{"layer", s.layer}, {"mse", s.curve.back().mse}, {"nmse", s.curve.back().nmse}});
+    }
+    progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
+  }));
+  DistillResult r;
+  r.steps = o.steps;
+  r.tokens = o.steps * distiller->tokens_per_step();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const auto& s : distiller->states()) {
+    LayerDistillSummary l;
+    l.layer = s.layer;
+    l.step = s.step;
+    for (const auto& p : s.curve) l.curve.push_back({p.step, p.mse, p.nmse});
+    r.layers.push_back(std::move(l));
+  }
+  return r;
+}
+
+StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& split) {
+  auto it = evaluators_.find(split);
+  if (it != evaluators_.end()) return it->second.get();
+  if (teacher_ == nullptr) return FailedPrecondition("evaluate before Validate");
+  const std::string path = split == "test" ? spec_.task.test : spec_.task.validation;
+  if (path.empty() || (split != "test" && split != "validation")) {
+    return InvalidArgument("no task split '" + split + "' in this job");
+  }
+  HYB_ASSIGN_OR_RETURN(auto examples, LoadSplit(path, kind_, spec_.task.max_examples, "task." + split));
+  HYB_ASSIGN_OR_RETURN(auto model, DecoderModel::Load(spec_.teacher, runtime_));
+  std::vector<std::shared_ptr<const TokenMixer>> linear(static_cast<size_t>(model->num_layers()));
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    const std::string file = LayerFile(distill_dir_, l);
+    if (!storage::PathExists(file)) continue;
+    const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(model->mixer(l));
+    HYB_ASSIGN_OR_RETURN(linear[static_cast<size_t>(l)],
+                         LoadDistilledMixer(file, att.shape(), model->placement()));
+  }
+  EvaluatorOptions o;
+  o.kind = kind_;
+  o.scoring.add_special_tokens = spec_.task.add_special_tokens;
+  o.scoring.max_new_tokens = spec_.task.max_new_tokens;
+  o.scoring.stop_ids = model->config().eos_token_ids;
+  if (model->config().bos_token_id) o.scoring.empty_context_token = *model->config().bos_token_id;
+  if (kind_ == TaskKind::kGenerate) o.scoring.cut_ids = StopStringTokens(*tokenizer_, examples);
+  o.prefix_cache = split == "validation" && spec_.search.prefix_cache;
+  o.prefix_cache_max_bytes = spec_.search.prefix_cache_max_mb << 20;
+  o.kl_examples = split == "validation" ? spec_.search.kl_examples : 0;
+  HYB_ASSIGN_OR_RETURN(auto evaluator, CandidateEvaluator::Create(std::move(model), std::move(linear),
+                                                                  tokenizer_, std::move(examples), o));
+  CandidateEvaluator* raw = evaluator.get();
+  evaluators_[split] = std::move(evaluator);
+  return raw;
+}
+
+StatusOr<EvaluateResult> LocalExecutor::Evaluate(const EvaluateTask& task) {
+  HYB_ASSIGN_OR_RETURN(CandidateEvaluator * e, EvaluatorFor(task.split));
+  HYB_ASSIGN_OR_RETURN(CandidateEvaluation ev, task.cache_base ? e->EvaluateAndCache(task.linear_layers)
+                                                               : e->Evaluate(task.linear_layers));
+  EvaluateResult r;
+  r.candidate_id = task.candidate_id;
+  r.linear_layers = task.linear_layers;
+  r.split = task.split;
+  r.metric = ev.score.metric;
+  r.higher_is_better = ev.score.higher_is_better;
+  r.score = ev.score.value;
+  r.per_example = std::move(ev.score.per_example);
+  r.kl = ev.kl;
+  r.seconds = ev.seconds;
+  r.layer_passes = ev.layer_passes;
+  r.first_layer = ev.first_layer;
+  r.details = ev.score.details;
+  return r;
+}
+
+Status LocalExecutor::Export(const ExportTask& task) {
+  HYB_ASSIGN_OR_RETURN(CandidateEvaluator * e, EvaluatorFor("validation"));
+  return e->Export(task.linear_layers, task.dir);
+}
+
+}  // namespace hyb::worker
