@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "hyb/worker/decoder_model.h"
 #include "hyb/common/logging.h"
 
 namespace hyb::cli {
@@ -75,6 +76,7 @@ int Dispatch(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
+    hyb::worker::ConfigureCpuThreads(0);
     return Dispatch(argc, argv);
   } catch (const std::exception& e) {  // a LibTorch or allocation failure outside a Status path
     std::cerr << "hybridize: internal error: " << e.what() << "\n";

@@ -12,6 +12,8 @@ Output directory:
   tasks/recall/{train,validation,test}.jsonl   generate: in-context associative recall
   tasks/gloss/{train,validation,test}.jsonl    multiple_choice: which gloss defines the word
   tasks/kjv/{train,validation,test}.jsonl      lm: held-out KJV books
+  distill.jsonl                     distillation text for demo jobs: the recall and gloss
+                                    training splits as text plus the first corpus documents
   manifest.json                     counts, seed, sources
 
     python3 tools/build_demo_data.py --out demo-data [--seed 0]
@@ -111,6 +113,8 @@ def main():
     ap.add_argument("--gloss-words", type=int, default=3000, help="words whose glosses are taught")
     ap.add_argument("--recall-train", type=int, default=60000, help="recall episodes in the corpus")
     ap.add_argument("--gcide-chars", type=int, default=4_000_000)
+    ap.add_argument("--distill-corpus-docs", type=int, default=4000,
+                    help="corpus documents in distill.jsonl")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     if os.path.exists(args.out):
@@ -181,7 +185,14 @@ def main():
     for name, splits in (("recall", recall_splits), ("gloss", gloss_splits), ("kjv", kjv)):
         for split, rows in splits.items():
             write_jsonl(os.path.join(args.out, "tasks", name, split + ".jsonl"), rows)
-    manifest = {"seed": args.seed, "documents": len(corpus),
+    # Distillation text for demo jobs: what the tasks look like (their training splits, never
+    # validation or test) and general text. Built last so it changes nothing above.
+    distill = [{"text": r["prompt"] + r["answer"] + "."} for r in recall_splits["train"]]
+    distill += [{"text": r["context"] + r["choices"][r["label"]] + "."} for r in gloss_splits["train"]]
+    distill += corpus[: args.distill_corpus_docs]
+    random.Random(args.seed + 1).shuffle(distill)
+    write_jsonl(os.path.join(args.out, "distill.jsonl"), distill)
+    manifest = {"seed": args.seed, "documents": len(corpus), "distill_documents": len(distill),
                 "corpus_chars": sum(len(d["text"]) for d in corpus),
                 "tasks": {name: {s: len(r) for s, r in splits.items()}
                           for name, splits in (("recall", recall_splits), ("gloss", gloss_splits), ("kjv", kjv))},

@@ -63,7 +63,8 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
   s.task.type = t["type"];
   s.task.validation = t["validation"];
   s.task.test = t.value("test", "");
-  s.task.max_examples = t["max_examples"];
+  s.task.max_validation_examples = t["max_validation_examples"];
+  s.task.max_test_examples = t["max_test_examples"];
   s.task.max_new_tokens = t["max_new_tokens"];
   s.task.add_special_tokens = t["add_special_tokens"];
   const Json& r = j["search"];

@@ -37,6 +37,7 @@ std::string Layers(const std::vector<int64_t>& layers) {
 }
 
 std::string Duration(double s) {
+  s = std::round(s);
   if (s < 90) return Fmt("%.0fs", s);
   if (s < 5400) return Fmt("%.0fm", std::floor(s / 60)) + Fmt("%02.0fs", std::fmod(s, 60));
   return Fmt("%.1fh", s / 3600);

@@ -134,37 +134,42 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
   const at::Tensor causal = at::ones({c, c}, bool_opts).tril();        // s <= t
   const at::Tensor strict = at::ones({c, c}, bool_opts).tril(-1);      // s < t
   const at::Tensor eye = at::eye(c, q.options());
-  std::vector<at::Tensor> outs;
   // Within a chunk with start state S0 and cumulative log decay b_t, the state is
   //   S_t = e^{b_t} S0 + sum_{s<=t} e^{b_t - b_s} k_s w_s^T,
   // where the pseudo-values w solve the unit lower-triangular system
   //   w_t + beta_t sum_{s<t} e^{b_t - b_s} (k_t.k_s) w_s = beta_t (v_t - e^{b_t} S0^T k_t).
+  // Everything that does not involve S0 is computed for all chunks at once ([B, H, N, C, .]);
+  // only the state recurrence runs chunk by chunk (few ops per chunk: what autograd and the CPU
+  // pay for per op dominates at training sequence lengths).
+  const int64_t bsz = q.size(0), h = q.size(1), dv = v.size(-1), dk = k.size(-1);
+  auto chunks = [&](const at::Tensor& x) { return x.reshape({bsz, h, n, c, x.size(-1)}); };
+  const at::Tensor qc = chunks(qp), kc = chunks(kp), vc = chunks(vp);       // [B, H, N, C, D]
+  const at::Tensor bc = bp.reshape({bsz, h, n, c, 1});                      // beta
+  const at::Tensor b = gp.reshape({bsz, h, n, c}).cumsum(-1);              // [B, H, N, C]
+  const at::Tensor diff = b.unsqueeze(-1) - b.unsqueeze(-2);               // [B, H, N, C(t), C(s)]
+  const at::Tensor decay =
+      diff.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()).exp();
+  const at::Tensor kk = at::matmul(kc, kc.transpose(-1, -2));               // [B, H, N, C, C]
+  const at::Tensor lower = (bc * decay * kk).masked_fill(strict.logical_not(), 0.0);
+  const at::Tensor system = lower + eye;                                    // unit lower triangular
+  const at::Tensor gamma = b.exp().unsqueeze(-1);                           // [B, H, N, C, 1]
+  const at::Tensor rhs = at::cat({bc * vc, bc * gamma * kc}, -1);           // [B, H, N, C, V + K]
+  const at::Tensor sol = at::linalg_solve_triangular(system, rhs, /*upper=*/false,
+                                                     /*left=*/true, /*unitriangular=*/true);
+  const at::Tensor u = sol.narrow(-1, 0, dv), wk = sol.narrow(-1, dv, dk);
+  const at::Tensor qk = at::matmul(qc, kc.transpose(-1, -2)) * decay;      // [B, H, N, C, C]
+  const at::Tensor qg = qc * gamma;                                         // [B, H, N, C, K]
+  const at::Tensor b_last = b.narrow(-1, c - 1, 1);                         // [B, H, N, 1]
+  const at::Tensor k_decayed_t =
+      (kc * (b_last - b).exp().unsqueeze(-1)).transpose(-1, -2);            // [B, H, N, K, C]
+  const at::Tensor state_decay = b_last.exp().unsqueeze(-1);                // [B, H, N, 1, 1]
+  std::vector<at::Tensor> outs;
   for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor qc = qp.narrow(2, i * c, c), kc = kp.narrow(2, i * c, c);
-    const at::Tensor vc = vp.narrow(2, i * c, c);
-    const at::Tensor bc = bp.narrow(2, i * c, c).unsqueeze(-1);          // [B, H, C, 1] beta
-    const at::Tensor b = gp.narrow(2, i * c, c).cumsum(2);               // [B, H, C]
-    at::Tensor diff = b.unsqueeze(-1) - b.unsqueeze(-2);                 // [B, H, C(t), C(s)]
-    const at::Tensor decay =
-        diff.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()).exp();
-    const at::Tensor kk = at::matmul(kc, kc.transpose(2, 3));            // [B, H, C, C]
-    const at::Tensor lower = (bc * decay * kk).masked_fill(strict.logical_not(), 0.0);
-    const at::Tensor system = lower + eye;                                // unit lower triangular
-    const at::Tensor gamma = b.exp().unsqueeze(-1);                       // [B, H, C, 1]
-    const at::Tensor rhs = at::cat({bc * vc, bc * gamma * kc}, -1);       // [B, H, C, V + K]
-    const at::Tensor sol = at::linalg_solve_triangular(system, rhs, /*upper=*/false,
-                                                       /*left=*/true, /*unitriangular=*/true);
-    const int64_t dv = v.size(-1), dk = k.size(-1);
-    const at::Tensor u = sol.narrow(-1, 0, dv), wk = sol.narrow(-1, dv, dk);
-    const at::Tensor w = u - at::matmul(wk, s);                           // [B, H, C, V]
-    const at::Tensor qk = at::matmul(qc, kc.transpose(2, 3)) * decay;    // [B, H, C, C]
-    const at::Tensor o = at::matmul(qc * gamma, s) + at::matmul(qk, w);
-    outs.push_back(o * scale);
-    const at::Tensor b_last = b.narrow(2, c - 1, 1);                     // [B, H, 1]
-    const at::Tensor k_decayed = kc * (b_last - b).exp().unsqueeze(-1);  // [B, H, C, K]
-    s = s * b_last.exp().unsqueeze(-1) + at::matmul(k_decayed.transpose(2, 3), w);
+    const at::Tensor w = u.select(2, i) - at::matmul(wk.select(2, i), s);   // [B, H, C, V]
+    outs.push_back(at::matmul(qg.select(2, i), s) + at::matmul(qk.select(2, i), w));
+    s = s * state_decay.select(2, i) + at::matmul(k_decayed_t.select(2, i), w);
   }
-  return {at::cat(outs, 2).narrow(2, 0, t), s};
+  return {(at::cat(outs, 2) * scale).narrow(2, 0, t), s};
 }
 
 }  // namespace hyb::kernels

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "hyb/kernels/linear.h"
 #include "hyb/kernels/attention.h"
 #include "hyb/kernels/norm.h"
 #include "hyb/worker/rope.h"
@@ -28,9 +29,9 @@ at::Tensor SoftmaxAttentionMixer::Forward(const at::Tensor& x, const MixerContex
                                           MixerState* state) const {
   const int64_t b = x.size(0), t = x.size(1), d = shape_.head_dim;
   // [B, T, H, D] -> optional per-head norm -> [B, H, T, D] -> rotary.
-  at::Tensor q = at::linear(x, w_.q_proj, w_.q_bias).view({b, t, shape_.num_heads, d});
-  at::Tensor k = at::linear(x, w_.k_proj, w_.k_bias).view({b, t, shape_.num_kv_heads, d});
-  at::Tensor v = at::linear(x, w_.v_proj, w_.v_bias).view({b, t, shape_.num_kv_heads, d});
+  at::Tensor q = kernels::Linear(x, w_.q_proj, w_.q_bias).view({b, t, shape_.num_heads, d});
+  at::Tensor k = kernels::Linear(x, w_.k_proj, w_.k_bias).view({b, t, shape_.num_kv_heads, d});
+  at::Tensor v = kernels::Linear(x, w_.v_proj, w_.v_bias).view({b, t, shape_.num_kv_heads, d});
   if (w_.q_norm.defined()) {
     q = kernels::RmsNorm(q, w_.q_norm, shape_.rms_norm_eps);
     k = kernels::RmsNorm(k, w_.k_norm, shape_.rms_norm_eps);
@@ -57,7 +58,7 @@ at::Tensor SoftmaxAttentionMixer::Forward(const at::Tensor& x, const MixerContex
   options.sliding_window = shape_.sliding_window;
   options.scale = 1.0 / std::sqrt(static_cast<double>(d));
   const at::Tensor o = kernels::SoftmaxAttention(q, k, v, options);  // [B, H, T, D]
-  return at::linear(o.transpose(1, 2).reshape({b, t, shape_.num_heads * d}), w_.o_proj,
+  return kernels::Linear(o.transpose(1, 2).reshape({b, t, shape_.num_heads * d}), w_.o_proj,
                     w_.o_bias);
 }
 

@@ -1,5 +1,6 @@
 #include "hyb/worker/decoder_model.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -8,9 +9,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
+#include "hyb/kernels/linear.h"
 #include "hyb/common/logging.h"
 #include "hyb/kernels/norm.h"
 #include "hyb/storage/atomic_file.h"
@@ -90,11 +93,21 @@ Status CheckIds(const at::Tensor& ids, int64_t vocab) {
 }
 
 at::Tensor Mlp(const at::Tensor& x, const MlpWeights& w) {
-  const at::Tensor gate = at::silu(at::linear(x, w.gate_proj, w.gate_bias));
-  return at::linear(gate * at::linear(x, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
+  const at::Tensor gate = at::silu(kernels::Linear(x, w.gate_proj, w.gate_bias));
+  return kernels::Linear(gate * kernels::Linear(x, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
 }
 
 }  // namespace
+
+void ConfigureCpuThreads(int threads) {
+  if (threads > 0) at::set_num_threads(threads);
+  if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) {
+    using SetThreads = void (*)(int);
+    if (auto f = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+      f(1);
+    }
+  }
+}
 
 StatusOr<RuntimePlacement> ResolvePlacement(const RuntimeOptions& options) {
   RuntimePlacement p;
@@ -317,7 +330,7 @@ at::Tensor DecoderModel::RunLayers(int64_t first_layer, at::Tensor h, DecodeStat
     h = h + Mlp(kernels::RmsNorm(h, post_attention_norm_[l], config_.rms_norm_eps), mlp_[l]);
   }
   if (state != nullptr) state->length += t;
-  return at::linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
+  return kernels::Linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
 }
 
 StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt,

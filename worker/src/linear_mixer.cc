@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "hyb/kernels/linear.h"
 #include "hyb/kernels/linear_attention.h"
 #include "hyb/kernels/norm.h"
 
@@ -82,7 +83,7 @@ const at::Tensor& LinearMixer::P(const std::string& name) const {
 }
 
 at::Tensor LinearMixer::Project(const at::Tensor& x, const std::string& name) const {
-  return at::linear(x, P(name + ".weight"), P(name + ".bias"));
+  return kernels::Linear(x, P(name + ".weight"), P(name + ".bias"));
 }
 
 void LinearMixer::InitNewParameters(at::ScalarType dtype, const at::Device& device) {
@@ -280,7 +281,7 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
                                        g.select(2, 0), beta.select(2, 0), scale, s0)
              : kernels::GatedDeltaChunked(q, k, v, g, beta, scale, s0, options_.chunk_size);
   } else if (options_.type == LinearMixerType::kGla) {
-    const at::Tensor gk = at::linear(at::linear(x, P("gk_proj.0.weight")), P("gk_proj.1.weight"),
+    const at::Tensor gk = kernels::Linear(kernels::Linear(x, P("gk_proj.0.weight")), P("gk_proj.1.weight"),
                                      P("gk_proj.1.bias"));
     const at::Tensor g = heads(at::log_sigmoid(gk.to(at::kFloat)) / options_.gate_logit_normalizer);
     const at::Tensor s0 = initial.defined() ? initial : at::zeros({b, h, d, d}, q.options());
@@ -307,7 +308,7 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
     o = kernels::RmsNorm(o, P("o_norm.weight"), options_.norm_eps) *
         at::silu(Project(x, "g_proj")).view({b, t, h, d});
   }
-  return at::linear(o.reshape({b, t, h * d}), P("o_proj.weight"), P("o_proj.bias"));
+  return kernels::Linear(o.reshape({b, t, h * d}), P("o_proj.weight"), P("o_proj.bias"));
 }
 
 }  // namespace hyb::worker

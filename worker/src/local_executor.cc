@@ -28,18 +28,28 @@ StatusOr<std::vector<TaskExample>> LoadSplit(const std::string& path, TaskKind k
   return examples;
 }
 
+// The job spec's "mixer" object names the type "type"; a hybrid's config.json names it "mixer".
+StatusOr<LinearMixerOptions> MixerOptions(const Json& spec_mixer) {
+  Json j = spec_mixer;
+  if (j.contains("type")) {
+    j["mixer"] = j["type"];
+    j.erase("type");
+  }
+  return ParseLinearMixerOptions(j, "mixer");
+}
+
 }  // namespace
 
 Status LocalExecutor::Validate(const JobSpec& spec) {
   spec_ = spec;
-  if (spec.threads > 0) at::set_num_threads(static_cast<int>(spec.threads));
+  ConfigureCpuThreads(static_cast<int>(spec.threads));
   runtime_.device = spec.device;
   const bool cuda = spec.device.rfind("cuda", 0) == 0;
   runtime_.dtype = spec.dtype == "auto" ? (cuda ? "bf16" : "fp32") : spec.dtype;
   auto placement = ResolvePlacement(runtime_);
   if (!placement.ok()) return placement.status().WithContext("device/dtype");
   placement_ = *placement;
-  auto mixer = ParseLinearMixerOptions(spec.mixer, "mixer");
+  auto mixer = MixerOptions(spec.mixer);
   if (!mixer.ok()) return mixer.status();
   auto teacher = DecoderModel::Load(spec.teacher, runtime_);
   if (!teacher.ok()) return teacher.status().WithContext("teacher");
@@ -68,10 +78,11 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   auto kind = ParseTaskKind(spec.task.type);
   if (!kind.ok()) return kind.status().WithContext("task.type");
   kind_ = *kind;
-  auto val = LoadSplit(spec.task.validation, kind_, spec.task.max_examples, "task.validation");
+  auto val = LoadSplit(spec.task.validation, kind_, spec.task.max_validation_examples,
+                       "task.validation");
   if (!val.ok()) return val.status();
   if (!spec.task.test.empty()) {
-    auto test = LoadSplit(spec.task.test, kind_, spec.task.max_examples, "task.test");
+    auto test = LoadSplit(spec.task.test, kind_, spec.task.max_test_examples, "task.test");
     if (!test.ok()) return test.status();
   }
   return Status::Ok();
@@ -79,7 +90,7 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
 
 StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task, const ProgressFn& progress) {
   if (teacher_ == nullptr) return FailedPrecondition("distill before Validate");
-  HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, ParseLinearMixerOptions(spec_.mixer, "mixer"));
+  HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, MixerOptions(spec_.mixer));
   HYB_ASSIGN_OR_RETURN(auto data, storage::TokenDataset::Open(spec_.distill.data));
   DistillOptions o;
   o.steps = spec_.distill.steps;
@@ -130,7 +141,11 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
   if (path.empty() || (split != "test" && split != "validation")) {
     return InvalidArgument("no task split '" + split + "' in this job");
   }
-  HYB_ASSIGN_OR_RETURN(auto examples, LoadSplit(path, kind_, spec_.task.max_examples, "task." + split));
+  HYB_ASSIGN_OR_RETURN(
+      auto examples,
+      LoadSplit(path, kind_,
+                split == "test" ? spec_.task.max_test_examples : spec_.task.max_validation_examples,
+                "task." + split));
   HYB_ASSIGN_OR_RETURN(auto model, DecoderModel::Load(spec_.teacher, runtime_));
   std::vector<std::shared_ptr<const TokenMixer>> linear(static_cast<size_t>(model->num_layers()));
   for (int64_t l = 0; l < model->num_layers(); ++l) {

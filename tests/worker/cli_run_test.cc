@@ -1,0 +1,167 @@
+// `hybridize run` end to end on a tiny model: a real process, real files, every phase.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "hyb/storage/token_dataset.h"
+#include "hyb/worker/decoder_model.h"
+#include "hyb/worker/task_scoring.h"
+#include "hyb/worker/tokenizer.h"
+#include "testing/temp_dir.h"
+#include "worker/test_model.h"
+
+namespace hyb::worker {
+namespace {
+
+using hyb::testing::TempDir;
+
+const Json kCharTokenizer = {
+    {"model",
+     {{"type", "BPE"},
+      {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {" ", 3}, {"\n", 4}}},
+      {"merges", Json::array()}}},
+    {"added_tokens", {{{"id", 5}, {"content", "<s>"}, {"special", true}}}},
+    {"post_processor",
+     {{"type", "TemplateProcessing"},
+      {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
+
+struct CliResult {
+  int rc;
+  std::string output;
+};
+
+CliResult RunCli(const std::string& args) {
+  const std::string cmd = std::string(std::getenv("HYB_CLI")) + " " + args + " 2>&1";
+  CliResult r{0, ""};
+  FILE* p = ::popen(cmd.c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
+  r.rc = WEXITSTATUS(::pclose(p));
+  return r;
+}
+
+// A 3-layer teacher, distillation data, a generate task whose answers are half the teacher's
+// own continuations, and a job spec.
+void WriteJob(const TempDir& dir, const Json& overrides = Json::object()) {
+  ::mkdir(dir.File("teacher").c_str(), 0755);
+  hyb::testing::TinyModelSpec spec;
+  spec.vocab = 6;
+  spec.layers = 3;
+  hyb::testing::WriteTinyModel(dir.File("teacher"), spec, 5);
+  std::ofstream(dir.File("teacher/tokenizer.json")) << kCharTokenizer.dump();
+  storage::TokenDatasetWriter w(dir.File("data"), 6, {});
+  for (int d = 0; d < 30; ++d) {
+    std::vector<int64_t> doc = {5};
+    for (int i = 0; i < 40; ++i) doc.push_back((d * 7 + i * i) % 5);
+    ASSERT_TRUE(w.AddDocument(doc).ok());
+  }
+  ASSERT_TRUE(w.Finish().ok());
+  auto teacher = std::move(DecoderModel::Load(dir.File("teacher"), {})).value();
+  auto tok = *Tokenizer::FromJson(kCharTokenizer, "char");
+  for (const std::string split : {"validation", "test"}) {
+    std::ofstream out(dir.File(split + ".jsonl"));
+    for (int i = 0; i < 12; ++i) {
+      std::string prompt;
+      for (int k = 0; k < 6 + i % 4; ++k) prompt += "abc "[(i * 3 + k * (split == "test" ? 5 : 1)) % 4];
+      const auto cont = *GreedyOf(*teacher)(tok->Encode(prompt, true), 3, {});
+      const std::string answer = i % 2 == 0 ? tok->Decode(cont) : "cc";
+      out << Json({{"prompt", prompt}, {"answer", answer}, {"stop", {"\n"}}}).dump() << "\n";
+    }
+  }
+  Json job = {{"job_id", "tiny"},
+              {"teacher", "teacher"},
+              {"threads", 1},
+              {"distill", {{"data", "data"}, {"steps", 6}, {"batch_size", 2},
+                           {"sequence_length", 16}, {"checkpoint_every", 2}, {"log_every", 2}}},
+              {"task", {{"type", "generate"}, {"validation", "validation.jsonl"},
+                        {"test", "test.jsonl"}, {"max_new_tokens", 3}}},
+              {"search", {{"tolerance", 0.5}, {"bootstrap_samples", 200}}},
+              {"compare_placements", {{"random", 2}}}};
+  job.merge_patch(overrides);
+  std::ofstream(dir.File("job.json")) << job.dump(2);
+}
+
+TEST(CliRunTest, RunsAJobEndToEndAndResumes) {
+  if (std::getenv("HYB_CLI") == nullptr) GTEST_SKIP() << "HYB_CLI not set (run through ctest)";
+  TempDir dir;
+  WriteJob(dir);
+  const std::string store = dir.File("store");
+  CliResult first = RunCli("run " + dir.File("job.json") + " --storage " + store);
+  ASSERT_EQ(first.rc, 0) << first.output;
+  for (const char* want : {"distill step 6/6", "teacher: validation exact_match", "round 1 [3/3]",
+                           "search stopped", "exported m_opt", "placement uniform", "m_opt "}) {
+    EXPECT_NE(first.output.find(want), std::string::npos) << want << "\n" << first.output;
+  }
+  const std::string job = store + "/tiny";
+  auto report = ReadJsonFile(job + "/report.json");
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  const Json& models = (*report)["models"];
+  ASSERT_EQ(models.size(), 3u);
+  EXPECT_DOUBLE_EQ(models[0]["validation"].get<double>(), 0.5);  // the teacher: half its own
+  EXPECT_EQ((*report)["distill"]["layers"].size(), 3u);
+  EXPECT_EQ((*report)["distill"]["layers"][0]["curve"].size(), 4u);  // steps 1, 2, 4, 6
+  // The exported M_opt loads and has exactly its linear layers.
+  auto m_opt = DecoderModel::Load(job + "/exports/m_opt", {});
+  ASSERT_TRUE(m_opt.ok()) << m_opt.status().ToString();
+  const auto linear = models[2]["linear_layers"].get<std::vector<int64_t>>();
+  for (int64_t l = 0; l < 3; ++l) {
+    const bool is_linear = std::count(linear.begin(), linear.end(), l) > 0;
+    EXPECT_EQ((*m_opt)->mixer(l).LayerType(), is_linear ? "linear_attention" : "full_attention");
+  }
+  struct stat st {};
+  EXPECT_EQ(::stat((job + "/report.html").c_str(), &st), 0);
+  EXPECT_GT(st.st_size, 2000);
+
+  // Re-running the same spec reuses every stored result and reports the same models.
+  CliResult again = RunCli("run " + dir.File("job.json") + " --storage " + store);
+  ASSERT_EQ(again.rc, 0) << again.output;
+  EXPECT_NE(again.output.find("resuming job tiny"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("distillation: finished earlier"), std::string::npos);
+  EXPECT_NE(again.output.find(", stored"), std::string::npos);
+  EXPECT_EQ(again.output.find("exported"), std::string::npos);  // exports were kept
+  auto report2 = ReadJsonFile(job + "/report.json");
+  EXPECT_EQ((*report2)["models"], models);
+  EXPECT_EQ((*report2)["search"]["rounds"], (*report)["search"]["rounds"]);
+}
+
+TEST(CliRunTest, BadSpecsFailBeforeAnyWork) {
+  if (std::getenv("HYB_CLI") == nullptr) GTEST_SKIP() << "HYB_CLI not set (run through ctest)";
+  TempDir dir;
+  const std::string store = dir.File("store");
+  struct Case {
+    Json patch;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {{{"distill", {{"lr", -1}}}}, "distill.lr: must be > 0, got -1"},
+      {{{"searhc", 1}}, "unknown field 'searhc'"},
+      {{{"teacher", "missing-dir"}}, "teacher: "},
+      {{{"task", {{"validation", "nope.jsonl"}}}}, "task.validation: "},
+      {{{"mixer", {{"type", "mamba"}}}}, "mixer.type: must be one of"},
+      {{{"search", {{"layers", {7}}}}}, "search.layers: layer 7 does not exist"},
+  };
+  for (const auto& c : cases) {
+    TempDir d;
+    WriteJob(d, c.patch);
+    CliResult r = RunCli("run " + d.File("job.json") + " --storage " + store);
+    EXPECT_EQ(r.rc, 1) << r.output;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.expect << "\n" << r.output;
+    // Nothing was created for the job.
+    struct stat st {};
+    EXPECT_NE(::stat((store + "/tiny/job.json").c_str(), &st), 0) << c.expect;
+  }
+  CliResult help = RunCli("run --help");
+  EXPECT_EQ(help.rc, 0);
+  EXPECT_NE(help.output.find("--storage DIR"), std::string::npos);
+  EXPECT_EQ(RunCli("run").rc, 1);
+}
+
+}  // namespace
+}  // namespace hyb::worker
