@@ -25,7 +25,8 @@ Json EvaluateTask::ToJson() const {
           {"candidate_id", candidate_id},
           {"linear_layers", linear_layers},
           {"split", split},
-          {"cache_base", cache_base}};
+          {"cache_base", cache_base},
+          {"record", record}};
 }
 
 Json EvaluateResult::ToJson() const {

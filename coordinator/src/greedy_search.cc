@@ -111,7 +111,10 @@ Status GreedySearch::SetTeacher(const CandidateResult& teacher) {
     p_min_ = *options_.p_min;
   } else {
     const double tol = *options_.tolerance;
-    p_min_ = options_.higher_is_better ? (1 - tol) * p_full_ : (1 + tol) * p_full_;
+    // (1 -/+ tol) * P_full for positive scores; |P_full| keeps the direction right for zero
+    // or negative ones (a log-likelihood, a zero KL).
+    const double margin = tol * std::fabs(p_full_);
+    p_min_ = options_.higher_is_better ? p_full_ - margin : p_full_ + margin;
   }
   teacher_per_example_ = teacher.per_example;
   base_per_example_ = teacher.per_example;
@@ -203,7 +206,8 @@ Status GreedySearch::Report(const std::string& candidate_id, const CandidateResu
 
 bool GreedySearch::Better(const ScoredCandidate& a, const ScoredCandidate& b) const {
   const double sa = a.result.score, sb = b.result.score;
-  if (sa != sb) return options_.higher_is_better ? sa > sb : sa < sb;
+  if (std::isnan(sa) != std::isnan(sb)) return std::isnan(sb);  // NaN ranks below any number
+  if (sa != sb && !std::isnan(sa)) return options_.higher_is_better ? sa > sb : sa < sb;
   const double inf = std::numeric_limits<double>::infinity();
   const double ka = a.result.kl.value_or(inf), kb = b.result.kl.value_or(inf);
   if (ka != kb) return ka < kb;

@@ -97,6 +97,10 @@ Status JobRunner::Validate() {
                              "teacher has " + std::to_string(num_layers_) + " layers)");
     }
   }
+  if (spec_.task.type == "kl_to_teacher" && !spec_.search.p_min) {
+    return InvalidArgument("search.tolerance: a kl_to_teacher task scores the teacher 0, so a "
+                           "relative tolerance admits nothing; give search.p_min (a KL bound)");
+  }
   // Resume only the same job.
   const std::string stored = layout_.JobSpec();
   if (storage::PathExists(stored)) {
@@ -163,6 +167,13 @@ StatusOr<EvaluateResult> JobRunner::EvaluateStored(const EvaluateTask& task) {
     return EvaluateResult::FromJson(j, path);
   }
   HYB_ASSIGN_OR_RETURN(EvaluateResult r, executor_->Evaluate(task));
+  // JSON has no NaN or infinity (they would be stored as null and break a resume).
+  if (!std::isfinite(r.score) || (r.kl && !std::isfinite(*r.kl)) ||
+      std::any_of(r.per_example.begin(), r.per_example.end(),
+                  [](double v) { return !std::isfinite(v); })) {
+    return Internal(task.split + " evaluation of " + task.candidate_id +
+                    " produced a non-finite score (score " + std::to_string(r.score) + ")");
+  }
   HYB_RETURN_IF_ERROR(storage::AtomicWriteString(path, r.ToJson().dump() + "\n"));
   Event({{"event", "evaluated"},
          {"split", task.split},
@@ -200,7 +211,9 @@ StatusOr<RunOutcome> JobRunner::Run() {
       storage::PathExists(layout_.Evaluation("validation", teacher_task.candidate_id));
   auto teacher = EvaluateStored(teacher_task);
   if (!teacher.ok()) return teacher.status().WithContext("searching: teacher");
-  if (!teacher_stored) layer_passes += teacher->layer_passes;
+  // Layer passes count every evaluation the search used, stored ones included (a resumed run
+  // reports what the whole search cost, plus any cache base it had to record again).
+  layer_passes += teacher->layer_passes;
   Print("teacher: validation " + teacher->metric + " " + Fmt("%.4f", teacher->score) + " (" +
         std::to_string(teacher->per_example.size()) + " examples, " +
         Fmt("%.1fs", teacher->seconds) + ")");
@@ -233,10 +246,12 @@ StatusOr<RunOutcome> JobRunner::Run() {
     for (int64_t k = static_cast<int64_t>(round_candidates.size()); k > 0; --k) left_worst += k;
     int64_t done_in_round = 0;
     for (const Candidate& c : round_candidates) {
-      EvaluateTask task{spec_.job_id, c.id, c.linear_layers, "validation", false};
+      EvaluateTask task{spec_.job_id, c.id, c.linear_layers, "validation", false,
+                        spec_.search.prefix_cache};
       const bool stored = storage::PathExists(layout_.Evaluation("validation", c.id));
       if (!stored && spec_.search.prefix_cache && (!cache_ready || cached_base != base)) {
-        // Record the current model's activations once for this round's candidates.
+        // Make the current model the cache base (promoted from its recording as last round's
+        // candidate when the executor kept it; recorded afresh otherwise, e.g. after a resume).
         EvaluateTask base_task{spec_.job_id, CandidateId(base), base, "validation", true};
         auto b = executor_->Evaluate(base_task);
         if (!b.ok()) return b.status().WithContext("searching: caching " + base_task.candidate_id);
@@ -246,8 +261,8 @@ StatusOr<RunOutcome> JobRunner::Run() {
       }
       auto r = EvaluateStored(task);
       if (!r.ok()) return r.status().WithContext("searching: " + c.id);
+      layer_passes += r->layer_passes;
       if (!stored) {
-        layer_passes += r->layer_passes;
         candidate_seconds += r->seconds;
         ++candidates_run;
       }

@@ -168,6 +168,24 @@ TEST(GreedySearchTest, LowerIsBetterUsesRelativeToleranceUpwards) {
   EXPECT_TRUE(s.best().linear_layers.empty());
 }
 
+TEST(GreedySearchTest, ToleranceKeepsItsDirectionForNonPositiveScores) {
+  GreedySearch s = *GreedySearch::Create(2, Tolerance(0.1));
+  CandidateResult teacher;
+  teacher.per_example = {-2.0};
+  teacher.score = -2.0;  // e.g. a mean log-likelihood: higher is better, negative
+  ASSERT_TRUE(s.SetTeacher(teacher).ok());
+  EXPECT_DOUBLE_EQ(s.p_min(), -2.2);
+  CandidateResult nan_result;
+  nan_result.per_example = {0.0};
+  nan_result.score = std::nan("");
+  CandidateResult ok = teacher;
+  ok.score = -2.1;
+  ASSERT_TRUE(s.Report("linear_0", nan_result).ok());  // a NaN never wins a round
+  ASSERT_TRUE(s.Report("linear_1", ok).ok());
+  EXPECT_EQ(s.rounds()[0].best_layer, 1);
+  EXPECT_TRUE(s.rounds()[0].committed);
+}
+
 TEST(GreedySearchTest, BadReportsAndOptionsAreRejected) {
   SearchOptions none;
   EXPECT_EQ(GreedySearch::Create(4, none).status().code(), StatusCode::kInvalidArgument);

@@ -112,6 +112,13 @@ TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) 
       auto b2 = plain->Evaluate(base);
       ASSERT_TRUE(b1.ok() && b2.ok()) << b1.status().ToString() << b2.status().ToString();
       ExpectSame(*b1, *b2, name + " base");
+      // Round 1 records the teacher afresh; round 2's base {1} was recorded as a round-1
+      // candidate and is promoted without running anything.
+      if (base.empty()) {
+        EXPECT_GT(b1->layer_passes, 0);
+      } else {
+        EXPECT_EQ(b1->layer_passes, 0) << name;
+      }
       EXPECT_GT(cached->cache_bytes(), 0);
       int64_t with = 0, without = 0;
       for (int64_t l = 0; l < kLayers; ++l) {
@@ -119,7 +126,7 @@ TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) 
         std::vector<int64_t> cand = base;
         cand.push_back(l);
         std::sort(cand.begin(), cand.end());
-        auto c1 = cached->Evaluate(cand);
+        auto c1 = cached->Evaluate(cand, /*keep_recording=*/true);
         auto c2 = plain->Evaluate(cand);
         ASSERT_TRUE(c1.ok() && c2.ok()) << c1.status().ToString() << c2.status().ToString();
         ExpectSame(*c1, *c2, name + " layer " + std::to_string(l));

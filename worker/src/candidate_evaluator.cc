@@ -103,33 +103,64 @@ Status CandidateEvaluator::Configure(const std::vector<int64_t>& linear_layers) 
   return Status::Ok();
 }
 
-void CandidateEvaluator::AccountEntry(const CacheEntry& e) {
-  for (const auto& t : e.residual) cache_bytes_ += TensorBytes(t);
-  for (const auto& s : e.states) cache_bytes_ += s ? s->Bytes() : 0;
+bool CandidateEvaluator::MayRecord(const PrefixCache* into, const std::vector<int64_t>& key) {
+  if (into == nullptr || into->count(key) > 0) return false;
+  if (cache_bytes_ >= options_.prefix_cache_max_bytes) {
+    recording_complete_ = false;  // over budget: this recording will miss sequences
+    return false;
+  }
+  return true;
+}
+
+void CandidateEvaluator::Store(PrefixCache* into, const std::vector<int64_t>& key,
+                               CacheEntry entry, int64_t shared_below) {
+  // Residuals below `shared_below` are the base's own tensors (Compose): no new memory.
+  for (size_t j = static_cast<size_t>(shared_below); j < entry.residual.size(); ++j) {
+    cache_bytes_ += TensorBytes(entry.residual[j]);
+  }
+  for (const auto& s : entry.states) cache_bytes_ += s ? s->Bytes() : 0;
+  (*into)[key] = std::move(entry);
+}
+
+// The residual streams of a model that equals the cached base below `first_layer`: the base's
+// below it (shared tensors, no copy), this pass's from it on.
+std::vector<at::Tensor> CandidateEvaluator::Compose(const CacheEntry& base, int64_t first_layer,
+                                                    std::vector<at::Tensor> from_taps) {
+  for (int64_t j = 0; j < first_layer; ++j) {
+    from_taps[static_cast<size_t>(j)] = base.residual[static_cast<size_t>(j)];
+  }
+  return from_taps;
 }
 
 StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, int64_t first_layer,
-                                                bool record) {
+                                                PrefixCache* record_into) {
   const int64_t n_layers = model_->num_layers();
   std::vector<int64_t> key;
-  if (first_layer > 0 || record) key = IdsVector(ids);
+  if (first_layer > 0 || record_into != nullptr) key = IdsVector(ids);
+  const bool keep = MayRecord(record_into, key);
+  LayerTaps taps;
   if (first_layer > 0) {
     auto it = cache_.find(key);
     if (it != cache_.end() && !it->second.residual.empty()) {
       passes_ += n_layers - first_layer;
-      return model_->ForwardFrom(first_layer,
-                                 it->second.residual[static_cast<size_t>(first_layer)]);
+      HYB_ASSIGN_OR_RETURN(
+          at::Tensor logits,
+          model_->ForwardFrom(first_layer, it->second.residual[static_cast<size_t>(first_layer)],
+                              nullptr, keep ? &taps : nullptr));
+      if (keep) {
+        CacheEntry e;
+        e.residual = Compose(it->second, first_layer, std::move(taps.residual));
+        Store(record_into, key, std::move(e), first_layer);
+      }
+      return logits;
     }
   }
-  LayerTaps taps;
-  const bool keep =
-      record && cache_bytes_ < options_.prefix_cache_max_bytes && cache_.count(key) == 0;
   HYB_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(ids, nullptr, keep ? &taps : nullptr));
   passes_ += n_layers;
   if (keep) {
-    CacheEntry& e = cache_[key];
+    CacheEntry e;
     e.residual = std::move(taps.residual);
-    AccountEntry(e);
+    Store(record_into, key, std::move(e), 0);
   }
   return logits;
 }
@@ -137,12 +168,16 @@ StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, int64_t f
 StatusOr<std::vector<int64_t>> CandidateEvaluator::Generate(const std::vector<int64_t>& prompt,
                                                             int64_t max_new,
                                                             const std::vector<int64_t>& stop_ids,
-                                                            int64_t first_layer, bool record) {
+                                                            int64_t first_layer,
+                                                            PrefixCache* record_into) {
   std::vector<int64_t> out;
   if (max_new <= 0) return out;
   const int64_t n_layers = model_->num_layers();
+  const bool keep = MayRecord(record_into, prompt);
   DecodeState state = model_->NewDecodeState();
+  LayerTaps taps;
   at::Tensor logits;
+  int64_t shared_below = 0;
   auto it = first_layer > 0 ? cache_.find(prompt) : cache_.end();
   if (it != cache_.end() && static_cast<int64_t>(it->second.states.size()) == n_layers) {
     for (int64_t j = 0; j < first_layer; ++j) {
@@ -152,21 +187,21 @@ StatusOr<std::vector<int64_t>> CandidateEvaluator::Generate(const std::vector<in
     HYB_ASSIGN_OR_RETURN(logits, model_->ForwardFrom(
                                      first_layer,
                                      it->second.residual[static_cast<size_t>(first_layer)],
-                                     &state));
+                                     &state, keep ? &taps : nullptr));
     passes_ += n_layers - first_layer;
+    if (keep) {
+      taps.residual = Compose(it->second, first_layer, std::move(taps.residual));
+      shared_below = first_layer;
+    }
   } else {
-    const bool keep = record && cache_bytes_ < options_.prefix_cache_max_bytes &&
-                      cache_.count(prompt) == 0;
-    LayerTaps taps;
     HYB_ASSIGN_OR_RETURN(logits, model_->Forward(IdsTensor(prompt), &state, keep ? &taps : nullptr));
     passes_ += n_layers;
-    if (keep) {
-      CacheEntry& e = cache_[prompt];
-      e.residual = std::move(taps.residual);
-      e.states.clear();
-      for (const auto& s : state.layers) e.states.push_back(s->Clone());
-      AccountEntry(e);
-    }
+  }
+  if (keep) {
+    CacheEntry e;
+    e.residual = std::move(taps.residual);
+    for (const auto& s : state.layers) e.states.push_back(s->Clone());
+    Store(record_into, prompt, std::move(e), shared_below);
   }
   while (true) {
     const int64_t next = logits[0][logits.size(1) - 1].argmax().item<int64_t>();
@@ -180,7 +215,7 @@ StatusOr<std::vector<int64_t>> CandidateEvaluator::Generate(const std::vector<in
 }
 
 StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>& linear_layers,
-                                                      int64_t first_layer, bool record) {
+                                                      int64_t first_layer, PrefixCache* record) {
   const auto start = std::chrono::steady_clock::now();
   HYB_RETURN_IF_ERROR(Configure(linear_layers));
   passes_ = 0;
@@ -244,7 +279,7 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
 }
 
 StatusOr<CandidateEvaluation> CandidateEvaluator::Evaluate(
-    const std::vector<int64_t>& linear_layers) {
+    const std::vector<int64_t>& linear_layers, bool keep_recording) {
   int64_t first = 0;
   if (options_.prefix_cache && cache_valid_) {
     // The first layer where the candidate and the cached base differ.
@@ -259,16 +294,42 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Evaluate(
       }
     }
   }
-  return Run(linear_layers, first, /*record=*/false);
+  if (!(keep_recording && options_.prefix_cache)) return Run(linear_layers, first, nullptr);
+  PrefixCache recording;
+  recording_complete_ = true;
+  auto ev = Run(linear_layers, first, &recording);
+  // Only a complete recording may become a base; a partial one would just cost memory.
+  if (ev.ok() && recording_complete_) recordings_[linear_layers] = {std::move(recording), *ev};
+  return ev;
 }
 
 StatusOr<CandidateEvaluation> CandidateEvaluator::EvaluateAndCache(
     const std::vector<int64_t>& linear_layers) {
+  auto kept = recordings_.find(linear_layers);
+  if (kept != recordings_.end()) {
+    // Recorded while it was a candidate: promote it, nothing runs again.
+    cache_ = std::move(kept->second.first);
+    CandidateEvaluation ev = kept->second.second;
+    ev.layer_passes = 0;
+    ev.seconds = 0;
+    recordings_.clear();
+    cache_bytes_ = 0;
+    for (const auto& [key, e] : cache_) {
+      for (const auto& t : e.residual) cache_bytes_ += TensorBytes(t);
+      for (const auto& st : e.states) cache_bytes_ += st ? st->Bytes() : 0;
+    }
+    cache_base_ = linear_layers;
+    cache_valid_ = true;
+    return ev;
+  }
   cache_.clear();
+  recordings_.clear();
   cache_bytes_ = 0;
   cache_valid_ = false;
-  auto ev = Run(linear_layers, 0, /*record=*/options_.prefix_cache);
+  PrefixCache fresh;
+  auto ev = Run(linear_layers, 0, options_.prefix_cache ? &fresh : nullptr);
   if (ev.ok() && options_.prefix_cache) {
+    cache_ = std::move(fresh);
     cache_base_ = linear_layers;
     cache_valid_ = true;
   }

@@ -80,10 +80,14 @@ StatusOr<std::shared_ptr<LinearMixer>> LoadDistilledMixer(const std::string& pat
   if (!info.contains("mixer")) return DataLoss(path + ": metadata has no 'mixer'");
   HYB_ASSIGN_OR_RETURN(LinearMixerOptions options,
                        ParseLinearMixerOptions(info["mixer"], path + ": mixer"));
-  HYB_ASSIGN_OR_RETURN(auto tensors, LoadTensors(path));
-  return LinearMixer::FromTensors(
-      shape, options, MapGetter(tensors, path, placement.device, placement.dtype),
-      [&tensors](const std::string& name) { return tensors.count(name) > 0; });
+  try {
+    HYB_ASSIGN_OR_RETURN(auto tensors, LoadTensors(path));
+    return LinearMixer::FromTensors(
+        shape, options, MapGetter(tensors, path, placement.device, placement.dtype),
+        [&tensors](const std::string& name) { return tensors.count(name) > 0; });
+  } catch (const c10::Error& e) {
+    return Internal(path + ": loading the mixer failed: " + e.what_without_backtrace());
+  }
 }
 
 std::string BlockwiseDistiller::LayerPath(int64_t layer) const {
@@ -203,7 +207,8 @@ Status BlockwiseDistiller::LoadCheckpoint(size_t i, const std::string& path) {
                                        }));
   for (auto& [name, t] : mixers_[i]->NamedTensors()) {
     auto m = tensors.find("adam_m." + name), v = tensors.find("adam_v." + name);
-    if (m == tensors.end() || v == tensors.end() || !m->second.sizes().equals(t.sizes())) {
+    if (m == tensors.end() || v == tensors.end() || !m->second.sizes().equals(t.sizes()) ||
+        !v->second.sizes().equals(t.sizes())) {
       return DataLoss(path + ": optimizer state for '" + name + "' is missing or misshapen");
     }
     adam_m_[i].push_back(m->second.to(device, at::kFloat));
@@ -312,13 +317,16 @@ Status BlockwiseDistiller::Run(const DistillProgressFn& progress, int64_t stop_a
         const at::Tensor mse = (out - y).pow(2).mean();
         auto grads = torch::autograd::grad({mse}, params);
         at::NoGradGuard no_grad;
-        if (options_.grad_clip > 0) {
-          at::Tensor sq = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
-          for (const auto& g : grads) sq = sq + g.pow(2).sum();
-          const double norm = std::sqrt(sq.item<double>());
-          if (norm > options_.grad_clip) {
-            for (auto& g : grads) g.mul_(options_.grad_clip / (norm + 1e-6));
-          }
+        at::Tensor sq = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
+        for (const auto& g : grads) sq = sq + g.pow(2).sum();
+        const double norm = std::sqrt(sq.item<double>());
+        if (!std::isfinite(norm)) {
+          return Internal("distill: layer " + std::to_string(layers_[i]) + " step " +
+                          std::to_string(step) + ": loss " + std::to_string(mse.item<double>()) +
+                          " gave a non-finite gradient; lower distill.lr or check the data");
+        }
+        if (options_.grad_clip > 0 && norm > options_.grad_clip) {
+          for (auto& g : grads) g.mul_(options_.grad_clip / (norm + 1e-6));
         }
         const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(step));
         const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(step));

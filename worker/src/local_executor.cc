@@ -89,7 +89,11 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
 }
 
 StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task, const ProgressFn& progress) {
-  if (teacher_ == nullptr) return FailedPrecondition("distill before Validate");
+  if (tokenizer_ == nullptr) return FailedPrecondition("distill before Validate");
+  if (teacher_ == nullptr) {
+    HYB_ASSIGN_OR_RETURN(auto teacher, DecoderModel::Load(spec_.teacher, runtime_));
+    teacher_ = std::move(teacher);
+  }
   HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, MixerOptions(spec_.mixer));
   HYB_ASSIGN_OR_RETURN(auto data, storage::TokenDataset::Open(spec_.distill.data));
   DistillOptions o;
@@ -119,6 +123,8 @@ StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task, const Pr
     }
     progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
   }));
+  // Evaluations load their own copies (their layers get swapped); this one is no longer needed.
+  teacher_.reset();
   DistillResult r;
   r.steps = o.steps;
   r.tokens = o.steps * distiller->tokens_per_step();
@@ -136,7 +142,7 @@ StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task, const Pr
 StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& split) {
   auto it = evaluators_.find(split);
   if (it != evaluators_.end()) return it->second.get();
-  if (teacher_ == nullptr) return FailedPrecondition("evaluate before Validate");
+  if (tokenizer_ == nullptr) return FailedPrecondition("evaluate before Validate");
   const std::string path = split == "test" ? spec_.task.test : spec_.task.validation;
   if (path.empty() || (split != "test" && split != "validation")) {
     return InvalidArgument("no task split '" + split + "' in this job");
@@ -175,7 +181,7 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
 StatusOr<EvaluateResult> LocalExecutor::Evaluate(const EvaluateTask& task) {
   HYB_ASSIGN_OR_RETURN(CandidateEvaluator * e, EvaluatorFor(task.split));
   HYB_ASSIGN_OR_RETURN(CandidateEvaluation ev, task.cache_base ? e->EvaluateAndCache(task.linear_layers)
-                                                               : e->Evaluate(task.linear_layers));
+                                                               : e->Evaluate(task.linear_layers, task.record));
   EvaluateResult r;
   r.candidate_id = task.candidate_id;
   r.linear_layers = task.linear_layers;

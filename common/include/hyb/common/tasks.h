@@ -48,8 +48,11 @@ struct EvaluateTask {
   std::string candidate_id;
   std::vector<int64_t> linear_layers;
   std::string split = "validation";  // "validation" or "test"
-  // Record this model's activations as the prefix cache for the candidates that follow.
+  // Make this model the prefix-cache base for the candidates that follow (its activations are
+  // recorded, or promoted from a `record` of it as a candidate).
   bool cache_base = false;
+  // Keep this candidate's activations: if it wins its round, it becomes the next base for free.
+  bool record = false;
   Json ToJson() const;
 };
 

@@ -14,7 +14,10 @@
 // the best one (score, then lower KL to the teacher, then lower layer index) is committed if it
 // meets P_min; otherwise the search stops. It also stops at `max_linear_layers` or when no full
 // layer is left. Beyond the paper, every candidate gets a paired bootstrap 95% interval of its
-// per-example change against the current model.
+// per-example change against the current model: an interval for the mean over examples of the
+// per-example difference. For accuracy-like metrics that mean is the score's change; for the
+// token-weighted lm and kl scores it is the unweighted per-document mean, close to but not the
+// same as the reported delta. A NaN score ranks below every number.
 //
 // Candidate ids are deterministic functions of the layer set ("linear_1_3_4"), so results may be
 // reported in any order, duplicates are ignored, and a restarted driver that replays stored
@@ -32,8 +35,9 @@
 namespace hyb::coordinator {
 
 struct SearchOptions {
-  // P_min: exactly one of the two. Relative: P_min = (1 - tolerance) * P_full when higher is
-  // better, (1 + tolerance) * P_full when lower is better (e.g. a loss).
+  // P_min: exactly one of the two. Relative: P_min = P_full - tolerance * |P_full| when higher
+  // is better, P_full + tolerance * |P_full| when lower is better (e.g. a loss); for positive
+  // scores that is the paper's (1 -/+ tolerance) * P_full.
   std::optional<double> tolerance;
   std::optional<double> p_min;
   bool higher_is_better = true;

@@ -6,8 +6,8 @@
 namespace hyb::kernels {
 
 // For a single row on the CPU (decoding one token of one sequence) this is a matrix-vector
-// product: BLAS gemm packs W into its panel layout on every call, which for one row costs more
-// than the product (measured: 8 ms -> see BENCHMARKS.md, decode step of the demo teacher).
+// product: OpenBLAS's gemm packs W into its panel layout on every call, which for one row costs
+// more than the product itself (perf showed the packing on top of a decode step's profile).
 inline at::Tensor Linear(const at::Tensor& x, const at::Tensor& w,
                          const at::Tensor& b = at::Tensor()) {
   if (x.device().is_cpu() && x.dim() >= 1 && x.numel() == x.size(-1) && w.dim() == 2) {

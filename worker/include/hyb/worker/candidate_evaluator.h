@@ -7,8 +7,9 @@
 // the prompt). A later candidate that equals `base` below layer f starts from the recorded
 // residual at f and runs only layers f..L-1 (for generation: the prompt's prefill; the new
 // tokens run through the whole model). Scores are identical with and without the cache: the
-// same layers run on the same inputs. Each round of the greedy search records its base once
-// and then scores every candidate (base plus one layer l) from layer l.
+// same layers run on the same inputs. Each round of the greedy search scores every candidate
+// (base plus one layer l) from layer l while recording it; the round's winner's recording then
+// becomes the next base without another pass.
 //
 // Not thread-safe: one evaluator per worker thread.
 #pragma once
@@ -59,9 +60,15 @@ class CandidateEvaluator {
       EvaluatorOptions options);
 
   // Scores the model whose linear layers are exactly `linear_layers`, from the prefix cache
-  // where it applies. InvalidArgument for a layer out of range or without a mixer.
-  StatusOr<CandidateEvaluation> Evaluate(const std::vector<int64_t>& linear_layers);
-  // As Evaluate, uncached, and records this model's activations as the new cache base.
+  // where it applies. With `keep_recording`, also records this model's activations (reusing
+  // the base's below the first layer that differs) so that EvaluateAndCache can promote them
+  // if this candidate becomes the next base. InvalidArgument for a layer out of range or
+  // without a mixer.
+  StatusOr<CandidateEvaluation> Evaluate(const std::vector<int64_t>& linear_layers,
+                                         bool keep_recording = false);
+  // Makes `linear_layers` the cache base and returns its evaluation: promoted from a kept
+  // recording (layer_passes 0: nothing runs) or scored afresh while recording. Drops every
+  // other recording.
   StatusOr<CandidateEvaluation> EvaluateAndCache(const std::vector<int64_t>& linear_layers);
 
   // Writes the hybrid with `linear_layers` as a model directory (DecoderModel::Save).
@@ -76,15 +83,21 @@ class CandidateEvaluator {
     std::vector<at::Tensor> residual;                  // [1, T, hidden] per layer
     std::vector<std::unique_ptr<MixerState>> states;   // after the prompt (generation only)
   };
+  using PrefixCache = std::map<std::vector<int64_t>, CacheEntry>;  // by token sequence
   CandidateEvaluator() = default;
   Status Configure(const std::vector<int64_t>& linear_layers);
+  // `record`, if not null, receives this model's activations.
   StatusOr<CandidateEvaluation> Run(const std::vector<int64_t>& linear_layers, int64_t first_layer,
-                                    bool record);
-  StatusOr<at::Tensor> Logits(const at::Tensor& ids, int64_t first_layer, bool record);
+                                    PrefixCache* record);
+  StatusOr<at::Tensor> Logits(const at::Tensor& ids, int64_t first_layer, PrefixCache* record_into);
   StatusOr<std::vector<int64_t>> Generate(const std::vector<int64_t>& prompt, int64_t max_new,
                                           const std::vector<int64_t>& stop_ids,
-                                          int64_t first_layer, bool record);
-  void AccountEntry(const CacheEntry& e);
+                                          int64_t first_layer, PrefixCache* record_into);
+  bool MayRecord(const PrefixCache* into, const std::vector<int64_t>& key);
+  void Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
+             int64_t shared_below);
+  static std::vector<at::Tensor> Compose(const CacheEntry& base, int64_t first_layer,
+                                         std::vector<at::Tensor> from_taps);
 
   std::unique_ptr<DecoderModel> model_;
   std::vector<std::shared_ptr<const TokenMixer>> full_, linear_;
@@ -94,10 +107,13 @@ class CandidateEvaluator {
   std::vector<std::vector<int64_t>> kl_ids_;
   std::vector<at::Tensor> kl_teacher_logp_;                 // [T, V] double, CPU
   std::map<std::vector<int64_t>, at::Tensor> teacher_logits_;  // kl_to_teacher tasks
-  std::map<std::vector<int64_t>, CacheEntry> cache_;
+  PrefixCache cache_;  // the base's
   std::vector<int64_t> cache_base_;
+  // Candidates' recordings and evaluations of the round in progress, by linear layer set.
+  std::map<std::vector<int64_t>, std::pair<PrefixCache, CandidateEvaluation>> recordings_;
   bool cache_valid_ = false;
-  int64_t cache_bytes_ = 0;
+  int64_t cache_bytes_ = 0;  // base and recordings together
+  bool recording_complete_ = true;  // the recording in progress stored every sequence
   int64_t passes_ = 0;  // layer passes of the evaluation in progress
 };
 

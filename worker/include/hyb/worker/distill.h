@@ -78,8 +78,9 @@ class BlockwiseDistiller {
       std::shared_ptr<const storage::TokenDataset> data, std::string checkpoint_dir);
 
   // Trains until every layer has reached options.steps, or (if stop_after_step >= 0) stops
-  // after that step without checkpointing it, as a crash would. Checkpoints every
-  // checkpoint_every steps and at the end.
+  // after that step, as a crash right after it would (it is checkpointed only if it falls on
+  // the checkpoint_every grid). Checkpoints every checkpoint_every steps and at the end.
+  // Internal naming the layer and step if a loss or gradient is not finite.
   Status Run(const DistillProgressFn& progress = nullptr, int64_t stop_after_step = -1);
 
   const std::vector<LayerDistillState>& states() const { return states_; }
