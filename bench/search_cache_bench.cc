@@ -1,5 +1,7 @@
 // Prefix-activation caching in the greedy search: the same search (same evaluator, same
-// candidates, same scores) with and without the cache, measured in one run. Reports layer passes
+// candidates, same scores) with and without the cache, measured in one run. The cached way is
+// what `hybridize run` does: each candidate is scored from the base's activations below its
+// layer while recording its own, and the round's winner's recording becomes the next base. Reports layer passes
 // (decoder layers run, summed over forward calls) and wall time per way, and checks the two
 // trajectories and every candidate's per-example scores are identical.
 //
@@ -50,12 +52,11 @@ StatusOr<Outcome> Search(CandidateEvaluator& eval, bool cache, double tolerance,
   Outcome out{*coordinator::GreedySearch::Create(num_layers, so)};
   HYB_ASSIGN_OR_RETURN(auto teacher, cache ? eval.EvaluateAndCache({}) : eval.Evaluate({}));
   out.layer_passes += teacher.layer_passes;
-  out.search = *coordinator::GreedySearch::Create(
-      num_layers, [&] {
-        auto o = so;
-        o.higher_is_better = teacher.score.higher_is_better;
-        return o;
-      }());
+  out.search = *coordinator::GreedySearch::Create(num_layers, [&] {
+    auto o = so;
+    o.higher_is_better = teacher.score.higher_is_better;
+    return o;
+  }());
   HYB_RETURN_IF_ERROR(out.search.SetTeacher({teacher.score.value, teacher.score.per_example,
                                              teacher.kl, teacher.seconds, teacher.layer_passes}));
   while (!out.search.done()) {
@@ -65,7 +66,9 @@ StatusOr<Outcome> Search(CandidateEvaluator& eval, bool cache, double tolerance,
       out.layer_passes += b.layer_passes;
     }
     for (const auto& c : out.search.Pending()) {
-      HYB_ASSIGN_OR_RETURN(auto r, eval.Evaluate(c.linear_layers));
+      // As `hybridize run` does: candidates keep their recordings, the winner's becomes the
+      // next round's base without another pass.
+      HYB_ASSIGN_OR_RETURN(auto r, eval.Evaluate(c.linear_layers, /*keep_recording=*/cache));
       out.layer_passes += r.layer_passes;
       out.per_example.push_back(r.score.per_example);
       HYB_RETURN_IF_ERROR(out.search.Report(
@@ -98,8 +101,11 @@ int Main(int argc, char** argv) {
   if (limit > 0 && static_cast<int64_t>(examples->size()) > limit) examples->resize(limit);
   const std::string distill = Arg(argc, argv, "distill", "");
   const double tolerance = std::stod(Arg(argc, argv, "tolerance", "0.1"));
-  Json result = {{"model", model_dir}, {"task", data}, {"examples", examples->size()},
-                 {"threads", at::get_num_threads()}, {"mixers", distill.empty() ? "transfer" : distill}};
+  Json result = {{"model", model_dir},
+                 {"task", data},
+                 {"examples", examples->size()},
+                 {"threads", at::get_num_threads()},
+                 {"mixers", distill.empty() ? "transfer" : distill}};
   std::vector<Outcome> outcomes;
   for (bool cache : {false, true}) {
     auto model = std::move(DecoderModel::Load(model_dir, {})).value();
@@ -109,8 +115,9 @@ int Main(int argc, char** argv) {
       if (distill.empty()) {
         linear.push_back(LinearMixer::Transfer(att.shape(), att.weights(), {}));
       } else {
-        linear.push_back(*LoadDistilledMixer(distill + "/layer_" + std::to_string(l) + ".safetensors",
-                                             att.shape(), model->placement()));
+        linear.push_back(
+            *LoadDistilledMixer(distill + "/layer_" + std::to_string(l) + ".safetensors",
+                                att.shape(), model->placement()));
       }
     }
     const int64_t layers = model->num_layers();
@@ -151,12 +158,13 @@ int Main(int argc, char** argv) {
                     outcomes[0].per_example == outcomes[1].per_example;
   result["identical_scores"] = same;
   result["trajectory"] = outcomes[1].search.ToJson()["trajectory"];
-  const double pass_ratio = static_cast<double>(outcomes[1].layer_passes) /
-                            static_cast<double>(outcomes[0].layer_passes);
+  const double pass_ratio =
+      static_cast<double>(outcomes[1].layer_passes) / static_cast<double>(outcomes[0].layer_passes);
   const double time_ratio = outcomes[1].seconds / outcomes[0].seconds;
   result["cached_over_uncached"] = {{"layer_passes", pass_ratio}, {"seconds", time_ratio}};
   std::cout << "| search | layer passes | wall time (s) |\n|---|---|---|\n"
-            << "| without cache | " << outcomes[0].layer_passes << " | " << outcomes[0].seconds << " |\n"
+            << "| without cache | " << outcomes[0].layer_passes << " | " << outcomes[0].seconds
+            << " |\n"
             << "| with prefix cache | " << outcomes[1].layer_passes << " | " << outcomes[1].seconds
             << " |\n| ratio | " << pass_ratio << " | " << time_ratio << " |\n"
             << "identical scores and trajectory: " << (same ? "yes" : "NO") << "\n";

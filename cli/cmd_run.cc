@@ -44,7 +44,8 @@ Status Run(const ParsedFlags& flags) {
   options.storage_root = flags.GetOr("storage", "hybridize-jobs");
   const auto start = std::chrono::steady_clock::now();
   options.print = [start](const std::string& line) {
-    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double t =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "[%6.1fs] %s\n", t, line.c_str());
   };
   storage::JobLayout layout(options.storage_root, spec.job_id);

@@ -26,7 +26,8 @@ std::string Resolve(const std::string& base_dir, const std::string& path) {
 StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
                                const std::string& base_dir) {
   const auto& schema = Schema();
-  if (!schema.ok()) return Internal("the built-in job schema is broken: " + schema.status().ToString());
+  if (!schema.ok())
+    return Internal("the built-in job schema is broken: " + schema.status().ToString());
   HYB_ASSIGN_OR_RETURN(Json doc, ParseJson(text, source));
   HYB_RETURN_IF_ERROR(schema->Validate(doc, source));
   Json j = schema->WithDefaults(doc);

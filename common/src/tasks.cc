@@ -10,7 +10,8 @@ Json DistillResult::ToJson() const {
   Json ls = Json::array();
   for (const auto& l : layers) {
     Json curve = Json::array();
-    for (const auto& p : l.curve) curve.push_back({{"step", p.step}, {"mse", p.mse}, {"nmse", p.nmse}});
+    for (const auto& p : l.curve)
+      curve.push_back({{"step", p.step}, {"mse", p.mse}, {"nmse", p.nmse}});
     ls.push_back({{"layer", l.layer},
                   {"step", l.step},
                   {"final_mse", l.curve.empty() ? Json(nullptr) : Json(l.curve.back().mse)},
@@ -21,12 +22,8 @@ Json DistillResult::ToJson() const {
 }
 
 Json EvaluateTask::ToJson() const {
-  return {{"job_id", job_id},
-          {"candidate_id", candidate_id},
-          {"linear_layers", linear_layers},
-          {"split", split},
-          {"cache_base", cache_base},
-          {"record", record}};
+  return {{"job_id", job_id}, {"candidate_id", candidate_id}, {"linear_layers", linear_layers},
+          {"split", split},   {"cache_base", cache_base},     {"record", record}};
 }
 
 Json EvaluateResult::ToJson() const {
@@ -47,8 +44,8 @@ Json EvaluateResult::ToJson() const {
 StatusOr<EvaluateResult> EvaluateResult::FromJson(const Json& j, const std::string& source) {
   JsonObject o(j, source);
   HYB_RETURN_IF_ERROR(o.CheckKnownKeys({"candidate_id", "linear_layers", "split", "metric",
-                                        "higher_is_better", "score", "per_example", "kl",
-                                        "seconds", "layer_passes", "first_layer", "details"}));
+                                        "higher_is_better", "score", "per_example", "kl", "seconds",
+                                        "layer_passes", "first_layer", "details"}));
   EvaluateResult r;
   HYB_ASSIGN_OR_RETURN(r.candidate_id, o.String("candidate_id"));
   HYB_ASSIGN_OR_RETURN(r.split, o.String("split"));

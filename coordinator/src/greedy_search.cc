@@ -32,8 +32,8 @@ std::string CandidateId(const std::vector<int64_t>& linear_layers) {
 }
 
 StatusOr<std::pair<double, double>> PairedBootstrapInterval(const std::vector<double>& candidate,
-                                                           const std::vector<double>& base,
-                                                           int64_t samples, uint64_t seed) {
+                                                            const std::vector<double>& base,
+                                                            int64_t samples, uint64_t seed) {
   if (candidate.size() != base.size() || candidate.empty()) {
     return InvalidArgument("paired bootstrap: " + std::to_string(candidate.size()) + " and " +
                            std::to_string(base.size()) + " per-example values");
@@ -183,10 +183,9 @@ Status GreedySearch::Report(const std::string& candidate_id, const CandidateResu
   }
   if (got_[i]) return Status::Ok();
   if (result.per_example.size() != base_per_example_.size()) {
-    return InvalidArgument("search: '" + candidate_id + "' has " +
-                           std::to_string(result.per_example.size()) +
-                           " per-example values, the teacher had " +
-                           std::to_string(base_per_example_.size()));
+    return InvalidArgument(
+        "search: '" + candidate_id + "' has " + std::to_string(result.per_example.size()) +
+        " per-example values, the teacher had " + std::to_string(base_per_example_.size()));
   }
   ScoredCandidate sc;
   sc.candidate = open_[i];

@@ -60,9 +60,8 @@ std::vector<int64_t> UniformPlacement(const std::vector<int64_t>& eligible, int6
   if (k <= 0 || n == 0) return out;
   k = std::min(k, n);
   for (int64_t i = 0; i < k; ++i) {
-    const auto idx = static_cast<int64_t>(std::floor((static_cast<double>(i) + 0.5) *
-                                                     static_cast<double>(n) /
-                                                     static_cast<double>(k)));
+    const auto idx = static_cast<int64_t>(std::floor(
+        (static_cast<double>(i) + 0.5) * static_cast<double>(n) / static_cast<double>(k)));
     out.push_back(eligible[static_cast<size_t>(std::min(idx, n - 1))]);
   }
   return out;
@@ -98,8 +97,9 @@ Status JobRunner::Validate() {
     }
   }
   if (spec_.task.type == "kl_to_teacher" && !spec_.search.p_min) {
-    return InvalidArgument("search.tolerance: a kl_to_teacher task scores the teacher 0, so a "
-                           "relative tolerance admits nothing; give search.p_min (a KL bound)");
+    return InvalidArgument(
+        "search.tolerance: a kl_to_teacher task scores the teacher 0, so a "
+        "relative tolerance admits nothing; give search.p_min (a KL bound)");
   }
   // Resume only the same job.
   const std::string stored = layout_.JobSpec();
@@ -246,8 +246,8 @@ StatusOr<RunOutcome> JobRunner::Run() {
     for (int64_t k = static_cast<int64_t>(round_candidates.size()); k > 0; --k) left_worst += k;
     int64_t done_in_round = 0;
     for (const Candidate& c : round_candidates) {
-      EvaluateTask task{spec_.job_id, c.id, c.linear_layers, "validation", false,
-                        spec_.search.prefix_cache};
+      EvaluateTask task{spec_.job_id, c.id,  c.linear_layers,
+                        "validation", false, spec_.search.prefix_cache};
       const bool stored = storage::PathExists(layout_.Evaluation("validation", c.id));
       if (!stored && spec_.search.prefix_cache && (!cache_ready || cached_base != base)) {
         // Make the current model the cache base (promoted from its recording as last round's
@@ -269,7 +269,8 @@ StatusOr<RunOutcome> JobRunner::Run() {
       ++done_in_round;
       CandidateResult cr{r->score, r->per_example, r->kl, r->seconds, r->layer_passes};
       if (Status s = search.Report(c.id, cr); !s.ok()) return s.WithContext("searching");
-      const double mean = candidates_run > 0 ? candidate_seconds / static_cast<double>(candidates_run) : 0;
+      const double mean =
+          candidates_run > 0 ? candidate_seconds / static_cast<double>(candidates_run) : 0;
       const int64_t remaining = left_worst - done_in_round;
       const auto& scored = search.rounds()[static_cast<size_t>(round - 1)];
       std::string line = "round " + std::to_string(round) + " [" + std::to_string(done_in_round) +
@@ -279,18 +280,22 @@ StatusOr<RunOutcome> JobRunner::Run() {
                          Fmt("%+.4f", r->score - scored.base_score) + ")";
       if (r->kl) line += ", kl " + Fmt("%.4f", *r->kl);
       line += stored ? ", stored" : ", " + Fmt("%.1fs", r->seconds);
-      if (mean > 0 && remaining > 0) line += ", ETA <= " + Duration(mean * static_cast<double>(remaining));
+      if (mean > 0 && remaining > 0)
+        line += ", ETA <= " + Duration(mean * static_cast<double>(remaining));
       Print(line);
     }
     const SearchRound& decided = search.rounds()[static_cast<size_t>(round - 1)];
     for (const auto& sc : decided.candidates) {
       if (sc.candidate.layer != decided.best_layer) continue;
-      Print("round " + std::to_string(round) + ": best layer " + std::to_string(sc.candidate.layer) +
-            " " + Fmt("%.4f", sc.result.score) + " [delta 95% CI " + Fmt("%+.4f", sc.delta_ci_low) +
-            ", " + Fmt("%+.4f", sc.delta_ci_high) + "] -> " +
+      Print("round " + std::to_string(round) + ": best layer " +
+            std::to_string(sc.candidate.layer) + " " + Fmt("%.4f", sc.result.score) +
+            " [delta 95% CI " + Fmt("%+.4f", sc.delta_ci_low) + ", " +
+            Fmt("%+.4f", sc.delta_ci_high) + "] -> " +
             (decided.committed ? "committed" : "below p_min, stop"));
     }
-    Event({{"event", "round"}, {"round", round}, {"best_layer", decided.best_layer},
+    Event({{"event", "round"},
+           {"round", round},
+           {"best_layer", decided.best_layer},
            {"committed", decided.committed}});
   }
   const double search_seconds = Since(search_start);
@@ -401,8 +406,7 @@ StatusOr<RunOutcome> JobRunner::Run() {
                   m["test"].is_number() ? Fmt("%.4f", m["test"].get<double>()).c_str() : "-");
     sum << line;
   }
-  sum << "  " << search.rounds().size() << " rounds, " << layer_passes
-      << " layer passes; time: ";
+  sum << "  " << search.rounds().size() << " rounds, " << layer_passes << " layer passes; time: ";
   for (size_t i = 0; i < timings.size(); ++i) {
     sum << (i ? ", " : "") << timings[i]["phase"].get<std::string>() << " "
         << Duration(timings[i]["seconds"].get<double>());

@@ -64,8 +64,10 @@ TEST(JobSpecTest, ErrorsNameTheField) {
   }
   Json missing = Minimal();
   missing.erase("teacher");
-  EXPECT_NE(ParseJobSpec(missing.dump(), "job.json", "").status().message().find(
-                "missing required field 'teacher'"),
+  EXPECT_NE(ParseJobSpec(missing.dump(), "job.json", "")
+                .status()
+                .message()
+                .find("missing required field 'teacher'"),
             std::string::npos);
   EXPECT_EQ(ParseJobSpec("{\"job_id\": ", "job.json", "").status().code(), StatusCode::kDataLoss);
 }

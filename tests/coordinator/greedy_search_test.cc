@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <map>
 #include <cmath>
+#include <map>
 #include <numeric>
 
 namespace hyb::coordinator {
@@ -12,8 +12,8 @@ namespace {
 
 // A synthetic task of n examples: the model with linear layers S gets example i right unless i
 // falls below the summed "damage" of its layers; so score = 1 - min(1, sum damage).
-CandidateResult Evaluate(const std::vector<int64_t>& layers, const std::map<int64_t, double>& damage,
-                         int n = 100) {
+CandidateResult Evaluate(const std::vector<int64_t>& layers,
+                         const std::map<int64_t, double>& damage, int n = 100) {
   double total = 0;
   for (int64_t l : layers) total += damage.at(l);
   CandidateResult r;
@@ -196,8 +196,7 @@ TEST(GreedySearchTest, BadReportsAndOptionsAreRejected) {
   bad_layer.eligible_layers = {4};
   auto st = GreedySearch::Create(4, bad_layer).status();
   EXPECT_NE(st.message().find("layer 4"), std::string::npos) << st.ToString();
-  EXPECT_EQ(GreedySearch::Create(4, Tolerance(-0.1)).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(GreedySearch::Create(4, Tolerance(-0.1)).status().code(), StatusCode::kInvalidArgument);
 
   SearchOptions abs;
   abs.p_min = 0.5;
@@ -229,9 +228,9 @@ TEST(PairedBootstrapTest, IntervalsAreDeterministicAndCoverTheMean) {
     base[static_cast<size_t>(i)] = (i % 3 == 0) ? 1 : 0;
     cand[static_cast<size_t>(i)] = (i % 4 == 0) ? 1 : 0;
   }
-  const double mean =
-      (std::accumulate(cand.begin(), cand.end(), 0.0) - std::accumulate(base.begin(), base.end(), 0.0)) /
-      200;
+  const double mean = (std::accumulate(cand.begin(), cand.end(), 0.0) -
+                       std::accumulate(base.begin(), base.end(), 0.0)) /
+                      200;
   auto a = *PairedBootstrapInterval(cand, base, 2000, 7);
   auto b = *PairedBootstrapInterval(cand, base, 2000, 7);
   EXPECT_EQ(a, b);
@@ -246,7 +245,8 @@ TEST(PairedBootstrapTest, IntervalsAreDeterministicAndCoverTheMean) {
   const double half = 1.96 * std::sqrt(var / 200);
   EXPECT_NEAR(a.second - a.first, 2 * half, 0.2 * 2 * half);
   // Identical per-example changes: a zero-width interval at the change.
-  auto c = *PairedBootstrapInterval(std::vector<double>(5, 0.75), std::vector<double>(5, 0.5), 100, 1);
+  auto c =
+      *PairedBootstrapInterval(std::vector<double>(5, 0.75), std::vector<double>(5, 0.5), 100, 1);
   EXPECT_DOUBLE_EQ(c.first, 0.25);
   EXPECT_DOUBLE_EQ(c.second, 0.25);
   EXPECT_FALSE(PairedBootstrapInterval({1, 2}, {1}, 10, 0).ok());

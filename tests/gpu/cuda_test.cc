@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "hyb/kernels/attention.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
@@ -10,6 +12,8 @@
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/linear_mixer.h"
 #include "hyb/worker/decoder_model.h"
+#include "hyb/worker/distill.h"
+#include "hyb/storage/token_dataset.h"
 #include "testing/temp_dir.h"
 #include "worker/test_model.h"
 
@@ -149,6 +153,63 @@ TEST(CudaHybridTest, HybridOnCudaMatchesCpuAndDecodes) {
     for (int64_t t = 33; t < 40; ++t) parts.push_back(*(*gpu)->Forward(ids.narrow(1, t, 1), &state));
     EXPECT_LT((at::cat(parts, 1).cpu() - b).abs().max().item<double>(), 1e-4) << mixer;
   }
+}
+
+// Blockwise distillation as `hybridize run` does it on a GPU: bf16 teacher, bf16 compute from
+// fp32 masters. Losses are finite and fall, the checkpoints reload on the device, and a resumed
+// run ends where an uninterrupted one does (within bf16 noise: GPU kernels are not bitwise
+// deterministic).
+TEST(CudaDistillTest, Bf16DistillationTrainsAndResumes) {
+  HYB_REQUIRE_CUDA();
+  testing::TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.layers = 3;
+  spec.hidden = 64;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  testing::WriteTinyModel(dir.path(), spec, 31);
+  storage::TokenDatasetWriter w(dir.File("data"), spec.vocab, {});
+  for (int d = 0; d < 64; ++d) {
+    std::vector<int64_t> doc;
+    for (int i = 0; i < 80; ++i) doc.push_back((d * 13 + i * 7 + i * i) % spec.vocab);
+    ASSERT_TRUE(w.AddDocument(doc).ok());
+  }
+  ASSERT_TRUE(w.Finish().ok());
+  auto data = *storage::TokenDataset::Open(dir.File("data"));
+  auto teacher = std::shared_ptr<const worker::DecoderModel>(
+      std::move(worker::DecoderModel::Load(dir.path(), {"cuda", "bf16"})).value());
+  worker::DistillOptions o;
+  o.steps = 60;
+  o.batch_size = 8;
+  o.sequence_length = 32;
+  o.lr = 3e-3;
+  o.checkpoint_every = 20;
+  o.log_every = 5;
+  o.compute_dtype = "bf16";
+  auto run = [&](const std::string& ckpt, int64_t stop) {
+    auto d = worker::BlockwiseDistiller::Create(teacher, {0, 1, 2}, {}, o, data, ckpt);
+    EXPECT_TRUE(d.ok()) << d.status().ToString();
+    EXPECT_TRUE((*d)->Run(nullptr, stop).ok());
+    return std::move(d).value();
+  };
+  auto whole = run(dir.File("whole"), -1);
+  for (const auto& s : whole->states()) {
+    const auto& c = s.curve;
+    EXPECT_TRUE(std::isfinite(c.back().mse));
+    EXPECT_LT(c.back().nmse, 0.8 * c.front().nmse) << "layer " << s.layer;
+  }
+  run(dir.File("resumed"), 30);  // checkpoint at 20, steps 21-30 lost
+  auto resumed = run(dir.File("resumed"), -1);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(resumed->states()[i].step, 60);
+    EXPECT_NEAR(resumed->states()[i].curve.back().nmse, whole->states()[i].curve.back().nmse,
+                0.05 * whole->states()[i].curve.back().nmse + 1e-3);
+  }
+  const auto& att = dynamic_cast<const worker::SoftmaxAttentionMixer&>(teacher->mixer(1));
+  auto mixer = worker::LoadDistilledMixer(dir.File("whole/layer_1.safetensors"), att.shape(),
+                                          teacher->placement());
+  ASSERT_TRUE(mixer.ok()) << mixer.status().ToString();
+  EXPECT_TRUE((*mixer)->Parameters()[0].is_cuda());
 }
 
 }  // namespace

@@ -25,3 +25,22 @@ python3 tests/parity/run_parity.py --cli build-gpu/cli/hybridize --out "$OUT/par
 # kernels will be compared against).
 build-gpu/bench/linear_attention_bench --device cuda --tokens 512,2048,8192 --repeats 10 \
   --json "$OUT/linear_attention_bench_cuda.json" | tee "$OUT/linear_attention_bench_cuda.md"
+# The demo job on the GPU (bf16 teacher, bf16 mixer compute): needs the demo data, carried as
+# out/demo-data (scripts/demo builds it).
+if [ -f out/demo-data/distill-tokens/meta.json ]; then
+  python3 - "$OUT/demo-recall-cuda.json" <<'PY'
+import json, os, sys
+job = json.load(open("configs/demo-recall.json"))
+base = os.path.abspath("configs")
+job["job_id"] = "demo-recall-cuda"
+job["device"] = "cuda"
+job["teacher"] = os.path.join(base, job["teacher"])
+job["distill"]["data"] = os.path.join(base, job["distill"]["data"])
+for split in ("validation", "test"):
+    job["task"][split] = os.path.join(base, job["task"][split])
+json.dump(job, open(sys.argv[1], "w"), indent=2)
+PY
+  ( time build-gpu/cli/hybridize run "$OUT/demo-recall-cuda.json" --storage "$OUT/jobs" ) \
+    > "$OUT/demo-recall-cuda.log" 2>&1
+  echo "demo job on cuda: rc=$?"; tail -12 "$OUT/demo-recall-cuda.log"
+fi

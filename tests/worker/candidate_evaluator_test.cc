@@ -50,8 +50,8 @@ std::vector<std::shared_ptr<const TokenMixer>> Mixers(const DecoderModel& teache
 }
 
 std::vector<TaskExample> Examples(TaskKind kind, const DecoderModel& teacher) {
-  const std::vector<std::string> texts = {"abc ab", "cab\nba", "a b c", "bbca", "ccab a",
-                                          "ba", "abcabc", "c c"};
+  const std::vector<std::string> texts = {"abc ab", "cab\nba", "a b c",  "bbca",
+                                          "ccab a", "ba",      "abcabc", "c c"};
   std::vector<TaskExample> ex;
   for (size_t i = 0; i < texts.size(); ++i) {
     TaskExample e;
@@ -90,7 +90,8 @@ std::unique_ptr<CandidateEvaluator> Make(const TempDir& dir, TaskKind kind, bool
   return std::move(e).value();
 }
 
-void ExpectSame(const CandidateEvaluation& a, const CandidateEvaluation& b, const std::string& what) {
+void ExpectSame(const CandidateEvaluation& a, const CandidateEvaluation& b,
+                const std::string& what) {
   EXPECT_EQ(a.score.value, b.score.value) << what;
   EXPECT_EQ(a.score.per_example, b.score.per_example) << what;
   ASSERT_TRUE(a.kl && b.kl) << what;
@@ -101,8 +102,8 @@ void ExpectSame(const CandidateEvaluation& a, const CandidateEvaluation& b, cons
 // candidates at layer l run only layers l..L-1 over their sequences.
 TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) {
   at::set_num_threads(1);
-  for (TaskKind kind : {TaskKind::kLm, TaskKind::kMultipleChoice, TaskKind::kGenerate,
-                        TaskKind::kKlToTeacher}) {
+  for (TaskKind kind :
+       {TaskKind::kLm, TaskKind::kMultipleChoice, TaskKind::kGenerate, TaskKind::kKlToTeacher}) {
     const std::string name = TaskKindName(kind);
     TempDir dir;
     auto cached = Make(dir, kind, true);

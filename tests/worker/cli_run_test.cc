@@ -69,7 +69,8 @@ void WriteJob(const TempDir& dir, const Json& overrides = Json::object()) {
     std::ofstream out(dir.File(split + ".jsonl"));
     for (int i = 0; i < 12; ++i) {
       std::string prompt;
-      for (int k = 0; k < 6 + i % 4; ++k) prompt += "abc "[(i * 3 + k * (split == "test" ? 5 : 1)) % 4];
+      for (int k = 0; k < 6 + i % 4; ++k)
+        prompt += "abc "[(i * 3 + k * (split == "test" ? 5 : 1)) % 4];
       const auto cont = *GreedyOf(*teacher)(tok->Encode(prompt, true), 3, {});
       const std::string answer = i % 2 == 0 ? tok->Decode(cont) : "cc";
       out << Json({{"prompt", prompt}, {"answer", answer}, {"stop", {"\n"}}}).dump() << "\n";
@@ -78,10 +79,18 @@ void WriteJob(const TempDir& dir, const Json& overrides = Json::object()) {
   Json job = {{"job_id", "tiny"},
               {"teacher", "teacher"},
               {"threads", 1},
-              {"distill", {{"data", "data"}, {"steps", 6}, {"batch_size", 2},
-                           {"sequence_length", 16}, {"checkpoint_every", 2}, {"log_every", 2}}},
-              {"task", {{"type", "generate"}, {"validation", "validation.jsonl"},
-                        {"test", "test.jsonl"}, {"max_new_tokens", 3}}},
+              {"distill",
+               {{"data", "data"},
+                {"steps", 6},
+                {"batch_size", 2},
+                {"sequence_length", 16},
+                {"checkpoint_every", 2},
+                {"log_every", 2}}},
+              {"task",
+               {{"type", "generate"},
+                {"validation", "validation.jsonl"},
+                {"test", "test.jsonl"},
+                {"max_new_tokens", 3}}},
               {"search", {{"tolerance", 0.5}, {"bootstrap_samples", 200}}},
               {"compare_placements", {{"random", 2}}}};
   job.merge_patch(overrides);

@@ -161,7 +161,8 @@ TEST(DistillTest, TrainsEveryLayerAndFreezesTheTeacher) {
     ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
     at::NoGradGuard no_grad;
     const at::Tensor x = torch::randn({1, 7, 32});
-    EXPECT_TRUE(at::equal((*loaded)->Forward(x, {}, nullptr), (*d)->mixer(1)->Forward(x, {}, nullptr)));
+    EXPECT_TRUE(
+        at::equal((*loaded)->Forward(x, {}, nullptr), (*d)->mixer(1)->Forward(x, {}, nullptr)));
   }
   EXPECT_TRUE(at::equal(*teacher->Forward(ids), before));
 }
@@ -185,8 +186,8 @@ TEST(DistillTest, BadCheckpointsAndOptionsAreClearErrors) {
     std::ofstream f(ckpt + "/layer_2.safetensors", std::ios::binary | std::ios::trunc);
     f << "garbage";
   }
-  auto corrupt = BlockwiseDistiller::Create(Teacher(dir), {0, 1, 2}, LinearMixerOptions{},
-                                            Small(), Data(dir), ckpt);
+  auto corrupt = BlockwiseDistiller::Create(Teacher(dir), {0, 1, 2}, LinearMixerOptions{}, Small(),
+                                            Data(dir), ckpt);
   ASSERT_FALSE(corrupt.ok());
   EXPECT_NE(corrupt.status().message().find("layer_2.safetensors"), std::string::npos)
       << corrupt.status().ToString();

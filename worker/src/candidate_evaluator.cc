@@ -59,8 +59,8 @@ StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
   e->options_ = std::move(options);
   try {
     at::NoGradGuard no_grad;
-    const auto n_kl = std::min<int64_t>(e->options_.kl_examples,
-                                        static_cast<int64_t>(e->examples_.size()));
+    const auto n_kl =
+        std::min<int64_t>(e->options_.kl_examples, static_cast<int64_t>(e->examples_.size()));
     for (int64_t i = 0; i < n_kl; ++i) {
       auto ids = e->tok_->Encode(KlText(e->examples_[static_cast<size_t>(i)], e->options_.kind),
                                  e->options_.scoring.add_special_tokens);
@@ -112,8 +112,8 @@ bool CandidateEvaluator::MayRecord(const PrefixCache* into, const std::vector<in
   return true;
 }
 
-void CandidateEvaluator::Store(PrefixCache* into, const std::vector<int64_t>& key,
-                               CacheEntry entry, int64_t shared_below) {
+void CandidateEvaluator::Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
+                               int64_t shared_below) {
   // Residuals below `shared_below` are the base's own tensors (Compose): no new memory.
   for (size_t j = static_cast<size_t>(shared_below); j < entry.residual.size(); ++j) {
     cache_bytes_ += TensorBytes(entry.residual[j]);
@@ -184,17 +184,18 @@ StatusOr<std::vector<int64_t>> CandidateEvaluator::Generate(const std::vector<in
       const auto uj = static_cast<size_t>(j);
       state.layers[uj] = it->second.states[uj]->Clone();
     }
-    HYB_ASSIGN_OR_RETURN(logits, model_->ForwardFrom(
-                                     first_layer,
-                                     it->second.residual[static_cast<size_t>(first_layer)],
-                                     &state, keep ? &taps : nullptr));
+    HYB_ASSIGN_OR_RETURN(
+        logits,
+        model_->ForwardFrom(first_layer, it->second.residual[static_cast<size_t>(first_layer)],
+                            &state, keep ? &taps : nullptr));
     passes_ += n_layers - first_layer;
     if (keep) {
       taps.residual = Compose(it->second, first_layer, std::move(taps.residual));
       shared_below = first_layer;
     }
   } else {
-    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(IdsTensor(prompt), &state, keep ? &taps : nullptr));
+    HYB_ASSIGN_OR_RETURN(logits,
+                         model_->Forward(IdsTensor(prompt), &state, keep ? &taps : nullptr));
     passes_ += n_layers;
   }
   if (keep) {
@@ -251,8 +252,8 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
           if (it == teacher_logits_.end()) return Internal("no teacher logits for a sequence");
           return it->second;
         };
-        HYB_ASSIGN_OR_RETURN(
-            ev.score, ScoreKlToTeacher(logits, teacher, *tok_, examples_, options_.scoring));
+        HYB_ASSIGN_OR_RETURN(ev.score,
+                             ScoreKlToTeacher(logits, teacher, *tok_, examples_, options_.scoring));
         break;
       }
     }
@@ -273,8 +274,7 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
     return Internal(std::string("evaluation failed: ") + err.what_without_backtrace());
   }
   ev.layer_passes = passes_;
-  ev.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ev.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return ev;
 }
 

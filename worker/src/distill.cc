@@ -26,8 +26,8 @@ LinearMixer::TensorGetter MapGetter(const std::map<std::string, at::Tensor>& ten
     auto it = tensors.find(name);
     if (it == tensors.end()) return DataLoss(source + ": missing tensor '" + name + "'");
     if (it->second.sizes().vec() != shape) {
-      return DataLoss(source + ": tensor '" + name + "' has shape " +
-                      c10::str(it->second.sizes()) + ", expected " + c10::str(at::IntArrayRef(shape)));
+      return DataLoss(source + ": tensor '" + name + "' has shape " + c10::str(it->second.sizes()) +
+                      ", expected " + c10::str(at::IntArrayRef(shape)));
     }
     return it->second.to(device, dtype).clone();
   };
@@ -158,12 +158,11 @@ StatusOr<std::unique_ptr<BlockwiseDistiller>> BlockwiseDistiller::Create(
       auto transferred = LinearMixer::Transfer(att->shape(), att->weights(), mixer);
       std::map<std::string, at::Tensor> named;
       for (auto& [name, t] : transferred->NamedTensors()) named[name] = t;
-      HYB_ASSIGN_OR_RETURN(
-          d->mixers_[i],
-          LinearMixer::FromTensors(att->shape(), mixer,
-                                   MapGetter(named, "layer " + std::to_string(l), device,
-                                             at::kFloat),
-                                   [&named](const std::string& k) { return named.count(k) > 0; }));
+      HYB_ASSIGN_OR_RETURN(d->mixers_[i],
+                           LinearMixer::FromTensors(
+                               att->shape(), mixer,
+                               MapGetter(named, "layer " + std::to_string(l), device, at::kFloat),
+                               [&named](const std::string& k) { return named.count(k) > 0; }));
       for (auto& [name, t] : d->mixers_[i]->NamedTensors()) {
         d->adam_m_[i].push_back(at::zeros_like(t));
         d->adam_v_[i].push_back(at::zeros_like(t));
@@ -199,12 +198,10 @@ Status BlockwiseDistiller::LoadCheckpoint(size_t i, const std::string& path) {
   HYB_ASSIGN_OR_RETURN(auto tensors, LoadTensors(path));
   const AttentionShape& shape = TeacherLayer(*teacher_, layers_[i])->shape();
   const at::Device device = teacher_->placement().device;
-  HYB_ASSIGN_OR_RETURN(mixers_[i], LinearMixer::FromTensors(
-                                       shape, mixer_options_,
-                                       MapGetter(tensors, path, device, at::kFloat),
-                                       [&tensors](const std::string& k) {
-                                         return tensors.count(k) > 0;
-                                       }));
+  HYB_ASSIGN_OR_RETURN(
+      mixers_[i],
+      LinearMixer::FromTensors(shape, mixer_options_, MapGetter(tensors, path, device, at::kFloat),
+                               [&tensors](const std::string& k) { return tensors.count(k) > 0; }));
   for (auto& [name, t] : mixers_[i]->NamedTensors()) {
     auto m = tensors.find("adam_m." + name), v = tensors.find("adam_v." + name);
     if (m == tensors.end() || v == tensors.end() || !m->second.sizes().equals(t.sizes()) ||
@@ -241,8 +238,7 @@ double BlockwiseDistiller::LearningRate(int64_t step) const {
     return lr * static_cast<double>(step) / static_cast<double>(options_.warmup_steps);
   }
   const double span = std::max<int64_t>(1, options_.steps - options_.warmup_steps);
-  const double progress =
-      std::min(1.0, static_cast<double>(step - options_.warmup_steps) / span);
+  const double progress = std::min(1.0, static_cast<double>(step - options_.warmup_steps) / span);
   const double cosine = 0.5 * (1 + std::cos(M_PI * progress));
   return lr * (options_.min_lr_ratio + (1 - options_.min_lr_ratio) * cosine);
 }
@@ -311,8 +307,7 @@ Status BlockwiseDistiller::Run(const DistillProgressFn& progress, int64_t stop_a
               },
               [&cast](const std::string& name) { return cast.count(name) > 0; });
           HYB_RETURN_IF_ERROR(low.status());
-          out = (*low)->Forward(taps.mixer_input[l].to(compute_dtype_), {}, nullptr)
-                    .to(at::kFloat);
+          out = (*low)->Forward(taps.mixer_input[l].to(compute_dtype_), {}, nullptr).to(at::kFloat);
         }
         const at::Tensor mse = (out - y).pow(2).mean();
         auto grads = torch::autograd::grad({mse}, params);

@@ -55,8 +55,9 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   if (!teacher.ok()) return teacher.status().WithContext("teacher");
   for (int64_t l = 0; l < (*teacher)->num_layers(); ++l) {
     if ((*teacher)->mixer(l).LayerType() != "full_attention") {
-      return InvalidArgument("teacher: layer " + std::to_string(l) +
-                             " is not softmax attention (the teacher must be a full-attention model)");
+      return InvalidArgument(
+          "teacher: layer " + std::to_string(l) +
+          " is not softmax attention (the teacher must be a full-attention model)");
     }
   }
   teacher_ = std::shared_ptr<const DecoderModel>(std::move(teacher).value());
@@ -66,7 +67,8 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   auto data = storage::TokenDataset::Open(spec.distill.data);
   if (!data.ok()) return data.status().WithContext("distill.data");
   if ((*data)->vocab_size() > teacher_->config().vocab_size) {
-    return InvalidArgument("distill.data: " + spec.distill.data + " was prepared with a vocabulary of " +
+    return InvalidArgument("distill.data: " + spec.distill.data +
+                           " was prepared with a vocabulary of " +
                            std::to_string((*data)->vocab_size()) + " tokens, the teacher has " +
                            std::to_string(teacher_->config().vocab_size));
   }
@@ -78,8 +80,8 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   auto kind = ParseTaskKind(spec.task.type);
   if (!kind.ok()) return kind.status().WithContext("task.type");
   kind_ = *kind;
-  auto val = LoadSplit(spec.task.validation, kind_, spec.task.max_validation_examples,
-                       "task.validation");
+  auto val =
+      LoadSplit(spec.task.validation, kind_, spec.task.max_validation_examples, "task.validation");
   if (!val.ok()) return val.status();
   if (!spec.task.test.empty()) {
     auto test = LoadSplit(spec.task.test, kind_, spec.task.max_test_examples, "task.test");
@@ -88,7 +90,8 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   return Status::Ok();
 }
 
-StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task, const ProgressFn& progress) {
+StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
+                                               const ProgressFn& progress) {
   if (tokenizer_ == nullptr) return FailedPrecondition("distill before Validate");
   if (teacher_ == nullptr) {
     HYB_ASSIGN_OR_RETURN(auto teacher, DecoderModel::Load(spec_.teacher, runtime_));
@@ -114,15 +117,17 @@ StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task, const Pr
   HYB_ASSIGN_OR_RETURN(auto distiller, BlockwiseDistiller::Create(teacher_, task.layers, mixer, o,
                                                                   data, task.checkpoint_dir));
   const auto start = std::chrono::steady_clock::now();
-  HYB_RETURN_IF_ERROR(distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
-    if (!progress) return;
-    Json layers = Json::array();
-    for (const auto& s : states) {
-      if (s.curve.empty()) continue;
-      layers.push_back({{"layer", s.layer}, {"mse", s.curve.back().mse}, {"nmse", s.curve.back().nmse}});
-    }
-    progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
-  }));
+  HYB_RETURN_IF_ERROR(
+      distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
+        if (!progress) return;
+        Json layers = Json::array();
+        for (const auto& s : states) {
+          if (s.curve.empty()) continue;
+          layers.push_back(
+              {{"layer", s.layer}, {"mse", s.curve.back().mse}, {"nmse", s.curve.back().nmse}});
+        }
+        progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
+      }));
   // Evaluations load their own copies (their layers get swapped); this one is no longer needed.
   teacher_.reset();
   DistillResult r;
@@ -171,8 +176,9 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
   o.prefix_cache = split == "validation" && spec_.search.prefix_cache;
   o.prefix_cache_max_bytes = spec_.search.prefix_cache_max_mb << 20;
   o.kl_examples = split == "validation" ? spec_.search.kl_examples : 0;
-  HYB_ASSIGN_OR_RETURN(auto evaluator, CandidateEvaluator::Create(std::move(model), std::move(linear),
-                                                                  tokenizer_, std::move(examples), o));
+  HYB_ASSIGN_OR_RETURN(auto evaluator,
+                       CandidateEvaluator::Create(std::move(model), std::move(linear), tokenizer_,
+                                                  std::move(examples), o));
   CandidateEvaluator* raw = evaluator.get();
   evaluators_[split] = std::move(evaluator);
   return raw;
@@ -180,8 +186,9 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
 
 StatusOr<EvaluateResult> LocalExecutor::Evaluate(const EvaluateTask& task) {
   HYB_ASSIGN_OR_RETURN(CandidateEvaluator * e, EvaluatorFor(task.split));
-  HYB_ASSIGN_OR_RETURN(CandidateEvaluation ev, task.cache_base ? e->EvaluateAndCache(task.linear_layers)
-                                                               : e->Evaluate(task.linear_layers, task.record));
+  HYB_ASSIGN_OR_RETURN(CandidateEvaluation ev, task.cache_base
+                                                   ? e->EvaluateAndCache(task.linear_layers)
+                                                   : e->Evaluate(task.linear_layers, task.record));
   EvaluateResult r;
   r.candidate_id = task.candidate_id;
   r.linear_layers = task.linear_layers;

@@ -33,9 +33,9 @@ struct DistillSpec {
 
 struct TaskSpec {
   std::string name = "task";
-  std::string type;        // lm, multiple_choice, generate, kl_to_teacher
-  std::string validation;  // JSONL
-  std::string test;        // JSONL, empty if none
+  std::string type;                     // lm, multiple_choice, generate, kl_to_teacher
+  std::string validation;               // JSONL
+  std::string test;                     // JSONL, empty if none
   int64_t max_validation_examples = 0;  // 0: all
   int64_t max_test_examples = 0;
   int64_t max_new_tokens = 32;

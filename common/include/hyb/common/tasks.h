@@ -37,8 +37,8 @@ struct LayerDistillSummary {
 struct DistillResult {
   std::vector<LayerDistillSummary> layers;
   int64_t steps = 0;
-  int64_t tokens = 0;  // tokens the teacher ran over, this run and resumed ones together
-  double seconds = 0;  // this run's wall time
+  int64_t tokens = 0;   // tokens the teacher ran over, this run and resumed ones together
+  double seconds = 0;   // this run's wall time
   Json ToJson() const;  // report.json's "distill" object
 };
 

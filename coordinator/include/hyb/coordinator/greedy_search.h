@@ -55,24 +55,24 @@ struct CandidateResult {
   std::vector<double> per_example;  // same examples, same order, for every model
   std::optional<double> kl;         // mean KL(teacher || model), for tie-breaks
   double seconds = 0;
-  int64_t layer_passes = 0;         // decoder-layer evaluations spent (for cost accounting)
+  int64_t layer_passes = 0;  // decoder-layer evaluations spent (for cost accounting)
 };
 
 struct Candidate {
-  std::string id;                     // CandidateId(linear_layers)
-  int64_t layer = -1;                 // the layer this candidate swaps
-  std::vector<int64_t> linear_layers; // sorted: the current model's linear layers plus `layer`
+  std::string id;                      // CandidateId(linear_layers)
+  int64_t layer = -1;                  // the layer this candidate swaps
+  std::vector<int64_t> linear_layers;  // sorted: the current model's linear layers plus `layer`
 };
 
 struct ScoredCandidate {
   Candidate candidate;
   CandidateResult result;
-  double delta = 0;                   // score - round's base score
+  double delta = 0;  // score - round's base score
   double delta_ci_low = 0, delta_ci_high = 0;
 };
 
 struct SearchRound {
-  int64_t round = 0;                  // 1-based
+  int64_t round = 0;  // 1-based
   std::vector<int64_t> base_linear_layers;
   double base_score = 0;
   std::vector<ScoredCandidate> candidates;  // ascending layer once the round is decided
@@ -94,8 +94,8 @@ std::string CandidateId(const std::vector<int64_t>& linear_layers);
 // Paired bootstrap percentile interval (2.5%, 97.5%) of mean(candidate - base) over examples.
 // Deterministic for a given seed. InvalidArgument if sizes differ or are zero.
 StatusOr<std::pair<double, double>> PairedBootstrapInterval(const std::vector<double>& candidate,
-                                                           const std::vector<double>& base,
-                                                           int64_t samples, uint64_t seed);
+                                                            const std::vector<double>& base,
+                                                            int64_t samples, uint64_t seed);
 
 class GreedySearch {
  public:

@@ -46,7 +46,7 @@ struct CandidateEvaluation {
   std::optional<double> kl;
   int64_t layer_passes = 0;  // decoder layers run, summed over forward calls
   double seconds = 0;
-  int64_t first_layer = 0;   // the layer the candidate's forwards started from (0: no cache)
+  int64_t first_layer = 0;  // the layer the candidate's forwards started from (0: no cache)
 };
 
 class CandidateEvaluator {
@@ -80,8 +80,8 @@ class CandidateEvaluator {
 
  private:
   struct CacheEntry {
-    std::vector<at::Tensor> residual;                  // [1, T, hidden] per layer
-    std::vector<std::unique_ptr<MixerState>> states;   // after the prompt (generation only)
+    std::vector<at::Tensor> residual;                 // [1, T, hidden] per layer
+    std::vector<std::unique_ptr<MixerState>> states;  // after the prompt (generation only)
   };
   using PrefixCache = std::map<std::vector<int64_t>, CacheEntry>;  // by token sequence
   CandidateEvaluator() = default;
@@ -91,8 +91,8 @@ class CandidateEvaluator {
                                     PrefixCache* record);
   StatusOr<at::Tensor> Logits(const at::Tensor& ids, int64_t first_layer, PrefixCache* record_into);
   StatusOr<std::vector<int64_t>> Generate(const std::vector<int64_t>& prompt, int64_t max_new,
-                                          const std::vector<int64_t>& stop_ids,
-                                          int64_t first_layer, PrefixCache* record_into);
+                                          const std::vector<int64_t>& stop_ids, int64_t first_layer,
+                                          PrefixCache* record_into);
   bool MayRecord(const PrefixCache* into, const std::vector<int64_t>& key);
   void Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
              int64_t shared_below);
@@ -105,16 +105,16 @@ class CandidateEvaluator {
   std::vector<TaskExample> examples_;
   EvaluatorOptions options_;
   std::vector<std::vector<int64_t>> kl_ids_;
-  std::vector<at::Tensor> kl_teacher_logp_;                 // [T, V] double, CPU
+  std::vector<at::Tensor> kl_teacher_logp_;                    // [T, V] double, CPU
   std::map<std::vector<int64_t>, at::Tensor> teacher_logits_;  // kl_to_teacher tasks
-  PrefixCache cache_;  // the base's
+  PrefixCache cache_;                                          // the base's
   std::vector<int64_t> cache_base_;
   // Candidates' recordings and evaluations of the round in progress, by linear layer set.
   std::map<std::vector<int64_t>, std::pair<PrefixCache, CandidateEvaluation>> recordings_;
   bool cache_valid_ = false;
-  int64_t cache_bytes_ = 0;  // base and recordings together
+  int64_t cache_bytes_ = 0;         // base and recordings together
   bool recording_complete_ = true;  // the recording in progress stored every sequence
-  int64_t passes_ = 0;  // layer passes of the evaluation in progress
+  int64_t passes_ = 0;              // layer passes of the evaluation in progress
 };
 
 }  // namespace hyb::worker

@@ -58,7 +58,7 @@ struct DistillCurvePoint {
 
 struct LayerDistillState {
   int64_t layer = -1;
-  int64_t step = 0;  // steps applied to this layer
+  int64_t step = 0;               // steps applied to this layer
   storage::DatasetCursor cursor;  // the data stream's position after `step`
   std::vector<DistillCurvePoint> curve;
 };
