@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <thread>
 
 #include "hyb/kernels/linear.h"
 #include "hyb/common/logging.h"
@@ -100,6 +101,11 @@ at::Tensor Mlp(const at::Tensor& x, const MlpWeights& w) {
 }  // namespace
 
 void ConfigureCpuThreads(int threads) {
+  if (threads <= 0 && std::getenv("OMP_NUM_THREADS") == nullptr) {
+    // LibTorch's default is the physical cores; on SMT machines (2 vCPUs on one core) that
+    // leaves half the CPU idle once BLAS is single-threaded below.
+    threads = static_cast<int>(std::thread::hardware_concurrency());
+  }
   if (threads > 0) at::set_num_threads(threads);
   if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) {
     using SetThreads = void (*)(int);

@@ -35,10 +35,11 @@ struct RuntimePlacement {
 // this build or machine has no CUDA device.
 StatusOr<RuntimePlacement> ResolvePlacement(const RuntimeOptions& options);
 
-// CPU threading for this process: LibTorch's intra-op pool gets `threads` (0: its default) and
-// an OpenBLAS found in the process is limited to one thread, unless OPENBLAS_NUM_THREADS is set.
-// Two pools of N threads each on N cores yield to each other on every small op: measured 2x
-// slower distillation steps on 2 cores (BENCHMARKS.md). Call once, before any work.
+// CPU threading for this process: LibTorch's intra-op pool gets `threads` (0: every hardware
+// thread, unless OMP_NUM_THREADS is set) and an OpenBLAS found in the process is limited to one
+// thread, unless OPENBLAS_NUM_THREADS is set. Two pools of N threads each on N cores yield to
+// each other on every small op (BENCHMARKS.md has the distillation step rates). Call once,
+// before any work.
 void ConfigureCpuThreads(int threads);
 
 // Per-sequence decoding state: one MixerState per layer plus the number of tokens consumed
