@@ -15,16 +15,7 @@ using hyb::testing::TempDir;
 
 // Character tokenizer: a=0 b=1 c=2 ' '=3 '\n'=4, <s>=5 prepended by the template.
 std::shared_ptr<const Tokenizer> CharTokenizer() {
-  Json j = {{"model",
-             {{"type", "BPE"},
-              {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {" ", 3}, {"\n", 4}}},
-              {"merges", Json::array()}}},
-            {"added_tokens", {{{"id", 5}, {"content", "<s>"}, {"special", true}}}},
-            {"post_processor",
-             {{"type", "TemplateProcessing"},
-              {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
-              {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
-  return *Tokenizer::FromJson(j, "char.json");
+  return *Tokenizer::FromJson(hyb::testing::CharTokenizerJson(), "char.json");
 }
 
 constexpr int64_t kLayers = 4;

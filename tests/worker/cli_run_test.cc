@@ -20,16 +20,7 @@ namespace {
 
 using hyb::testing::TempDir;
 
-const Json kCharTokenizer = {
-    {"model",
-     {{"type", "BPE"},
-      {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {" ", 3}, {"\n", 4}}},
-      {"merges", Json::array()}}},
-    {"added_tokens", {{{"id", 5}, {"content", "<s>"}, {"special", true}}}},
-    {"post_processor",
-     {{"type", "TemplateProcessing"},
-      {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
-      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
+const Json kCharTokenizer = hyb::testing::CharTokenizerJson();
 
 struct CliResult {
   int rc;

@@ -7,22 +7,14 @@
 #include <fstream>
 
 #include "testing/temp_dir.h"
+#include "worker/test_model.h"
 
 namespace hyb::worker {
 namespace {
 
 // Character-level tokenizer: a=0 b=1 c=2 ' '=3 '\n'=4, <s>=5 prepended by the template.
 std::shared_ptr<const Tokenizer> CharTokenizer() {
-  Json j = {{"model",
-             {{"type", "BPE"},
-              {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {" ", 3}, {"\n", 4}}},
-              {"merges", Json::array()}}},
-            {"added_tokens", {{{"id", 5}, {"content", "<s>"}, {"special", true}}}},
-            {"post_processor",
-             {{"type", "TemplateProcessing"},
-              {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
-              {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
-  return *Tokenizer::FromJson(j, "char.json");
+  return *Tokenizer::FromJson(hyb::testing::CharTokenizerJson(), "char.json");
 }
 
 // A bigram language model with hand-chosen next-token probabilities (rows: previous token).
@@ -125,14 +117,15 @@ TEST(TaskScoringTest, TaskFilesAreValidatedWithLineNumbers) {
     std::ofstream(dir.File("t.jsonl"), std::ios::trunc) << body;
     return dir.File("t.jsonl");
   };
-  auto mc = LoadTaskExamples(
-      write("{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 1}\n"), TaskKind::kMultipleChoice);
+  auto mc =
+      LoadTaskExamples(write("{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 1}\n"),
+                       TaskKind::kMultipleChoice);
   ASSERT_TRUE(mc.ok()) << mc.status().ToString();
   EXPECT_EQ((*mc)[0].label, 1);
-  auto bad = LoadTaskExamples(
-      write("{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 1}\n"
-            "{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 2}\n"),
-      TaskKind::kMultipleChoice);
+  auto bad =
+      LoadTaskExamples(write("{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 1}\n"
+                             "{\"context\": \"q\", \"choices\": [\"a\", \"b\"], \"label\": 2}\n"),
+                       TaskKind::kMultipleChoice);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("t.jsonl:2: field 'label'"), std::string::npos)
       << bad.status().message();
@@ -149,7 +142,6 @@ TEST(TaskScoringTest, TaskFilesAreValidatedWithLineNumbers) {
 }  // namespace
 }  // namespace hyb::worker
 
-#include "worker/test_model.h"
 
 namespace hyb::worker {
 namespace {
@@ -174,12 +166,11 @@ TEST(TaskScoringTest, DecoderModelAdapters) {
   auto s = ScoreLm(LogitsOf(**model), *tok, ex);
   ASSERT_TRUE(s.ok());
   at::NoGradGuard no_grad;
-  const at::Tensor logp =
-      at::log_softmax((*(*model)->Forward(torch::tensor({5, 0, 1, 2}, at::kLong).view({1, 4})))[0]
-                          .to(at::kDouble),
-                      -1);
-  const double want = -(logp[0][0].item<double>() + logp[1][1].item<double>() +
-                        logp[2][2].item<double>()) / 3;
+  const at::Tensor logp = at::log_softmax(
+      (*(*model)->Forward(torch::tensor({5, 0, 1, 2}, at::kLong).view({1, 4})))[0].to(at::kDouble),
+      -1);
+  const double want =
+      -(logp[0][0].item<double>() + logp[1][1].item<double>() + logp[2][2].item<double>()) / 3;
   EXPECT_NEAR(s->value, want, 1e-9);
 }
 

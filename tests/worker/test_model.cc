@@ -83,8 +83,8 @@ std::vector<double> ReferenceInvFreq(const Json& config, int64_t head_dim, doubl
   const int64_t half = head_dim / 2;
   std::vector<double> f(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
-    f[static_cast<size_t>(i)] = 1.0 / std::pow(theta, 2.0 * static_cast<double>(i) /
-                                                          static_cast<double>(head_dim));
+    f[static_cast<size_t>(i)] =
+        1.0 / std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
   }
   *scaling = 1.0;
   if (type == "linear") {
@@ -106,9 +106,12 @@ std::vector<double> ReferenceInvFreq(const Json& config, int64_t head_dim, doubl
   } else if (type == "yarn") {
     const double orig = rope.value("original_max_position_embeddings",
                                    config.value("max_position_embeddings", 2048.0));
-    const double beta_fast = rope.value("beta_fast", 32.0), beta_slow = rope.value("beta_slow", 1.0);
+    const double beta_fast = rope.value("beta_fast", 32.0),
+                 beta_slow = rope.value("beta_slow", 1.0);
     const double dim = static_cast<double>(head_dim);
-    auto corr = [&](double r) { return dim * std::log(orig / (r * 2 * M_PI)) / (2 * std::log(theta)); };
+    auto corr = [&](double r) {
+      return dim * std::log(orig / (r * 2 * M_PI)) / (2 * std::log(theta));
+    };
     double low = corr(beta_fast), high = corr(beta_slow);
     if (rope.value("truncate", true)) {
       low = std::floor(low);
@@ -169,7 +172,8 @@ Tensor ReferenceLogits(const std::string& dir, const Tensor& input_ids) {
   const std::vector<double> inv_freq = ReferenceInvFreq(config, hd, &scaling);
   // Sliding window per layer, as the families define it.
   std::vector<int64_t> window(static_cast<size_t>(layers), 0);
-  if (family == "mistral" && config.contains("sliding_window") && !config["sliding_window"].is_null()) {
+  if (family == "mistral" && config.contains("sliding_window") &&
+      !config["sliding_window"].is_null()) {
     window.assign(static_cast<size_t>(layers), config["sliding_window"].get<int64_t>());
   }
   if ((family == "qwen2" || family == "qwen3") && config.value("use_sliding_window", false)) {
@@ -195,10 +199,14 @@ Tensor ReferenceLogits(const std::string& dir, const Tensor& input_ids) {
       std::vector<Tensor> q(static_cast<size_t>(T)), k(static_cast<size_t>(T)),
           v(static_cast<size_t>(T));
       for (int64_t t = 0; t < T; ++t) {
-        const Tensor x = RmsNormRef(h[static_cast<size_t>(t)], W(p + "input_layernorm.weight"), eps);
-        q[static_cast<size_t>(t)] = linear(x, W(p + "self_attn.q_proj.weight"), W(p + "self_attn.q_proj.bias"));
-        k[static_cast<size_t>(t)] = linear(x, W(p + "self_attn.k_proj.weight"), W(p + "self_attn.k_proj.bias"));
-        v[static_cast<size_t>(t)] = linear(x, W(p + "self_attn.v_proj.weight"), W(p + "self_attn.v_proj.bias"));
+        const Tensor x =
+            RmsNormRef(h[static_cast<size_t>(t)], W(p + "input_layernorm.weight"), eps);
+        q[static_cast<size_t>(t)] =
+            linear(x, W(p + "self_attn.q_proj.weight"), W(p + "self_attn.q_proj.bias"));
+        k[static_cast<size_t>(t)] =
+            linear(x, W(p + "self_attn.k_proj.weight"), W(p + "self_attn.k_proj.bias"));
+        v[static_cast<size_t>(t)] =
+            linear(x, W(p + "self_attn.v_proj.weight"), W(p + "self_attn.v_proj.bias"));
       }
       auto head_of = [&](const Tensor& x, int64_t i) { return x.narrow(0, i * hd, hd); };
       auto prep = [&](const Tensor& x, int64_t i, int64_t pos, const char* norm) {
@@ -231,8 +239,8 @@ Tensor ReferenceLogits(const std::string& dir, const Tensor& input_ids) {
           }
           per_head.push_back(o);
         }
-        attn_out[static_cast<size_t>(t)] = linear(at::cat(per_head), W(p + "self_attn.o_proj.weight"),
-                                                  W(p + "self_attn.o_proj.bias"));
+        attn_out[static_cast<size_t>(t)] = linear(
+            at::cat(per_head), W(p + "self_attn.o_proj.weight"), W(p + "self_attn.o_proj.bias"));
       }
       for (int64_t t = 0; t < T; ++t) {
         Tensor& ht = h[static_cast<size_t>(t)];
@@ -245,10 +253,23 @@ Tensor ReferenceLogits(const std::string& dir, const Tensor& input_ids) {
       }
     }
     for (int64_t t = 0; t < T; ++t) {
-      logits[b][t] = at::mv(head, RmsNormRef(h[static_cast<size_t>(t)], W("model.norm.weight"), eps));
+      logits[b][t] =
+          at::mv(head, RmsNormRef(h[static_cast<size_t>(t)], W("model.norm.weight"), eps));
     }
   }
   return logits;
+}
+
+Json CharTokenizerJson() {
+  return {{"model",
+           {{"type", "BPE"},
+            {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {" ", 3}, {"\n", 4}}},
+            {"merges", Json::array()}}},
+          {"added_tokens", {{{"id", 5}, {"content", "<s>"}, {"special", true}}}},
+          {"post_processor",
+           {{"type", "TemplateProcessing"},
+            {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+            {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
 }
 
 }  // namespace hyb::testing

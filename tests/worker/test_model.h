@@ -34,6 +34,10 @@ Json WriteTinyModel(const std::string& dir, const TinyModelSpec& spec, uint64_t 
 // q/k norm, tied embeddings, sliding windows (per layer), rope types default/linear/llama3/yarn.
 at::Tensor ReferenceLogits(const std::string& dir, const at::Tensor& input_ids);
 
+// tokenizer.json of a character-level tokenizer: a=0 b=1 c=2 ' '=3 '\n'=4, <s>=5 prepended by
+// its template (models with vocab 6 pair with it).
+Json CharTokenizerJson();
+
 // inverse rotary frequencies computed in double by a scalar transcription of the formulas.
 std::vector<double> ReferenceInvFreq(const Json& config, int64_t head_dim, double* scaling);
 
