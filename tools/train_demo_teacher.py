@@ -9,8 +9,8 @@ Recipe: byte-level BPE tokenizer (Llama 3 split pattern, 4,096 tokens) trained w
 on the corpus; a Llama-architecture model (6 layers, hidden 256, 8 query / 4 key-value heads,
 SwiGLU 768, tied embeddings, ~5.8M parameters, 11.6 MB in bf16) trained with AdamW on packed
 256-token rows for a fixed wall-clock budget. Half of each batch is corpus text, half is freshly
-generated in-context recall episodes (built from cached per-word token ids, so the GPU never
-waits on tokenisation; 1-3 queries per episode), and the loss adds the mean over recall answer
+generated in-context recall episodes (built from cached per-word token ids by DataLoader worker
+processes, so the GPU never waits on them; 1-3 queries per episode), and the loss adds the mean over recall answer
 tokens to the mean over all tokens. Saved in bf16 with its tokenizer.json. Writes scores.json
 with the test-split scores (recall exact match, gloss accuracy and length-normalised accuracy
 with lm-evaluation-harness semantics, KJV perplexity) computed with `transformers`, and a
@@ -168,6 +168,20 @@ class RecallEpisodes:
         return torch.tensor(ids_out), torch.tensor(mask_out, dtype=torch.bool)
 
 
+class EpisodeStream(torch.utils.data.IterableDataset):
+    """Endless recall rows for DataLoader workers: each worker draws from its own seeded RNG, so
+    the training loop never waits on episode building."""
+
+    def __init__(self, episodes, n_rows, length, seed):
+        self.episodes, self.n_rows, self.length, self.seed = episodes, n_rows, length, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        self.episodes.rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        while True:
+            yield self.episodes.rows(self.n_rows, self.length)
+
+
 @torch.no_grad()
 def recall_probe(model, tok, rows, device):
     """Teacher-forced exact match on recall prompts: every answer token is the argmax."""
@@ -196,6 +210,7 @@ def main():
     ap.add_argument("--recall-fraction", type=int, default=50, help="percent of each batch")
     ap.add_argument("--answer-weight", type=float, default=1.0,
                     help="weight of the mean loss on recall answer tokens, added to the mean over all tokens")
+    ap.add_argument("--loader-workers", type=int, default=4, help="processes building recall episodes")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -233,6 +248,9 @@ def main():
     log = []
     data = data.to(device)
     n_recall = args.batch * args.recall_fraction // 100
+    recall_rows = iter(torch.utils.data.DataLoader(EpisodeStream(episodes, n_recall, args.seq + 1, args.seed),
+                                                   batch_size=None, num_workers=args.loader_workers,
+                                                   pin_memory=True, prefetch_factor=8))
     start = time.time()
     while time.time() - start < budget:
         frac = (time.time() - start) / budget
@@ -240,7 +258,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n_seq, (args.batch - n_recall,), device=device)
-        rec_ids, rec_mask = episodes.rows(n_recall, args.seq + 1)
+        rec_ids, rec_mask = next(recall_rows)
         batch = torch.cat([data[idx], rec_ids.to(device, non_blocking=True)])
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(batch[:, :-1]).logits
