@@ -8,6 +8,7 @@
 #include "flags.h"
 #include "hyb/common/json_util.h"
 #include "hyb/storage/token_dataset.h"
+#include "hyb/storage/fingerprint.h"
 #include "hyb/worker/tokenizer.h"
 
 namespace hyb::cli {
@@ -53,6 +54,7 @@ Status Prepare(const ParsedFlags& flags) {
   const std::string tok_path = is_file ? tok_arg : tok_arg + "/tokenizer.json";
   HYB_ASSIGN_OR_RETURN(auto tok, worker::Tokenizer::FromFile(tok_path));
   HYB_ASSIGN_OR_RETURN(auto eos, ResolveEos(flags, tok_arg, *tok));
+  HYB_ASSIGN_OR_RETURN(const std::string tok_fingerprint, storage::FingerprintFile(tok_path));
   const std::string field = flags.GetOr("text-field", "text");
   const std::string output = *flags.Get("output");
   std::vector<std::string> inputs;
@@ -64,6 +66,7 @@ Status Prepare(const ParsedFlags& flags) {
   for (const auto& f : inputs) sources.push_back(f);
   storage::TokenDatasetWriter writer(output, tok->vocab_size(),
                                      {{"tokenizer", tok_path},
+                                      {"tokenizer_fingerprint", tok_fingerprint},
                                       {"sources", sources},
                                       {"text_field", field},
                                       {"eos_id", eos ? Json(*eos) : Json()}});

@@ -13,6 +13,7 @@
 #include "hyb/coordinator/greedy_search.h"
 #include "hyb/coordinator/report_html.h"
 #include "hyb/storage/atomic_file.h"
+#include "hyb/storage/fingerprint.h"
 
 namespace hyb::coordinator {
 namespace {
@@ -50,6 +51,56 @@ std::string NowUtc() {
   char buf[32];
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
+}
+
+bool IsTeacherFile(const std::string& name) {
+  const std::string ext = ".safetensors";
+  return name == "config.json" || name == "tokenizer.json" ||
+         name == "model.safetensors.index.json" ||
+         (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0);
+}
+
+// A file's or a directory's fingerprints; null where the path does not exist (the executor's
+// validation is what requires inputs to exist).
+StatusOr<Json> PathFingerprint(const std::string& path, bool (*keep)(const std::string&)) {
+  if (path.empty() || !storage::PathExists(path)) return Json(nullptr);
+  if (storage::IsDirectory(path)) return storage::FingerprintDirectory(path, keep);
+  HYB_ASSIGN_OR_RETURN(std::string fingerprint, storage::FingerprintFile(path));
+  return Json(fingerprint);
+}
+
+// What the job's stored results are computed from: the teacher's config, tokenizer and
+// weights, the distillation data and the task files.
+StatusOr<Json> InputFingerprints(const JobSpec& spec) {
+  Json out = Json::object();
+  HYB_ASSIGN_OR_RETURN(out["teacher"], PathFingerprint(spec.teacher, IsTeacherFile));
+  HYB_ASSIGN_OR_RETURN(out["distill.data"], PathFingerprint(spec.distill.data, nullptr));
+  HYB_ASSIGN_OR_RETURN(out["task.validation"], PathFingerprint(spec.task.validation, nullptr));
+  HYB_ASSIGN_OR_RETURN(out["task.test"], PathFingerprint(spec.task.test, nullptr));
+  return out;
+}
+
+// "teacher/model.safetensors, task.test": the inputs whose fingerprints differ.
+std::string ChangedInputs(const Json& before, const Json& now) {
+  std::string out;
+  auto add = [&out](const std::string& what) { out += (out.empty() ? "" : ", ") + what; };
+  for (const auto& [field, value] : now.items()) {
+    const Json old = before.contains(field) ? before[field] : Json(nullptr);
+    if (old == value) continue;
+    if (value.is_object() && old.is_object()) {
+      std::set<std::string> names;
+      for (const auto& [name, v] : value.items()) names.insert(name);
+      for (const auto& [name, v] : old.items()) names.insert(name);
+      for (const auto& name : names) {
+        if (!value.contains(name) || !old.contains(name) || value[name] != old[name]) {
+          add(field + "/" + name);
+        }
+      }
+    } else {
+      add(field);
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -101,7 +152,8 @@ Status JobRunner::Validate() {
         "search.tolerance: a kl_to_teacher task scores the teacher 0, so a "
         "relative tolerance admits nothing; give search.p_min (a KL bound)");
   }
-  // Resume only the same job.
+  // Resume only the same job on the same inputs.
+  HYB_ASSIGN_OR_RETURN(const Json inputs, InputFingerprints(spec_));
   const std::string stored = layout_.JobSpec();
   if (storage::PathExists(stored)) {
     HYB_ASSIGN_OR_RETURN(Json previous, ReadJsonFile(stored));
@@ -109,9 +161,20 @@ Status JobRunner::Validate() {
       return FailedPrecondition(stored + " holds a different spec for job '" + spec_.job_id +
                                 "'; use another job_id or remove " + layout_.dir());
     }
+    if (storage::PathExists(layout_.Inputs())) {
+      HYB_ASSIGN_OR_RETURN(Json before, ReadJsonFile(layout_.Inputs()));
+      const std::string changed = ChangedInputs(before, inputs);
+      if (!changed.empty()) {
+        return FailedPrecondition("inputs of job '" + spec_.job_id + "' changed since it started (" +
+                                  changed + "; fingerprints in " + layout_.Inputs() +
+                                  "): its stored results come from the old ones; use another "
+                                  "job_id or remove " + layout_.dir());
+      }
+    }
     Print("resuming job " + spec_.job_id + " in " + layout_.dir());
   }
   HYB_RETURN_IF_ERROR(layout_.CreateDirectories());
+  HYB_RETURN_IF_ERROR(storage::AtomicWriteString(layout_.Inputs(), inputs.dump(2) + "\n"));
   return storage::AtomicWriteString(stored, spec_.resolved.dump(2) + "\n");
 }
 

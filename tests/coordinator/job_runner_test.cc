@@ -164,6 +164,52 @@ TEST(JobRunnerTest, RefusesAnotherSpecUnderTheSameJobId) {
   EXPECT_EQ(ex2.evaluations, 0);
 }
 
+TEST(JobRunnerTest, RefusesToResumeWhenTheTeacherOrATaskFileChanged) {
+  TempDir dir;
+  std::ofstream(dir.File("model.safetensors")) << "weights v1";
+  std::ofstream(dir.File("README.md")) << "model card";
+  auto spec_with_files = [&dir] {
+    JobSpec s = Spec(dir);
+    s.task.validation = dir.File("v.jsonl");
+    return s;
+  };
+  std::ofstream(dir.File("v.jsonl")) << "{}\n";
+  FakeExecutor ex;
+  ASSERT_TRUE(JobRunner(spec_with_files(), &ex, Options(dir)).Run().ok());
+  const auto inputs = ReadJsonFile(dir.File("store/unit/inputs.json"));
+  ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+  EXPECT_EQ((*inputs)["teacher"].size(), 2u);  // config.json and the weights, not the card
+  EXPECT_TRUE((*inputs)["teacher"].contains("model.safetensors"));
+  EXPECT_TRUE((*inputs)["task.validation"].is_string());
+
+  // Editing the model card is not a change of inputs: the job resumes.
+  std::ofstream(dir.File("README.md")) << "model card, edited";
+  FakeExecutor resumed;
+  ASSERT_TRUE(JobRunner(spec_with_files(), &resumed, Options(dir)).Run().ok());
+  EXPECT_EQ(resumed.evaluations, 0);
+  const auto report = ReadFileToString(dir.File("store/unit/report.json"));
+
+  // Retrained weights, or an edited task file: refused, naming what changed; nothing rewritten.
+  std::ofstream(dir.File("model.safetensors")) << "weights v2";
+  FakeExecutor refused;
+  auto r = JobRunner(spec_with_files(), &refused, Options(dir)).Run();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("changed since it started (teacher/model.safetensors;"),
+            std::string::npos)
+      << r.status().ToString();
+  EXPECT_EQ(refused.evaluations + refused.distills + refused.exports, 0);
+  EXPECT_EQ(*ReadJsonFile(dir.File("store/unit/inputs.json")), *inputs);
+  EXPECT_EQ(*ReadFileToString(dir.File("store/unit/report.json")), *report);
+
+  std::ofstream(dir.File("model.safetensors")) << "weights v1";
+  std::ofstream(dir.File("v.jsonl")) << "{}\n{}\n";
+  auto r2 = JobRunner(spec_with_files(), &refused, Options(dir)).Run();
+  ASSERT_FALSE(r2.ok());
+  EXPECT_NE(r2.status().message().find("(task.validation;"), std::string::npos)
+      << r2.status().ToString();
+}
+
 TEST(JobRunnerTest, UniformPlacementSpreadsLayers) {
   EXPECT_EQ(UniformPlacement({0, 1, 2, 3, 4, 5}, 3), (std::vector<int64_t>{1, 3, 5}));
   EXPECT_EQ(UniformPlacement({0, 1, 2, 3, 4, 5}, 2), (std::vector<int64_t>{1, 4}));

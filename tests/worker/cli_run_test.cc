@@ -129,6 +129,18 @@ TEST(CliRunTest, RunsAJobEndToEndAndResumes) {
   auto report2 = ReadJsonFile(job + "/report.json");
   EXPECT_EQ((*report2)["models"], models);
   EXPECT_EQ((*report2)["search"]["rounds"], (*report)["search"]["rounds"]);
+
+  // A retrained teacher under the same job_id: refused, the stored results are kept.
+  hyb::testing::TinyModelSpec spec;
+  spec.vocab = 6;
+  spec.layers = 3;
+  hyb::testing::WriteTinyModel(dir.File("teacher"), spec, 6);
+  CliResult changed = RunCli("run " + dir.File("job.json") + " --storage " + store);
+  EXPECT_EQ(changed.rc, 1) << changed.output;
+  EXPECT_NE(changed.output.find("changed since it started (teacher/model.safetensors;"),
+            std::string::npos)
+      << changed.output;
+  EXPECT_EQ((*ReadJsonFile(job + "/report.json"))["models"], models);
 }
 
 TEST(CliRunTest, BadSpecsFailBeforeAnyWork) {
@@ -156,6 +168,25 @@ TEST(CliRunTest, BadSpecsFailBeforeAnyWork) {
     // Nothing was created for the job.
     struct stat st {};
     EXPECT_NE(::stat((store + "/tiny/job.json").c_str(), &st), 0) << c.expect;
+  }
+  {
+    // Distillation data tokenized with another tokenizer (its fingerprint, recorded by
+    // `hybridize prepare`, differs from the teacher's tokenizer.json).
+    TempDir d;
+    WriteJob(d);
+    auto meta = ReadJsonFile(d.File("data/meta.json"));
+    ASSERT_TRUE(meta.ok());
+    (*meta)["tokenizer"] = "other/tokenizer.json";
+    (*meta)["tokenizer_fingerprint"] = "12:0123456789abcdef";
+    std::ofstream(d.File("data/meta.json")) << meta->dump();
+    CliResult r = RunCli("run " + d.File("job.json") + " --storage " + store);
+    EXPECT_EQ(r.rc, 1) << r.output;
+    EXPECT_NE(r.output.find("distill.data: " + d.File("data") +
+                            " was tokenized with other/tokenizer.json"),
+              std::string::npos)
+        << r.output;
+    struct stat st {};
+    EXPECT_NE(::stat((store + "/tiny/job.json").c_str(), &st), 0);
   }
   CliResult help = RunCli("run --help");
   EXPECT_EQ(help.rc, 0);

@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "hyb/storage/job_layout.h"
+#include "hyb/storage/fingerprint.h"
 #include "hyb/storage/token_dataset.h"
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/distill.h"
@@ -71,6 +72,21 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
                            " was prepared with a vocabulary of " +
                            std::to_string((*data)->vocab_size()) + " tokens, the teacher has " +
                            std::to_string(teacher_->config().vocab_size));
+  }
+  // Data tokenized for another model trains the mixers on meaningless ids: refuse it (data
+  // prepared before fingerprints were recorded is checked by vocabulary size only).
+  if (const Json& recorded = (*data)->meta().value("tokenizer_fingerprint", Json());
+      recorded.is_string()) {
+    auto teacher_tok = storage::FingerprintFile(spec.teacher + "/tokenizer.json");
+    if (!teacher_tok.ok()) return teacher_tok.status().WithContext("teacher");
+    if (recorded.get<std::string>() != *teacher_tok) {
+      return InvalidArgument(
+          "distill.data: " + spec.distill.data + " was tokenized with " +
+          (*data)->meta().value("tokenizer", std::string("another tokenizer")) + " (fingerprint " +
+          recorded.get<std::string>() + "), not the teacher's " + spec.teacher +
+          "/tokenizer.json (" + *teacher_tok + "); run `hybridize prepare --tokenizer " +
+          spec.teacher + "` on its text again");
+    }
   }
   const int64_t need = spec.distill.batch_size * spec.distill.sequence_length;
   if ((*data)->num_tokens() < need) {

@@ -3,6 +3,7 @@
 // the old or the new version, never a partial one.
 //
 //   <root>/<job_id>/job.json                          the validated spec, defaults filled
+//   <root>/<job_id>/inputs.json                       fingerprints of teacher, data, task files
 //   <root>/<job_id>/events.jsonl                      progress events, one JSON object per line
 //   <root>/<job_id>/distill/layer_<l>.safetensors     mixer, optimizer state, cursor, loss curve
 //   <root>/<job_id>/distill/result.json               the finished distillation's summary
@@ -24,6 +25,7 @@ class JobLayout {
 
   const std::string& dir() const { return dir_; }
   std::string JobSpec() const { return dir_ + "/job.json"; }
+  std::string Inputs() const { return dir_ + "/inputs.json"; }
   std::string Events() const { return dir_ + "/events.jsonl"; }
   std::string DistillDir() const { return dir_ + "/distill"; }
   std::string DistillResult() const { return dir_ + "/distill/result.json"; }
