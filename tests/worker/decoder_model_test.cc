@@ -200,6 +200,33 @@ TEST(DecoderModelTest, MixersArePluggablePerLayer) {
   EXPECT_TRUE(at::allclose(*(*ma)->Forward(ids), *(*mb)->Forward(ids), 1e-6, 1e-6));
 }
 
+TEST(DecoderModelTest, ShareWeightsSharesStorageButNotMixerSlots) {
+  TempDir dir;
+  const TinyModelSpec spec = Variants()[0].spec;
+  testing::WriteTinyModel(dir.path(), spec, 16);
+  auto loaded = DecoderModel::Load(dir.path(), {});
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const std::unique_ptr<DecoderModel>& teacher = *loaded;
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = RandomIds(1, 7, spec.vocab, 10);
+  const at::Tensor before = *teacher->Forward(ids);
+
+  std::unique_ptr<DecoderModel> view = teacher->ShareWeights();
+  // Same storage: every named tensor of the view's layer-0 mixer is the teacher's.
+  const auto mine = view->mixer(0).NamedTensors();
+  const auto theirs = teacher->mixer(0).NamedTensors();
+  ASSERT_EQ(mine.size(), theirs.size());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    EXPECT_EQ(mine[i].second.data_ptr(), theirs[i].second.data_ptr()) << mine[i].first;
+  }
+  EXPECT_TRUE(at::equal(*view->Forward(ids), before));
+  // Own slots: swapping a mixer in the view leaves the teacher as it was.
+  view->SetMixer(1, std::make_shared<ZeroMixer>());
+  EXPECT_EQ(teacher->mixer(1).LayerType(), "full_attention");
+  EXPECT_FALSE(at::allclose(*view->Forward(ids), before));
+  EXPECT_TRUE(at::equal(*teacher->Forward(ids), before));
+}
+
 TEST(DecoderModelTest, BadInputsAreClearErrors) {
   TempDir dir;
   testing::WriteTinyModel(dir.path(), Variants()[0].spec, 16);

@@ -253,6 +253,11 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
   return m;
 }
 
+std::unique_ptr<DecoderModel> DecoderModel::ShareWeights() const {
+  // Member-wise copy: at::Tensor and shared_ptr copies are references to the same storage.
+  return std::unique_ptr<DecoderModel>(new DecoderModel(*this));
+}
+
 void DecoderModel::SetMixer(int64_t layer, std::shared_ptr<const TokenMixer> mixer) {
   mixers_.at(static_cast<size_t>(layer)) = std::move(mixer);
 }

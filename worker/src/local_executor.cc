@@ -144,8 +144,6 @@ StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
         }
         progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
       }));
-  // Evaluations load their own copies (their layers get swapped); this one is no longer needed.
-  teacher_.reset();
   DistillResult r;
   r.steps = o.steps;
   r.tokens = o.steps * distiller->tokens_per_step();
@@ -173,15 +171,25 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
       LoadSplit(path, kind_,
                 split == "test" ? spec_.task.max_test_examples : spec_.task.max_validation_examples,
                 "task." + split));
-  HYB_ASSIGN_OR_RETURN(auto model, DecoderModel::Load(spec_.teacher, runtime_));
-  std::vector<std::shared_ptr<const TokenMixer>> linear(static_cast<size_t>(model->num_layers()));
-  for (int64_t l = 0; l < model->num_layers(); ++l) {
-    const std::string file = LayerFile(distill_dir_, l);
-    if (!storage::PathExists(file)) continue;
-    const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(model->mixer(l));
-    HYB_ASSIGN_OR_RETURN(linear[static_cast<size_t>(l)],
-                         LoadDistilledMixer(file, att.shape(), model->placement()));
+  if (teacher_ == nullptr) {
+    HYB_ASSIGN_OR_RETURN(auto teacher, DecoderModel::Load(spec_.teacher, runtime_));
+    teacher_ = std::move(teacher);
   }
+  if (distilled_.empty()) {
+    std::vector<std::shared_ptr<const TokenMixer>> linear(
+        static_cast<size_t>(teacher_->num_layers()));
+    for (int64_t l = 0; l < teacher_->num_layers(); ++l) {
+      const std::string file = LayerFile(distill_dir_, l);
+      if (!storage::PathExists(file)) continue;
+      const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(teacher_->mixer(l));
+      HYB_ASSIGN_OR_RETURN(linear[static_cast<size_t>(l)],
+                           LoadDistilledMixer(file, att.shape(), teacher_->placement()));
+    }
+    distilled_ = std::move(linear);
+  }
+  // The evaluator swaps mixers in its own slots; the weights stay the teacher's, shared.
+  std::unique_ptr<DecoderModel> model = teacher_->ShareWeights();
+  std::vector<std::shared_ptr<const TokenMixer>> linear = distilled_;
   EvaluatorOptions o;
   o.kind = kind_;
   o.scoring.add_special_tokens = spec_.task.add_special_tokens;

@@ -121,6 +121,11 @@ class DecoderModel {
   // Replaces layer `layer`'s token mixer (e.g. with a linear-attention mixer).
   void SetMixer(int64_t layer, std::shared_ptr<const TokenMixer> mixer);
 
+  // A model that shares every weight tensor and mixer with this one (nothing is copied) but has
+  // its own mixer slots: SetMixer on either leaves the other as it was. The distiller and every
+  // evaluator of a job run on one copy of the teacher's weights this way.
+  std::unique_ptr<DecoderModel> ShareWeights() const;
+
  private:
   DecoderModel() = default;
   at::Tensor ForwardImpl(const at::Tensor& ids, DecodeState* state, LayerTaps* taps) const;

@@ -32,7 +32,10 @@ class LocalExecutor : public TaskExecutor {
   JobSpec spec_;
   RuntimePlacement placement_;
   RuntimeOptions runtime_;
+  // Loaded once: distillation reads it, every evaluator runs on a ShareWeights() view of it.
   std::shared_ptr<const DecoderModel> teacher_;
+  // The distilled mixers, loaded once for all splits (null where a layer has none).
+  std::vector<std::shared_ptr<const TokenMixer>> distilled_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   TaskKind kind_ = TaskKind::kGenerate;
   std::map<std::string, std::unique_ptr<CandidateEvaluator>> evaluators_;  // by split
