@@ -7,8 +7,8 @@
 #include "commands.h"
 #include "flags.h"
 #include "hyb/common/json_util.h"
-#include "hyb/storage/token_dataset.h"
 #include "hyb/storage/fingerprint.h"
+#include "hyb/storage/token_dataset.h"
 #include "hyb/worker/tokenizer.h"
 
 namespace hyb::cli {

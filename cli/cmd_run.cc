@@ -75,7 +75,9 @@ int RunRun(const std::vector<std::string>& args) {
                      "spec against the job schema, distills every layer's linear mixer, runs the "
                      "greedy replacement search on the task's validation split, exports M_best "
                      "and M_opt, scores the test split and writes report.json and report.html "
-                     "under DIR/<job_id>. Re-running the same spec resumes where it stopped.",
+                     "under DIR/<job_id>. Re-running the same spec resumes where it stopped; a "
+                     "different spec under the same job_id, or changed inputs (teacher, "
+                     "distillation data, task files), are refused.",
                      Specs(),
                      {}},
                     rest, Run);

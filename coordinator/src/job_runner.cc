@@ -165,10 +165,12 @@ Status JobRunner::Validate() {
       HYB_ASSIGN_OR_RETURN(Json before, ReadJsonFile(layout_.Inputs()));
       const std::string changed = ChangedInputs(before, inputs);
       if (!changed.empty()) {
-        return FailedPrecondition("inputs of job '" + spec_.job_id + "' changed since it started (" +
-                                  changed + "; fingerprints in " + layout_.Inputs() +
+        return FailedPrecondition("inputs of job '" + spec_.job_id +
+                                  "' changed since it started (" + changed + "; fingerprints in " +
+                                  layout_.Inputs() +
                                   "): its stored results come from the old ones; use another "
-                                  "job_id or remove " + layout_.dir());
+                                  "job_id or remove " +
+                                  layout_.dir());
       }
     }
     Print("resuming job " + spec_.job_id + " in " + layout_.dir());

@@ -70,7 +70,8 @@ TEST(FingerprintTest, DirectoryListsRegularFilesThatPassTheFilter) {
   ASSERT_TRUE(all.ok()) << all.status().ToString();
   EXPECT_EQ(all->size(), 3u);  // not the subdirectory
   EXPECT_EQ((*all)["model.safetensors"], *FingerprintFile(dir.File("model.safetensors")));
-  auto some = FingerprintDirectory(dir.path(), [](const std::string& n) { return n != "README.md"; });
+  auto some =
+      FingerprintDirectory(dir.path(), [](const std::string& n) { return n != "README.md"; });
   ASSERT_TRUE(some.ok());
   EXPECT_EQ(some->size(), 2u);
   EXPECT_FALSE(some->contains("README.md"));

@@ -43,11 +43,12 @@ std::vector<NamedSpec> Variants() {
   TinyModelSpec qwen2;
   qwen2.family = "qwen2";
   qwen2.kv_heads = 1;
-  qwen2.extra = {{"use_sliding_window", true},
-                 {"sliding_window", 3},
-                 {"max_window_layers", 1},
-                 {"layer_types", {"full_attention", "sliding_attention"}},
-                 {"rope_parameters", {{"rope_type", "linear"}, {"factor", 2.0}, {"rope_theta", 1e4}}}};
+  qwen2.extra = {
+      {"use_sliding_window", true},
+      {"sliding_window", 3},
+      {"max_window_layers", 1},
+      {"layer_types", {"full_attention", "sliding_attention"}},
+      {"rope_parameters", {{"rope_type", "linear"}, {"factor", 2.0}, {"rope_theta", 1e4}}}};
   v.push_back({"qwen2_bias_sliding_linear", qwen2});
   TinyModelSpec qwen3;
   qwen3.family = "qwen3";
@@ -160,11 +161,12 @@ TEST(DecoderModelTest, TapsExposeMixerInputAndOutput) {
   for (int64_t l = 0; l < 2; ++l) {
     EXPECT_EQ(taps.mixer_input[static_cast<size_t>(l)].sizes(), (std::vector<int64_t>{2, 6, 32}));
     // Re-running the layer's mixer on the tapped input reproduces the tapped output.
-    auto [cos, sin] = RotaryEmbedding::Create(ParseModelConfig(*ReadJsonFile(dir.File("config.json")),
-                                                               "c")->rope, 8)
+    auto [cos, sin] = RotaryEmbedding::Create(
+                          ParseModelConfig(*ReadJsonFile(dir.File("config.json")), "c")->rope, 8)
                           ->CosSin(0, 6, at::kCPU, at::kFloat);
     MixerContext ctx{0, cos, sin};
-    const at::Tensor again = (*model)->mixer(l).Forward(taps.mixer_input[static_cast<size_t>(l)], ctx, nullptr);
+    const at::Tensor again =
+        (*model)->mixer(l).Forward(taps.mixer_input[static_cast<size_t>(l)], ctx, nullptr);
     EXPECT_TRUE(at::allclose(again, taps.mixer_output[static_cast<size_t>(l)], 1e-6, 1e-6));
   }
   EXPECT_EQ((*model)->mixer(0).LayerType(), "full_attention");
@@ -316,8 +318,8 @@ TEST(CliTest, LogitsCommandWritesForward) {
   // Bad input file: exit code 1 and no output file; a missing flag is a usage error (2).
   ASSERT_TRUE(SaveTensors(dir.File("bad.safetensors"), {{"ids", ids}}).ok());
   const std::string bad = std::string(cli) + " logits --model " + dir.path() + " --input " +
-                          dir.File("bad.safetensors") + " --output " + dir.File("bad_out.safetensors") +
-                          " 2> " + dir.File("err.txt");
+                          dir.File("bad.safetensors") + " --output " +
+                          dir.File("bad_out.safetensors") + " 2> " + dir.File("err.txt");
   const int rc = std::system(bad.c_str());
   EXPECT_EQ(WEXITSTATUS(rc), 1);
   EXPECT_FALSE(std::filesystem::exists(dir.File("bad_out.safetensors")));
@@ -343,9 +345,11 @@ TEST(CliTest, GeneratePrintsGreedyTokens) {
   while (in >> x) got.push_back(x);
   auto model = DecoderModel::Load(dir.path(), {});
   at::NoGradGuard no_grad;
-  const at::Tensor want = *(*model)->GenerateGreedy(torch::tensor({3, 4, 5}, at::kLong).view({1, 3}), 4, {});
+  const at::Tensor want =
+      *(*model)->GenerateGreedy(torch::tensor({3, 4, 5}, at::kLong).view({1, 3}), 4, {});
   ASSERT_EQ(got.size(), 4u);
-  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(got[static_cast<size_t>(i)], want[0][3 + i].item<int64_t>());
+  for (int64_t i = 0; i < 4; ++i)
+    EXPECT_EQ(got[static_cast<size_t>(i)], want[0][3 + i].item<int64_t>());
 }
 
 }  // namespace

@@ -14,8 +14,8 @@
 #include <set>
 #include <thread>
 
-#include "hyb/kernels/linear.h"
 #include "hyb/common/logging.h"
+#include "hyb/kernels/linear.h"
 #include "hyb/kernels/norm.h"
 #include "hyb/storage/atomic_file.h"
 #include "hyb/storage/model_dir.h"
@@ -138,8 +138,7 @@ StatusOr<RuntimePlacement> ResolvePlacement(const RuntimeOptions& options) {
       return FailedPrecondition("device '" + options.device +
                                 "' requested but no CUDA device is available to this build");
     }
-    if (p.device.has_index() &&
-        p.device.index() >= static_cast<int>(torch::cuda::device_count())) {
+    if (p.device.has_index() && p.device.index() >= static_cast<int>(torch::cuda::device_count())) {
       return InvalidArgument("device '" + options.device + "' does not exist (" +
                              std::to_string(torch::cuda::device_count()) + " CUDA devices)");
     }
@@ -197,9 +196,11 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
       HYB_ASSIGN_OR_RETURN(mlp.gate_proj, load.Get(p + "mlp.gate_proj.weight", {f, h}));
       HYB_ASSIGN_OR_RETURN(mlp.up_proj, load.Get(p + "mlp.up_proj.weight", {f, h}));
       HYB_ASSIGN_OR_RETURN(mlp.down_proj, load.Get(p + "mlp.down_proj.weight", {h, f}));
-      HYB_ASSIGN_OR_RETURN(mlp.gate_bias, load.GetIf(config.mlp_bias, p + "mlp.gate_proj.bias", {f}));
+      HYB_ASSIGN_OR_RETURN(mlp.gate_bias,
+                           load.GetIf(config.mlp_bias, p + "mlp.gate_proj.bias", {f}));
       HYB_ASSIGN_OR_RETURN(mlp.up_bias, load.GetIf(config.mlp_bias, p + "mlp.up_proj.bias", {f}));
-      HYB_ASSIGN_OR_RETURN(mlp.down_bias, load.GetIf(config.mlp_bias, p + "mlp.down_proj.bias", {h}));
+      HYB_ASSIGN_OR_RETURN(mlp.down_bias,
+                           load.GetIf(config.mlp_bias, p + "mlp.down_proj.bias", {h}));
       m->mlp_.push_back(std::move(mlp));
 
       AttentionShape shape;
@@ -213,14 +214,13 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
               ? config.sliding_window
               : 0;
       if (config.layer_is_linear[static_cast<size_t>(l)]) {
-        HYB_ASSIGN_OR_RETURN(
-            auto mixer,
-            LinearMixer::FromTensors(
-                shape, *config.linear_mixer,
-                [&](const std::string& name, std::vector<int64_t> dims) {
-                  return load.Get(p + name, std::move(dims));
-                },
-                [&](const std::string& name) { return load.Has(p + name); }));
+        HYB_ASSIGN_OR_RETURN(auto mixer,
+                             LinearMixer::FromTensors(
+                                 shape, *config.linear_mixer,
+                                 [&](const std::string& name, std::vector<int64_t> dims) {
+                                   return load.Get(p + name, std::move(dims));
+                                 },
+                                 [&](const std::string& name) { return load.Has(p + name); }));
         m->mixers_.push_back(std::move(mixer));
         continue;
       }
@@ -234,10 +234,10 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
       HYB_ASSIGN_OR_RETURN(a.k_bias, load.GetIf(config.qkv_bias, s + "k_proj.bias", {kv_out}));
       HYB_ASSIGN_OR_RETURN(a.v_bias, load.GetIf(config.qkv_bias, s + "v_proj.bias", {kv_out}));
       HYB_ASSIGN_OR_RETURN(a.o_bias, load.GetIf(config.o_bias, s + "o_proj.bias", {h}));
-      HYB_ASSIGN_OR_RETURN(a.q_norm, load.GetIf(config.qk_norm, s + "q_norm.weight",
-                                                {config.head_dim}));
-      HYB_ASSIGN_OR_RETURN(a.k_norm, load.GetIf(config.qk_norm, s + "k_norm.weight",
-                                                {config.head_dim}));
+      HYB_ASSIGN_OR_RETURN(a.q_norm,
+                           load.GetIf(config.qk_norm, s + "q_norm.weight", {config.head_dim}));
+      HYB_ASSIGN_OR_RETURN(a.k_norm,
+                           load.GetIf(config.qk_norm, s + "k_norm.weight", {config.head_dim}));
       m->mixers_.push_back(std::make_shared<SoftmaxAttentionMixer>(shape, std::move(a)));
     }
     const auto unused = load.Unused();
@@ -272,8 +272,9 @@ StatusOr<at::Tensor> DecoderModel::Forward(const at::Tensor& input_ids, DecodeSt
                                            LayerTaps* taps) const {
   HYB_RETURN_IF_ERROR(CheckIds(input_ids, config_.vocab_size));
   if (state != nullptr && state->length < 0) {
-    return FailedPrecondition("decode state is unusable after a failed forward pass; start a "
-                              "new one with NewDecodeState()");
+    return FailedPrecondition(
+        "decode state is unusable after a failed forward pass; start a "
+        "new one with NewDecodeState()");
   }
   if (state != nullptr && state->layers.size() != mixers_.size()) {
     return InvalidArgument("decode state has " + std::to_string(state->layers.size()) +
@@ -296,8 +297,8 @@ StatusOr<at::Tensor> DecoderModel::ForwardFrom(int64_t first_layer, const at::Te
                            std::to_string(num_layers()) + "]");
   }
   if (!residual.defined() || residual.dim() != 3 || residual.size(2) != config_.hidden_size) {
-    return InvalidArgument("residual stream must be [B, T, " +
-                           std::to_string(config_.hidden_size) + "]");
+    return InvalidArgument("residual stream must be [B, T, " + std::to_string(config_.hidden_size) +
+                           "]");
   }
   if (state != nullptr && (state->length < 0 || state->layers.size() != mixers_.size())) {
     return FailedPrecondition("decode state is unusable or belongs to another model");
@@ -344,8 +345,7 @@ at::Tensor DecoderModel::RunLayers(int64_t first_layer, at::Tensor h, DecodeStat
   return kernels::Linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
 }
 
-StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt,
-                                                  int64_t max_new_tokens,
+StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt, int64_t max_new_tokens,
                                                   const std::vector<int64_t>& stop_ids) const {
   if (max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
   HYB_RETURN_IF_ERROR(CheckIds(prompt, config_.vocab_size));
@@ -357,7 +357,7 @@ StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt,
     std::vector<int64_t> done(static_cast<size_t>(b), -1);  // the stop id a row ended with
     at::Tensor next_input = out;
     for (int64_t step = 0; step < max_new_tokens; ++step) {
-      const at::Tensor logits = ForwardImpl(next_input, &state, nullptr);  // [B, T, V]
+      const at::Tensor logits = ForwardImpl(next_input, &state, nullptr);              // [B, T, V]
       at::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1).to(at::kCPU);  // [B]
       auto acc = next.accessor<int64_t, 1>();
       bool all_done = true;
@@ -391,9 +391,8 @@ namespace {
 // against the PyTorch wheel's libtorch).
 void RemoveTree(const std::string& path) {
   ::nftw(
-      path.c_str(),
-      [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-      FTW_DEPTH | FTW_PHYS);
+      path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); },
+      16, FTW_DEPTH | FTW_PHYS);
 }
 
 Status CopyFileIfExists(const std::string& from, const std::string& to) {

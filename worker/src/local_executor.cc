@@ -4,8 +4,8 @@
 
 #include <chrono>
 
-#include "hyb/storage/job_layout.h"
 #include "hyb/storage/fingerprint.h"
+#include "hyb/storage/job_layout.h"
 #include "hyb/storage/token_dataset.h"
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/distill.h"
@@ -80,12 +80,12 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
     auto teacher_tok = storage::FingerprintFile(spec.teacher + "/tokenizer.json");
     if (!teacher_tok.ok()) return teacher_tok.status().WithContext("teacher");
     if (recorded.get<std::string>() != *teacher_tok) {
-      return InvalidArgument(
-          "distill.data: " + spec.distill.data + " was tokenized with " +
-          (*data)->meta().value("tokenizer", std::string("another tokenizer")) + " (fingerprint " +
-          recorded.get<std::string>() + "), not the teacher's " + spec.teacher +
-          "/tokenizer.json (" + *teacher_tok + "); run `hybridize prepare --tokenizer " +
-          spec.teacher + "` on its text again");
+      return InvalidArgument("distill.data: " + spec.distill.data + " was tokenized with " +
+                             (*data)->meta().value("tokenizer", std::string("another tokenizer")) +
+                             " (fingerprint " + recorded.get<std::string>() +
+                             "), not the teacher's " + spec.teacher + "/tokenizer.json (" +
+                             *teacher_tok + "); run `hybridize prepare --tokenizer " +
+                             spec.teacher + "` on its text again");
     }
   }
   const int64_t need = spec.distill.batch_size * spec.distill.sequence_length;

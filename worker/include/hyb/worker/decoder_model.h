@@ -59,8 +59,8 @@ struct LayerTaps {
 };
 
 struct MlpWeights {
-  at::Tensor gate_proj, up_proj, down_proj;   // [out, in]
-  at::Tensor gate_bias, up_bias, down_bias;   // llama with mlp_bias, else undefined
+  at::Tensor gate_proj, up_proj, down_proj;  // [out, in]
+  at::Tensor gate_bias, up_bias, down_bias;  // llama with mlp_bias, else undefined
 };
 
 class DecoderModel {
