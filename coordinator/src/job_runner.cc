@@ -80,25 +80,17 @@ StatusOr<Json> InputFingerprints(const JobSpec& spec) {
   return out;
 }
 
-// "teacher/model.safetensors, task.test": the inputs whose fingerprints differ.
+// "teacher/model.safetensors, task.test": the inputs whose fingerprints differ. Flattened, each
+// file is one key ("/teacher/model.safetensors"; a missing input is null).
 std::string ChangedInputs(const Json& before, const Json& now) {
+  const Json a = before.flatten(), b = now.flatten();
+  std::set<std::string> keys;
+  for (const auto& [key, v] : a.items()) keys.insert(key);
+  for (const auto& [key, v] : b.items()) keys.insert(key);
   std::string out;
-  auto add = [&out](const std::string& what) { out += (out.empty() ? "" : ", ") + what; };
-  for (const auto& [field, value] : now.items()) {
-    const Json old = before.contains(field) ? before[field] : Json(nullptr);
-    if (old == value) continue;
-    if (value.is_object() && old.is_object()) {
-      std::set<std::string> names;
-      for (const auto& [name, v] : value.items()) names.insert(name);
-      for (const auto& [name, v] : old.items()) names.insert(name);
-      for (const auto& name : names) {
-        if (!value.contains(name) || !old.contains(name) || value[name] != old[name]) {
-          add(field + "/" + name);
-        }
-      }
-    } else {
-      add(field);
-    }
+  for (const auto& key : keys) {
+    if (a.value(key, Json()) == b.value(key, Json())) continue;
+    out += (out.empty() ? "" : ", ") + key.substr(1);
   }
   return out;
 }

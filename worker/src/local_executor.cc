@@ -109,10 +109,6 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
 StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
                                                const ProgressFn& progress) {
   if (tokenizer_ == nullptr) return FailedPrecondition("distill before Validate");
-  if (teacher_ == nullptr) {
-    HYB_ASSIGN_OR_RETURN(auto teacher, DecoderModel::Load(spec_.teacher, runtime_));
-    teacher_ = std::move(teacher);
-  }
   HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, MixerOptions(spec_.mixer));
   HYB_ASSIGN_OR_RETURN(auto data, storage::TokenDataset::Open(spec_.distill.data));
   DistillOptions o;
@@ -171,10 +167,6 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
       LoadSplit(path, kind_,
                 split == "test" ? spec_.task.max_test_examples : spec_.task.max_validation_examples,
                 "task." + split));
-  if (teacher_ == nullptr) {
-    HYB_ASSIGN_OR_RETURN(auto teacher, DecoderModel::Load(spec_.teacher, runtime_));
-    teacher_ = std::move(teacher);
-  }
   if (distilled_.empty()) {
     std::vector<std::shared_ptr<const TokenMixer>> linear(
         static_cast<size_t>(teacher_->num_layers()));

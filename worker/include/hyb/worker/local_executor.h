@@ -32,7 +32,8 @@ class LocalExecutor : public TaskExecutor {
   JobSpec spec_;
   RuntimePlacement placement_;
   RuntimeOptions runtime_;
-  // Loaded once: distillation reads it, every evaluator runs on a ShareWeights() view of it.
+  // Loaded once by Validate: distillation reads it, every evaluator runs on a ShareWeights()
+  // view of it.
   std::shared_ptr<const DecoderModel> teacher_;
   // The distilled mixers, loaded once for all splits (null where a layer has none).
   std::vector<std::shared_ptr<const TokenMixer>> distilled_;
