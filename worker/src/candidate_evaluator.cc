@@ -115,11 +115,17 @@ bool CandidateEvaluator::MayRecord(const PrefixCache* into, const std::vector<in
 void CandidateEvaluator::Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
                                int64_t shared_below) {
   // Residuals below `shared_below` are the base's own tensors (Compose): no new memory.
-  for (size_t j = static_cast<size_t>(shared_below); j < entry.residual.size(); ++j) {
-    cache_bytes_ += TensorBytes(entry.residual[j]);
-  }
-  for (const auto& s : entry.states) cache_bytes_ += s ? s->Bytes() : 0;
+  cache_bytes_ += entry.Bytes(shared_below);
   (*into)[key] = std::move(entry);
+}
+
+int64_t CandidateEvaluator::CacheEntry::Bytes(int64_t from_layer) const {
+  int64_t bytes = 0;
+  for (size_t j = static_cast<size_t>(from_layer); j < residual.size(); ++j) {
+    bytes += TensorBytes(residual[j]);
+  }
+  for (const auto& s : states) bytes += s ? s->Bytes() : 0;
+  return bytes;
 }
 
 // The residual streams of a model that equals the cached base below `first_layer`: the base's
@@ -314,10 +320,7 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::EvaluateAndCache(
     ev.seconds = 0;
     recordings_.clear();
     cache_bytes_ = 0;
-    for (const auto& [key, e] : cache_) {
-      for (const auto& t : e.residual) cache_bytes_ += TensorBytes(t);
-      for (const auto& st : e.states) cache_bytes_ += st ? st->Bytes() : 0;
-    }
+    for (const auto& [key, e] : cache_) cache_bytes_ += e.Bytes();
     cache_base_ = linear_layers;
     cache_valid_ = true;
     return ev;

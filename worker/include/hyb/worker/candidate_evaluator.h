@@ -82,6 +82,8 @@ class CandidateEvaluator {
   struct CacheEntry {
     std::vector<at::Tensor> residual;                 // [1, T, hidden] per layer
     std::vector<std::unique_ptr<MixerState>> states;  // after the prompt (generation only)
+    // Memory held, counting residuals from layer `from_layer` on (those below may be shared).
+    int64_t Bytes(int64_t from_layer = 0) const;
   };
   using PrefixCache = std::map<std::vector<int64_t>, CacheEntry>;  // by token sequence
   CandidateEvaluator() = default;
