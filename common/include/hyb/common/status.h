@@ -60,6 +60,9 @@ inline Status IoError(std::string m) { return {StatusCode::kIoError, std::move(m
 inline Status FailedPrecondition(std::string m) {
   return {StatusCode::kFailedPrecondition, std::move(m)};
 }
+inline Status AlreadyExists(std::string m) { return {StatusCode::kAlreadyExists, std::move(m)}; }
+inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
+inline Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
 
 // Either a value or a non-OK Status. Accessing value() of an error is a programming bug
 // (asserts in debug builds).
