@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "hyb/kernels/cuda_ops.h"
+
 namespace hyb::kernels {
 namespace {
 
@@ -24,10 +26,33 @@ at::Tensor PadTime(const at::Tensor& x, int64_t t) {
   return at::cat({x, at::zeros(shape, x.options())}, 2);
 }
 
+#ifdef HYB_WITH_CUDA
+// The CUDA kernels have no backward yet: they serve only calls that need no gradient.
+bool NeedsGrad(std::initializer_list<at::Tensor> xs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor& x : xs) {
+    if (x.defined() && x.requires_grad()) return true;
+  }
+  return false;
+}
+#endif
+
 }  // namespace
 
 LinearAttentionOutput GlaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& g, double scale, const at::Tensor& state) {
+#ifdef HYB_WITH_CUDA
+  if (!NeedsGrad({q, k, v, g, state}) && cuda::LinearStepSupported(q, k, v, state) &&
+      g.sizes() == q.sizes() && g.device() == q.device()) {
+    return cuda::GlaStep(q, k, v, g, scale, state);
+  }
+#endif
+  return GlaStepReference(q, k, v, g, scale, state);
+}
+
+LinearAttentionOutput GlaStepReference(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& g, double scale,
+                                       const at::Tensor& state) {
   // S = diag(exp(g)) S + k v^T
   at::Tensor s = state * g.exp().unsqueeze(-1) + k.unsqueeze(-1) * v.unsqueeze(-2);
   at::Tensor o = at::matmul(q.unsqueeze(-2), s).squeeze(-2) * scale;  // [B, H, V]
@@ -37,6 +62,20 @@ LinearAttentionOutput GlaStep(const at::Tensor& q, const at::Tensor& k, const at
 LinearAttentionOutput GatedDeltaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& g, const at::Tensor& beta, double scale,
                                      const at::Tensor& state) {
+#ifdef HYB_WITH_CUDA
+  if (!NeedsGrad({q, k, v, g, beta, state}) && cuda::LinearStepSupported(q, k, v, state) &&
+      g.dim() == 2 && beta.dim() == 2 && g.size(0) == q.size(0) && g.size(1) == q.size(1) &&
+      beta.sizes() == g.sizes() && g.device() == q.device() && beta.device() == q.device()) {
+    return cuda::GatedDeltaStep(q, k, v, g, beta, scale, state);
+  }
+#endif
+  return GatedDeltaStepReference(q, k, v, g, beta, scale, state);
+}
+
+LinearAttentionOutput GatedDeltaStepReference(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& g,
+                                              const at::Tensor& beta, double scale,
+                                              const at::Tensor& state) {
   // S = a (S - beta k (k^T S)) + beta k v^T  ==  a S + k (beta (v - a S^T k))^T
   const at::Tensor a = g.exp().unsqueeze(-1).unsqueeze(-1);               // [B, H, 1, 1]
   const at::Tensor decayed = state * a;                                    // a S
@@ -55,7 +94,8 @@ LinearAttentionOutput GlaRecurrent(const at::Tensor& q, const at::Tensor& k, con
   at::Tensor s = initial_state.defined() ? initial_state : ZeroState(k, v);
   std::vector<at::Tensor> outs;
   for (int64_t t = 0; t < q.size(2); ++t) {
-    auto step = GlaStep(q.select(2, t), k.select(2, t), v.select(2, t), g.select(2, t), scale, s);
+    auto step = GlaStepReference(q.select(2, t), k.select(2, t), v.select(2, t), g.select(2, t),
+                                 scale, s);
     outs.push_back(step.output);
     s = step.final_state;
   }
@@ -72,7 +112,7 @@ LinearAttentionOutput GatedDeltaRecurrent(const at::Tensor& q, const at::Tensor&
   at::Tensor s = initial_state.defined() ? initial_state : ZeroState(k, v);
   std::vector<at::Tensor> outs;
   for (int64_t t = 0; t < q.size(2); ++t) {
-    auto step = GatedDeltaStep(q.select(2, t), k.select(2, t), v.select(2, t), g.select(2, t),
+    auto step = GatedDeltaStepReference(q.select(2, t), k.select(2, t), v.select(2, t), g.select(2, t),
                                beta.select(2, t), scale, s);
     outs.push_back(step.output);
     s = step.final_state;
@@ -83,6 +123,22 @@ LinearAttentionOutput GatedDeltaRecurrent(const at::Tensor& q, const at::Tensor&
 LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& g, double scale, const at::Tensor& initial_state,
                                  int64_t chunk_size) {
+  CheckQkv(q, k, v, "GlaChunked");
+  TORCH_CHECK(g.sizes() == k.sizes(), "GlaChunked: g must match k");
+  TORCH_CHECK(chunk_size > 0, "GlaChunked: chunk_size must be positive");
+#ifdef HYB_WITH_CUDA
+  // The kernel's chunk length is its own (the result does not depend on it).
+  if (!NeedsGrad({q, k, v, g, initial_state}) &&
+      cuda::GlaChunkedSupported(q, k, v, g, initial_state)) {
+    return cuda::GlaChunked(q, k, v, g, scale, initial_state);
+  }
+#endif
+  return GlaChunkedReference(q, k, v, g, scale, initial_state, chunk_size);
+}
+
+LinearAttentionOutput GlaChunkedReference(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g, double scale,
+                                          const at::Tensor& initial_state, int64_t chunk_size) {
   CheckQkv(q, k, v, "GlaChunked");
   TORCH_CHECK(g.sizes() == k.sizes(), "GlaChunked: g must match k");
   TORCH_CHECK(chunk_size > 0, "GlaChunked: chunk_size must be positive");

@@ -4,6 +4,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+
+#include "hyb/kernels/linear_attention.h"
+
 namespace hyb::kernels::cuda {
 
 // True when RmsNorm below handles these tensors (same CUDA device, fp32/bf16/fp16, same dtype).
@@ -12,5 +16,30 @@ bool RmsNormSupported(const at::Tensor& x, const at::Tensor& weight);
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // Threads per block the RMSNorm kernel uses for rows of `cols` elements.
 int RmsNormBlockSize(int64_t cols);
+
+// Chunked GLA forward (kernels/cuda/gla_chunked.cu). Supported: q, k, v bf16 on one CUDA device,
+// [B, H, T, K] / [B, H, T, V] with K, V in {64, 128}; g any float type (used as fp32);
+// initial_state undefined or [B, H, K, V] of any float type (used as fp32). Returns the output
+// in bf16 and the final state in fp32. Forward only (no autograd).
+bool GlaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& g, const at::Tensor& initial_state);
+LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& g, double scale,
+                                 const at::Tensor& initial_state);
+// Chunks per parallel segment the GLA kernel uses for B*H sequences of `tokens` on a device
+// with `num_sms` multiprocessors (host-testable tile math; the whole sequence when B*H fills it).
+int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
+
+// Single-token decoding steps (kernels/cuda/linear_attention_step.cu). Supported: q, k, v
+// [B, H, K] / [B, H, V] all fp32 or all bf16 on one CUDA device, state fp32 [B, H, K, V],
+// K <= 256, V a multiple of 4, B*H <= 65535. g (and beta) are converted to q's type. Returns o in
+// q's type and a new fp32 state. Forward only (no autograd).
+bool LinearStepSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& state);
+LinearAttentionOutput GlaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& g, double scale, const at::Tensor& state);
+LinearAttentionOutput GatedDeltaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& g, const at::Tensor& beta, double scale,
+                                     const at::Tensor& state);
 
 }  // namespace hyb::kernels::cuda

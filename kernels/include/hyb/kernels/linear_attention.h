@@ -4,6 +4,11 @@
 // implementations below are composed of differentiable ATen ops, so autograd provides their
 // backward; CUDA kernels plug in behind these functions without touching callers.
 //
+// With HYB_CUDA, calls that need no gradient go to a CUDA kernel when the tensors are on a GPU
+// and the kernel supports them (kernels/cuda_ops.h lists what): GlaChunked for bf16 q/k/v with
+// K, V in {64, 128} (output bf16, final state fp32), GlaStep / GatedDeltaStep for fp32 or bf16
+// q/k/v with an fp32 state. Everything else runs the *Reference functions, which stay the oracle.
+//
 // Shapes: B batch, H heads, T tokens, K key dim, V value dim. States are [B, H, K, V] and the
 // output at step t is o_t = scale * S_t^T q_t. All math runs in the inputs' dtype; callers pass
 // fp32 (or fp64 in tests).
@@ -30,6 +35,9 @@ LinearAttentionOutput GlaRecurrent(const at::Tensor& q, const at::Tensor& k, con
 LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& g, double scale, const at::Tensor& initial_state,
                                  int64_t chunk_size);
+LinearAttentionOutput GlaChunkedReference(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g, double scale,
+                                          const at::Tensor& initial_state, int64_t chunk_size);
 
 // Gated delta rule (Gated DeltaNet, arXiv 2412.06464), scalar decay and write strength per head:
 //   S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale * S_t^T q_t
@@ -51,5 +59,13 @@ LinearAttentionOutput GlaStep(const at::Tensor& q, const at::Tensor& k, const at
 LinearAttentionOutput GatedDeltaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& g, const at::Tensor& beta, double scale,
                                      const at::Tensor& state);
+// The ATen compositions behind the three functions above (always these, whatever the device).
+LinearAttentionOutput GlaStepReference(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& g, double scale,
+                                       const at::Tensor& state);
+LinearAttentionOutput GatedDeltaStepReference(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& g,
+                                              const at::Tensor& beta, double scale,
+                                              const at::Tensor& state);
 
 }  // namespace hyb::kernels

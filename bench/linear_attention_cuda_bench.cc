@@ -1,0 +1,155 @@
+// GPU speed of the linear-attention kernels at the shapes of issue 11, beside LibTorch's fused
+// causal SDPA measured in the same process: bf16, 32K tokens per batch, 16 heads, head dim 128,
+// T in {2K, 8K, 32K} (batch = 32K / T); and batched decoding steps (state fp32) against SDPA
+// decoding one token over a bf16 KV cache. fla's numbers come from
+// ../shared/reference/linear_attention_ops.py run in the same session.
+//
+//   linear_attention_cuda_bench [--hbm-tbps 4.8] [--json FILE]
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "hyb/common/json_util.h"
+#include "hyb/kernels/attention.h"
+#include "hyb/kernels/linear_attention.h"
+
+namespace {
+
+constexpr int64_t kHeads = 16, kDim = 128, kTokens = 32768;
+
+// Median over 7 batches of the mean time of `reps` back-to-back calls, after a warm-up batch.
+double TimeMs(const std::function<void()>& f, int reps) {
+  for (int i = 0; i < reps; ++i) f();
+  torch::cuda::synchronize();
+  std::vector<double> ms;
+  for (int batch = 0; batch < 7; ++batch) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) f();
+    torch::cuda::synchronize();
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+        reps);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  double hbm_tbps = 4.8;
+  std::string json_path;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--hbm-tbps") {
+      hbm_tbps = std::stod(v);
+    } else if (k == "--json") {
+      json_path = v;
+    } else {
+      std::cerr << "unknown flag " << k << "\n";
+      return 2;
+    }
+  }
+  if (!torch::cuda::is_available()) {
+    std::cerr << "linear_attention_cuda_bench: no CUDA device\n";
+    return 1;
+  }
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(kDim));
+  hyb::Json rows = hyb::Json::array();
+  at::NoGradGuard no_grad;
+
+  std::cout << "| op | T | B | ms | GB/s | HBM bound ms |\n|---|---|---|---|---|---|\n";
+  for (const int64_t t : {2048, 8192, 32768}) {
+    const int64_t b = kTokens / t;
+    torch::manual_seed(0);
+    const at::Tensor q = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16);
+    at::Tensor k = at::randn({b, kHeads, t, kDim}, f32);
+    k = (k / k.norm(2, -1, true)).to(at::kBFloat16);
+    const at::Tensor v = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16);
+    const at::Tensor g = at::log_sigmoid(at::randn({b, kHeads, t, kDim}, f32)) / 16;
+    // Bytes that must move: q, k, v, o in bf16, g in fp32 (as fla's reference script counts).
+    const double bytes = static_cast<double>(b * kHeads * t * kDim) * (2 * 4 + 4);
+    const double bound_ms = bytes / (hbm_tbps * 1e12) * 1e3;
+    const double gla_ms = TimeMs([&] { hyb::kernels::GlaChunked(q, k, v, g, scale, {}, 64); }, 10);
+    hyb::kernels::AttentionOptions ao;
+    ao.scale = scale;
+    const double sdpa_ms = TimeMs([&] { hyb::kernels::SoftmaxAttention(q, k, v, ao); }, 10);
+    auto row = [&](const std::string& op, double ms, bool with_bw) {
+      std::cout << "| " << op << " | " << t << " | " << b << " | " << std::fixed
+                << std::setprecision(3) << ms << " | ";
+      if (with_bw) {
+        std::cout << std::setprecision(0) << bytes / (ms * 1e-3) / 1e9 << " | "
+                  << std::setprecision(3) << bound_ms;
+      } else {
+        std::cout << " | ";
+      }
+      std::cout << " |\n";
+      rows.push_back({{"op", op},
+                      {"T", t},
+                      {"B", b},
+                      {"fwd_ms", ms},
+                      {"hbm_bound_ms", with_bw ? bound_ms : 0.0}});
+    };
+    row("gla_chunked_cuda fwd", gla_ms, true);
+    row("sdpa_causal fwd", sdpa_ms, false);
+  }
+
+  // Decoding: one token for B sequences, 16 heads, K = V = 128, fp32 state read and written.
+  std::cout
+      << "\n| op | batch | ctx | us/step | tokens/s | state GB/s |\n|---|---|---|---|---|---|\n";
+  for (const int64_t b : {1, 4, 16, 64, 256}) {
+    torch::manual_seed(1);
+    const auto bf = f32.dtype(at::kBFloat16);
+    const at::Tensor q = at::randn({b, kHeads, kDim}, bf), v = at::randn({b, kHeads, kDim}, bf);
+    at::Tensor k = at::randn({b, kHeads, kDim}, f32);
+    k = (k / k.norm(2, -1, true)).to(at::kBFloat16);
+    const at::Tensor g =
+        (at::log_sigmoid(at::randn({b, kHeads, kDim}, f32)) / 16).to(at::kBFloat16);
+    const at::Tensor gh = at::log_sigmoid(at::randn({b, kHeads}, f32)).to(at::kBFloat16);
+    const at::Tensor beta = at::sigmoid(at::randn({b, kHeads}, f32)).to(at::kBFloat16);
+    const at::Tensor s = at::randn({b, kHeads, kDim, kDim}, f32) * 0.1;
+    const double state_bytes = 2.0 * static_cast<double>(s.numel()) * 4;
+    auto decode_row = [&](const std::string& op, int64_t ctx, double ms, double moved) {
+      std::cout << "| " << op << " | " << b << " | " << ctx << " | " << std::fixed
+                << std::setprecision(1) << ms * 1e3 << " | " << std::setprecision(0)
+                << b / (ms * 1e-3) << " | " << moved / (ms * 1e-3) / 1e9 << " |\n";
+      rows.push_back({{"op", op},
+                      {"batch", b},
+                      {"ctx", ctx},
+                      {"step_ms", ms},
+                      {"tokens_per_s", b / (ms * 1e-3)}});
+    };
+    decode_row("gla_step_cuda", 0, TimeMs([&] { hyb::kernels::GlaStep(q, k, v, g, scale, s); }, 50),
+               state_bytes);
+    decode_row("gated_delta_step_cuda", 0,
+               TimeMs([&] { hyb::kernels::GatedDeltaStep(q, k, v, gh, beta, scale, s); }, 50),
+               state_bytes);
+    for (const int64_t ctx : {4096, 16384, 65536}) {
+      const double kv_bytes = 2.0 * b * kHeads * ctx * kDim * 2;
+      if (kv_bytes > 40e9) {
+        std::cout << "| sdpa_decode_kv_cache | " << b << " | " << ctx
+                  << " | skipped: KV cache over 40 GB | | |\n";
+        continue;
+      }
+      const at::Tensor kc = at::randn({b, kHeads, ctx, kDim}, bf);
+      const at::Tensor vc = at::randn({b, kHeads, ctx, kDim}, bf);
+      const at::Tensor q1 = q.unsqueeze(2);
+      hyb::kernels::AttentionOptions ao;
+      ao.scale = scale;
+      ao.q_offset = ctx - 1;
+      decode_row("sdpa_decode_kv_cache", ctx,
+                 TimeMs([&] { hyb::kernels::SoftmaxAttention(q1, kc, vc, ao); }, 20), kv_bytes);
+    }
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
+  return 0;
+}

@@ -1,0 +1,517 @@
+// Chunked GLA forward for sm_80+ (tuned on sm_90): bf16 q/k/v, fp32 gates, state and
+// accumulation, tensor-core products through mma.sync m16n8k16.
+//
+// One thread block walks the chunks (64 tokens) of one segment of one (batch, head) in order,
+// keeping the [K, V] state in registers. Per chunk, with b_t = cumulative log2 decay inside the
+// chunk (b_t includes g_t):
+//   A[t, s] = sum_d q_t[d] k_s[d] 2^(b_t[d] - b_s[d])   for s <= t (intra-chunk scores)
+//   o_t     = scale * (sum_d q_t[d] 2^b_t[d] S[d, :] + sum_{s<=t} A[t, s] v_s)
+//   S      <- 2^b_C * S + sum_s (k_s 2^(b_C - b_s)) v_s^T
+// Every exponent is kept <= 0 except inside a diagonal 16x8 score tile, where it is bounded by
+// 7 steps of decay: A's tiles of 8 key columns use the decay at their last column as reference,
+// so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1 off the diagonal. Exact for per-token log
+// decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates).
+//
+// Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
+// each segment's own state (from zero) and total decay, a scan over segments turns these into
+// start states, pass 2 produces outputs from them. Otherwise pass 2 alone runs, one segment per
+// sequence.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "cuda_check.h"
+#include "linear_attention_launch.h"
+
+namespace hyb::kernels::cuda {
+namespace {
+
+constexpr int kC = kGlaChunk;  // tokens per chunk
+constexpr int kThreads = 256;  // 8 warps
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
+
+__device__ __forceinline__ float Bf16ToFloat(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+
+// D += A (16x16, row-major) * B (16x8, column-major); bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 bf16 matrices, transposed: the B fragments of two n8 tiles of a row-major [k][n] tile.
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* row_ptr) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row_ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_size = valid ? 16 : 0;  // 0: fill with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(src_size));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Shared-memory layout (bytes). Rows are padded by 16 bytes (8 bf16 / 8 fp32 for the gates) so
+// that fragment loads of 8 rows x 4 lanes fall in distinct banks.
+template <int K, int V>
+struct Layout {
+  static constexpr int kKP = K + 8;   // q, k and St row pitch (elements)
+  static constexpr int kVP = V + 8;   // v row pitch
+  static constexpr int kBP = K + 8;   // gates / cumulative decay row pitch (floats)
+  static constexpr int kAP = kC + 8;  // scores row pitch
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + kC * kKP * 2;
+  static constexpr int kV = kK + kC * kKP * 2;
+  static constexpr int kB = kV + kC * kVP * 2;
+  static constexpr int kStage = kB + kC * kBP * 4;
+  static constexpr int kSt = 2 * kStage;          // chunk-start state, bf16, [V][K] (transposed)
+  static constexpr int kA = kSt + V * kKP * 2;    // scores, bf16, [C][C]
+  static constexpr int kTot = kA + kC * kAP * 2;  // cumsum partial totals, fp32, [4][K]
+  static constexpr int kBytes = kTot + 4 * K * 4;
+};
+
+struct KernelArgs {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  const float* g;
+  const float* initial_state;  // per sequence, or null
+  __nv_bfloat16* o;
+  float* final_state;
+  float* seg_state;  // [BH, nseg, K, V]: pass 1 writes local states, the scan start states
+  float* seg_decay;  // [BH, nseg, K]: log2 decay over each segment
+  int64_t tokens;
+  int nseg;        // segments per sequence
+  int grid_segs;   // segments per sequence covered by this launch's grid
+  int seg_chunks;  // chunks per segment
+  float scale;
+};
+
+// Copies rows [0, rows_valid) of a [kC][kCols] global tile into shared memory with row pitch
+// kPitch; rows past the end are zero-filled.
+template <int kCols, int kElemBytes, int kPitch>
+__device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t rows_valid, int tid) {
+  constexpr int kVecPerRow = kCols * kElemBytes / 16;
+  constexpr int kTotal = kC * kVecPerRow;
+  static_assert(kTotal % kThreads == 0, "tile does not split evenly over the block");
+#pragma unroll
+  for (int n = 0; n < kTotal / kThreads; ++n) {
+    const int i = tid + n * kThreads;
+    const int row = i / kVecPerRow, cv = i % kVecPerRow;
+    const bool ok = row < rows_valid;
+    const char* s = src + (static_cast<int64_t>(row) * kCols * kElemBytes + cv * 16);
+    CpAsync16(dst + (row * kPitch * kElemBytes + cv * 16), ok ? s : src, ok);
+  }
+}
+
+// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units.
+template <int K, int V>
+__device__ __forceinline__ void CumsumLog2(float* b, float* tot, int tid) {
+  using L = Layout<K, V>;
+  constexpr int kParts = kThreads / K, kRows = kC / kParts;
+  const int d = tid % K, part = tid / K;
+  float x[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) x[r] = b[(part * kRows + r) * L::kBP + d];
+  float run = 0.f;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    run += x[r] * kLog2e;
+    x[r] = run;
+  }
+  tot[part * K + d] = run;
+  __syncthreads();
+  float off = 0.f;
+  for (int p = 0; p < part; ++p) off += tot[p * K + d];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * L::kBP + d] = x[r] + off;
+  __syncthreads();
+}
+
+// q[row][d..d+1] * 2^(b[row][d..d+1] - ref), packed to bf16.
+template <int K, int V>
+__device__ __forceinline__ uint32_t ScaledQ(const __nv_bfloat16* qs, const float* bs, int row,
+                                            int d, float2 ref) {
+  using L = Layout<K, V>;
+  const __nv_bfloat162 q = *reinterpret_cast<const __nv_bfloat162*>(qs + row * L::kKP + d);
+  const float2 b = *reinterpret_cast<const float2*>(bs + row * L::kBP + d);
+  return PackBf16(__low2float(q) * Exp2(b.x - ref.x), __high2float(q) * Exp2(b.y - ref.y));
+}
+
+// k[row][d..d+1] * 2^(ref - b[row][d..d+1]), packed to bf16.
+template <int K, int V>
+__device__ __forceinline__ uint32_t ScaledK(const __nv_bfloat16* ks, const float* bs, int row,
+                                            int d, float2 ref) {
+  using L = Layout<K, V>;
+  const __nv_bfloat162 k = *reinterpret_cast<const __nv_bfloat162*>(ks + row * L::kKP + d);
+  const float2 b = *reinterpret_cast<const float2*>(bs + row * L::kBP + d);
+  return PackBf16(__low2float(k) * Exp2(ref.x - b.x), __high2float(k) * Exp2(ref.y - b.y));
+}
+
+template <int K, int V, bool kStateOnly>
+__global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
+#else
+  using L = Layout<K, V>;
+  extern __shared__ __align__(128) char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g8 = lane / 4, t4 = lane % 4;  // fragment row / column-pair of this lane
+
+  const int64_t bh = blockIdx.x / args.grid_segs;
+  const int seg = blockIdx.x % args.grid_segs;
+  const int64_t T = args.tokens;
+  const int nchunks = static_cast<int>((T + kC - 1) / kC);
+  const int c_begin = seg * args.seg_chunks;
+  const int c_end = min(c_begin + args.seg_chunks, nchunks);
+
+  const char* qg = reinterpret_cast<const char*>(args.q + bh * T * K);
+  const char* kg = reinterpret_cast<const char*>(args.k + bh * T * K);
+  const char* vg = reinterpret_cast<const char*>(args.v + bh * T * V);
+  const char* gg = reinterpret_cast<const char*>(args.g + bh * T * K);
+
+  auto load_chunk = [&](int c, int stage) {
+    char* base = smem + stage * L::kStage;
+    const int64_t t0 = static_cast<int64_t>(c) * kC;
+    const int64_t rows = T - t0;
+    if (!kStateOnly) CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * K * 2, rows, tid);
+    CopyTile<K, 2, L::kKP>(base + L::kK, kg + t0 * K * 2, rows, tid);
+    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * V * 2, rows, tid);
+    CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * K * 4, rows, tid);
+    CpAsyncCommit();
+  };
+
+  // State ownership: warp = (row block rb of 16 key rows) x (column split cs of V / kCS).
+  constexpr int kRB = K / 16, kCS = 8 / kRB, kSN = V / kCS / 8;
+  static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
+  const int rb = warp % kRB, cs = warp / kRB;
+  const int d_lo = 16 * rb + g8, d_hi = d_lo + 8;
+  const int col0 = cs * (V / kCS) + 2 * t4;  // + 8 j
+  float S[kSN][4];
+  {
+    const float* s0 = nullptr;
+    if (kStateOnly) {
+      s0 = nullptr;
+    } else if (args.nseg > 1) {
+      s0 = args.seg_state + (bh * args.nseg + seg) * K * V;
+    } else if (args.initial_state != nullptr) {
+      s0 = args.initial_state + bh * K * V;
+    }
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      float2 lo = make_float2(0.f, 0.f), hi = lo;
+      if (s0 != nullptr) {
+        lo = *reinterpret_cast<const float2*>(s0 + d_lo * V + col0 + 8 * j);
+        hi = *reinterpret_cast<const float2*>(s0 + d_hi * V + col0 + 8 * j);
+      }
+      S[j][0] = lo.x;
+      S[j][1] = lo.y;
+      S[j][2] = hi.x;
+      S[j][3] = hi.y;
+    }
+  }
+  __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(smem + L::kSt);
+  auto write_state_bf16 = [&] {
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      const int c = col0 + 8 * j;
+      st[c * L::kKP + d_lo] = __float2bfloat16_rn(S[j][0]);
+      st[(c + 1) * L::kKP + d_lo] = __float2bfloat16_rn(S[j][1]);
+      st[c * L::kKP + d_hi] = __float2bfloat16_rn(S[j][2]);
+      st[(c + 1) * L::kKP + d_hi] = __float2bfloat16_rn(S[j][3]);
+    }
+  };
+
+  if (c_begin < c_end) load_chunk(c_begin, 0);
+  if (!kStateOnly) write_state_bf16();
+  float log_decay_lo = 0.f, log_decay_hi = 0.f;
+  __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(smem + L::kA);
+  float* tot = reinterpret_cast<float*>(smem + L::kTot);
+
+  for (int c = c_begin; c < c_end; ++c) {
+    const int stage = (c - c_begin) & 1;
+    if (c + 1 < c_end) {
+      load_chunk(c + 1, stage ^ 1);  // that stage's last readers passed the previous barrier
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    char* base = smem + stage * L::kStage;
+    const __nv_bfloat16* qs = reinterpret_cast<const __nv_bfloat16*>(base + L::kQ);
+    const __nv_bfloat16* ks = reinterpret_cast<const __nv_bfloat16*>(base + L::kK);
+    const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + L::kV);
+    float* bs = reinterpret_cast<float*>(base + L::kB);
+    CumsumLog2<K, V>(bs, tot, tid);
+    const int64_t t0 = static_cast<int64_t>(c) * kC;
+
+    if (!kStateOnly) {
+      // Scores: 20 causal tiles of 16 query rows x 8 key columns, over 8 warps.
+      for (int idx = warp; idx < 20; idx += 8) {
+        const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
+        const int ct = idx - i * (i + 1);
+        const int r0 = 16 * i + g8, r1 = r0 + 8, s = 8 * ct + g8, ref = 8 * ct + 7;
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int kk = 0; kk < K / 16; ++kk) {
+          const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
+          const float2 rf0 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d0);
+          const float2 rf1 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d1);
+          const uint32_t a[4] = {
+              ScaledQ<K, V>(qs, bs, r0, d0, rf0), ScaledQ<K, V>(qs, bs, r1, d0, rf0),
+              ScaledQ<K, V>(qs, bs, r0, d1, rf1), ScaledQ<K, V>(qs, bs, r1, d1, rf1)};
+          Mma(acc, a, ScaledK<K, V>(ks, bs, s, d0, rf0), ScaledK<K, V>(ks, bs, s, d1, rf1));
+        }
+        const int col = 8 * ct + 2 * t4;
+        *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col) =
+            PackBf16(col <= r0 ? acc[0] : 0.f, col + 1 <= r0 ? acc[1] : 0.f);
+        *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col) =
+            PackBf16(col <= r1 ? acc[2] : 0.f, col + 1 <= r1 ? acc[3] : 0.f);
+      }
+      __syncthreads();
+
+      // Outputs: warp = (16 query rows) x (half of V).
+      {
+        constexpr int kNT = V / 16;
+        const int i = warp % 4, vh = warp / 4;
+        const int r0 = 16 * i + g8, r1 = r0 + 8;
+        const int n_base = vh * (V / 2);
+        float acc[kNT][4];
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        const float2 zero = make_float2(0.f, 0.f);
+#pragma unroll
+        for (int kk = 0; kk < K / 16; ++kk) {
+          const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
+          const uint32_t a[4] = {
+              ScaledQ<K, V>(qs, bs, r0, d0, zero), ScaledQ<K, V>(qs, bs, r1, d0, zero),
+              ScaledQ<K, V>(qs, bs, r0, d1, zero), ScaledQ<K, V>(qs, bs, r1, d1, zero)};
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const __nv_bfloat16* row = st + (n_base + 8 * j + g8) * L::kKP;
+            Mma(acc[j], a, *reinterpret_cast<const uint32_t*>(row + d0),
+                *reinterpret_cast<const uint32_t*>(row + d1));
+          }
+        }
+        for (int jj = 0; jj <= i; ++jj) {
+          const int s0 = 16 * jj + 2 * t4;
+          const uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(as + r0 * L::kAP + s0),
+                                 *reinterpret_cast<const uint32_t*>(as + r1 * L::kAP + s0),
+                                 *reinterpret_cast<const uint32_t*>(as + r0 * L::kAP + s0 + 8),
+                                 *reinterpret_cast<const uint32_t*>(as + r1 * L::kAP + s0 + 8)};
+          const int vrow = 16 * jj + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+          for (int jp = 0; jp < kNT / 2; ++jp) {
+            uint32_t b[4];
+            LdMatrixX4Trans(b, vs + vrow * L::kVP + n_base + 16 * jp + (lane >> 4) * 8);
+            Mma(acc[2 * jp], a, b[0], b[1]);
+            Mma(acc[2 * jp + 1], a, b[2], b[3]);
+          }
+        }
+        __nv_bfloat16* og = args.o + (bh * T + t0) * V;
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          const int col = n_base + 8 * j + 2 * t4;
+          if (t0 + r0 < T) {
+            *reinterpret_cast<uint32_t*>(og + r0 * V + col) =
+                PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
+          }
+          if (t0 + r1 < T) {
+            *reinterpret_cast<uint32_t*>(og + r1 * V + col) =
+                PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
+          }
+        }
+      }
+    }
+
+    // State: S <- 2^b_C S + (k 2^(b_C - b))^T v.
+    {
+      const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
+      log_decay_lo += bc_lo;
+      log_decay_hi += bc_hi;
+      const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
+#pragma unroll
+      for (int j = 0; j < kSN; ++j) {
+        S[j][0] *= e_lo;
+        S[j][1] *= e_lo;
+        S[j][2] *= e_hi;
+        S[j][3] *= e_hi;
+      }
+      auto kh = [&](int s, int d, float bc) {
+        return Bf16ToFloat(ks + s * L::kKP + d) * Exp2(bc - bs[s * L::kBP + d]);
+      };
+#pragma unroll
+      for (int kk = 0; kk < kC / 16; ++kk) {
+        const int sa = 16 * kk + 2 * t4, sb = sa + 8;
+        const uint32_t a[4] = {PackBf16(kh(sa, d_lo, bc_lo), kh(sa + 1, d_lo, bc_lo)),
+                               PackBf16(kh(sa, d_hi, bc_hi), kh(sa + 1, d_hi, bc_hi)),
+                               PackBf16(kh(sb, d_lo, bc_lo), kh(sb + 1, d_lo, bc_lo)),
+                               PackBf16(kh(sb, d_hi, bc_hi), kh(sb + 1, d_hi, bc_hi))};
+        const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int jp = 0; jp < kSN / 2; ++jp) {
+          uint32_t b[4];
+          LdMatrixX4Trans(b, vs + vrow * L::kVP + cs * (V / kCS) + 16 * jp + (lane >> 4) * 8);
+          Mma(S[2 * jp], a, b[0], b[1]);
+          Mma(S[2 * jp + 1], a, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // every read of this stage, St and the scores is done
+    if (!kStateOnly) write_state_bf16();
+  }
+
+  // Results: pass 1 its segment's local state and log2 decay; pass 2's last segment the state.
+  float* out = nullptr;
+  if (kStateOnly) {
+    out = args.seg_state + (bh * args.nseg + seg) * K * V;
+    if (cs == 0 && t4 == 0) {
+      float* dec = args.seg_decay + (bh * args.nseg + seg) * K;
+      dec[d_lo] = log_decay_lo;
+      dec[d_hi] = log_decay_hi;
+    }
+  } else if (seg == args.nseg - 1) {
+    out = args.final_state + bh * K * V;
+  }
+  if (out != nullptr) {
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      *reinterpret_cast<float2*>(out + d_lo * V + col0 + 8 * j) = make_float2(S[j][0], S[j][1]);
+      *reinterpret_cast<float2*>(out + d_hi * V + col0 + 8 * j) = make_float2(S[j][2], S[j][3]);
+    }
+  }
+#endif
+}
+
+// Start state of every segment: S_0 = initial (or 0); S_{i+1} = 2^decay_i S_i + local_i.
+// One thread per state element; seg_state holds local states on entry, start states on exit.
+__global__ void GlaSegmentScanKernel(float* seg_state, const float* seg_decay,
+                                     const float* initial_state, int nseg, int key_dim,
+                                     int value_dim) {
+  const int64_t kv = static_cast<int64_t>(key_dim) * value_dim;
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= kv) return;
+  const int64_t bh = blockIdx.y;
+  const int d = static_cast<int>(e / value_dim);
+  float s = initial_state != nullptr ? initial_state[bh * kv + e] : 0.f;
+  for (int i = 0; i < nseg; ++i) {
+    float* cell = seg_state + (bh * nseg + i) * kv + e;
+    const float local = *cell;
+    *cell = s;
+    if (i + 1 < nseg) s = Exp2(seg_decay[(bh * nseg + i) * key_dim + d]) * s + local;
+  }
+}
+
+template <int K, int V>
+cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
+  using L = Layout<K, V>;
+  const int64_t bh = p.batch * p.heads;
+  const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
+  const int seg_chunks =
+      p.segment_chunks > 0 ? p.segment_chunks : GlaSegmentChunks(bh, p.tokens, p.num_sms);
+  const int nseg = (nchunks + seg_chunks - 1) / seg_chunks;
+  KernelArgs a{};
+  a.q = static_cast<const __nv_bfloat16*>(p.q);
+  a.k = static_cast<const __nv_bfloat16*>(p.k);
+  a.v = static_cast<const __nv_bfloat16*>(p.v);
+  a.g = p.g;
+  a.initial_state = p.initial_state;
+  a.o = static_cast<__nv_bfloat16*>(p.o);
+  a.final_state = p.final_state;
+  a.tokens = p.tokens;
+  a.nseg = nseg;
+  a.seg_chunks = seg_chunks;
+  a.scale = p.scale;
+  if (nseg > 1) {
+    if (p.workspace == nullptr) return cudaErrorInvalidValue;
+    a.seg_state = static_cast<float*>(p.workspace);
+    a.seg_decay = a.seg_state + bh * nseg * K * V;
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, true>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+    a.grid_segs = nseg - 1;
+    GlaChunkKernel<K, V, true>
+        <<<static_cast<unsigned>(bh * (nseg - 1)), kThreads, L::kBytes, stream>>>(a);
+    HYB_CUDA_TRY(cudaGetLastError());
+    const dim3 grid(static_cast<unsigned>((K * V + 255) / 256), static_cast<unsigned>(bh));
+    GlaSegmentScanKernel<<<grid, 256, 0, stream>>>(a.seg_state, a.seg_decay, p.initial_state, nseg,
+                                                   K, V);
+    HYB_CUDA_TRY(cudaGetLastError());
+  }
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+  a.grid_segs = nseg;
+  GlaChunkKernel<K, V, false><<<static_cast<unsigned>(bh * nseg), kThreads, L::kBytes, stream>>>(a);
+  HYB_CUDA_TRY(cudaGetLastError());
+  return cudaSuccess;
+}
+
+}  // namespace
+
+bool GlaChunkedSupportsDims(int key_dim, int value_dim) {
+  return (key_dim == 64 || key_dim == 128) && (value_dim == 64 || value_dim == 128);
+}
+
+int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
+  const int64_t nchunks = std::max<int64_t>(1, (tokens + kC - 1) / kC);
+  if (batch_heads >= num_sms) return static_cast<int>(nchunks);
+  // About four blocks per multiprocessor over both passes, at least 4 chunks per segment.
+  const int64_t want = (4 * static_cast<int64_t>(num_sms) + batch_heads - 1) / batch_heads;
+  const int64_t per = std::max<int64_t>(4, (nchunks + want - 1) / want);
+  return static_cast<int>(std::min(per, nchunks));
+}
+
+size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
+  const int64_t bh = p.batch * p.heads;
+  const int64_t nchunks = (p.tokens + kC - 1) / kC;
+  const int seg_chunks =
+      p.segment_chunks > 0 ? p.segment_chunks : GlaSegmentChunks(bh, p.tokens, p.num_sms);
+  const int64_t nseg = (nchunks + seg_chunks - 1) / seg_chunks;
+  if (nseg <= 1) return 0;
+  return static_cast<size_t>(bh * nseg * p.key_dim * (p.value_dim + 1)) * sizeof(float);
+}
+
+cudaError_t LaunchGlaChunked(const GlaChunkedParams& p, cudaStream_t stream) {
+  if (!GlaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
+  if (p.batch * p.heads == 0) return cudaSuccess;
+  if (p.tokens == 0) {
+    // No tokens: the final state is the initial one.
+    const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;
+    if (p.initial_state != nullptr) {
+      HYB_CUDA_TRY(
+          cudaMemcpyAsync(p.final_state, p.initial_state, bytes, cudaMemcpyDeviceToDevice, stream));
+    } else {
+      HYB_CUDA_TRY(cudaMemsetAsync(p.final_state, 0, bytes, stream));
+    }
+    return cudaSuccess;
+  }
+  if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
+  if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
+  if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);
+  return LaunchDims<128, 128>(p, stream);
+}
+
+}  // namespace hyb::kernels::cuda

@@ -1,0 +1,172 @@
+// LibTorch boundary of the linear-attention kernels: which inputs they take, shape/dtype/device
+// checks, dtype conversions of the small operands, output allocation, current stream.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda_check.h"
+#include "hyb/kernels/cuda_ops.h"
+#include "linear_attention_launch.h"
+
+namespace hyb::kernels::cuda {
+namespace {
+
+bool OnDevice(const at::Tensor& x, const at::Device& device) {
+  return x.defined() && x.is_cuda() && x.device() == device;
+}
+
+bool IsFloating(const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
+}
+
+void Check(cudaError_t err, const char* op) {
+  if (err == cudaSuccess) return;
+  const CudaErrorSite& site = LastCudaErrorSite();
+  TORCH_CHECK(false, op, ": ", cudaGetErrorString(err), " at ", site.file, ":", site.line, " (",
+              site.statement, ")");
+}
+
+int NumSms(const at::Device& device) {
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device.index()) != cudaSuccess) {
+    return 132;
+  }
+  return n;
+}
+
+}  // namespace
+
+bool GlaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& g, const at::Tensor& initial_state) {
+  if (!q.defined() || !q.is_cuda()) return false;
+  const at::Device dev = q.device();
+  if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(g, dev)) return false;
+  if (q.scalar_type() != at::kBFloat16 || k.scalar_type() != at::kBFloat16 ||
+      v.scalar_type() != at::kBFloat16 || !IsFloating(g)) {
+    return false;
+  }
+  if (q.dim() != 4 || k.sizes() != q.sizes() || g.sizes() != q.sizes() || v.dim() != 4)
+    return false;
+  if (v.size(0) != q.size(0) || v.size(1) != q.size(1) || v.size(2) != q.size(2)) return false;
+  if (!GlaChunkedSupportsDims(static_cast<int>(q.size(3)), static_cast<int>(v.size(3)))) {
+    return false;
+  }
+  if (initial_state.defined()) {
+    if (!OnDevice(initial_state, dev) || !IsFloating(initial_state)) return false;
+    if (initial_state.sizes() != at::IntArrayRef{q.size(0), q.size(1), q.size(3), v.size(3)}) {
+      return false;
+    }
+  }
+  return true;
+}
+
+LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& g, double scale,
+                                 const at::Tensor& initial_state) {
+  TORCH_CHECK(GlaChunkedSupported(q, k, v, g, initial_state),
+              "cuda GlaChunked: unsupported inputs");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gc = g.to(at::kFloat).contiguous();
+  at::Tensor s0;
+  if (initial_state.defined()) s0 = initial_state.to(at::kFloat).contiguous();
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
+  at::Tensor o = at::empty({b, h, t, v.size(3)}, q.options());
+  at::Tensor s1 = at::empty({b, h, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
+  GlaChunkedParams p;
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gc.data_ptr<float>();
+  p.initial_state = s0.defined() ? s0.data_ptr<float>() : nullptr;
+  p.o = o.data_ptr();
+  p.final_state = s1.data_ptr<float>();
+  p.batch = b;
+  p.heads = h;
+  p.tokens = t;
+  p.key_dim = static_cast<int>(q.size(3));
+  p.value_dim = static_cast<int>(v.size(3));
+  p.scale = static_cast<float>(scale);
+  p.num_sms = NumSms(q.device());
+  at::Tensor workspace;
+  if (const size_t bytes = GlaChunkedWorkspaceBytes(p); bytes > 0) {
+    workspace = at::empty({static_cast<int64_t>(bytes)}, q.options().dtype(at::kByte));
+    p.workspace = workspace.data_ptr();
+  }
+  Check(LaunchGlaChunked(p, c10::cuda::getCurrentCUDAStream().stream()), "cuda GlaChunked");
+  return {o, s1};
+}
+
+bool LinearStepSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& state) {
+  if (!q.defined() || !q.is_cuda()) return false;
+  const at::Device dev = q.device();
+  if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(state, dev)) return false;
+  const auto t = q.scalar_type();
+  if ((t != at::kFloat && t != at::kBFloat16) || k.scalar_type() != t || v.scalar_type() != t ||
+      state.scalar_type() != at::kFloat) {
+    return false;
+  }
+  if (q.dim() != 3 || k.sizes() != q.sizes() || v.dim() != 3 || v.size(0) != q.size(0) ||
+      v.size(1) != q.size(1)) {
+    return false;
+  }
+  if (state.sizes() != at::IntArrayRef{q.size(0), q.size(1), q.size(2), v.size(2)}) return false;
+  return LinearStepSupportsDims(static_cast<int>(q.size(2)), static_cast<int>(v.size(2))) &&
+         q.size(0) * q.size(1) <= 65535;
+}
+
+namespace {
+
+LinearAttentionOutput Step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& g, const at::Tensor& beta, double scale,
+                           const at::Tensor& state, bool delta) {
+  const char* op = delta ? "cuda GatedDeltaStep" : "cuda GlaStep";
+  TORCH_CHECK(LinearStepSupported(q, k, v, state), op, ": unsupported inputs");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto type = q.scalar_type();
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gc = g.to(type).contiguous();
+  TORCH_CHECK(gc.numel() == (delta ? q.size(0) * q.size(1) : q.numel()), op, ": bad g shape");
+  at::Tensor bc;
+  if (delta) {
+    bc = beta.to(type).contiguous();
+    TORCH_CHECK(bc.numel() == q.size(0) * q.size(1), op, ": bad beta shape");
+  }
+  const at::Tensor sc = state.contiguous();
+  at::Tensor o = at::empty({q.size(0), q.size(1), v.size(2)}, q.options());
+  at::Tensor s1 = at::empty_like(sc);
+  LinearStepParams p;
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gc.data_ptr();
+  p.beta = delta ? bc.data_ptr() : nullptr;
+  p.state = sc.data_ptr<float>();
+  p.o = o.data_ptr();
+  p.new_state = s1.data_ptr<float>();
+  p.batch_heads = q.size(0) * q.size(1);
+  p.key_dim = static_cast<int>(q.size(2));
+  p.value_dim = static_cast<int>(v.size(2));
+  p.scale = static_cast<float>(scale);
+  p.bf16 = type == at::kBFloat16;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  Check(delta ? LaunchGatedDeltaStep(p, stream) : LaunchGlaStep(p, stream), op);
+  return {o, s1};
+}
+
+}  // namespace
+
+LinearAttentionOutput GlaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& g, double scale, const at::Tensor& state) {
+  return Step(q, k, v, g, at::Tensor(), scale, state, /*delta=*/false);
+}
+
+LinearAttentionOutput GatedDeltaStep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& g, const at::Tensor& beta, double scale,
+                                     const at::Tensor& state) {
+  return Step(q, k, v, g, beta, scale, state, /*delta=*/true);
+}
+
+}  // namespace hyb::kernels::cuda

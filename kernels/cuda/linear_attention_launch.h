@@ -1,0 +1,77 @@
+// Torch-free launchers of the linear-attention kernels (gla_chunked.cu, linear_attention_step.cu).
+// Every tensor is a raw, contiguous device pointer; shapes follow kernels/linear_attention.h:
+// B batch, H heads, T tokens, K key dim, V value dim, states [B, H, K, V] in fp32.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hyb::kernels::cuda {
+
+// Tokens per chunk of the chunked GLA kernel (fixed: the result does not depend on it).
+inline constexpr int kGlaChunk = 64;
+
+// Chunked GLA forward: o_t = scale * S_t^T q_t with S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T.
+// bf16 q/k/v/o, fp32 g (log decay, natural log) and states; fp32 accumulation throughout
+// except that the inter-chunk product q S reads the chunk-start state rounded to bf16.
+struct GlaChunkedParams {
+  const void* q = nullptr;               // [B, H, T, K] bf16
+  const void* k = nullptr;               // [B, H, T, K] bf16
+  const void* v = nullptr;               // [B, H, T, V] bf16
+  const float* g = nullptr;              // [B, H, T, K] fp32, <= 0
+  const float* initial_state = nullptr;  // [B, H, K, V] or null (zeros)
+  void* o = nullptr;                     // [B, H, T, V] bf16
+  float* final_state = nullptr;          // [B, H, K, V] (always written)
+  // Scratch of GlaChunkedWorkspaceBytes(*this) bytes (may be null when that is 0).
+  void* workspace = nullptr;
+  int64_t batch = 0, heads = 0, tokens = 0;
+  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  float scale = 1.f;
+  // Chunks per segment; 0 picks one from the device's multiprocessor count (GlaSegmentChunks).
+  int segment_chunks = 0;
+  int num_sms = 132;  // multiprocessors of the device, for the choice above
+};
+
+// True when the kernel handles this key/value head size.
+bool GlaChunkedSupportsDims(int key_dim, int value_dim);
+
+// Chunks per segment. Long sequences are cut into segments that run in parallel: a first pass
+// computes each segment's own state contribution, a scan joins them, a second pass produces the
+// outputs. With enough (batch x heads) to fill the device every sequence is one segment.
+int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
+
+// Scratch bytes the launch needs for these params (0 for one segment per sequence).
+size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& params);
+
+// Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success).
+// cudaErrorInvalidValue for unsupported dims or a missing workspace.
+cudaError_t LaunchGlaChunked(const GlaChunkedParams& params, cudaStream_t stream);
+
+// One decoding step for B*H independent heads. Elements of q/k/v/g/o are `float` or bf16
+// (`bf16` below); states fp32. `state` and `new_state` may be the same buffer (in place).
+struct LinearStepParams {
+  const void* q = nullptr;       // [B, H, K]
+  const void* k = nullptr;       // [B, H, K]
+  const void* v = nullptr;       // [B, H, V]
+  const void* g = nullptr;       // GLA: [B, H, K]; gated delta: [B, H] (log decay)
+  const void* beta = nullptr;    // gated delta only: [B, H]
+  const float* state = nullptr;  // [B, H, K, V]
+  void* o = nullptr;             // [B, H, V]
+  float* new_state = nullptr;    // [B, H, K, V]
+  int64_t batch_heads = 0;
+  int key_dim = 0, value_dim = 0;  // K <= 256, V a multiple of 4 up to 4096; B*H <= 65535
+  float scale = 1.f;
+  bool bf16 = false;  // element type of q, k, v, g, beta and o
+};
+
+// True when the step kernels handle this key/value head size.
+bool LinearStepSupportsDims(int key_dim, int value_dim);
+
+// S = diag(exp(g)) S + k v^T; o = scale * S^T q.
+cudaError_t LaunchGlaStep(const LinearStepParams& params, cudaStream_t stream);
+// S = exp(g) (I - beta k k^T) S + beta k v^T; o = scale * S^T q.
+cudaError_t LaunchGatedDeltaStep(const LinearStepParams& params, cudaStream_t stream);
+
+}  // namespace hyb::kernels::cuda
