@@ -1,45 +1,17 @@
 #include "hyb/storage/atomic_file.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <atomic>
-#include <cerrno>
-#include <cstring>
+#include <cstdint>
 #include <cstdio>
-#include <filesystem>
 #include <random>
 
 namespace hyb::storage {
 
 Status FileSink::Write(const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd_, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return IoError(path_ + ": write failed: " + std::strerror(errno));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-    written_ += static_cast<size_t>(w);
-  }
+  HYB_RETURN_IF_ERROR(file_->Append(std::string_view(static_cast<const char*>(data), n)));
+  written_ += n;
   return Status::Ok();
 }
-
-namespace {
-
-Status SyncDirectory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return IoError(dir + ": cannot open directory for fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) return IoError(dir + ": fsync failed: " + std::strerror(err));
-  return Status::Ok();
-}
-
-}  // namespace
 
 std::string UniqueSuffix() {
   // Random, not pid-based: a restarted worker (often pid 1 in a container) replaying the same
@@ -52,35 +24,64 @@ std::string UniqueSuffix() {
   return buf;
 }
 
+Status SyncParentDirectory(Env* env, const std::string& path) {
+  return env->SyncDirectory(ParentDirectory(path));
+}
+
 Status SyncParentDirectory(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  return SyncDirectory(dir);
+  return SyncParentDirectory(Env::Default(), path);
+}
+
+Status AtomicWriteFile(Env* env, const std::string& path,
+                       const std::function<Status(FileSink&)>& fill) {
+  const std::string tmp = path + ".tmp." + UniqueSuffix();
+  HYB_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, env->NewWritableFile(tmp));
+  FileSink sink(file.get());
+  Status s = fill(sink);
+  if (s.ok()) s = file->Sync();
+  if (s.ok()) s = file->Close();
+  file.reset();  // closes it if an error came first
+  if (s.ok()) s = env->RenameFile(tmp, path);
+  if (!s.ok()) {
+    // The first error is what the caller needs; a failure to remove the temporary file is
+    // secondary (and leaves only a "*.tmp.*" file behind).
+    env->RemoveFile(tmp).IgnoreError();
+    return s;
+  }
+  return SyncParentDirectory(env, path);
 }
 
 Status AtomicWriteFile(const std::string& path, const std::function<Status(FileSink&)>& fill) {
-  const std::filesystem::path target(path);
-  std::string dir = target.parent_path().string();
-  if (dir.empty()) dir = ".";
-  const std::string tmp = path + ".tmp." + UniqueSuffix();
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return IoError(tmp + ": cannot create: " + std::strerror(errno));
-  FileSink sink(fd, tmp);
-  Status s = fill(sink);
-  if (s.ok() && ::fsync(fd) != 0) s = IoError(tmp + ": fsync failed: " + std::strerror(errno));
-  if (::close(fd) != 0 && s.ok()) s = IoError(tmp + ": close failed: " + std::strerror(errno));
-  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    s = IoError(path + ": rename from temporary file failed: " + std::strerror(errno));
-  }
-  if (!s.ok()) {
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  return SyncDirectory(dir);
+  return AtomicWriteFile(Env::Default(), path, fill);
+}
+
+Status AtomicWriteString(Env* env, const std::string& path, std::string_view contents) {
+  return AtomicWriteFile(env, path, [&](FileSink& sink) { return sink.Write(contents); });
 }
 
 Status AtomicWriteString(const std::string& path, std::string_view contents) {
-  return AtomicWriteFile(path, [&](FileSink& sink) { return sink.Write(contents); });
+  return AtomicWriteString(Env::Default(), path, contents);
+}
+
+Status AppendLine(Env* env, const std::string& path, std::string_view line) {
+  if (line.find('\n') != std::string_view::npos) {
+    return InvalidArgument(path + ": a line to append contains a newline");
+  }
+  const bool created = !env->FileExists(path);
+  HYB_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, env->NewAppendableFile(path));
+  std::string record;
+  record.reserve(line.size() + 1);
+  record.append(line);
+  record.push_back('\n');
+  HYB_RETURN_IF_ERROR(file->Append(record));
+  HYB_RETURN_IF_ERROR(file->Sync());
+  HYB_RETURN_IF_ERROR(file->Close());
+  if (created) return SyncParentDirectory(env, path);
+  return Status::Ok();
+}
+
+Status AppendLine(const std::string& path, std::string_view line) {
+  return AppendLine(Env::Default(), path, line);
 }
 
 }  // namespace hyb::storage

@@ -1,7 +1,5 @@
 #include "hyb/storage/checkpoint.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 
@@ -98,12 +96,18 @@ std::vector<std::string> Checkpoint::Names() const {
 
 Status WriteCheckpoint(const std::string& dir, const std::vector<TensorToWrite>& tensors,
                        uint64_t max_shard_bytes) {
+  return WriteCheckpoint(Env::Default(), dir, tensors, max_shard_bytes);
+}
+
+Status WriteCheckpoint(Env* env, const std::string& dir, const std::vector<TensorToWrite>& tensors,
+                       uint64_t max_shard_bytes) {
   uint64_t total = 0;
   for (const auto& t : tensors) total += t.nbytes;
   if (total <= max_shard_bytes) {
-    HYB_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir) / kSingleCheckpointFile).string(), tensors));
+    HYB_RETURN_IF_ERROR(WriteSafetensors(env, dir + "/" + kSingleCheckpointFile, tensors));
     // A stale index from an earlier sharded write would shadow the new file.
-    ::unlink((fs::path(dir) / kCheckpointIndexFile).c_str());
+    const Status removed = env->RemoveFile(dir + "/" + kCheckpointIndexFile);
+    if (!removed.ok() && removed.code() != StatusCode::kNotFound) return removed;
     return Status::Ok();
   }
   std::vector<std::vector<TensorToWrite>> shards(1);
@@ -120,11 +124,11 @@ Status WriteCheckpoint(const std::string& dir, const std::vector<TensorToWrite>&
   for (size_t i = 0; i < shards.size(); ++i) {
     char name[64];
     std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-    HYB_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir) / name).string(), shards[i]));
+    HYB_RETURN_IF_ERROR(WriteSafetensors(env, dir + "/" + name, shards[i]));
     for (const auto& t : shards[i]) weight_map[t.name] = name;
   }
   Json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  return AtomicWriteString((fs::path(dir) / kCheckpointIndexFile).string(), index.dump(2));
+  return AtomicWriteString(env, dir + "/" + kCheckpointIndexFile, index.dump(2));
 }
 
 }  // namespace hyb::storage

@@ -1,14 +1,12 @@
 #include "hyb/storage/fingerprint.h"
 
-#include <algorithm>
-#include <cerrno>
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 
-#include <dirent.h>
-#include <sys/stat.h>
-
+#include "hyb/storage/env.h"
 #include "hyb/storage/mapped_file.h"
 
 namespace hyb::storage {
@@ -61,28 +59,21 @@ StatusOr<std::string> FingerprintFile(const std::string& path) {
   return FingerprintBytes(file->data(), file->size());
 }
 
-bool IsDirectory(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
+// Input files (teacher weights, datasets, task files) are read where they are, through mmap, so
+// they are listed and tested on the real file system (Env::Posix()) too, whatever Env::Default()
+// is: job storage goes through the Env, inputs do not.
+bool IsDirectory(const std::string& path) { return Env::Posix()->IsDirectory(path); }
 
-// POSIX listing rather than std::filesystem: the PyTorch wheel's libtorch.so exports its own
-// std::filesystem symbols, which binaries linked against it bind to (tests/testing/temp_dir.h).
 StatusOr<Json> FingerprintDirectory(const std::string& dir, bool (*keep)(const std::string&)) {
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) {
-    if (errno == ENOENT || errno == ENOTDIR) return NotFound(dir + ": not a directory");
-    return IoError(dir + ": cannot list: " + std::strerror(errno));
-  }
+  if (!Env::Posix()->IsDirectory(dir)) return NotFound(dir + ": not a directory");
+  HYB_ASSIGN_OR_RETURN(std::vector<std::string> all, Env::Posix()->ListDirectory(dir));
   std::vector<std::string> names;
-  while (const dirent* e = ::readdir(d)) {
-    const std::string name = e->d_name;
+  for (const std::string& name : all) {
+    // Regular files only: opening a FIFO or a device to map it could block or fail.
     struct stat st {};
     if (::stat((dir + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     if (keep == nullptr || keep(name)) names.push_back(name);
   }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
   Json out = Json::object();
   for (const auto& name : names) {
     HYB_ASSIGN_OR_RETURN(out[name], FingerprintFile(dir + "/" + name));

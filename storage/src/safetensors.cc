@@ -196,6 +196,12 @@ StatusOr<TensorView> SafetensorsFile::Get(std::string_view name) const {
 
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata) {
+  return WriteSafetensors(Env::Default(), path, tensors, metadata);
+}
+
+Status WriteSafetensors(Env* env, const std::string& path,
+                        const std::vector<TensorToWrite>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
   std::vector<const TensorToWrite*> order;
   std::set<std::string> seen;
   for (const TensorToWrite& t : tensors) {
@@ -231,7 +237,7 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');  // data section 8-byte aligned
-  return AtomicWriteFile(path, [&](FileSink& sink) -> Status {
+  return AtomicWriteFile(env, path, [&](FileSink& sink) -> Status {
     unsigned char len[8];
     uint64_t n = text.size();
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xff);

@@ -1,10 +1,5 @@
 #include "hyb/storage/token_dataset.h"
 
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -26,8 +21,12 @@ uint32_t LoadLe32(const std::byte* p) {
 
 }  // namespace
 
-TokenDatasetWriter::TokenDatasetWriter(std::string dir, int64_t vocab_size, Json extra_meta)
-    : dir_(std::move(dir)), vocab_size_(vocab_size), extra_meta_(std::move(extra_meta)) {}
+TokenDatasetWriter::TokenDatasetWriter(std::string dir, int64_t vocab_size, Json extra_meta,
+                                       Env* env)
+    : env_(env != nullptr ? env : Env::Default()),
+      dir_(std::move(dir)),
+      vocab_size_(vocab_size),
+      extra_meta_(std::move(extra_meta)) {}
 
 Status TokenDatasetWriter::AddDocument(const std::vector<int64_t>& ids) {
   for (int64_t id : ids) {
@@ -43,24 +42,24 @@ Status TokenDatasetWriter::AddDocument(const std::vector<int64_t>& ids) {
 }
 
 Status TokenDatasetWriter::Finish() {
-  struct stat st {};
-  if (::stat(dir_.c_str(), &st) == 0) return FailedPrecondition(dir_ + ": already exists");
-  const std::string staging = dir_ + ".partial." + UniqueSuffix();
-  if (::mkdir(staging.c_str(), 0755) != 0) {
-    return IoError(staging + ": cannot create directory: " + std::strerror(errno));
+  if (env_->FileExists(dir_)) return FailedPrecondition(dir_ + ": already exists");
+  const std::string parent = ParentDirectory(dir_);
+  if (!env_->IsDirectory(parent)) {
+    return NotFound(dir_ + ": cannot create: no directory " + parent);
   }
+  const std::string staging = dir_ + ".partial." + UniqueSuffix();
+  HYB_RETURN_IF_ERROR(env_->CreateDirectories(staging));
   auto fail = [&](Status s) {
-    for (const char* f : {"/tokens.bin", "/docs.idx", "/meta.json"}) ::unlink((staging + f).c_str());
-    ::rmdir(staging.c_str());
+    env_->RemoveAll(staging).IgnoreError();  // the first error is the one to report
     return s;
   };
   // Little-endian on disk (the host is little-endian; checked at compile time).
   static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "big-endian hosts are not supported");
-  Status s = AtomicWriteFile(staging + "/tokens.bin", [&](FileSink& sink) {
+  Status s = AtomicWriteFile(env_, staging + "/tokens.bin", [&](FileSink& sink) {
     return sink.Write(tokens_.data(), tokens_.size() * sizeof(uint32_t));
   });
   if (!s.ok()) return fail(s);
-  s = AtomicWriteFile(staging + "/docs.idx", [&](FileSink& sink) {
+  s = AtomicWriteFile(env_, staging + "/docs.idx", [&](FileSink& sink) {
     return sink.Write(offsets_.data(), offsets_.size() * sizeof(uint64_t));
   });
   if (!s.ok()) return fail(s);
@@ -69,12 +68,13 @@ Status TokenDatasetWriter::Finish() {
   meta["num_tokens"] = tokens_.size();
   meta["num_documents"] = offsets_.size() - 1;
   meta["vocab_size"] = vocab_size_;
-  s = AtomicWriteString(staging + "/meta.json", meta.dump(2) + "\n");
+  s = AtomicWriteString(env_, staging + "/meta.json", meta.dump(2) + "\n");
   if (!s.ok()) return fail(s);
-  if (::rename(staging.c_str(), dir_.c_str()) != 0) {
-    return fail(IoError(dir_ + ": cannot publish: " + std::strerror(errno)));
-  }
-  return SyncParentDirectory(dir_);
+  // rename(2) would replace an empty directory created at `dir` since the check above: one
+  // writer prepares a dataset, so the check is enough.
+  s = env_->RenameFile(staging, dir_);
+  if (!s.ok()) return fail(s.WithContext(dir_ + ": cannot publish"));
+  return SyncParentDirectory(env_, dir_);
 }
 
 StatusOr<DatasetCursor> DatasetCursor::FromJson(const Json& j, const std::string& source) {
@@ -107,8 +107,7 @@ StatusOr<std::shared_ptr<const TokenDataset>> TokenDataset::Open(const std::stri
   }
   if (out->offsets_->size() != static_cast<size_t>(out->num_documents_ + 1) * 8) {
     return DataLoss(dir + "/docs.idx: " + std::to_string(out->offsets_->size()) +
-                    " bytes, meta.json says " + std::to_string(out->num_documents_) +
-                    " documents");
+                    " bytes, meta.json says " + std::to_string(out->num_documents_) + " documents");
   }
   uint64_t prev = 0;
   for (int64_t d = 0; d <= out->num_documents_; ++d) {
@@ -132,7 +131,8 @@ std::vector<int64_t> TokenDataset::Slice(int64_t begin, int64_t n) const {
 }
 
 std::vector<int64_t> TokenDataset::Document(int64_t d) const {
-  const uint64_t a = LoadLe64(offsets_->data() + 8 * d), b = LoadLe64(offsets_->data() + 8 * (d + 1));
+  const uint64_t a = LoadLe64(offsets_->data() + 8 * d),
+                 b = LoadLe64(offsets_->data() + 8 * (d + 1));
   return Slice(static_cast<int64_t>(a), static_cast<int64_t>(b - a));
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "hyb/common/status.h"
+#include "hyb/storage/env.h"
 #include "hyb/storage/safetensors.h"
 
 namespace hyb::storage {
@@ -40,10 +41,14 @@ class Checkpoint {
   std::map<std::string, size_t, std::less<>> where_;  // tensor name -> index into files_
 };
 
-// Writes `tensors` into `dir` as the Hugging Face layout: one model.safetensors if the total is
-// at most `max_shard_bytes`, else shards model-0000i-of-0000n.safetensors (tensors kept whole,
-// in the given order) plus the index file, which is written last so a reader never sees an
-// index naming a missing shard. `dir` must exist.
+// Writes `tensors` into `dir` through `env` as the Hugging Face layout: one model.safetensors if
+// the total is at most `max_shard_bytes` (removing a stale index that would shadow it), else
+// shards model-0000i-of-0000n.safetensors (tensors kept whole, in the given order) plus the index
+// file, which is written last so a reader never sees an index naming a missing shard. Every file
+// is published atomically. `dir` must exist.
+Status WriteCheckpoint(Env* env, const std::string& dir, const std::vector<TensorToWrite>& tensors,
+                       uint64_t max_shard_bytes = 4ull << 30);
+// The same on Env::Default().
 Status WriteCheckpoint(const std::string& dir, const std::vector<TensorToWrite>& tensors,
                        uint64_t max_shard_bytes = 4ull << 30);
 

@@ -26,7 +26,8 @@ std::string FingerprintBytes(const void* data, size_t size);
 StatusOr<Json> FingerprintDirectory(const std::string& dir,
                                     bool (*keep)(const std::string& name) = nullptr);
 
-// True if `path` is a directory (following links).
+// True if `path` is a directory (following links) on the real file system. Inputs are read
+// through mmap, so this and the functions above do not go through Env::Default().
 bool IsDirectory(const std::string& path);
 
 }  // namespace hyb::storage

@@ -1,6 +1,7 @@
 // Where a job's files live under a storage root (a local directory now, shared storage in the
 // service). Every file is published atomically (storage/atomic_file.h), so a reader sees either
-// the old or the new version, never a partial one.
+// the old or the new version, never a partial one; events.jsonl grows by fsynced whole lines
+// (AppendLine). All of it goes through an Env (storage/env.h).
 //
 //   <root>/<job_id>/job.json                          the validated spec, defaults filled
 //   <root>/<job_id>/inputs.json                       fingerprints of teacher, data, task files
@@ -15,6 +16,7 @@
 #include <string>
 
 #include "hyb/common/status.h"
+#include "hyb/storage/env.h"
 
 namespace hyb::storage {
 
@@ -22,6 +24,12 @@ class JobLayout {
  public:
   JobLayout(std::string root, std::string job_id)
       : dir_(std::move(root) + "/" + std::move(job_id)) {}
+  // The layout of the job whose directory is `job_dir`.
+  static JobLayout ForDirectory(const std::string& job_dir) {
+    JobLayout l("", "");
+    l.dir_ = job_dir;
+    return l;
+  }
 
   const std::string& dir() const { return dir_; }
   std::string JobSpec() const { return dir_ + "/job.json"; }
@@ -38,16 +46,19 @@ class JobLayout {
   std::string ReportJson() const { return dir_ + "/report.json"; }
   std::string ReportHtml() const { return dir_ + "/report.html"; }
 
-  // Creates the job directory and its subdirectories (existing ones are fine). IoError naming
-  // the directory that could not be made.
+  // Creates the job directory and its subdirectories through `env` (existing ones are fine).
+  // IoError naming the directory that could not be made.
+  Status CreateDirectories(Env* env) const;
+  // The same on Env::Default().
   Status CreateDirectories() const;
 
  private:
   std::string dir_;
 };
 
-// mkdir -p. IoError naming the path on failure.
+// Env::Default()->CreateDirectories(path): mkdir -p. IoError naming the path on failure.
 Status MakeDirectories(const std::string& path);
+// Env::Default()->FileExists(path): a file or directory is there.
 bool PathExists(const std::string& path);
 
 }  // namespace hyb::storage

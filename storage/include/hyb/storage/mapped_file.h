@@ -1,4 +1,8 @@
 // A read-only memory mapping of a whole file (RAII; move-only).
+//
+// Always on the real file system, not through Env (storage/env.h): the readers of large inputs
+// (safetensors weights, token datasets, fingerprints) map them rather than copy them, which an
+// in-memory or fault-injecting Env cannot offer. Writes of the same files go through the Env.
 #pragma once
 
 #include <cstddef>

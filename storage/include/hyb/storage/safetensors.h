@@ -14,6 +14,7 @@
 
 #include "hyb/common/status.h"
 #include "hyb/storage/dtype.h"
+#include "hyb/storage/env.h"
 #include "hyb/storage/mapped_file.h"
 
 namespace hyb::storage {
@@ -74,10 +75,14 @@ struct TensorToWrite {
   size_t nbytes = 0;
 };
 
-// Writes a safetensors file atomically (temporary file, fsync, rename). Tensors are laid out by
-// descending element size, then name, so every tensor's data is aligned to its element size.
-// InvalidArgument for duplicate or empty names, a name "__metadata__", or a byte count that does
-// not match the shape.
+// Writes a safetensors file atomically through `env` (AtomicWriteFile: temporary file, fsync,
+// rename), streaming each tensor's bytes. Tensors are laid out by descending element size, then
+// name, so every tensor's data is aligned to its element size. InvalidArgument for duplicate or
+// empty names, a name "__metadata__", or a byte count that does not match the shape.
+Status WriteSafetensors(Env* env, const std::string& path,
+                        const std::vector<TensorToWrite>& tensors,
+                        const std::map<std::string, std::string>& metadata = {});
+// The same on Env::Default().
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata = {});
 

@@ -5,8 +5,9 @@
 //                 what the writer adds (hybridize prepare: tokenizer, source, eos_id)}
 // The three files are assembled in a staging directory that is renamed into place, so a
 // dataset directory is either complete or absent.
-// The reader maps the files and serves fixed-length windows of the token stream, shuffled by a
-// seed, sharded by rank, resumable from a cursor. Torch-free.
+// The reader maps the files (on the real file system, not through Env) and serves fixed-length
+// windows of the token stream, shuffled by a seed, sharded by rank, resumable from a cursor.
+// Torch-free.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,7 @@
 
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
+#include "hyb/storage/env.h"
 #include "hyb/storage/mapped_file.h"
 
 namespace hyb::storage {
@@ -25,15 +27,19 @@ inline constexpr char kTokenDatasetFormat[] = "hyb-tokens-v1";
 // Accumulates documents and publishes the dataset directory. Not thread-safe.
 class TokenDatasetWriter {
  public:
-  // `dir` must not exist yet; it is created on Finish().
-  TokenDatasetWriter(std::string dir, int64_t vocab_size, Json extra_meta);
+  // `dir` must not exist yet; it is created on Finish(). Files are written through `env`
+  // (nullptr: Env::Default() as of construction), which must outlive the writer.
+  TokenDatasetWriter(std::string dir, int64_t vocab_size, Json extra_meta, Env* env = nullptr);
   // InvalidArgument for an id outside [0, vocab_size).
   Status AddDocument(const std::vector<int64_t>& ids);
-  // Writes the three files into a staging directory and renames it to `dir`.
+  // Writes the three files into a staging directory "<dir>.partial.<random>" beside `dir` and
+  // renames it to `dir`. FailedPrecondition if `dir` exists; NotFound if its parent does not.
+  // On failure the staging directory is removed and `dir` stays absent.
   Status Finish();
   int64_t num_tokens() const { return static_cast<int64_t>(tokens_.size()); }
 
  private:
+  Env* env_;
   std::string dir_;
   int64_t vocab_size_;
   Json extra_meta_;
@@ -83,8 +89,7 @@ class SequenceSampler {
  public:
   // InvalidArgument if the options are inconsistent or the dataset has fewer windows than ranks.
   static StatusOr<SequenceSampler> Create(std::shared_ptr<const TokenDataset> data,
-                                          const SamplerOptions& options,
-                                          DatasetCursor start = {});
+                                          const SamplerOptions& options, DatasetCursor start = {});
   // The next `batch` samples (each sequence_length ids), advancing the cursor across epochs.
   std::vector<std::vector<int64_t>> Next(int64_t batch);
   const DatasetCursor& cursor() const { return cursor_; }
