@@ -9,7 +9,7 @@
 #include "hyb/common/json_util.h"
 #include "hyb/storage/fingerprint.h"
 #include "hyb/storage/token_dataset.h"
-#include "hyb/worker/tokenizer.h"
+#include "hyb/storage/tokenizer.h"
 
 namespace hyb::cli {
 namespace {
@@ -27,7 +27,7 @@ const std::vector<FlagSpec>& Specs() {
 }
 
 StatusOr<std::optional<int64_t>> ResolveEos(const ParsedFlags& flags, const std::string& tok_arg,
-                                            const worker::Tokenizer& tok) {
+                                            const storage::Tokenizer& tok) {
   if (auto e = flags.Get("eos-token")) {
     if (*e == "none") return std::optional<int64_t>();
     auto id = tok.TokenToId(*e);
@@ -52,7 +52,7 @@ Status Prepare(const ParsedFlags& flags) {
   const std::string tok_arg = *flags.Get("tokenizer");
   const bool is_file = tok_arg.size() >= 5 && tok_arg.substr(tok_arg.size() - 5) == ".json";
   const std::string tok_path = is_file ? tok_arg : tok_arg + "/tokenizer.json";
-  HYB_ASSIGN_OR_RETURN(auto tok, worker::Tokenizer::FromFile(tok_path));
+  HYB_ASSIGN_OR_RETURN(auto tok, storage::Tokenizer::FromFile(tok_path));
   HYB_ASSIGN_OR_RETURN(auto eos, ResolveEos(flags, tok_arg, *tok));
   HYB_ASSIGN_OR_RETURN(const std::string tok_fingerprint, storage::FingerprintFile(tok_path));
   const std::string field = flags.GetOr("text-field", "text");

@@ -9,6 +9,7 @@
 #include "flags.h"
 #include "hyb/common/job_spec.h"
 #include "hyb/coordinator/job_runner.h"
+#include "hyb/coordinator/job_validation.h"
 #include "hyb/storage/job_layout.h"
 #include "hyb/worker/local_executor.h"
 
@@ -50,6 +51,9 @@ Status Run(const ParsedFlags& flags) {
   };
   storage::JobLayout layout(options.storage_root, spec.job_id);
   worker::LocalExecutor executor(layout.DistillDir());
+  // The torch-free checks first, for both paths: the executor's Validate (the teacher loading)
+  // no longer repeats them.
+  HYB_RETURN_IF_ERROR(coordinator::ValidateJob(spec).status());
   if (flags.Has("validate-only")) {
     HYB_RETURN_IF_ERROR(executor.Validate(spec));
     std::cout << "job " << spec.job_id << ": valid\n";

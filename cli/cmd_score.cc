@@ -5,9 +5,9 @@
 #include "commands.h"
 #include "flags.h"
 #include "hyb/storage/atomic_file.h"
+#include "hyb/storage/tokenizer.h"
 #include "hyb/worker/decoder_model.h"
 #include "hyb/worker/task_scoring.h"
-#include "hyb/worker/tokenizer.h"
 
 namespace hyb::cli {
 namespace {

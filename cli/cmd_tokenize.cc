@@ -8,7 +8,7 @@
 #include "flags.h"
 #include "hyb/common/json_util.h"
 #include "hyb/storage/atomic_file.h"
-#include "hyb/worker/tokenizer.h"
+#include "hyb/storage/tokenizer.h"
 
 namespace hyb::cli {
 namespace {
@@ -33,7 +33,7 @@ const std::vector<FlagSpec>& Specs() {
 Status Tokenize(const ParsedFlags& flags) {
   HYB_ASSIGN_OR_RETURN(std::string path, flags.Required("tokenizer"));
   if (path.size() < 5 || path.substr(path.size() - 5) != ".json") path += "/tokenizer.json";
-  HYB_ASSIGN_OR_RETURN(auto tok, worker::Tokenizer::FromFile(path));
+  HYB_ASSIGN_OR_RETURN(auto tok, storage::Tokenizer::FromFile(path));
   const bool special = flags.Has("add-special-tokens");
   const bool skip = flags.Has("skip-special-tokens");
   if (auto text = flags.Get("text")) {

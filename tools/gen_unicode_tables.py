@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Generates worker/src/unicode_tables.inc: the Unicode data the tokenizer needs (letter and
+"""Generates storage/src/unicode_tables.inc: the Unicode data the tokenizer needs (letter and
 number ranges for pre-tokenizer patterns, canonical decompositions, combining classes and
 composition pairs for NFC). Uses Python's unicodedata; the output names the Unicode version.
 
-    python3 tools/gen_unicode_tables.py > worker/src/unicode_tables.inc
+    python3 tools/gen_unicode_tables.py > storage/src/unicode_tables.inc
 """
 import sys
 import unicodedata

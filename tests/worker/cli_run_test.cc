@@ -9,9 +9,9 @@
 #include <fstream>
 
 #include "hyb/storage/token_dataset.h"
+#include "hyb/storage/tokenizer.h"
 #include "hyb/worker/decoder_model.h"
 #include "hyb/worker/task_scoring.h"
-#include "hyb/worker/tokenizer.h"
 #include "testing/temp_dir.h"
 #include "worker/test_model.h"
 
@@ -192,6 +192,44 @@ TEST(CliRunTest, BadSpecsFailBeforeAnyWork) {
   EXPECT_EQ(help.rc, 0);
   EXPECT_NE(help.output.find("--storage DIR"), std::string::npos);
   EXPECT_EQ(RunCli("run").rc, 1);
+}
+
+// `run --validate-only` runs the same checks as `run` (coordinator::ValidateJob, then the
+// teacher loading): it used to call specs valid that `run` then refused.
+TEST(CliRunTest, ValidateOnlyRejectsWhatRunRejects) {
+  if (std::getenv("HYB_CLI") == nullptr) GTEST_SKIP() << "HYB_CLI not set (run through ctest)";
+  TempDir dir;
+  const std::string store = dir.File("store");
+  {
+    TempDir d;
+    WriteJob(d);
+    CliResult r = RunCli("run " + d.File("job.json") + " --storage " + store + " --validate-only");
+    EXPECT_EQ(r.rc, 0) << r.output;
+    EXPECT_NE(r.output.find("job tiny: valid"), std::string::npos) << r.output;
+  }
+  {
+    TempDir d;
+    WriteJob(d, {{"search", {{"layers", {0, 3}}}}});
+    CliResult r = RunCli("run " + d.File("job.json") + " --storage " + store + " --validate-only");
+    EXPECT_EQ(r.rc, 1) << r.output;
+    EXPECT_NE(r.output.find("search.layers: layer 3 does not exist (the teacher has 3 layers)"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("job tiny: valid"), std::string::npos) << r.output;
+  }
+  {
+    // kl_to_teacher scores the teacher 0, so the spec's relative tolerance admits nothing.
+    TempDir d;
+    WriteJob(d, {{"task", {{"type", "kl_to_teacher"}, {"validation", "text.jsonl"}}}});
+    std::ofstream(d.File("text.jsonl")) << "{\"text\": \"abc ab\"}\n";
+    std::ofstream(d.File("test.jsonl")) << "{\"text\": \"cab\"}\n";
+    CliResult r = RunCli("run " + d.File("job.json") + " --storage " + store + " --validate-only");
+    EXPECT_EQ(r.rc, 1) << r.output;
+    EXPECT_NE(r.output.find("kl_to_teacher"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("give search.p_min"), std::string::npos) << r.output;
+  }
+  struct stat st {};
+  EXPECT_NE(::stat(store.c_str(), &st), 0);  // validation writes nothing
 }
 
 }  // namespace

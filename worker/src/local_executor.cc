@@ -4,12 +4,11 @@
 
 #include <chrono>
 
-#include "hyb/storage/fingerprint.h"
 #include "hyb/storage/job_layout.h"
 #include "hyb/storage/token_dataset.h"
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/distill.h"
-#include "hyb/worker/linear_mixer_options.h"
+#include "hyb/worker/storage_types.h"
 
 namespace hyb::worker {
 namespace {
@@ -29,18 +28,10 @@ StatusOr<std::vector<TaskExample>> LoadSplit(const std::string& path, TaskKind k
   return examples;
 }
 
-// The job spec's "mixer" object names the type "type"; a hybrid's config.json names it "mixer".
-StatusOr<LinearMixerOptions> MixerOptions(const Json& spec_mixer) {
-  Json j = spec_mixer;
-  if (j.contains("type")) {
-    j["mixer"] = j["type"];
-    j.erase("type");
-  }
-  return ParseLinearMixerOptions(j, "mixer");
-}
-
 }  // namespace
 
+// The spec and its files were checked without LibTorch first (coordinator/job_validation.h);
+// what is left needs the runtime: the device, and the teacher's weights loading into it.
 Status LocalExecutor::Validate(const JobSpec& spec) {
   spec_ = spec;
   ConfigureCpuThreads(static_cast<int>(spec.threads));
@@ -50,66 +41,22 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   auto placement = ResolvePlacement(runtime_);
   if (!placement.ok()) return placement.status().WithContext("device/dtype");
   placement_ = *placement;
-  auto mixer = MixerOptions(spec.mixer);
-  if (!mixer.ok()) return mixer.status();
   auto teacher = DecoderModel::Load(spec.teacher, runtime_);
   if (!teacher.ok()) return teacher.status().WithContext("teacher");
-  for (int64_t l = 0; l < (*teacher)->num_layers(); ++l) {
-    if ((*teacher)->mixer(l).LayerType() != "full_attention") {
-      return InvalidArgument(
-          "teacher: layer " + std::to_string(l) +
-          " is not softmax attention (the teacher must be a full-attention model)");
-    }
-  }
   teacher_ = std::shared_ptr<const DecoderModel>(std::move(teacher).value());
   auto tok = Tokenizer::FromFile(spec.teacher + "/tokenizer.json");
   if (!tok.ok()) return tok.status().WithContext("teacher");
   tokenizer_ = *tok;
-  auto data = storage::TokenDataset::Open(spec.distill.data);
-  if (!data.ok()) return data.status().WithContext("distill.data");
-  if ((*data)->vocab_size() > teacher_->config().vocab_size) {
-    return InvalidArgument("distill.data: " + spec.distill.data +
-                           " was prepared with a vocabulary of " +
-                           std::to_string((*data)->vocab_size()) + " tokens, the teacher has " +
-                           std::to_string(teacher_->config().vocab_size));
-  }
-  // Data tokenized for another model trains the mixers on meaningless ids: refuse it (data
-  // prepared before fingerprints were recorded is checked by vocabulary size only).
-  if (const Json& recorded = (*data)->meta().value("tokenizer_fingerprint", Json());
-      recorded.is_string()) {
-    auto teacher_tok = storage::FingerprintFile(spec.teacher + "/tokenizer.json");
-    if (!teacher_tok.ok()) return teacher_tok.status().WithContext("teacher");
-    if (recorded.get<std::string>() != *teacher_tok) {
-      return InvalidArgument("distill.data: " + spec.distill.data + " was tokenized with " +
-                             (*data)->meta().value("tokenizer", std::string("another tokenizer")) +
-                             " (fingerprint " + recorded.get<std::string>() +
-                             "), not the teacher's " + spec.teacher + "/tokenizer.json (" +
-                             *teacher_tok + "); run `hybridize prepare --tokenizer " +
-                             spec.teacher + "` on its text again");
-    }
-  }
-  const int64_t need = spec.distill.batch_size * spec.distill.sequence_length;
-  if ((*data)->num_tokens() < need) {
-    return InvalidArgument("distill.data: " + std::to_string((*data)->num_tokens()) +
-                           " tokens, fewer than one batch (" + std::to_string(need) + ")");
-  }
   auto kind = ParseTaskKind(spec.task.type);
   if (!kind.ok()) return kind.status().WithContext("task.type");
   kind_ = *kind;
-  auto val =
-      LoadSplit(spec.task.validation, kind_, spec.task.max_validation_examples, "task.validation");
-  if (!val.ok()) return val.status();
-  if (!spec.task.test.empty()) {
-    auto test = LoadSplit(spec.task.test, kind_, spec.task.max_test_examples, "task.test");
-    if (!test.ok()) return test.status();
-  }
   return Status::Ok();
 }
 
 StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
                                                const ProgressFn& progress) {
   if (tokenizer_ == nullptr) return FailedPrecondition("distill before Validate");
-  HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, MixerOptions(spec_.mixer));
+  HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, storage::ParseJobMixerOptions(spec_.mixer));
   HYB_ASSIGN_OR_RETURN(auto data, storage::TokenDataset::Open(spec_.distill.data));
   DistillOptions o;
   o.steps = spec_.distill.steps;

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "hyb/worker/model_config.h"
+#include "hyb/worker/storage_types.h"
 #include "hyb/worker/token_mixer.h"
 
 namespace hyb::worker {

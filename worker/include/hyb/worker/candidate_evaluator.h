@@ -25,8 +25,8 @@
 
 #include "hyb/common/status.h"
 #include "hyb/worker/decoder_model.h"
+#include "hyb/worker/storage_types.h"
 #include "hyb/worker/task_scoring.h"
-#include "hyb/worker/tokenizer.h"
 
 namespace hyb::worker {
 

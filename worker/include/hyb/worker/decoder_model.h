@@ -15,8 +15,8 @@
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 #include "hyb/storage/checkpoint.h"
-#include "hyb/worker/model_config.h"
 #include "hyb/worker/rope.h"
+#include "hyb/worker/storage_types.h"
 #include "hyb/worker/token_mixer.h"
 
 namespace hyb::worker {

@@ -34,7 +34,7 @@
 
 #include "hyb/common/status.h"
 #include "hyb/worker/attention_mixer.h"
-#include "hyb/worker/linear_mixer_options.h"
+#include "hyb/worker/storage_types.h"
 #include "hyb/worker/token_mixer.h"
 
 namespace hyb::worker {

@@ -11,7 +11,7 @@
 #include "hyb/common/tasks.h"
 #include "hyb/worker/candidate_evaluator.h"
 #include "hyb/worker/decoder_model.h"
-#include "hyb/worker/tokenizer.h"
+#include "hyb/worker/storage_types.h"
 
 namespace hyb::worker {
 
@@ -20,6 +20,9 @@ class LocalExecutor : public TaskExecutor {
   // `distill_dir` is where Distill tasks publish checkpoints and Evaluate tasks load mixers from.
   explicit LocalExecutor(std::string distill_dir) : distill_dir_(std::move(distill_dir)) {}
 
+  // The runtime half of VALIDATING, after coordinator::ValidateJob(spec) has checked the spec and
+  // its files without LibTorch (it does not repeat those checks): the device and dtype are
+  // usable here, the teacher loads onto them, its tokenizer loads. Keeps both for the tasks.
   Status Validate(const JobSpec& spec) override;
   StatusOr<DistillResult> Distill(const DistillTask& task, const ProgressFn& progress) override;
   StatusOr<EvaluateResult> Evaluate(const EvaluateTask& task) override;

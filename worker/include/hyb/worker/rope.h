@@ -8,7 +8,7 @@
 #include <utility>
 
 #include "hyb/common/status.h"
-#include "hyb/worker/model_config.h"
+#include "hyb/worker/storage_types.h"
 
 namespace hyb::worker {
 

@@ -1,6 +1,6 @@
 // Scoring a model on a task's examples: what the greedy search compares candidates with. Every
 // scorer returns the aggregate and one value per example (the search's paired bootstrap needs
-// them). Task files are JSONL, one example per line:
+// them). Task files (hyb/storage/task_file.h) are JSONL, one example per line:
 //   lm               {"text": "..."}                                   mean token loss, perplexity
 //   multiple_choice  {"context": "...", "choices": ["...", ...], "label": 0}
 //                    accuracy and length-normalised accuracy, lm-evaluation-harness semantics
@@ -19,28 +19,9 @@
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 #include "hyb/worker/decoder_model.h"
-#include "hyb/worker/tokenizer.h"
+#include "hyb/worker/storage_types.h"
 
 namespace hyb::worker {
-
-enum class TaskKind { kLm, kMultipleChoice, kGenerate, kKlToTeacher };
-
-std::string TaskKindName(TaskKind kind);
-StatusOr<TaskKind> ParseTaskKind(const std::string& name);
-
-struct TaskExample {
-  std::string text;                  // lm, kl_to_teacher
-  std::string context;               // multiple_choice
-  std::vector<std::string> choices;  // multiple_choice
-  int64_t label = -1;                // multiple_choice
-  std::string prompt;                // generate
-  std::string answer;                // generate
-  std::vector<std::string> stop;     // generate (default: a newline)
-};
-
-// Reads and validates a task file; errors name the file, line and field. Unknown fields are
-// rejected so a typo does not silently change what is scored.
-StatusOr<std::vector<TaskExample>> LoadTaskExamples(const std::string& path, TaskKind kind);
 
 struct TaskScore {
   std::string metric;             // "loss", "acc", "exact_match", "kl"

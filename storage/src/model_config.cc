@@ -1,8 +1,8 @@
-#include "hyb/worker/model_config.h"
+#include "hyb/storage/model_config.h"
 
 #include <cmath>
 
-namespace hyb::worker {
+namespace hyb::storage {
 namespace {
 
 // Families and the defaults their transformers config classes apply to absent fields.
@@ -75,7 +75,8 @@ StatusOr<RopeConfig> ParseRope(const JsonObject& c, int64_t max_position_embeddi
        "mscale_all_dim", "truncate", "partial_rotary_factor"}));
   HYB_ASSIGN_OR_RETURN(r.theta, rope.Number("rope_theta", r.theta));
   HYB_ASSIGN_OR_RETURN(double prf, rope.Number("partial_rotary_factor", 1.0));
-  if (prf != 1.0) return rope.FieldError("partial_rotary_factor", "other than 1.0 is not supported");
+  if (prf != 1.0)
+    return rope.FieldError("partial_rotary_factor", "other than 1.0 is not supported");
   HYB_ASSIGN_OR_RETURN(r.type, ParseRopeType(rope, field));
   if (r.type == RopeType::kDefault) return r;
   HYB_ASSIGN_OR_RETURN(r.factor, rope.Number("factor"));
@@ -147,9 +148,9 @@ Status ParseLinearLayers(const JsonObject& c, ModelConfig* m) {
     }
   }
   if (c.Has("linear_attention")) {
-    HYB_ASSIGN_OR_RETURN(m->linear_mixer,
-                         ParseLinearMixerOptions(c.json()["linear_attention"],
-                                                 c.source() + " (linear_attention)"));
+    HYB_ASSIGN_OR_RETURN(
+        m->linear_mixer,
+        ParseLinearMixerOptions(c.json()["linear_attention"], c.source() + " (linear_attention)"));
   } else if (m->num_linear_layers() > 0) {
     return c.FieldError("linear_attention",
                         "is required when layer_types has \"linear_attention\" entries");
@@ -191,21 +192,20 @@ StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& so
   HYB_RETURN_IF_ERROR(positive("intermediate_size", &m.intermediate_size));
   HYB_RETURN_IF_ERROR(positive("num_hidden_layers", &m.num_layers));
   HYB_RETURN_IF_ERROR(positive("num_attention_heads", &m.num_heads));
-  const int64_t default_kv =
-      (!config.contains("num_key_value_heads") && fam->num_kv_heads > 0) ? fam->num_kv_heads
-                                                                         : m.num_heads;
+  const int64_t default_kv = (!config.contains("num_key_value_heads") && fam->num_kv_heads > 0)
+                                 ? fam->num_kv_heads
+                                 : m.num_heads;
   HYB_ASSIGN_OR_RETURN(m.num_kv_heads, c.Int("num_key_value_heads", default_kv));
   if (m.num_kv_heads <= 0 || m.num_heads % m.num_kv_heads != 0) {
-    return c.FieldError("num_key_value_heads",
-                        "must be positive and divide num_attention_heads (" +
-                            std::to_string(m.num_heads) + "), got " +
-                            std::to_string(m.num_kv_heads));
+    return c.FieldError("num_key_value_heads", "must be positive and divide num_attention_heads (" +
+                                                   std::to_string(m.num_heads) + "), got " +
+                                                   std::to_string(m.num_kv_heads));
   }
   const int64_t default_head_dim = fam->head_dim > 0 ? fam->head_dim : m.hidden_size / m.num_heads;
   HYB_ASSIGN_OR_RETURN(m.head_dim, c.Int("head_dim", default_head_dim));
   if (m.head_dim <= 0 || m.head_dim % 2 != 0) {
-    return c.FieldError("head_dim", "must be a positive even number, got " +
-                                        std::to_string(m.head_dim));
+    return c.FieldError("head_dim",
+                        "must be a positive even number, got " + std::to_string(m.head_dim));
   }
   if (!c.Has("head_dim") && fam->head_dim == 0 && m.hidden_size % m.num_heads != 0) {
     return c.FieldError("num_attention_heads", "must divide hidden_size when head_dim is absent");
@@ -289,4 +289,4 @@ StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& so
   return m;
 }
 
-}  // namespace hyb::worker
+}  // namespace hyb::storage

@@ -1,18 +1,18 @@
-#include "hyb/worker/tokenizer.h"
+#include "hyb/storage/tokenizer.h"
 
 #include <algorithm>
 #include <array>
+#include <cctype>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <queue>
-#include <cctype>
-#include <cstdio>
 #include <unordered_map>
 #include <variant>
 
-#include "hyb/worker/unicode.h"
+#include "hyb/storage/unicode.h"
 
-namespace hyb::worker {
+namespace hyb::storage {
 namespace {
 
 using unicode::IsLetter;
@@ -221,7 +221,7 @@ struct Tokenizer::Impl {
   std::vector<NormalizerStep> normalizers;
   std::vector<PreTokenizerStep> pre_tokenizers;
   std::vector<DecoderStep> decoders;
-  std::vector<AddedToken> added;  // sorted by content length, longest first
+  std::vector<AddedToken> added;                    // sorted by content length, longest first
   std::unordered_map<int64_t, bool> added_special;  // id -> special
   std::vector<std::variant<int64_t, int>> single_template;  // id, or 0 for the sequence
   bool has_template = false;
@@ -323,8 +323,9 @@ Status Tokenizer::Impl::LoadNormalizer(const Json& j, const std::string& where) 
     HYB_ASSIGN_OR_RETURN(std::string content, o.String("content"));
     normalizers.push_back({NormalizerStep::kReplace, ToU32(pattern), ToU32(content)});
   } else {
-    return o.FieldError("type", "normalizer '" + type + "' is not supported (NFC, Prepend, "
-                                                        "Replace, Sequence)");
+    return o.FieldError("type", "normalizer '" + type +
+                                    "' is not supported (NFC, Prepend, "
+                                    "Replace, Sequence)");
   }
   return Status::Ok();
 }
@@ -358,8 +359,9 @@ Status Tokenizer::Impl::LoadPreTokenizer(const Json& j, const std::string& where
     } else if (re == kQwen2Pattern) {
       step.pattern = SplitPattern::kQwen2;
     } else {
-      return o.FieldError("pattern", "regex is not one of the GPT-2, Llama 3 or Qwen2 split "
-                                     "patterns this tokenizer implements");
+      return o.FieldError("pattern",
+                          "regex is not one of the GPT-2, Llama 3 or Qwen2 split "
+                          "patterns this tokenizer implements");
     }
     HYB_ASSIGN_OR_RETURN(std::string behavior, o.String("behavior", "Isolated"));
     HYB_ASSIGN_OR_RETURN(bool invert, o.Bool("invert", false));
@@ -445,13 +447,15 @@ Status Tokenizer::Impl::LoadPostProcessor(const Json& j) {
   HYB_ASSIGN_OR_RETURN(std::string type, o.String("type"));
   if (type == "ByteLevel") return Status::Ok();  // offsets only; ids unchanged
   if (type == "Sequence") {
-    for (const Json& p : j.value("processors", Json::array())) HYB_RETURN_IF_ERROR(LoadPostProcessor(p));
+    for (const Json& p : j.value("processors", Json::array()))
+      HYB_RETURN_IF_ERROR(LoadPostProcessor(p));
     return Status::Ok();
   }
   if (type != "TemplateProcessing") {
     return o.FieldError("type", "post-processor '" + type + "' is not supported");
   }
-  if (!j.contains("single") || !j["single"].is_array()) return o.FieldError("single", "must be a list");
+  if (!j.contains("single") || !j["single"].is_array())
+    return o.FieldError("single", "must be a list");
   const Json special = j.value("special_tokens", Json::object());
   for (const Json& item : j["single"]) {
     if (item.contains("Sequence")) {
@@ -473,11 +477,15 @@ Status Tokenizer::Impl::LoadPostProcessor(const Json& j) {
 std::u32string Tokenizer::Impl::Normalize(std::u32string s) const {
   for (const auto& n : normalizers) {
     switch (n.kind) {
-      case NormalizerStep::kNfc: s = unicode::Nfc(s); break;
+      case NormalizerStep::kNfc:
+        s = unicode::Nfc(s);
+        break;
       case NormalizerStep::kPrepend:
         if (!s.empty()) s = n.a + s;
         break;
-      case NormalizerStep::kReplace: s = ReplaceAll(std::move(s), n.a, n.b); break;
+      case NormalizerStep::kReplace:
+        s = ReplaceAll(std::move(s), n.a, n.b);
+        break;
     }
   }
   return s;
@@ -665,10 +673,9 @@ StatusOr<std::shared_ptr<const Tokenizer>> Tokenizer::FromJson(const Json& j,
     impl->added_special[t.id] = t.special;
     impl->added.push_back(t);
   }
-  std::stable_sort(impl->added.begin(), impl->added.end(),
-                   [](const AddedToken& a, const AddedToken& b) {
-                     return a.content.size() > b.content.size();
-                   });
+  std::stable_sort(
+      impl->added.begin(), impl->added.end(),
+      [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
   int64_t max_id = -1;
   for (const auto& [tok, id] : impl->vocab) max_id = std::max(max_id, id);
   impl->id_to_token.assign(static_cast<size_t>(max_id + 1), "");
@@ -703,7 +710,8 @@ std::vector<int64_t> Tokenizer::Encode(std::string_view raw, bool add_special_to
     }
     size_t seg_end = i, after = i + match->content.size();
     if (match->lstrip) {
-      while (seg_end > segment_start && std::isspace(static_cast<unsigned char>(text[seg_end - 1]))) --seg_end;
+      while (seg_end > segment_start && std::isspace(static_cast<unsigned char>(text[seg_end - 1])))
+        --seg_end;
     }
     if (match->rstrip) {
       while (after < text.size() && std::isspace(static_cast<unsigned char>(text[after]))) ++after;
@@ -846,4 +854,4 @@ std::optional<std::string> Tokenizer::IdToToken(int64_t id) const {
   return impl_->id_to_token[static_cast<size_t>(id)];
 }
 
-}  // namespace hyb::worker
+}  // namespace hyb::storage

@@ -1,13 +1,13 @@
-#include "hyb/worker/model_config.h"
+#include "hyb/storage/model_config.h"
 
 #include <gtest/gtest.h>
 
-namespace hyb::worker {
+namespace hyb::storage {
 namespace {
 
 Json Base(const std::string& family) {
-  return {{"model_type", family},     {"vocab_size", 100},         {"hidden_size", 64},
-          {"intermediate_size", 128}, {"num_hidden_layers", 4},    {"num_attention_heads", 8},
+  return {{"model_type", family},     {"vocab_size", 100},      {"hidden_size", 64},
+          {"intermediate_size", 128}, {"num_hidden_layers", 4}, {"num_attention_heads", 8},
           {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-5}};
 }
 
@@ -108,12 +108,10 @@ TEST(ModelConfigTest, RopeBothSpellings) {
                                {"high_freq_factor", 4.0},
                                {"original_max_position_embeddings", 8192}};
   Json new_style = Base("llama");
-  new_style["rope_parameters"] = {{"rope_type", "llama3"},
-                                  {"rope_theta", 500000.0},
-                                  {"factor", 8.0},
-                                  {"low_freq_factor", 1.0},
-                                  {"high_freq_factor", 4.0},
-                                  {"original_max_position_embeddings", 8192}};
+  new_style["rope_parameters"] = {
+      {"rope_type", "llama3"},   {"rope_theta", 500000.0},
+      {"factor", 8.0},           {"low_freq_factor", 1.0},
+      {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
   for (const Json& j : {old_style, new_style}) {
     const ModelConfig c = Parse(j);
     EXPECT_EQ(c.rope.type, RopeType::kLlama3);
@@ -188,4 +186,4 @@ TEST(ModelConfigTest, TokenIds) {
 }
 
 }  // namespace
-}  // namespace hyb::worker
+}  // namespace hyb::storage

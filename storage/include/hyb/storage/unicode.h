@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-namespace hyb::worker::unicode {
+namespace hyb::storage::unicode {
 
 // Code points of `text`; invalid sequences map to U+FFFD.
 std::u32string DecodeUtf8Lossy(std::string_view text);
@@ -25,4 +25,4 @@ bool IsWhitespace(char32_t cp);  // the White_Space property (regex \s)
 std::u32string Nfc(std::u32string_view text);
 const char* UnicodeVersion();
 
-}  // namespace hyb::worker::unicode
+}  // namespace hyb::storage::unicode

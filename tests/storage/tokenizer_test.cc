@@ -1,16 +1,13 @@
-#include "hyb/worker/tokenizer.h"
+#include "hyb/storage/tokenizer.h"
 
 #include <gtest/gtest.h>
 
-#include "hyb/worker/unicode.h"
-
-#include <sstream>
-#include <cstdlib>
 #include <fstream>
+#include <sstream>
 
-#include "hyb/storage/token_dataset.h"
+#include "hyb/storage/unicode.h"
 
-namespace hyb::worker {
+namespace hyb::storage {
 namespace {
 
 // A byte-level BPE over "hello world" with merges h e -> he, l l -> ll, he ll -> hell,
@@ -18,7 +15,8 @@ namespace {
 Json ByteLevelJson() {
   Json vocab = Json::object();
   int64_t id = 0;
-  for (const char* t : {"h", "e", "l", "o", "w", "r", "d", "\xC4\xA0", "!", "'", "s"}) vocab[t] = id++;
+  for (const char* t : {"h", "e", "l", "o", "w", "r", "d", "\xC4\xA0", "!", "'", "s"})
+    vocab[t] = id++;
   for (const char* t : {"he", "ll", "hell", "hello", "\xC4\xA0w"}) vocab[t] = id++;
   return {{"model",
            {{"type", "BPE"},
@@ -58,7 +56,13 @@ TEST(TokenizerTest, ContractionsAndWhitespaceFollowGpt2Pattern) {
 }
 
 TEST(TokenizerTest, ByteFallbackAndMetaspace) {
-  Json vocab = {{"<unk>", 0}, {"\xE2\x96\x81", 1}, {"a", 2}, {"b", 3}, {"\xE2\x96\x81" "a", 4}};
+  Json vocab = {{"<unk>", 0},
+                {"\xE2\x96\x81", 1},
+                {"a", 2},
+                {"b", 3},
+                {"\xE2\x96\x81"
+                 "a",
+                 4}};
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof(name), "<0x%02X>", b);
@@ -71,7 +75,9 @@ TEST(TokenizerTest, ByteFallbackAndMetaspace) {
               {"unk_token", "<unk>"},
               {"byte_fallback", true}}},
             {"pre_tokenizer",
-             {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"},
+             {{"type", "Metaspace"},
+              {"replacement", "\xE2\x96\x81"},
+              {"prepend_scheme", "first"},
               {"split", false}}},
             {"decoder",
              {{"type", "Sequence"},
@@ -97,7 +103,8 @@ TEST(TokenizerTest, RejectsWhatItDoesNotImplement) {
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find("'Unigram' is not supported"), std::string::npos);
   j = ByteLevelJson();
-  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "\\w+"}}}, {"behavior", "Isolated"}};
+  j["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "\\w+"}}}, {"behavior", "Isolated"}};
   t = Tokenizer::FromJson(j, "t.json");
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find("pattern"), std::string::npos);
@@ -116,14 +123,16 @@ TEST(UnicodeTest, LossyDecodingAndNfc) {
   using unicode::DecodeUtf8Lossy;
   // Maximal subparts: E2 82 (truncated 3-byte) is one U+FFFD; FF is one; ED A0 80 (surrogate)
   // is three (ED's allowed second bytes exclude A0).
-  EXPECT_EQ(DecodeUtf8Lossy("a\xE2\x82" "b"), (std::u32string{U'a', 0xFFFD, U'b'}));
+  EXPECT_EQ(DecodeUtf8Lossy("a\xE2\x82"
+                            "b"),
+            (std::u32string{U'a', 0xFFFD, U'b'}));
   EXPECT_EQ(DecodeUtf8Lossy("\xFF"), (std::u32string{0xFFFD}));
   EXPECT_EQ(DecodeUtf8Lossy("\xED\xA0\x80"), (std::u32string{0xFFFD, 0xFFFD, 0xFFFD}));
   EXPECT_EQ(DecodeUtf8Lossy("\xF0\x9F\x98\x80"), (std::u32string{0x1F600}));
   EXPECT_EQ(unicode::Nfc(U"e\u0301"), U"\u00e9");
   EXPECT_EQ(unicode::Nfc(U"A\u030a"), U"\u00c5");
-  EXPECT_EQ(unicode::Nfc(U"\u1100\u1161\u11a8"), U"\uac01");  // Hangul L V T
-  EXPECT_EQ(unicode::Nfc(U"\u212b"), U"\u00c5");              // ANGSTROM SIGN (singleton)
+  EXPECT_EQ(unicode::Nfc(U"\u1100\u1161\u11a8"), U"\uac01");    // Hangul L V T
+  EXPECT_EQ(unicode::Nfc(U"\u212b"), U"\u00c5");                // ANGSTROM SIGN (singleton)
   EXPECT_EQ(unicode::Nfc(U"q\u0307\u0323"), U"q\u0323\u0307");  // canonical reordering
   EXPECT_TRUE(unicode::IsLetter(U'\u00e9'));
   EXPECT_TRUE(unicode::IsNumber(U'\u0663'));
@@ -132,9 +141,9 @@ TEST(UnicodeTest, LossyDecodingAndNfc) {
 }
 
 }  // namespace
-}  // namespace hyb::worker
+}  // namespace hyb::storage
 
-namespace hyb::worker {
+namespace hyb::storage {
 namespace {
 
 // Reference ids and decodings recorded from Hugging Face `tokenizers` 0.23.2 for tokenizers it
@@ -142,8 +151,8 @@ namespace {
 // machine); here a 350-case sample per tokenizer guards parity in CI.
 TEST(TokenizerParityTest, MatchesRecordedTokenizersOutput) {
   const std::string root = std::string(HYB_TEST_DATA_DIR) + "/tokenizers/";
-  for (const char* name : {"gpt2_bytelevel", "llama3_style", "qwen2_style", "llama2_legacy",
-                           "mistral_metaspace"}) {
+  for (const char* name :
+       {"gpt2_bytelevel", "llama3_style", "qwen2_style", "llama2_legacy", "mistral_metaspace"}) {
     auto tok = Tokenizer::FromFile(root + name + "/tokenizer.json");
     ASSERT_TRUE(tok.ok()) << tok.status().ToString();
     auto contents = ReadFileToString(root + name + "/fixtures.jsonl");
@@ -175,47 +184,4 @@ TEST(TokenizerParityTest, MatchesRecordedTokenizersOutput) {
 }
 
 }  // namespace
-}  // namespace hyb::worker
-
-namespace hyb::worker {
-namespace {
-
-TEST(CliPrepareTest, WritesTokenizedDocumentsWithEos) {
-  const char* cli = std::getenv("HYB_CLI");
-  if (cli == nullptr) GTEST_SKIP() << "HYB_CLI not set (run through ctest)";
-  char templ[] = "/tmp/hyb_prepare_XXXXXX";
-  ASSERT_NE(mkdtemp(templ), nullptr);
-  const std::string dir = templ;
-  const std::string tok_path = std::string(HYB_TEST_DATA_DIR) + "/tokenizers/qwen2_style/tokenizer.json";
-  const std::vector<std::string> docs = {"Hello, world!", "naïve café 123", "def f(x):\n  return x"};
-  {
-    std::ofstream out(dir + "/c.jsonl");
-    for (const auto& d : docs) out << Json{{"body", d}}.dump() << "\n";
-  }
-  const std::string cmd = std::string(cli) + " prepare --tokenizer " + tok_path + " --input " +
-                          dir + "/c.jsonl --output " + dir + "/ds --text-field body > /dev/null";
-  ASSERT_EQ(std::system(cmd.c_str()), 0);
-  auto ds = storage::TokenDataset::Open(dir + "/ds");
-  ASSERT_TRUE(ds.ok()) << ds.status().ToString();
-  auto tok = *Tokenizer::FromFile(tok_path);
-  const int64_t eos = *tok->TokenToId("<|endoftext|>");
-  ASSERT_EQ((*ds)->num_documents(), 3);
-  for (int64_t d = 0; d < 3; ++d) {
-    auto want = tok->Encode(docs[static_cast<size_t>(d)]);
-    want.push_back(eos);
-    EXPECT_EQ((*ds)->Document(d), want);
-  }
-  // A line without the field is an error naming file and line; nothing is written.
-  { std::ofstream(dir + "/bad.jsonl") << "{\"body\": \"x\"}\n{\"text\": \"y\"}\n"; }
-  const std::string bad = std::string(cli) + " prepare --tokenizer " + tok_path + " --input " +
-                          dir + "/bad.jsonl --output " + dir + "/ds2 --text-field body 2> " + dir +
-                          "/err.txt";
-  EXPECT_EQ(WEXITSTATUS(std::system(bad.c_str())), 1);
-  auto err = ReadFileToString(dir + "/err.txt");
-  EXPECT_NE(err->find("bad.jsonl:2"), std::string::npos) << *err;
-  EXPECT_FALSE(storage::TokenDataset::Open(dir + "/ds2").ok());
-  std::system(("rm -rf " + dir).c_str());
-}
-
-}  // namespace
-}  // namespace hyb::worker
+}  // namespace hyb::storage

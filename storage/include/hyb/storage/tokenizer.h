@@ -20,7 +20,7 @@
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 
-namespace hyb::worker {
+namespace hyb::storage {
 
 class Tokenizer {
  public:
@@ -48,4 +48,4 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace hyb::worker
+}  // namespace hyb::storage

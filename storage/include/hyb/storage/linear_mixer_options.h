@@ -9,7 +9,7 @@
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 
-namespace hyb::worker {
+namespace hyb::storage {
 
 enum class LinearMixerType {
   kGatedDeltaNet,  // "gated_deltanet": arXiv 2412.06464
@@ -38,4 +38,8 @@ struct LinearMixerOptions {
 StatusOr<LinearMixerOptions> ParseLinearMixerOptions(const Json& j, const std::string& source);
 Json LinearMixerOptionsToJson(const LinearMixerOptions& options);
 
-}  // namespace hyb::worker
+// The job spec's "mixer" object (configs/job.schema.json): the same settings, the mixer named by
+// "type" where a hybrid's config.json says "mixer". Messages are prefixed "mixer".
+StatusOr<LinearMixerOptions> ParseJobMixerOptions(const Json& spec_mixer);
+
+}  // namespace hyb::storage

@@ -1,11 +1,11 @@
-#include "hyb/worker/unicode.h"
+#include "hyb/storage/unicode.h"
 
 #include <algorithm>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
-namespace hyb::worker::unicode {
+namespace hyb::storage::unicode {
 namespace {
 
 struct CodeRange {
@@ -27,9 +27,8 @@ struct Composition {
 template <size_t N>
 bool InRanges(const CodeRange (&ranges)[N], char32_t cp) {
   const CodeRange* end = ranges + N;
-  const CodeRange* it = std::upper_bound(ranges, end, cp, [](char32_t c, const CodeRange& r) {
-    return c < r.first;
-  });
+  const CodeRange* it =
+      std::upper_bound(ranges, end, cp, [](char32_t c, const CodeRange& r) { return c < r.first; });
   return it != ranges && cp <= (it - 1)->last;
 }
 
@@ -201,8 +200,8 @@ std::u32string Nfc(std::u32string_view text) {
   int last_class = -1;
   for (char32_t c : d) {
     const int cc = CombiningClass(c);
-    if (starter != std::u32string::npos && (last_class < cc || (last_class == 0 && cc == 0 &&
-                                                                out.size() == starter + 1))) {
+    if (starter != std::u32string::npos &&
+        (last_class < cc || (last_class == 0 && cc == 0 && out.size() == starter + 1))) {
       if (const char32_t composed = Compose(out[starter], c)) {
         out[starter] = composed;
         continue;
@@ -221,4 +220,4 @@ std::u32string Nfc(std::u32string_view text) {
 
 const char* UnicodeVersion() { return kUnicodeVersion; }
 
-}  // namespace hyb::worker::unicode
+}  // namespace hyb::storage::unicode

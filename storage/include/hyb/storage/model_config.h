@@ -9,9 +9,9 @@
 
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
-#include "hyb/worker/linear_mixer_options.h"
+#include "hyb/storage/linear_mixer_options.h"
 
-namespace hyb::worker {
+namespace hyb::storage {
 
 enum class RopeType { kDefault, kLinear, kLlama3, kYarn };
 
@@ -49,11 +49,11 @@ struct ModelConfig {
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;    // bias on q/k/v projections
-  bool o_bias = false;      // bias on the output projection
-  bool mlp_bias = false;    // bias on gate/up/down
-  bool qk_norm = false;     // per-head RMSNorm on q and k before rotary (qwen3)
-  int64_t sliding_window = 0;            // 0: no sliding window anywhere
+  bool qkv_bias = false;                       // bias on q/k/v projections
+  bool o_bias = false;                         // bias on the output projection
+  bool mlp_bias = false;                       // bias on gate/up/down
+  bool qk_norm = false;                        // per-head RMSNorm on q and k before rotary (qwen3)
+  int64_t sliding_window = 0;                  // 0: no sliding window anywhere
   std::vector<AttentionKind> layer_attention;  // one per layer (for softmax layers)
   // Hybrids: layers whose token mixer is a linear-attention mixer ("linear_attention" in
   // layer_types), and the mixer settings (config.json's "linear_attention" object).
@@ -73,4 +73,4 @@ struct ModelConfig {
 // field.
 StatusOr<ModelConfig> ParseModelConfig(const Json& config, const std::string& source);
 
-}  // namespace hyb::worker
+}  // namespace hyb::storage
