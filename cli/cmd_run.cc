@@ -50,7 +50,7 @@ Status Run(const ParsedFlags& flags) {
     std::fprintf(stderr, "[%6.1fs] %s\n", t, line.c_str());
   };
   storage::JobLayout layout(options.storage_root, spec.job_id);
-  worker::LocalExecutor executor(layout.DistillDir());
+  worker::LocalExecutor executor(layout.dir());
   // The torch-free checks first, for both paths: the executor's Validate (the teacher loading)
   // no longer repeats them.
   HYB_RETURN_IF_ERROR(coordinator::ValidateJob(spec).status());

@@ -17,6 +17,14 @@ int RunTokenize(const std::vector<std::string>& args);
 int RunPrepare(const std::vector<std::string>& args);
 int RunScore(const std::vector<std::string>& args);
 int RunRun(const std::vector<std::string>& args);
+// The service (cmd_service.cc): the coordinator, a worker, and the API's clients.
+int RunServe(const std::vector<std::string>& args);
+int RunWorker(const std::vector<std::string>& args);
+int RunSubmit(const std::vector<std::string>& args);
+int RunStatus(const std::vector<std::string>& args);
+int RunWatch(const std::vector<std::string>& args);
+int RunCancel(const std::vector<std::string>& args);
+int RunWorkers(const std::vector<std::string>& args);
 
 // Prints "hybridize <command>: error: <message>" to stderr and returns the exit code: 2 for a
 // usage error (bad or missing flags), 1 for any other failure.

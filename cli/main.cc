@@ -50,6 +50,15 @@ commands:
   prepare    tokenize JSONL documents into a packed dataset for distillation
   score      score a model on a task file (lm, multiple_choice, generate, kl_to_teacher)
 
+the service (docs/service.md):
+  serve      run the coordinator: HTTP API, job state in SQLite, tasks leased to workers
+  worker     run a worker: lease tasks from a coordinator and run them on this machine
+  submit     submit a job spec to a coordinator (--wait follows it to the end)
+  status     list jobs, or show one job's state and progress
+  watch      follow a job's progress events live
+  cancel     cancel a job
+  workers    list the workers a coordinator knows
+
 Run 'hybridize <command> --help' for a command's flags. Environment: HYB_LOG_LEVEL
 (debug|info|warning|error) sets the log threshold.
 )";
@@ -70,6 +79,21 @@ int Dispatch(int argc, char** argv) {
   if (command == "prepare") return hyb::cli::RunPrepare(args);
   if (command == "score") return hyb::cli::RunScore(args);
   if (command == "run") return hyb::cli::RunRun(args);
+  if (command == "serve") {
+#ifdef HYB_WITH_SERVICE
+    return hyb::cli::RunServe(args);
+#else
+    std::cerr << "hybridize serve: this build has no coordinator (configured with "
+                 "-DHYB_SERVICE=OFF); workers and the API clients are available\n";
+    return 2;
+#endif
+  }
+  if (command == "worker") return hyb::cli::RunWorker(args);
+  if (command == "submit") return hyb::cli::RunSubmit(args);
+  if (command == "status") return hyb::cli::RunStatus(args);
+  if (command == "watch") return hyb::cli::RunWatch(args);
+  if (command == "cancel") return hyb::cli::RunCancel(args);
+  if (command == "workers") return hyb::cli::RunWorkers(args);
   std::cerr << "hybridize: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }

@@ -87,4 +87,12 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
   return s;
 }
 
+JobSpec ResolvePaths(JobSpec spec, const std::string& root) {
+  spec.teacher = Resolve(root, spec.teacher);
+  spec.distill.data = Resolve(root, spec.distill.data);
+  spec.task.validation = Resolve(root, spec.task.validation);
+  spec.task.test = Resolve(root, spec.task.test);
+  return spec;
+}
+
 }  // namespace hyb

@@ -11,8 +11,10 @@
 #include <sstream>
 
 #include "hyb/coordinator/greedy_search.h"
+#include "hyb/coordinator/job_validation.h"
 #include "hyb/coordinator/report_html.h"
 #include "hyb/storage/atomic_file.h"
+#include "hyb/storage/env.h"
 #include "hyb/storage/fingerprint.h"
 
 namespace hyb::coordinator {
@@ -120,30 +122,23 @@ void JobRunner::Print(const std::string& line) const {
   if (options_.print) options_.print(line);
 }
 
-void JobRunner::Event(Json event) const {
+Status JobRunner::Event(Json event) const {
   event["time"] = NowUtc();
-  std::ofstream out(layout_.Events(), std::ios::app);
-  out << event.dump() << "\n";
+  event["job_id"] = spec_.job_id;
+  HYB_RETURN_IF_ERROR(storage::AppendLine(storage::Env::Default(), layout_.Events(), event.dump())
+                          .WithContext("recording a progress event"));
+  if (options_.on_event) options_.on_event(event);
+  return Status::Ok();
 }
 
 Status JobRunner::Validate() {
-  // Worker side first: the teacher, tokenizer, mixer, data and task files.
+  // Everything that needs no LibTorch first (the same checks as --validate-only and the API's
+  // validate_only), then what the executor's runtime checks (the teacher loads).
+  HYB_ASSIGN_OR_RETURN(ValidatedJob validated,
+                       options_.validate ? options_.validate(spec_) : ValidateJob(spec_));
+  num_layers_ = validated.num_layers;
+  family_ = validated.family;
   HYB_RETURN_IF_ERROR(executor_->Validate(spec_));
-  HYB_ASSIGN_OR_RETURN(Json config, ReadJsonFile(spec_.teacher + "/config.json"));
-  JsonObject c(config, spec_.teacher + "/config.json");
-  HYB_ASSIGN_OR_RETURN(num_layers_, c.Int("num_hidden_layers"));
-  HYB_ASSIGN_OR_RETURN(family_, c.String("model_type", ""));
-  for (int64_t l : spec_.search.layers) {
-    if (l >= num_layers_) {
-      return InvalidArgument("search.layers: layer " + std::to_string(l) + " does not exist (the " +
-                             "teacher has " + std::to_string(num_layers_) + " layers)");
-    }
-  }
-  if (spec_.task.type == "kl_to_teacher" && !spec_.search.p_min) {
-    return InvalidArgument(
-        "search.tolerance: a kl_to_teacher task scores the teacher 0, so a "
-        "relative tolerance admits nothing; give search.p_min (a KL bound)");
-  }
   // Resume only the same job on the same inputs.
   HYB_ASSIGN_OR_RETURN(const Json inputs, InputFingerprints(spec_));
   const std::string stored = layout_.JobSpec();
@@ -183,19 +178,21 @@ Status JobRunner::Distill(Json* distill_report) {
     Print("distillation: finished earlier (" + layout_.DistillResult() + ")");
     return Status::Ok();
   }
-  DistillTask task{spec_.job_id, layers, layout_.DistillDir()};
-  Event({{"event", "task_started"}, {"task", "distill"}, {"spec", task.ToJson()}});
+  DistillTask task{spec_.job_id, layers};
+  HYB_RETURN_IF_ERROR(
+      Event({{"event", "task_started"}, {"task", "distill"}, {"spec", task.ToJson()}}));
   Print("distilling layers " + Layers(layers) + ": " + std::to_string(spec_.distill.steps) +
         " steps of " + std::to_string(spec_.distill.batch_size) + " x " +
         std::to_string(spec_.distill.sequence_length) + " tokens");
   const auto start = Clock::now();
   auto last = Clock::now() - std::chrono::hours(1);
   int64_t first_step = -1;
+  Status event_error;
   auto progress = [&](const Json& e) {
     const int64_t step = e.value("step", int64_t{0});
     if (first_step < 0) first_step = step;
     const bool final = step >= spec_.distill.steps;
-    if (!final && Since(last) < options_.progress_interval_s) return;
+    if (!final && Since(last) < options_.progress_interval_s) return true;
     last = Clock::now();
     std::string line = "distill step " + std::to_string(step) + "/" +
                        std::to_string(spec_.distill.steps) + " | nmse";
@@ -209,34 +206,52 @@ Status JobRunner::Distill(Json* distill_report) {
       line += " | ETA " + Duration(static_cast<double>(spec_.distill.steps - step) / rate);
     }
     Print(line);
-    Event(e);
+    Json event = e;
+    event["steps"] = spec_.distill.steps;
+    if (!final) event["eta_seconds"] = static_cast<double>(spec_.distill.steps - step) / rate;
+    event_error = Event(event);
+    return event_error.ok();  // stop rather than train on unrecorded
   };
-  HYB_ASSIGN_OR_RETURN(DistillResult result, executor_->Distill(task, progress));
-  *distill_report = result.ToJson();
-  Event({{"event", "task_finished"}, {"task", "distill"}, {"seconds", result.seconds}});
+  auto result = executor_->Distill(task, progress);
+  HYB_RETURN_IF_ERROR(event_error);
+  if (!result.ok()) return result.status();
+  *distill_report = result->ToJson();
+  HYB_RETURN_IF_ERROR(
+      Event({{"event", "task_finished"}, {"task", "distill"}, {"seconds", result->seconds}}));
   return storage::AtomicWriteString(layout_.DistillResult(), distill_report->dump(2) + "\n");
 }
 
-StatusOr<EvaluateResult> JobRunner::EvaluateStored(const EvaluateTask& task) {
+StatusOr<std::optional<EvaluateResult>> JobRunner::LoadStored(const EvaluateTask& task) const {
   const std::string path = layout_.Evaluation(task.split, task.candidate_id);
-  if (storage::PathExists(path)) {
-    HYB_ASSIGN_OR_RETURN(Json j, ReadJsonFile(path));
-    return EvaluateResult::FromJson(j, path);
-  }
-  HYB_ASSIGN_OR_RETURN(EvaluateResult r, executor_->Evaluate(task));
+  if (!storage::PathExists(path)) return std::optional<EvaluateResult>();
+  HYB_ASSIGN_OR_RETURN(Json j, ReadJsonFile(path));
+  HYB_ASSIGN_OR_RETURN(EvaluateResult r, EvaluateResult::FromJson(j, path));
+  return std::optional<EvaluateResult>(std::move(r));
+}
+
+Status JobRunner::Store(const EvaluateResult& r) const {
   // JSON has no NaN or infinity (they would be stored as null and break a resume).
   if (!std::isfinite(r.score) || (r.kl && !std::isfinite(*r.kl)) ||
       std::any_of(r.per_example.begin(), r.per_example.end(),
                   [](double v) { return !std::isfinite(v); })) {
-    return Internal(task.split + " evaluation of " + task.candidate_id +
+    return Internal(r.split + " evaluation of " + r.candidate_id +
                     " produced a non-finite score (score " + std::to_string(r.score) + ")");
   }
-  HYB_RETURN_IF_ERROR(storage::AtomicWriteString(path, r.ToJson().dump() + "\n"));
-  Event({{"event", "evaluated"},
-         {"split", task.split},
-         {"candidate_id", task.candidate_id},
-         {"score", r.score},
-         {"seconds", r.seconds}});
+  HYB_RETURN_IF_ERROR(storage::AtomicWriteString(layout_.Evaluation(r.split, r.candidate_id),
+                                                 r.ToJson().dump() + "\n"));
+  return Event({{"event", "evaluated"},
+                {"split", r.split},
+                {"candidate_id", r.candidate_id},
+                {"linear_layers", r.linear_layers},
+                {"score", r.score},
+                {"seconds", r.seconds}});
+}
+
+StatusOr<EvaluateResult> JobRunner::EvaluateStored(const EvaluateTask& task) {
+  HYB_ASSIGN_OR_RETURN(std::optional<EvaluateResult> stored, LoadStored(task));
+  if (stored) return std::move(*stored);
+  HYB_ASSIGN_OR_RETURN(EvaluateResult r, executor_->Evaluate(task));
+  HYB_RETURN_IF_ERROR(Store(r));
   return r;
 }
 
@@ -250,22 +265,22 @@ StatusOr<RunOutcome> JobRunner::Run() {
 
   // --- VALIDATING -------------------------------------------------------------------------
   if (Status s = Validate(); !s.ok()) return s.WithContext("validating");
-  Event({{"event", "phase"}, {"phase", "validating"}, {"job_id", spec_.job_id}});
+  HYB_RETURN_IF_ERROR(
+      Event({{"event", "phase"}, {"phase", "validating"}, {"job_id", spec_.job_id}}));
   end_phase("validating");
 
   // --- DISTILLING -------------------------------------------------------------------------
-  Event({{"event", "phase"}, {"phase", "distilling"}});
+  HYB_RETURN_IF_ERROR(Event({{"event", "phase"}, {"phase", "distilling"}}));
   Json distill_report;
   if (Status s = Distill(&distill_report); !s.ok()) return s.WithContext("distilling");
   end_phase("distilling");
 
   // --- SEARCHING --------------------------------------------------------------------------
-  Event({{"event", "phase"}, {"phase", "searching"}});
+  HYB_RETURN_IF_ERROR(Event({{"event", "phase"}, {"phase", "searching"}}));
   const auto search_start = Clock::now();
   int64_t layer_passes = 0;
-  EvaluateTask teacher_task{spec_.job_id, CandidateId({}), {}, "validation", true};
-  const bool teacher_stored =
-      storage::PathExists(layout_.Evaluation("validation", teacher_task.candidate_id));
+  EvaluateTask teacher_task{spec_.job_id, CandidateId({}), {}, "validation"};
+  if (spec_.search.prefix_cache) teacher_task.prefix_base = std::vector<int64_t>{};
   auto teacher = EvaluateStored(teacher_task);
   if (!teacher.ok()) return teacher.status().WithContext("searching: teacher");
   // Layer passes count every evaluation the search used, stored ones included (a resumed run
@@ -289,9 +304,6 @@ StatusOr<RunOutcome> JobRunner::Run() {
                      teacher->layer_passes};
   if (Status s = search.SetTeacher(tr); !s.ok()) return s.WithContext("searching");
   Print("p_full " + Fmt("%.4f", search.p_full()) + ", p_min " + Fmt("%.4f", search.p_min()));
-  // The executor's prefix cache holds the teacher's activations after its (fresh) evaluation.
-  std::vector<int64_t> cached_base;
-  bool cache_ready = spec_.search.prefix_cache && !teacher_stored;
   double candidate_seconds = 0;
   int64_t candidates_run = 0;
   while (!search.done()) {
@@ -302,44 +314,75 @@ StatusOr<RunOutcome> JobRunner::Run() {
     int64_t left_worst = 0;
     for (int64_t k = static_cast<int64_t>(round_candidates.size()); k > 0; --k) left_worst += k;
     int64_t done_in_round = 0;
+    // Stored results first (a resumed job), then every other candidate of the round at once:
+    // the executor runs them concurrently where it can and reports them as they finish.
+    std::vector<std::pair<EvaluateResult, bool>> arrived;  // result, stored
+    int64_t outstanding = 0;
     for (const Candidate& c : round_candidates) {
-      EvaluateTask task{spec_.job_id, c.id,  c.linear_layers,
-                        "validation", false, spec_.search.prefix_cache};
-      const bool stored = storage::PathExists(layout_.Evaluation("validation", c.id));
-      if (!stored && spec_.search.prefix_cache && (!cache_ready || cached_base != base)) {
-        // Make the current model the cache base (promoted from its recording as last round's
-        // candidate when the executor kept it; recorded afresh otherwise, e.g. after a resume).
-        EvaluateTask base_task{spec_.job_id, CandidateId(base), base, "validation", true};
-        auto b = executor_->Evaluate(base_task);
-        if (!b.ok()) return b.status().WithContext("searching: caching " + base_task.candidate_id);
-        layer_passes += b->layer_passes;
-        cached_base = base;
-        cache_ready = true;
+      EvaluateTask task{spec_.job_id, c.id,         c.linear_layers,
+                        "validation", std::nullopt, spec_.search.prefix_cache};
+      if (spec_.search.prefix_cache) task.prefix_base = base;
+      auto stored = LoadStored(task);
+      if (!stored.ok()) return stored.status().WithContext("searching: " + c.id);
+      if (stored->has_value()) {
+        arrived.push_back({std::move(**stored), true});
+        continue;
       }
-      auto r = EvaluateStored(task);
-      if (!r.ok()) return r.status().WithContext("searching: " + c.id);
-      layer_passes += r->layer_passes;
-      if (!stored) {
-        candidate_seconds += r->seconds;
+      if (Status s = executor_->Submit(task); !s.ok()) {
+        return s.WithContext("searching: submitting " + c.id);
+      }
+      ++outstanding;
+    }
+    size_t next_stored = 0;
+    while (next_stored < arrived.size() || outstanding > 0) {
+      EvaluateResult r;
+      bool stored = false;
+      if (next_stored < arrived.size()) {
+        r = arrived[next_stored].first;
+        stored = true;
+        ++next_stored;
+      } else {
+        auto got = executor_->NextEvaluation();
+        if (!got.ok()) return got.status().WithContext("searching: round " + std::to_string(round));
+        --outstanding;
+        if (Status s = Store(*got); !s.ok()) return s.WithContext("searching");
+        r = std::move(got).value();
+        candidate_seconds += r.seconds;
         ++candidates_run;
       }
+      layer_passes += r.layer_passes;
       ++done_in_round;
-      CandidateResult cr{r->score, r->per_example, r->kl, r->seconds, r->layer_passes};
-      if (Status s = search.Report(c.id, cr); !s.ok()) return s.WithContext("searching");
+      CandidateResult cr{r.score, r.per_example, r.kl, r.seconds, r.layer_passes};
+      if (Status s = search.Report(r.candidate_id, cr); !s.ok()) return s.WithContext("searching");
       const double mean =
           candidates_run > 0 ? candidate_seconds / static_cast<double>(candidates_run) : 0;
       const int64_t remaining = left_worst - done_in_round;
       const auto& scored = search.rounds()[static_cast<size_t>(round - 1)];
+      int64_t layer = -1;
+      for (const Candidate& c : round_candidates) {
+        if (c.id == r.candidate_id) layer = c.layer;
+      }
       std::string line = "round " + std::to_string(round) + " [" + std::to_string(done_in_round) +
                          "/" + std::to_string(round_candidates.size()) + "] layer " +
-                         std::to_string(c.layer) + " -> linear {" + Layers(c.linear_layers) +
-                         "}: " + r->metric + " " + Fmt("%.4f", r->score) + " (delta " +
-                         Fmt("%+.4f", r->score - scored.base_score) + ")";
-      if (r->kl) line += ", kl " + Fmt("%.4f", *r->kl);
-      line += stored ? ", stored" : ", " + Fmt("%.1fs", r->seconds);
+                         std::to_string(layer) + " -> linear {" + Layers(r.linear_layers) +
+                         "}: " + r.metric + " " + Fmt("%.4f", r.score) + " (delta " +
+                         Fmt("%+.4f", r.score - scored.base_score) + ")";
+      if (r.kl) line += ", kl " + Fmt("%.4f", *r.kl);
+      line += stored ? ", stored" : ", " + Fmt("%.1fs", r.seconds);
       if (mean > 0 && remaining > 0)
         line += ", ETA <= " + Duration(mean * static_cast<double>(remaining));
       Print(line);
+      HYB_RETURN_IF_ERROR(Event({{"event", "candidate"},
+                                 {"round", round},
+                                 {"layer", layer},
+                                 {"candidate_id", r.candidate_id},
+                                 {"linear_layers", r.linear_layers},
+                                 {"score", r.score},
+                                 {"kl", r.kl ? Json(*r.kl) : Json(nullptr)},
+                                 {"stored", stored},
+                                 {"scored", done_in_round},
+                                 {"of", round_candidates.size()},
+                                 {"eta_seconds", mean * static_cast<double>(remaining)}}));
     }
     const SearchRound& decided = search.rounds()[static_cast<size_t>(round - 1)];
     for (const auto& sc : decided.candidates) {
@@ -350,24 +393,24 @@ StatusOr<RunOutcome> JobRunner::Run() {
             Fmt("%+.4f", sc.delta_ci_high) + "] -> " +
             (decided.committed ? "committed" : "below p_min, stop"));
     }
-    Event({{"event", "round"},
-           {"round", round},
-           {"best_layer", decided.best_layer},
-           {"committed", decided.committed}});
+    HYB_RETURN_IF_ERROR(Event({{"event", "round"},
+                               {"round", round},
+                               {"best_layer", decided.best_layer},
+                               {"committed", decided.committed}}));
   }
   const double search_seconds = Since(search_start);
   Print("search stopped: " + search.stop_reason());
   end_phase("searching");
 
   // --- EXPORTING --------------------------------------------------------------------------
-  Event({{"event", "phase"}, {"phase", "exporting"}});
+  HYB_RETURN_IF_ERROR(Event({{"event", "phase"}, {"phase", "exporting"}}));
   const TrajectoryPoint best = search.best();
   const TrajectoryPoint opt = search.optimal();
   for (const auto& [name, point] :
        std::vector<std::pair<std::string, TrajectoryPoint>>{{"m_best", best}, {"m_opt", opt}}) {
     const std::string dir = layout_.Export(name);
     if (storage::PathExists(dir)) continue;
-    if (Status s = executor_->Export({point.linear_layers, dir}); !s.ok()) {
+    if (Status s = executor_->Export({spec_.job_id, point.linear_layers, name}); !s.ok()) {
       return s.WithContext("exporting " + name);
     }
     Print("exported " + name + " (linear " + Layers(point.linear_layers) + ") to " + dir);
@@ -375,7 +418,7 @@ StatusOr<RunOutcome> JobRunner::Run() {
   const bool has_test = !spec_.task.test.empty();
   auto test_score = [&](const std::vector<int64_t>& layers) -> StatusOr<Json> {
     if (!has_test) return Json(nullptr);
-    auto r = EvaluateStored({spec_.job_id, CandidateId(layers), layers, "test", false});
+    auto r = EvaluateStored({spec_.job_id, CandidateId(layers), layers, "test"});
     if (!r.ok()) return r.status().WithContext("exporting: test split");
     return Json(r->score);
   };
@@ -444,7 +487,7 @@ StatusOr<RunOutcome> JobRunner::Run() {
   auto html = RenderReportHtml(report);
   if (!html.ok()) return html.status().WithContext("rendering report.html");
   HYB_RETURN_IF_ERROR(storage::AtomicWriteString(layout_.ReportHtml(), *html));
-  Event({{"event", "phase"}, {"phase", "succeeded"}});
+  HYB_RETURN_IF_ERROR(Event({{"event", "phase"}, {"phase", "succeeded"}}));
 
   std::ostringstream sum;
   sum << "job " << spec_.job_id << ": " << num_layers_ << "-layer " << family_ << " teacher, "

@@ -17,7 +17,7 @@ using hyb::testing::TempDir;
 
 // An executor whose scores follow a fixed "damage" per linear layer (a mock: the runner is the
 // code under test here; the real executor has its own tests and the CLI integration test).
-class FakeExecutor : public TaskExecutor {
+class FakeExecutor : public SequentialTaskExecutor {
  public:
   std::map<int64_t, double> damage = {{0, 0.3}, {1, 0.02}, {2, 0.1}, {3, 0.05}};
   int distills = 0, evaluations = 0, cache_bases = 0, exports = 0;
@@ -30,13 +30,22 @@ class FakeExecutor : public TaskExecutor {
     r.steps = 4;
     for (int64_t l : task.layers) {
       r.layers.push_back({l, 4, {{1, 1.0, 0.5}, {4, 0.5, 0.25}}});
-      if (progress) progress({{"event", "distill_step"}, {"step", 4}, {"layers", Json::array()}});
+      if (progress &&
+          !progress({{"event", "distill_step"}, {"step", 4}, {"layers", Json::array()}}))
+        return Cancelled("stopped");
     }
     return r;
   }
-  StatusOr<EvaluateResult> Evaluate(const EvaluateTask& task) override {
+  StatusOr<EvaluateResult> RunEvaluation(const EvaluateTask& task) override {
     if (++evaluations == fail_at_evaluation) return Internal("worker lost");
-    if (task.cache_base) ++cache_bases;
+    // The first evaluation of a new base records it (here: one per round; the real executor
+    // promotes the round winner's recording instead).
+    int64_t base_passes = 0;
+    if (task.prefix_base && *task.prefix_base != last_base) {
+      ++cache_bases;
+      last_base = *task.prefix_base;
+      if (*task.prefix_base != task.linear_layers) base_passes = 10;
+    }
     double total = 0;
     for (int64_t l : task.linear_layers) total += damage.at(l);
     EvaluateResult r;
@@ -48,13 +57,16 @@ class FakeExecutor : public TaskExecutor {
     for (int i = 0; i < n; ++i) r.per_example.push_back(i < total * n - 1e-9 ? 0.0 : 1.0);
     r.score = std::accumulate(r.per_example.begin(), r.per_example.end(), 0.0) / n;
     r.kl = total;
-    r.layer_passes = 10;
+    r.layer_passes = 10 + base_passes;
     return r;
   }
   Status Export(const ExportTask& task) override {
     ++exports;
-    return storage::AtomicWriteString(task.dir, "exported " + CandidateId(task.linear_layers));
+    return storage::AtomicWriteString(export_root + "/" + task.name,
+                                      "exported " + CandidateId(task.linear_layers));
   }
+  std::string export_root;
+  std::vector<int64_t> last_base = {-1};
 };
 
 JobSpec Spec(const TempDir& dir, bool placements = false) {
@@ -73,6 +85,13 @@ JobSpec Spec(const TempDir& dir, bool placements = false) {
 RunOptions Options(const TempDir& dir, std::vector<std::string>* lines = nullptr) {
   RunOptions o;
   o.storage_root = dir.File("store");
+  // The 4-layer teacher the fake executor pretends to run (there are no real input files).
+  o.validate = [](const JobSpec&) -> StatusOr<ValidatedJob> {
+    ValidatedJob v;
+    v.num_layers = 4;
+    v.family = "llama";
+    return v;
+  };
   o.print = [lines](const std::string& l) {
     if (lines) lines->push_back(l);
   };
@@ -82,6 +101,7 @@ RunOptions Options(const TempDir& dir, std::vector<std::string>* lines = nullptr
 TEST(JobRunnerTest, RunsEveryPhaseAndWritesTheReport) {
   TempDir dir;
   FakeExecutor ex;
+  ex.export_root = dir.File("store/unit/exports");
   std::vector<std::string> lines;
   JobRunner runner(Spec(dir, true), &ex, Options(dir, &lines));
   auto out = runner.Run();
@@ -120,21 +140,33 @@ TEST(JobRunnerTest, RunsEveryPhaseAndWritesTheReport) {
 TEST(JobRunnerTest, ResumesAfterACrashWithoutRepeatingWork) {
   TempDir a, b;
   FakeExecutor whole;
+  whole.export_root = a.File("store/unit/exports");
   auto full = JobRunner(Spec(a), &whole, Options(a)).Run();
   ASSERT_TRUE(full.ok());
 
   FakeExecutor crashing;
+  crashing.export_root = b.File("store/unit/exports");
   crashing.fail_at_evaluation = 8;
   auto crashed = JobRunner(Spec(b), &crashing, Options(b)).Run();
   ASSERT_FALSE(crashed.ok());
   EXPECT_NE(crashed.status().message().find("searching"), std::string::npos)
       << crashed.status().ToString();
   FakeExecutor resumed;
+  resumed.export_root = b.File("store/unit/exports");
   auto done = JobRunner(Spec(b), &resumed, Options(b)).Run();
   ASSERT_TRUE(done.ok()) << done.status().ToString();
   EXPECT_EQ(resumed.distills, 0);  // distill/result.json was there
   EXPECT_EQ(done->report["search"]["trajectory"], full->report["search"]["trajectory"]);
-  EXPECT_EQ(done->report["search"]["rounds"], full->report["search"]["rounds"]);
+  // The same decisions and scores; layer passes may differ (which candidate of a round records
+  // its base depends on what was stored).
+  auto without_costs = [](Json rounds) {
+    for (auto& r : rounds) {
+      for (auto& c : r["candidates"]) c.erase("layer_passes");
+    }
+    return rounds;
+  };
+  EXPECT_EQ(without_costs(done->report["search"]["rounds"]),
+            without_costs(full->report["search"]["rounds"]));
   EXPECT_EQ(done->report["models"], full->report["models"]);
   // 7 evaluations were stored before the crash (1 teacher + 4 round-1 + cache + 1 round-2 ...):
   // the resumed run evaluates only the rest.
@@ -142,6 +174,7 @@ TEST(JobRunnerTest, ResumesAfterACrashWithoutRepeatingWork) {
 
   // A third run finds everything stored.
   FakeExecutor again;
+  again.export_root = b.File("store/unit/exports");
   auto third = JobRunner(Spec(b), &again, Options(b)).Run();
   ASSERT_TRUE(third.ok());
   EXPECT_EQ(again.evaluations, 0);
@@ -151,11 +184,13 @@ TEST(JobRunnerTest, ResumesAfterACrashWithoutRepeatingWork) {
 TEST(JobRunnerTest, RefusesAnotherSpecUnderTheSameJobId) {
   TempDir dir;
   FakeExecutor ex;
+  ex.export_root = dir.File("store/unit/exports");
   ASSERT_TRUE(JobRunner(Spec(dir), &ex, Options(dir)).Run().ok());
   const auto before = ReadFileToString(dir.File("store/unit/job.json"));
   JobSpec other = Spec(dir);
   other.resolved["search"]["tolerance"] = 0.5;
   FakeExecutor ex2;
+  ex2.export_root = dir.File("store/unit/exports");
   auto r = JobRunner(other, &ex2, Options(dir)).Run();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
@@ -175,6 +210,7 @@ TEST(JobRunnerTest, RefusesToResumeWhenTheTeacherOrATaskFileChanged) {
   };
   std::ofstream(dir.File("v.jsonl")) << "{}\n";
   FakeExecutor ex;
+  ex.export_root = dir.File("store/unit/exports");
   ASSERT_TRUE(JobRunner(spec_with_files(), &ex, Options(dir)).Run().ok());
   const auto inputs = ReadJsonFile(dir.File("store/unit/inputs.json"));
   ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
@@ -185,6 +221,7 @@ TEST(JobRunnerTest, RefusesToResumeWhenTheTeacherOrATaskFileChanged) {
   // Editing the model card is not a change of inputs: the job resumes.
   std::ofstream(dir.File("README.md")) << "model card, edited";
   FakeExecutor resumed;
+  resumed.export_root = dir.File("store/unit/exports");
   ASSERT_TRUE(JobRunner(spec_with_files(), &resumed, Options(dir)).Run().ok());
   EXPECT_EQ(resumed.evaluations, 0);
   const auto report = ReadFileToString(dir.File("store/unit/report.json"));
@@ -192,6 +229,7 @@ TEST(JobRunnerTest, RefusesToResumeWhenTheTeacherOrATaskFileChanged) {
   // Retrained weights, or an edited task file: refused, naming what changed; nothing rewritten.
   std::ofstream(dir.File("model.safetensors")) << "weights v2";
   FakeExecutor refused;
+  refused.export_root = dir.File("store/unit/exports");
   auto r = JobRunner(spec_with_files(), &refused, Options(dir)).Run();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);

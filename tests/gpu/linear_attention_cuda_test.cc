@@ -15,6 +15,8 @@
 namespace hyb {
 namespace {
 
+#ifdef HYB_WITH_CUDA
+
 #define HYB_REQUIRE_CUDA_KERNELS() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
 
@@ -215,6 +217,13 @@ TEST(CudaGlaChunkedTest, SegmentChoice) {
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(4, 0, 132), 1);
 #endif
 }
+
+#else  // HYB_WITH_CUDA
+
+// The kernels (kernels/cuda/) exist only in a -DHYB_CUDA=ON build.
+TEST(CudaGlaChunkedTest, NeedsTheCudaBuild) { GTEST_SKIP() << "built without HYB_CUDA"; }
+
+#endif  // HYB_WITH_CUDA
 
 }  // namespace
 }  // namespace hyb

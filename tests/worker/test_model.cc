@@ -2,9 +2,17 @@
 
 #include <torch/torch.h>
 
+#include <sys/stat.h>
+
 #include <cmath>
+#include <fstream>
+#include <stdexcept>
 
 #include "hyb/storage/atomic_file.h"
+#include "hyb/storage/token_dataset.h"
+#include "hyb/storage/tokenizer.h"
+#include "hyb/worker/decoder_model.h"
+#include "hyb/worker/task_scoring.h"
 #include "hyb/worker/tensor_io.h"
 
 namespace hyb::testing {
@@ -270,6 +278,60 @@ Json CharTokenizerJson() {
            {{"type", "TemplateProcessing"},
             {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
             {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
+}
+
+// A 3-layer teacher, distillation data, a generate task whose answers are half the teacher's
+// own continuations, and a job spec.
+void WriteTinyJob(const std::string& root, const Json& overrides) {
+  struct {
+    const std::string& root;
+    std::string File(const std::string& name) const { return root + "/" + name; }
+  } dir{root};
+  ::mkdir(dir.File("teacher").c_str(), 0755);
+  TinyModelSpec spec;
+  spec.vocab = 6;
+  spec.layers = 3;
+  WriteTinyModel(dir.File("teacher"), spec, 5);
+  std::ofstream(dir.File("teacher/tokenizer.json")) << CharTokenizerJson().dump();
+  storage::TokenDatasetWriter w(dir.File("data"), 6, {});
+  for (int d = 0; d < 30; ++d) {
+    std::vector<int64_t> doc = {5};
+    for (int i = 0; i < 40; ++i) doc.push_back((d * 7 + i * i) % 5);
+    if (!w.AddDocument(doc).ok()) throw std::runtime_error("WriteTinyJob: AddDocument");
+  }
+  if (!w.Finish().ok()) throw std::runtime_error("WriteTinyJob: Finish");
+  auto teacher = std::move(worker::DecoderModel::Load(dir.File("teacher"), {})).value();
+  auto tok = *storage::Tokenizer::FromJson(CharTokenizerJson(), "char");
+  for (const std::string split : {"validation", "test"}) {
+    std::ofstream out(dir.File(split + ".jsonl"));
+    for (int i = 0; i < 12; ++i) {
+      std::string prompt;
+      for (int k = 0; k < 6 + i % 4; ++k)
+        prompt += "abc "[(i * 3 + k * (split == "test" ? 5 : 1)) % 4];
+      const auto cont = *worker::GreedyOf(*teacher)(tok->Encode(prompt, true), 3, {});
+      const std::string answer = i % 2 == 0 ? tok->Decode(cont) : "cc";
+      out << Json({{"prompt", prompt}, {"answer", answer}, {"stop", {"\n"}}}).dump() << "\n";
+    }
+  }
+  Json job = {{"job_id", "tiny"},
+              {"teacher", "teacher"},
+              {"threads", 1},
+              {"distill",
+               {{"data", "data"},
+                {"steps", 6},
+                {"batch_size", 2},
+                {"sequence_length", 16},
+                {"checkpoint_every", 2},
+                {"log_every", 2}}},
+              {"task",
+               {{"type", "generate"},
+                {"validation", "validation.jsonl"},
+                {"test", "test.jsonl"},
+                {"max_new_tokens", 3}}},
+              {"search", {{"tolerance", 0.5}, {"bootstrap_samples", 200}}},
+              {"compare_placements", {{"random", 2}}}};
+  job.merge_patch(overrides);
+  std::ofstream(dir.File("job.json")) << job.dump(2);
 }
 
 }  // namespace hyb::testing

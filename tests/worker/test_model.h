@@ -38,6 +38,12 @@ at::Tensor ReferenceLogits(const std::string& dir, const at::Tensor& input_ids);
 // its template (models with vocab 6 pair with it).
 Json CharTokenizerJson();
 
+// A whole small job under `root`: a 3-layer teacher (teacher/, character tokenizer), distillation
+// data (data/), a generate task whose answers are half the teacher's own continuations
+// (validation.jsonl, test.jsonl, 12 examples each) and job.json (job_id "tiny", paths relative
+// to `root`) with `overrides` merged in. Throws std::runtime_error if a file cannot be written.
+void WriteTinyJob(const std::string& root, const Json& overrides = Json::object());
+
 // inverse rotary frequencies computed in double by a scalar transcription of the formulas.
 std::vector<double> ReferenceInvFreq(const Json& config, int64_t head_dim, double* scaling);
 

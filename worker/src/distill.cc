@@ -342,11 +342,15 @@ Status BlockwiseDistiller::Run(const DistillProgressFn& progress, int64_t stop_a
           s.curve.push_back({step, m, ref > 0 ? m / ref : 0.0});
         }
       }
-      if (progress) progress(step, states_);
-      if (step % options_.checkpoint_every == 0 || step == options_.steps) {
+      const bool go_on = progress == nullptr || progress(step, states_);
+      if (!go_on || step % options_.checkpoint_every == 0 || step == options_.steps) {
         for (size_t i = 0; i < states_.size(); ++i) {
           if (states_[i].step == step) HYB_RETURN_IF_ERROR(Checkpoint(i));
         }
+      }
+      if (!go_on) {
+        return Cancelled("distillation stopped at step " + std::to_string(step) + " of " +
+                         std::to_string(options_.steps) + " (checkpointed)");
       }
     }
   } catch (const c10::Error& e) {

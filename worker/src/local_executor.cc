@@ -72,20 +72,21 @@ StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
   o.seed = spec_.distill.seed;
   o.calibrate_output_scale = spec_.distill.calibrate_output_scale;
   o.compute_dtype = placement_.device.is_cuda() ? "bf16" : "fp32";
-  HYB_RETURN_IF_ERROR(storage::MakeDirectories(task.checkpoint_dir));
+  const std::string checkpoint_dir = storage::JobLayout::ForDirectory(job_dir_).DistillDir();
+  HYB_RETURN_IF_ERROR(storage::MakeDirectories(checkpoint_dir));
   HYB_ASSIGN_OR_RETURN(auto distiller, BlockwiseDistiller::Create(teacher_, task.layers, mixer, o,
-                                                                  data, task.checkpoint_dir));
+                                                                  data, checkpoint_dir));
   const auto start = std::chrono::steady_clock::now();
   HYB_RETURN_IF_ERROR(
       distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
-        if (!progress) return;
+        if (!progress) return true;
         Json layers = Json::array();
         for (const auto& s : states) {
           if (s.curve.empty()) continue;
           layers.push_back(
               {{"layer", s.layer}, {"mse", s.curve.back().mse}, {"nmse", s.curve.back().nmse}});
         }
-        progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
+        return progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
       }));
   DistillResult r;
   r.steps = o.steps;
@@ -118,7 +119,8 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
     std::vector<std::shared_ptr<const TokenMixer>> linear(
         static_cast<size_t>(teacher_->num_layers()));
     for (int64_t l = 0; l < teacher_->num_layers(); ++l) {
-      const std::string file = LayerFile(distill_dir_, l);
+      const std::string file =
+          LayerFile(storage::JobLayout::ForDirectory(job_dir_).DistillDir(), l);
       if (!storage::PathExists(file)) continue;
       const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(teacher_->mixer(l));
       HYB_ASSIGN_OR_RETURN(linear[static_cast<size_t>(l)],
@@ -147,11 +149,23 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
   return raw;
 }
 
-StatusOr<EvaluateResult> LocalExecutor::Evaluate(const EvaluateTask& task) {
+StatusOr<EvaluateResult> LocalExecutor::RunEvaluation(const EvaluateTask& task) {
   HYB_ASSIGN_OR_RETURN(CandidateEvaluator * e, EvaluatorFor(task.split));
-  HYB_ASSIGN_OR_RETURN(CandidateEvaluation ev, task.cache_base
-                                                   ? e->EvaluateAndCache(task.linear_layers)
-                                                   : e->Evaluate(task.linear_layers, task.record));
+  const bool cached =
+      task.prefix_base.has_value() && task.split == "validation" && spec_.search.prefix_cache;
+  int64_t base_passes = 0;
+  CandidateEvaluation ev;
+  if (cached && *task.prefix_base == task.linear_layers) {
+    HYB_ASSIGN_OR_RETURN(ev, e->EvaluateAndCache(task.linear_layers));
+  } else {
+    if (cached && !(e->cache_valid() && e->cache_base() == *task.prefix_base)) {
+      // Promoted from this executor's recording of it as last round's candidate when it has
+      // one; recorded afresh otherwise (another worker scored it, or a resumed job).
+      HYB_ASSIGN_OR_RETURN(CandidateEvaluation base, e->EvaluateAndCache(*task.prefix_base));
+      base_passes = base.layer_passes;
+    }
+    HYB_ASSIGN_OR_RETURN(ev, e->Evaluate(task.linear_layers, cached && task.record));
+  }
   EvaluateResult r;
   r.candidate_id = task.candidate_id;
   r.linear_layers = task.linear_layers;
@@ -162,7 +176,7 @@ StatusOr<EvaluateResult> LocalExecutor::Evaluate(const EvaluateTask& task) {
   r.per_example = std::move(ev.score.per_example);
   r.kl = ev.kl;
   r.seconds = ev.seconds;
-  r.layer_passes = ev.layer_passes;
+  r.layer_passes = ev.layer_passes + base_passes;
   r.first_layer = ev.first_layer;
   r.details = ev.score.details;
   return r;
@@ -170,7 +184,8 @@ StatusOr<EvaluateResult> LocalExecutor::Evaluate(const EvaluateTask& task) {
 
 Status LocalExecutor::Export(const ExportTask& task) {
   HYB_ASSIGN_OR_RETURN(CandidateEvaluator * e, EvaluatorFor("validation"));
-  return e->Export(task.linear_layers, task.dir);
+  return e->Export(task.linear_layers,
+                   storage::JobLayout::ForDirectory(job_dir_).Export(task.name));
 }
 
 }  // namespace hyb::worker

@@ -85,4 +85,9 @@ std::string_view JobSchemaText();
 StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
                                const std::string& base_dir);
 
+// The spec with its relative input paths (teacher, distill.data, task files) joined to `root`,
+// for reading them; `resolved` keeps them as written. The service stores specs with paths
+// relative to its storage root, and every process resolves them against the root it mounts.
+JobSpec ResolvePaths(JobSpec spec, const std::string& root);
+
 }  // namespace hyb

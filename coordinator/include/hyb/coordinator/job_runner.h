@@ -12,12 +12,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "hyb/common/job_spec.h"
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 #include "hyb/common/tasks.h"
+#include "hyb/coordinator/job_validation.h"
 #include "hyb/storage/job_layout.h"
 
 namespace hyb::coordinator {
@@ -27,6 +29,12 @@ struct RunOptions {
   // Receives one human-readable progress line at a time (the terminal in `hybridize run`).
   std::function<void(const std::string&)> print;
   double progress_interval_s = 2.0;  // minimum seconds between distillation progress lines
+  // Receives every progress event after it is appended to the job's events.jsonl (the service
+  // records them in its database for GET /v1/jobs/{id}/events). Called from Run's thread.
+  std::function<void(const Json&)> on_event;
+  // The torch-free validation; unset: ValidateJob (coordinator/job_validation.h). Unit tests
+  // of the runner replace it to run without real input files.
+  std::function<StatusOr<ValidatedJob>(const JobSpec&)> validate;
 };
 
 struct RunOutcome {
@@ -45,9 +53,15 @@ class JobRunner {
  private:
   Status Validate();
   Status Distill(Json* distill_report);
+  // The stored result of `task` from an earlier run, if there is one.
+  StatusOr<std::optional<EvaluateResult>> LoadStored(const EvaluateTask& task) const;
+  // Publishes a fresh result in the job directory (non-finite scores are an error).
+  Status Store(const EvaluateResult& result) const;
   StatusOr<EvaluateResult> EvaluateStored(const EvaluateTask& task);
   void Print(const std::string& line) const;
-  void Event(Json event) const;
+  // Appends to events.jsonl (errors are the caller's: progress that cannot be recorded stops
+  // the job rather than being lost) and passes the event to options_.on_event.
+  Status Event(Json event) const;
 
   JobSpec spec_;
   TaskExecutor* executor_;

@@ -76,6 +76,8 @@ class CandidateEvaluator {
 
   int64_t cache_bytes() const { return cache_bytes_; }
   const std::vector<int64_t>& cache_base() const { return cache_base_; }
+  // Whether cache_base() holds a recording (false before the first EvaluateAndCache).
+  bool cache_valid() const { return cache_valid_; }
   int64_t num_examples() const { return static_cast<int64_t>(examples_.size()); }
 
  private:

@@ -63,8 +63,9 @@ struct LayerDistillState {
   std::vector<DistillCurvePoint> curve;
 };
 
-// Per-step progress: the step just done and the latest loss of every layer.
-using DistillProgressFn = std::function<void(int64_t step, const std::vector<LayerDistillState>&)>;
+// Per-step progress: the step just done and the latest loss of every layer. Returning false
+// stops the run: every layer is checkpointed at that step and Run returns Cancelled.
+using DistillProgressFn = std::function<bool(int64_t step, const std::vector<LayerDistillState>&)>;
 
 class BlockwiseDistiller {
  public:
@@ -80,6 +81,7 @@ class BlockwiseDistiller {
   // Trains until every layer has reached options.steps, or (if stop_after_step >= 0) stops
   // after that step, as a crash right after it would (it is checkpointed only if it falls on
   // the checkpoint_every grid). Checkpoints every checkpoint_every steps and at the end.
+  // Cancelled (after checkpointing) when `progress` returns false.
   // Internal naming the layer and step if a loss or gradient is not finite.
   Status Run(const DistillProgressFn& progress = nullptr, int64_t stop_after_step = -1);
 

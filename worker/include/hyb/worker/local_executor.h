@@ -15,23 +15,30 @@
 
 namespace hyb::worker {
 
-class LocalExecutor : public TaskExecutor {
+class LocalExecutor : public SequentialTaskExecutor {
  public:
-  // `distill_dir` is where Distill tasks publish checkpoints and Evaluate tasks load mixers from.
-  explicit LocalExecutor(std::string distill_dir) : distill_dir_(std::move(distill_dir)) {}
+  // `job_dir` is the job's directory in storage (storage/job_layout.h): Distill tasks publish
+  // checkpoints in its distill/, Evaluate tasks load mixers from there, Export tasks write
+  // exports/<name>.
+  explicit LocalExecutor(std::string job_dir) : job_dir_(std::move(job_dir)) {}
 
   // The runtime half of VALIDATING, after coordinator::ValidateJob(spec) has checked the spec and
   // its files without LibTorch (it does not repeat those checks): the device and dtype are
   // usable here, the teacher loads onto them, its tokenizer loads. Keeps both for the tasks.
   Status Validate(const JobSpec& spec) override;
   StatusOr<DistillResult> Distill(const DistillTask& task, const ProgressFn& progress) override;
-  StatusOr<EvaluateResult> Evaluate(const EvaluateTask& task) override;
   Status Export(const ExportTask& task) override;
+
+ protected:
+  // With a prefix_base, the evaluator's cache is made that base first unless it already is
+  // (the recording's layer passes count in this result); a task whose layers equal its base
+  // becomes the base itself.
+  StatusOr<EvaluateResult> RunEvaluation(const EvaluateTask& task) override;
 
  private:
   StatusOr<CandidateEvaluator*> EvaluatorFor(const std::string& split);
 
-  std::string distill_dir_;
+  std::string job_dir_;
   JobSpec spec_;
   RuntimePlacement placement_;
   RuntimeOptions runtime_;

@@ -1,0 +1,45 @@
+// The service's TaskExecutor: it runs nothing itself. Each task goes into the job store's
+// queue under a deterministic id ("<job>:eval:<split>:<candidate>"), workers lease and run it,
+// and the executor waits for the result in the store. Enqueueing a task that exists returns
+// the existing one, so a restarted coordinator picks up results finished while it was down
+// and leases still held by live workers. Torch-free.
+#pragma once
+
+#include <set>
+#include <string>
+
+#include "hyb/common/tasks.h"
+#include "hyb/coordinator/service.h"
+
+namespace hyb::coordinator {
+
+class RemoteExecutor : public TaskExecutor {
+ public:
+  RemoteExecutor(Service* service, std::string job_id)
+      : service_(service), job_id_(std::move(job_id)) {}
+
+  // The workers check what needs LibTorch when they load the job; nothing to do here.
+  Status Validate(const JobSpec&) override { return Status::Ok(); }
+  // Relays the heartbeats' progress events to `progress`.
+  StatusOr<DistillResult> Distill(const DistillTask& task, const ProgressFn& progress) override;
+  Status Submit(const EvaluateTask& task) override;
+  StatusOr<EvaluateResult> NextEvaluation() override;
+  Status Export(const ExportTask& task) override;
+
+  static std::string DistillTaskId(const std::string& job_id);
+  static std::string EvaluateTaskId(const EvaluateTask& task);
+  static std::string ExportTaskId(const ExportTask& task);
+
+ private:
+  // Waits for task `id` to leave QUEUED/LEASED; calls `on_progress` with new progress events.
+  // Cancelled when the job is being cancelled, Unavailable when the coordinator stops.
+  StatusOr<storage::TaskRow> WaitFor(const std::string& id,
+                                     const std::function<bool(const Json&)>& on_progress);
+  Status Interrupted() const;
+
+  Service* service_;
+  std::string job_id_;
+  std::set<std::string> outstanding_;  // evaluation task ids
+};
+
+}  // namespace hyb::coordinator
