@@ -3,8 +3,10 @@
 
 1. Candidates scored per minute by one worker and by two: the demo recall job (demo teacher,
    demo data) runs through `hybridize serve` with N workers. Distillation runs once (with one
-   worker); the second job reuses its checkpoints, so both measure the search alone.
-2. Status-route latency: while the two-worker search runs, `service_load_bench` sends
+   worker); the second job reuses its checkpoints, so both measure the search alone. The
+   machine's cores are split between the workers (`--threads`): one worker uses them all, two
+   use half each.
+2. Status-route latency: while the first job distills, `service_load_bench` sends
    GET /v1/jobs/{id} from C concurrent clients, R requests each (bounded: it stops by itself).
 
 Prints one JSON object per measurement and a summary. Needs the demo data
@@ -51,14 +53,14 @@ def search_rate(url, token, job_id):
     """Candidates per minute from the job's events: fresh candidate evaluations between the
     first and the last candidate event (stored ones excluded)."""
     events = api(url, token, "/v1/jobs/%s/events?stream=false" % job_id)["events"]
-    fresh = [e for e in events if e.get("event") == "evaluated" and e.get("split") == "validation"]
-    phases = {e["phase"]: e["time"] for e in events if e.get("event") == "phase"}
-    t = [time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) for e in fresh]
-    if len(t) < 2:
+    fresh = [e["time_ms"] / 1000 for e in events
+             if e.get("event") == "evaluated" and e.get("split") == "validation"]
+    start = [e["time_ms"] / 1000 for e in events
+             if e.get("event") == "phase" and e.get("phase") == "searching"]
+    if len(fresh) < 2 or not start:
         return None
-    # From the searching phase's start to the last validation result.
-    t0 = time.mktime(time.strptime(phases["searching"], "%Y-%m-%dT%H:%M:%SZ"))
-    minutes = (max(t) - t0) / 60
+    # From the searching phase's start to the last validation result (the teacher's included).
+    minutes = (max(fresh) - start[0]) / 60
     return {"candidates": len(fresh), "minutes": round(minutes, 2),
             "candidates_per_minute": round(len(fresh) / minutes, 2)}
 
@@ -106,10 +108,10 @@ def main():
         time.sleep(0.1)
     url = "http://127.0.0.1:" + open(port_file).read().strip()
 
-    def start_worker(name):
+    def start_worker(name, threads):
         w = subprocess.Popen([hyb, "worker", "--coordinator", url, "--storage", store,
                               "--token-file", os.path.join(work, "worker.token"), "--id", name,
-                              "--poll-seconds", "2"],
+                              "--poll-seconds", "2", "--threads", str(threads)],
                              stderr=open(os.path.join(work, name + ".log"), "w"))
         procs.append(w)
         return w
@@ -117,28 +119,33 @@ def main():
     results = {"machine": os.uname().nodename, "cpus": os.cpu_count(),
                "date": time.strftime("%Y-%m-%d")}
     try:
-        w1 = start_worker("w1")
+        cores = os.cpu_count()
+        w1 = start_worker("w1", cores)
         one = dict(spec, job_id="bench-1worker")
         api(url, token, "/v1/jobs", json.dumps(one))
+        wait_state(url, token, "bench-1worker", ("DISTILLING",), 600)
+        lat = subprocess.run([load, "--url", url, "--token-file", os.path.join(work, "api.token"),
+                              "--target", "/v1/jobs/bench-1worker", "--clients",
+                              str(a.clients), "--requests", str(a.requests)],
+                             capture_output=True, text=True)
+        results["status_latency"] = json.loads(lat.stdout) if lat.stdout else lat.stderr
+        print(json.dumps({"status_latency": results["status_latency"]}), flush=True)
         job = wait_state(url, token, "bench-1worker", ("SUCCEEDED", "FAILED", "CANCELLED"), 7200)
         if job["state"] != "SUCCEEDED":
             raise SystemExit("job failed: %s" % job.get("error"))
         results["one_worker"] = search_rate(url, token, "bench-1worker")
         print(json.dumps({"one_worker": results["one_worker"]}), flush=True)
 
-        # The same job again with two workers; its distillation is copied from the first.
+        # The same job again with two workers of half the cores each; its distillation is
+        # copied from the first.
+        w1.send_signal(signal.SIGTERM)
+        w1.wait(timeout=120)
         shutil.copytree(os.path.join(store, "bench-1worker", "distill"),
                         os.path.join(store, "bench-2workers", "distill"))
-        start_worker("w2")
+        start_worker("w2a", max(1, cores // 2))
+        start_worker("w2b", max(1, cores // 2))
         two = dict(spec, job_id="bench-2workers")
         api(url, token, "/v1/jobs", json.dumps(two))
-        wait_state(url, token, "bench-2workers", ("SEARCHING",), 600)
-        lat = subprocess.run([load, "--url", url, "--token-file", os.path.join(work, "api.token"),
-                              "--target", "/v1/jobs/bench-2workers", "--clients",
-                              str(a.clients), "--requests", str(a.requests)],
-                             capture_output=True, text=True)
-        results["status_latency"] = json.loads(lat.stdout) if lat.stdout else lat.stderr
-        print(json.dumps({"status_latency": results["status_latency"]}), flush=True)
         job = wait_state(url, token, "bench-2workers", ("SUCCEEDED", "FAILED", "CANCELLED"), 7200)
         if job["state"] != "SUCCEEDED":
             raise SystemExit("job failed: %s" % job.get("error"))

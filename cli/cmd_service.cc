@@ -157,6 +157,7 @@ int RunWorker(const std::vector<std::string>& args) {
       {"poll-seconds", "S", "long-poll length of one lease request", "20"},
       {"reconnect-seconds", "S", "give up after the coordinator is unreachable this long", "300"},
       {"max-tasks", "N", "exit after this many tasks (0: until stopped)", "0"},
+      {"threads", "N", "CPU threads per task, overriding the spec's threads (0: the spec's)", "0"},
       {"fail-nth-fsync", "N",
        "testing: the Nth fsync of this process's storage writes fails (fault injection)", ""},
   };
@@ -185,6 +186,8 @@ int RunWorker(const std::vector<std::string>& args) {
         HYB_ASSIGN_OR_RETURN(wo.poll_seconds, Seconds(f, "poll-seconds", 20));
         HYB_ASSIGN_OR_RETURN(wo.reconnect_seconds, Seconds(f, "reconnect-seconds", 300));
         HYB_ASSIGN_OR_RETURN(wo.max_tasks, f.Int("max-tasks", 0));
+        HYB_ASSIGN_OR_RETURN(wo.threads, f.Int("threads", 0));
+        if (wo.threads < 0) return InvalidArgument("--threads: must be >= 0");
         std::unique_ptr<storage::FaultInjectionEnv> faults;
         if (f.Has("fail-nth-fsync")) {
           HYB_ASSIGN_OR_RETURN(int64_t n, f.Int("fail-nth-fsync", 0));

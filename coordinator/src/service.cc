@@ -560,6 +560,7 @@ http::Response Service::JobEvents(const Request& r, const std::string& id) {
     for (const auto& e : *events) {
       Json ev = e.event;
       ev["seq"] = e.seq;
+      ev["time_ms"] = e.time_ms;
       out.push_back(ev);
     }
     return JsonResponse(200, {{"events", out}});
@@ -575,9 +576,11 @@ http::Response Service::JobEvents(const Request& r, const std::string& id) {
       auto events = store_->Events(id, cursor, 500);
       if (!events.ok()) return;
       for (const auto& e : *events) {
+        Json data = e.event;
+        data["time_ms"] = e.time_ms;  // when the coordinator recorded it
         std::ostringstream msg;
         msg << "id: " << e.seq << "\nevent: " << e.event.value("event", "message")
-            << "\ndata: " << e.event.dump() << "\n\n";
+            << "\ndata: " << data.dump() << "\n\n";
         if (!write(msg.str())) return;
         cursor = e.seq;
       }

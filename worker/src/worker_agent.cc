@@ -1,5 +1,6 @@
 #include "hyb/worker/worker_agent.h"
 
+#include <torch/cuda.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -72,7 +73,10 @@ Status WorkerAgent::Run() {
                      {"host", host},
                      {"pid", static_cast<int64_t>(getpid())},
                      {"storage_root", options_.storage_root},
-                     {"cpus", static_cast<int64_t>(std::thread::hardware_concurrency())}};
+                     {"cpus", static_cast<int64_t>(std::thread::hardware_concurrency())},
+                     {"memory_bytes", static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) *
+                                          static_cast<int64_t>(sysconf(_SC_PAGE_SIZE))},
+                     {"cuda_devices", static_cast<int64_t>(torch::cuda::device_count())}};
   HYB_ASSIGN_OR_RETURN(auto reg, Post("/v1/worker/register", info));
   if (reg.status != 200) {
     return FailedPrecondition("registering with " + options_.coordinator_url + ": HTTP " +
@@ -116,6 +120,7 @@ StatusOr<LocalExecutor*> WorkerAgent::ExecutorFor(const std::string& job_id) {
   const storage::JobLayout layout(options_.storage_root, job_id);
   HYB_ASSIGN_OR_RETURN(std::string text, ReadFileToString(layout.JobSpec()));
   HYB_ASSIGN_OR_RETURN(JobSpec spec, ParseJobSpec(text, layout.JobSpec(), ""));
+  if (options_.threads > 0) spec.threads = options_.threads;
   auto executor = std::make_unique<LocalExecutor>(layout.dir());
   HYB_RETURN_IF_ERROR(
       executor->Validate(ResolvePaths(spec, options_.storage_root)).WithContext("job " + job_id));

@@ -29,6 +29,9 @@ struct WorkerOptions {
   double poll_seconds = 20;        // long-poll length per lease request
   double reconnect_seconds = 300;  // give up after the coordinator is unreachable this long
   int64_t max_tasks = 0;           // exit after this many tasks (0: run until stopped)
+  // LibTorch CPU threads for every task, overriding the spec's `threads` (0: the spec's). Lets
+  // several workers share one machine without oversubscribing its cores.
+  int64_t threads = 0;
 };
 
 class WorkerAgent {
