@@ -246,7 +246,10 @@ class ServiceTest : public ::testing::Test {
 TEST_F(ServiceTest, TwoWorkersRunAJobAsRunDoesAndBadRequestsChangeNothing) {
   TempDir dir;
   ::mkdir(dir.File("root").c_str(), 0755);
-  hyb::testing::WriteTinyJob(dir.File("root"));
+  // Longer generations (and so candidates that take a while) make the workers' concurrency
+  // observable on a loaded machine: a worker that finishes a tiny candidate could otherwise
+  // lease the rest of a round before the other one wakes.
+  hyb::testing::WriteTinyJob(dir.File("root"), {{"task", {{"max_new_tokens", 48}}}});
   const Json reference = RunReference(dir);
   Cluster c(dir);
   c.StartCoordinator();
@@ -316,20 +319,25 @@ TEST_F(ServiceTest, TwoWorkersRunAJobAsRunDoesAndBadRequestsChangeNothing) {
   EXPECT_EQ(rounds, static_cast<int>(reference["search"]["rounds"].size()));
   EXPECT_GE(candidates, 3);
 
-  // Both workers scored candidates of round 1 (the three single-layer swaps).
+  // Both workers scored candidates of the same round (the task records say who ran what; a
+  // round's candidates extend the same base, so they are told apart by their layer count).
   auto store = storage::JobStore::Open(dir.File("root/hybridize.db"));
   ASSERT_TRUE(store.ok());
   auto tasks = (*store)->JobTasks("tiny");
   ASSERT_TRUE(tasks.ok());
-  std::set<std::string> round1_workers;
+  std::map<size_t, std::set<std::string>> workers_by_round;
   for (const auto& t : *tasks) {
     if (t.kind == "evaluate" && t.payload.value("split", "") == "validation" &&
-        t.payload["linear_layers"].size() == 1) {
+        !t.payload["linear_layers"].empty()) {
       EXPECT_EQ(t.state, storage::TaskState::kDone);
-      round1_workers.insert(t.worker_id);
+      workers_by_round[t.payload["linear_layers"].size()].insert(t.worker_id);
     }
   }
-  EXPECT_EQ(round1_workers, (std::set<std::string>{"w1", "w2"}));
+  bool shared_round = false;
+  for (const auto& [round, ws] : workers_by_round) {
+    shared_round = shared_round || ws == std::set<std::string>{"w1", "w2"};
+  }
+  EXPECT_TRUE(shared_round) << "no round was scored by both workers";
   // The CLI against the API: status, workers, watch (replays every event, exits 0 on
   // success), submit of the same spec (the existing job), cancel of a finished job.
   auto [rc, out] = RunCli(c.Url(), "status tiny");
