@@ -247,6 +247,11 @@ void Service::RecordEvent(const std::string& job_id, const Json& event, Json* pr
     if (event.contains("eta_seconds")) d["eta_seconds"] = event["eta_seconds"];
     (*progress)["distill"] = d;
     if (event.contains("eta_seconds")) (*progress)["eta_seconds"] = event["eta_seconds"];
+  } else if (type == "task_finished" && event.value("task", "") == "distill" &&
+             progress->contains("distill")) {
+    // Heartbeats sample the progress; the finished task reached its last step.
+    (*progress)["distill"]["step"] = (*progress)["distill"].value("steps", 0);
+    (*progress)["distill"].erase("eta_seconds");
   } else if (type == "candidate") {
     Json& s = (*progress)["search"];
     s["round"] = event["round"];
@@ -283,9 +288,11 @@ void Service::DriveJob(const std::string& job_id) {
     if (Status s = store_->SetJobState(job_id, state, error, now); !s.ok()) {
       std::fprintf(stderr, "coordinator: job %s: %s\n", job_id.c_str(), s.ToString().c_str());
     }
-    Json e = {{"event", "phase"}, {"phase", ToLower(std::string(JobStateName(state)))}};
-    if (!error.empty()) e["error"] = error;
-    (void)store_->AppendEvent(job_id, e, now);
+    if (state != JobState::kSucceeded) {  // the runner announced success itself
+      Json e = {{"event", "phase"}, {"phase", ToLower(std::string(JobStateName(state)))}};
+      if (!error.empty()) e["error"] = error;
+      (void)store_->AppendEvent(job_id, e, now);
+    }
   };
   if (job.state == JobState::kStopping) {
     finish(JobState::kCancelled, "");
