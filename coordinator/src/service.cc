@@ -416,11 +416,11 @@ namespace {
 
 Json JobJson(const storage::JobRow& j, storage::JobStore& store) {
   Json tasks = Json::object();
-  for (auto state :
-       {storage::TaskState::kQueued, storage::TaskState::kLeased, storage::TaskState::kDone,
-        storage::TaskState::kFailed, storage::TaskState::kCancelled}) {
-    auto n = store.CountTasks(j.id, state);
-    tasks[ToLower(std::string(storage::TaskStateName(state)))] = n.ok() ? *n : -1;
+  auto counts = store.CountTasksByState(j.id);
+  if (counts.ok()) {
+    for (const auto& [state, n] : *counts) {
+      tasks[ToLower(std::string(storage::TaskStateName(state)))] = n;
+    }
   }
   Json out = {{"job_id", j.id},
               {"state", std::string(JobStateName(j.state))},

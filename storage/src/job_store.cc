@@ -609,6 +609,17 @@ StatusOr<int64_t> JobStore::CountTasks(const std::string& job_id, TaskState stat
   return n;
 }
 
+StatusOr<std::map<TaskState, int64_t>> JobStore::CountTasksByState(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_, "SELECT state, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY state");
+  s.Bind(1, job_id);
+  std::map<TaskState, int64_t> counts;
+  for (const auto& [state, name] : kTaskStates) counts[state] = 0;
+  while (s.Step()) counts[ParseTaskState(s.Text(0))] = s.Int(1);
+  HYB_RETURN_IF_ERROR(s.status("counting tasks"));
+  return counts;
+}
+
 Status JobStore::RegisterWorker(const std::string& id, const Json& info, int64_t now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   Statement s(db_,

@@ -1,6 +1,7 @@
 // Loopback tests of the HTTP server and client: a real server on 127.0.0.1 (ephemeral port),
 // the real client, and raw sockets where a test needs to control the bytes on the wire.
 #include "hyb/common/http.h"
+#include "testing/temp_dir.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -11,7 +12,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <string>
@@ -682,16 +682,15 @@ TEST(HttpTest, ConstantTimeEquals) {
 class HttpsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    char dir_template[] = "/tmp/hyb_http_test_XXXXXX";
-    ASSERT_NE(mkdtemp(dir_template), nullptr);
-    dir_ = dir_template;
+    temp_ = std::make_unique<hyb::testing::TempDir>();
+    dir_ = temp_->path();
     const std::string command =
         "openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost "
         "-addext subjectAltName=IP:127.0.0.1 -days 1 -keyout " +
         dir_ + "/key.pem -out " + dir_ + "/cert.pem >/dev/null 2>&1";
     ASSERT_EQ(std::system(command.c_str()), 0) << command;
   }
-  static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
+  static void TearDownTestSuite() { temp_.reset(); }
 
   std::unique_ptr<Server> StartTls() {
     ServerOptions options;
@@ -700,8 +699,10 @@ class HttpsTest : public ::testing::Test {
     return StartServer(options, Echo);
   }
 
+  static std::unique_ptr<hyb::testing::TempDir> temp_;  // the suite's certificate and key
   static std::string dir_;
 };
+std::unique_ptr<hyb::testing::TempDir> HttpsTest::temp_;
 std::string HttpsTest::dir_;
 
 TEST_F(HttpsTest, VerifiedClientSucceeds) {

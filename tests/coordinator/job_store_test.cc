@@ -147,6 +147,10 @@ TEST(JobStoreTest, CancelDropsQueuedTasksAndStopsLeasing) {
   EXPECT_EQ((*s->GetJob("r"))->retries_used, 0);
   ASSERT_TRUE(s->SetJobState("r", JobState::kCancelled, "", 5).ok());
   EXPECT_EQ(*s->CountTasks("r", TaskState::kCancelled), 2);
+  auto counts = s->CountTasksByState("r");
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->at(TaskState::kCancelled), 2);
+  EXPECT_EQ(counts->at(TaskState::kQueued), 0);
   EXPECT_EQ(s->CompleteTask("r:b", "w", Json::object(), 6).code(), StatusCode::kFailedPrecondition);
 }
 

@@ -7,6 +7,7 @@
 
 #include "hyb/storage/token_dataset.h"
 #include "hyb/storage/tokenizer.h"
+#include "testing/temp_dir.h"
 
 namespace hyb::storage {
 namespace {
@@ -14,9 +15,8 @@ namespace {
 TEST(CliPrepareTest, WritesTokenizedDocumentsWithEos) {
   const char* cli = std::getenv("HYB_CLI");
   if (cli == nullptr) GTEST_SKIP() << "HYB_CLI not set (run through ctest)";
-  char templ[] = "/tmp/hyb_prepare_XXXXXX";
-  ASSERT_NE(mkdtemp(templ), nullptr);
-  const std::string dir = templ;
+  hyb::testing::TempDir temp;
+  const std::string& dir = temp.path();
   const std::string tok_path =
       std::string(HYB_TEST_DATA_DIR) + "/tokenizers/qwen2_style/tokenizer.json";
   const std::vector<std::string> docs = {"Hello, world!", "naïve café 123",
@@ -47,7 +47,6 @@ TEST(CliPrepareTest, WritesTokenizedDocumentsWithEos) {
   auto err = ReadFileToString(dir + "/err.txt");
   EXPECT_NE(err->find("bad.jsonl:2"), std::string::npos) << *err;
   EXPECT_FALSE(storage::TokenDataset::Open(dir + "/ds2").ok());
-  std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -141,6 +142,8 @@ class JobStore {
   Status RenewLeases(int64_t until_ms);
   // Number of tasks of the job in `state`.
   StatusOr<int64_t> CountTasks(const std::string& job_id, TaskState state);
+  // Number of the job's tasks in every state (one query; states without tasks are 0).
+  StatusOr<std::map<TaskState, int64_t>> CountTasksByState(const std::string& job_id);
 
   // --- workers ---
   Status RegisterWorker(const std::string& id, const Json& info, int64_t now_ms);
