@@ -1,5 +1,6 @@
 #include "hyb/common/job_spec.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 
@@ -22,6 +23,34 @@ std::string Resolve(const std::string& base_dir, const std::string& path) {
 }
 
 }  // namespace
+
+StatusOr<std::string> ResolveTaskMetric(const TaskSpec& task) {
+  struct Kind {
+    const char* type;
+    std::vector<std::string> metrics;  // the first is the default
+  };
+  static const Kind kKinds[] = {{"multiple_choice", {"acc", "acc_norm"}},
+                                {"generate", {"exact_match", "contains", "f1"}},
+                                {"lm", {"loss"}},
+                                {"kl_to_teacher", {"kl"}}};
+  for (const Kind& k : kKinds) {
+    if (task.type != k.type) continue;
+    if (task.metric.empty()) return k.metrics.front();
+    if (k.metrics.size() == 1) {
+      return InvalidArgument("task.metric: " + task.type + " tasks have one metric (" +
+                             k.metrics.front() + ") and take no task.metric, got '" +
+                             task.metric + "'");
+    }
+    if (std::find(k.metrics.begin(), k.metrics.end(), task.metric) != k.metrics.end()) {
+      return task.metric;
+    }
+    std::string list;
+    for (const auto& m : k.metrics) list += (list.empty() ? "" : ", ") + m;
+    return InvalidArgument("task.metric: '" + task.metric + "' is not a metric of " + task.type +
+                           " tasks (" + list + ")");
+  }
+  return InvalidArgument("task.type: unknown task type '" + task.type + "'");
+}
 
 StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
                                const std::string& base_dir) {
@@ -68,6 +97,7 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
   s.task.max_test_examples = t["max_test_examples"];
   s.task.max_new_tokens = t["max_new_tokens"];
   s.task.add_special_tokens = t["add_special_tokens"];
+  s.task.metric = t.value("metric", "");
   const Json& r = j["search"];
   if (r.contains("tolerance")) s.search.tolerance = r["tolerance"].get<double>();
   if (r.contains("p_min")) s.search.p_min = r["p_min"].get<double>();
@@ -78,6 +108,7 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
   s.search.prefix_cache = r["prefix_cache"];
   s.search.prefix_cache_max_mb = r["prefix_cache_max_mb"];
   s.search.kl_examples = r["kl_examples"];
+  s.search.criterion = r["criterion"];
   if (j.contains("compare_placements")) {
     s.compare_placements.enabled = true;
     s.compare_placements.random = j["compare_placements"]["random"];

@@ -1,6 +1,7 @@
 #include "hyb/coordinator/greedy_search.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -9,7 +10,80 @@
 namespace hyb::coordinator {
 namespace {
 
-uint64_t Fnv1a(const std::string& s) {
+Json Interval(double lo, double hi) { return Json::array({lo, hi}); }
+
+Json OptionalNumber(const std::optional<double>& v) { return v ? Json(*v) : Json(nullptr); }
+
+// A finite double as the shortest decimal that reads back as it: +-digits * 10^exponent. For a
+// number from a JSON text with up to 15 significant digits that is the number as written.
+struct Decimal {
+  uint64_t digits = 0;  // at most 17 decimal digits
+  int exponent = 0;
+};
+Decimal ShortestDecimal(double v) {
+  char buf[64];
+  const auto res = std::to_chars(buf, buf + sizeof(buf), std::fabs(v),
+                                 std::chars_format::scientific);  // "1.2345e-05"
+  Decimal d;
+  int fraction_digits = 0;
+  bool after_point = false;
+  const char* p = buf;
+  for (; p < res.ptr && *p != 'e'; ++p) {
+    if (*p == '.') {
+      after_point = true;
+      continue;
+    }
+    d.digits = d.digits * 10 + static_cast<uint64_t>(*p - '0');
+    if (after_point) ++fraction_digits;
+  }
+  int e = 0;
+  if (p < res.ptr) std::from_chars(p + 1 + (p[1] == '+' ? 1 : 0), res.ptr, e);
+  d.exponent = e - fraction_digits;
+  return d;
+}
+
+using Uint128 = unsigned __int128;
+
+// floor(d * m) and ceil(d * m) for a decimal d < 1 (exponent < 0, or d == 0) and m >= 0, in
+// integers: digits < 2^57 and m < 2^63 keep the product below 2^120.
+Uint128 Pow10(int k) {
+  Uint128 p = 1;
+  for (int i = 0; i < k; ++i) p *= 10;
+  return p;
+}
+int64_t FloorTimes(const Decimal& d, int64_t m) {
+  const Uint128 num = static_cast<Uint128>(d.digits) * static_cast<Uint128>(m);
+  if (d.exponent >= 0) return static_cast<int64_t>(num);  // d == 0
+  if (-d.exponent > 38) return 0;                          // 10^39 > 2^128 > num
+  return static_cast<int64_t>(num / Pow10(-d.exponent));
+}
+int64_t CeilTimes(const Decimal& d, int64_t m) {
+  const Uint128 num = static_cast<Uint128>(d.digits) * static_cast<Uint128>(m);
+  if (d.exponent >= 0) return static_cast<int64_t>(num);
+  if (-d.exponent > 38) return num > 0 ? 1 : 0;
+  const Uint128 den = Pow10(-d.exponent);
+  return static_cast<int64_t>((num + den - 1) / den);
+}
+
+}  // namespace
+
+bool IsProportionMetric(std::string_view metric) {
+  return metric == "acc" || metric == "acc_norm" || metric == "exact_match" ||
+         metric == "contains";
+}
+
+StatusOr<SearchCriterion> ParseSearchCriterion(std::string_view name) {
+  if (name == "point") return SearchCriterion::kPoint;
+  if (name == "confident") return SearchCriterion::kConfident;
+  return InvalidArgument("search.criterion: must be \"point\" or \"confident\", got \"" +
+                         std::string(name) + "\"");
+}
+
+std::string_view SearchCriterionName(SearchCriterion c) {
+  return c == SearchCriterion::kConfident ? "confident" : "point";
+}
+
+uint64_t Fnv1a64(std::string_view s) {
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char c : s) {
     h ^= c;
@@ -17,12 +91,6 @@ uint64_t Fnv1a(const std::string& s) {
   }
   return h;
 }
-
-Json Interval(double lo, double hi) { return Json::array({lo, hi}); }
-
-Json OptionalNumber(const std::optional<double>& v) { return v ? Json(*v) : Json(nullptr); }
-
-}  // namespace
 
 std::string CandidateId(const std::vector<int64_t>& linear_layers) {
   if (linear_layers.empty()) return "linear_none";
@@ -78,6 +146,13 @@ StatusOr<GreedySearch> GreedySearch::Create(int64_t num_layers, SearchOptions op
   if (options.bootstrap_samples < 0) {
     return InvalidArgument("search: 'bootstrap_samples' must be >= 0");
   }
+  if (options.criterion == SearchCriterion::kConfident && options.bootstrap_samples == 0) {
+    return InvalidArgument(
+        "search: criterion 'confident' needs intervals: 'bootstrap_samples' must be > 0");
+  }
+  if (options.proportion && !options.higher_is_better) {
+    return InvalidArgument("search: a proportion score must be higher-is-better");
+  }
   auto& el = options.eligible_layers;
   if (el.empty()) {
     for (int64_t l = 0; l < num_layers; ++l) el.push_back(l);
@@ -97,7 +172,49 @@ StatusOr<GreedySearch> GreedySearch::Create(int64_t num_layers, SearchOptions op
 }
 
 bool GreedySearch::Meets(double score) const {
-  return options_.higher_is_better ? score >= p_min_ : score <= p_min_;
+  if (std::isnan(score)) return false;
+  if (p_min_count_) {
+    const auto n = static_cast<double>(teacher_per_example_.size());
+    return std::llround(score * n) >= *p_min_count_;
+  }
+  const double slack =
+      kScoreSlack * std::max({1.0, std::fabs(p_full_), std::fabs(p_min_)});
+  return options_.higher_is_better ? score >= p_min_ - slack : score <= p_min_ + slack;
+}
+
+Status GreedySearch::CheckProportion(const CandidateResult& r, const std::string& who) const {
+  if (!options_.proportion) return Status::Ok();
+  double count = 0;
+  for (size_t i = 0; i < r.per_example.size(); ++i) {
+    const double v = r.per_example[i];
+    if (v != 0.0 && v != 1.0) {
+      return InvalidArgument("search: " + who + ": a proportion's per-example values are 0 or 1, "
+                             "value " + std::to_string(i) + " is " + std::to_string(v));
+    }
+    count += v;
+  }
+  const auto n = static_cast<double>(r.per_example.size());
+  if (!(std::fabs(r.score - count / n) < 0.5 / n)) {
+    return InvalidArgument("search: " + who + ": score " + std::to_string(r.score) +
+                           " is not the proportion of its per-example values (" +
+                           std::to_string(static_cast<int64_t>(count)) + " of " +
+                           std::to_string(r.per_example.size()) + ")");
+  }
+  return Status::Ok();
+}
+
+double GreedySearch::AllowedChange() const {
+  if (!p_min_count_) return p_min_ - p_full_;
+  const auto n = static_cast<double>(teacher_per_example_.size());
+  return static_cast<double>(*p_min_count_ - std::llround(p_full_ * n)) / n;
+}
+
+bool GreedySearch::ConfidentEnough(const ScoredCandidate& c) const {
+  if (options_.criterion != SearchCriterion::kConfident) return true;
+  const double allowed = AllowedChange();
+  const double slack = kScoreSlack * std::max({1.0, std::fabs(p_full_), std::fabs(p_min_)});
+  return options_.higher_is_better ? c.teacher_ci_low >= allowed - slack
+                                   : c.teacher_ci_high <= allowed + slack;
 }
 
 Status GreedySearch::SetTeacher(const CandidateResult& teacher) {
@@ -105,6 +222,7 @@ Status GreedySearch::SetTeacher(const CandidateResult& teacher) {
   if (teacher.per_example.empty()) {
     return InvalidArgument("search: the teacher's result has no per-example values");
   }
+  HYB_RETURN_IF_ERROR(CheckProportion(teacher, "the teacher"));
   teacher_set_ = true;
   p_full_ = teacher.score;
   if (options_.p_min) {
@@ -115,6 +233,21 @@ Status GreedySearch::SetTeacher(const CandidateResult& teacher) {
     // or negative ones (a log-likelihood, a zero KL).
     const double margin = tol * std::fabs(p_full_);
     p_min_ = options_.higher_is_better ? p_full_ - margin : p_full_ + margin;
+  }
+  if (options_.proportion) {
+    // In counts: a candidate with c of n examples meets P_min iff c >= p_min_count. Relative:
+    // c >= c_t - tol * c_t, i.e. c >= c_t - floor(tol * c_t) (c is an integer); absolute:
+    // c >= ceil(p_min * n). Both with the tolerance or p_min as a decimal, in integers.
+    const auto n = static_cast<int64_t>(teacher.per_example.size());
+    const int64_t teacher_count = std::llround(p_full_ * static_cast<double>(n));
+    if (options_.p_min) {
+      const double p = *options_.p_min;
+      p_min_count_ = p <= 0 ? 0 : p > 1 ? n + 1 : CeilTimes(ShortestDecimal(p), n);
+    } else {
+      const double tol = *options_.tolerance;
+      p_min_count_ =
+          tol >= 1 ? 0 : teacher_count - FloorTimes(ShortestDecimal(tol), teacher_count);
+    }
   }
   teacher_per_example_ = teacher.per_example;
   base_per_example_ = teacher.per_example;
@@ -187,15 +320,23 @@ Status GreedySearch::Report(const std::string& candidate_id, const CandidateResu
         "search: '" + candidate_id + "' has " + std::to_string(result.per_example.size()) +
         " per-example values, the teacher had " + std::to_string(base_per_example_.size()));
   }
+  HYB_RETURN_IF_ERROR(CheckProportion(result, "'" + candidate_id + "'"));
   ScoredCandidate sc;
   sc.candidate = open_[i];
   sc.result = result;
   sc.delta = result.score - rounds_.back().base_score;
   HYB_ASSIGN_OR_RETURN(auto ci, PairedBootstrapInterval(result.per_example, base_per_example_,
                                                         options_.bootstrap_samples,
-                                                        options_.seed ^ Fnv1a(candidate_id)));
+                                                        options_.seed ^ Fnv1a64(candidate_id)));
   sc.delta_ci_low = ci.first;
   sc.delta_ci_high = ci.second;
+  HYB_ASSIGN_OR_RETURN(
+      auto teacher_ci,
+      PairedBootstrapInterval(result.per_example, teacher_per_example_,
+                              options_.bootstrap_samples,
+                              options_.seed ^ Fnv1a64(candidate_id + "/teacher")));
+  sc.teacher_ci_low = teacher_ci.first;
+  sc.teacher_ci_high = teacher_ci.second;
   got_[i] = std::move(sc);
   if (std::all_of(got_.begin(), got_.end(), [](const auto& g) { return g.has_value(); })) {
     DecideRound();
@@ -221,15 +362,35 @@ void GreedySearch::DecideRound() {
   }
   const ScoredCandidate& b = *got_[best];
   r.best_layer = b.candidate.layer;
-  r.committed = Meets(b.result.score);
+  const bool meets = Meets(b.result.score);
+  const bool confident = ConfidentEnough(b);
+  r.committed = meets && confident;
   for (auto& g : got_) r.candidates.push_back(std::move(*g));
   const ScoredCandidate& chosen = r.candidates[best];
+  const double s = chosen.result.score;
+  if (!std::isnan(s) &&
+      (!best_ || (options_.higher_is_better ? s >= best_->score : s <= best_->score))) {
+    best_ = TrajectoryPoint{chosen.candidate.linear_layers, s, chosen.delta_ci_low,
+                            chosen.delta_ci_high, chosen.result.kl};
+  }
   if (!r.committed) {
     done_ = true;
-    char buf[160];
-    std::snprintf(buf, sizeof(buf), "best candidate (layer %lld, score %.6g) misses p_min %.6g",
-                  static_cast<long long>(chosen.candidate.layer), chosen.result.score, p_min_);
+    char buf[256];
+    if (!meets) {
+      std::snprintf(buf, sizeof(buf), "best candidate (layer %lld, score %.6g) misses p_min %.6g",
+                    static_cast<long long>(chosen.candidate.layer), s, p_min_);
+    } else {
+      std::snprintf(buf, sizeof(buf),
+                    "best candidate (layer %lld, score %.6g) meets p_min %.6g, but the 95%% %s "
+                    "bound of its change against the teacher (%+.6g) is beyond the tolerated "
+                    "%+.6g (criterion confident)",
+                    static_cast<long long>(chosen.candidate.layer), s, p_min_,
+                    options_.higher_is_better ? "lower" : "upper",
+                    options_.higher_is_better ? chosen.teacher_ci_low : chosen.teacher_ci_high,
+                    AllowedChange());
+    }
     stop_reason_ = buf;
+    if (trajectory_.size() == 1) stop_reason_ += "; no hybrid meets p_min";
     open_.clear();
     got_.clear();
     return;
@@ -240,13 +401,9 @@ void GreedySearch::DecideRound() {
   OpenRound();
 }
 
-const TrajectoryPoint& GreedySearch::best() const {
-  size_t best = 0;
-  for (size_t i = 1; i < trajectory_.size(); ++i) {
-    const double s = trajectory_[i].score, bs = trajectory_[best].score;
-    if (options_.higher_is_better ? s >= bs : s <= bs) best = i;
-  }
-  return trajectory_[best];
+std::optional<TrajectoryPoint> GreedySearch::optimal() const {
+  if (trajectory_.size() < 2) return std::nullopt;
+  return trajectory_.back();
 }
 
 Json GreedySearch::ToJson() const {
@@ -263,6 +420,7 @@ Json GreedySearch::ToJson() const {
                        {"score", c.result.score},
                        {"delta", c.delta},
                        {"delta_ci95", Interval(c.delta_ci_low, c.delta_ci_high)},
+                       {"teacher_delta_ci95", Interval(c.teacher_ci_low, c.teacher_ci_high)},
                        {"kl", OptionalNumber(c.result.kl)},
                        {"seconds", c.result.seconds},
                        {"layer_passes", c.result.layer_passes}});
@@ -282,8 +440,13 @@ Json GreedySearch::ToJson() const {
                     {"delta_ci95", Interval(t.delta_ci_low, t.delta_ci_high)},
                     {"kl", OptionalNumber(t.kl)}});
   }
-  return {{"p_full", p_full_},
+  Json out = {{"p_full", p_full_},
           {"p_min", p_min_},
+          {"p_min_count", p_min_count_ ? Json(*p_min_count_) : Json(nullptr)},
+          {"validation_examples", teacher_per_example_.size()},
+          {"criterion", SearchCriterionName(options_.criterion)},
+          {"teacher_meets_p_min", teacher_set_ && Meets(p_full_)},
+          {"hybrid_meets_p_min", trajectory_.size() > 1},
           {"higher_is_better", options_.higher_is_better},
           {"tolerance", tol},
           {"eligible_layers", options_.eligible_layers},
@@ -292,6 +455,7 @@ Json GreedySearch::ToJson() const {
           {"stop_reason", stop_reason_},
           {"rounds", std::move(rounds)},
           {"trajectory", std::move(traj)}};
+  return out;
 }
 
 }  // namespace hyb::coordinator

@@ -112,6 +112,48 @@ std::vector<int64_t> UniformPlacement(const std::vector<int64_t>& eligible, int6
   return out;
 }
 
+StatusOr<std::vector<int64_t>> DistillLossPlacement(const Json& distill_report,
+                                                    const std::vector<int64_t>& eligible,
+                                                    int64_t k) {
+  std::vector<std::pair<double, int64_t>> ranked;  // (final nmse, layer)
+  for (int64_t l : eligible) {
+    std::optional<double> nmse;
+    for (const auto& layer : distill_report.value("layers", Json::array())) {
+      if (layer.value("layer", int64_t{-1}) == l && layer.contains("final_nmse") &&
+          layer["final_nmse"].is_number()) {
+        nmse = layer["final_nmse"].get<double>();
+      }
+    }
+    if (!nmse) {
+      return FailedPrecondition("the distillation result has no final loss (final_nmse) for layer " +
+                                std::to_string(l));
+    }
+    ranked.emplace_back(*nmse, l);
+  }
+  std::sort(ranked.begin(), ranked.end());
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < ranked.size() && static_cast<int64_t>(i) < k; ++i) {
+    out.push_back(ranked[i].second);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<int64_t> SensitivityPlacement(const GreedySearch& search, int64_t k) {
+  std::vector<int64_t> out;
+  if (search.rounds().empty()) return out;
+  std::vector<ScoredCandidate> round1 = search.rounds().front().candidates;
+  std::stable_sort(round1.begin(), round1.end(),
+                   [&](const ScoredCandidate& a, const ScoredCandidate& b) {
+                     return search.Better(a, b);
+                   });
+  for (size_t i = 0; i < round1.size() && static_cast<int64_t>(i) < k; ++i) {
+    out.push_back(round1[i].candidate.layer);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 JobRunner::JobRunner(JobSpec spec, TaskExecutor* executor, RunOptions options)
     : spec_(std::move(spec)),
       executor_(executor),
@@ -297,13 +339,21 @@ StatusOr<RunOutcome> JobRunner::Run() {
   so.max_linear_layers = spec_.search.max_linear_layers;
   so.bootstrap_samples = spec_.search.bootstrap_samples;
   so.seed = spec_.search.seed;
+  so.proportion = IsProportionMetric(teacher->metric);
+  auto criterion = ParseSearchCriterion(spec_.search.criterion);
+  if (!criterion.ok()) return criterion.status().WithContext("searching");
+  so.criterion = *criterion;
   auto created = GreedySearch::Create(num_layers_, so);
   if (!created.ok()) return created.status().WithContext("searching");
   GreedySearch search = std::move(created).value();
   CandidateResult tr{teacher->score, teacher->per_example, teacher->kl, teacher->seconds,
                      teacher->layer_passes};
   if (Status s = search.SetTeacher(tr); !s.ok()) return s.WithContext("searching");
-  Print("p_full " + Fmt("%.4f", search.p_full()) + ", p_min " + Fmt("%.4f", search.p_min()));
+  Print("p_full " + Fmt("%.4f", search.p_full()) + ", p_min " + Fmt("%.4f", search.p_min()) +
+        (search.p_min_count() ? " (" + std::to_string(*search.p_min_count()) + " of " +
+                                    std::to_string(teacher->per_example.size()) + " examples)"
+                              : "") +
+        ", criterion " + spec_.search.criterion);
   double candidate_seconds = 0;
   int64_t candidates_run = 0;
   while (!search.done()) {
@@ -404,10 +454,14 @@ StatusOr<RunOutcome> JobRunner::Run() {
 
   // --- EXPORTING --------------------------------------------------------------------------
   HYB_RETURN_IF_ERROR(Event({{"event", "phase"}, {"phase", "exporting"}}));
-  const TrajectoryPoint best = search.best();
-  const TrajectoryPoint opt = search.optimal();
-  for (const auto& [name, point] :
-       std::vector<std::pair<std::string, TrajectoryPoint>>{{"m_best", best}, {"m_opt", opt}}) {
+  // M_best is the best hybrid the search scored; M_opt the most-linear committed one, absent
+  // when no hybrid meets P_min (then nothing pretends to be M_opt, and the report says so).
+  const std::optional<TrajectoryPoint> best = search.best();
+  const std::optional<TrajectoryPoint> opt = search.optimal();
+  std::vector<std::pair<std::string, TrajectoryPoint>> hybrids;
+  if (best) hybrids.emplace_back("m_best", *best);
+  if (opt) hybrids.emplace_back("m_opt", *opt);
+  for (const auto& [name, point] : hybrids) {
     const std::string dir = layout_.Export(name);
     if (storage::PathExists(dir)) continue;
     if (Status s = executor_->Export({spec_.job_id, point.linear_layers, name}); !s.ok()) {
@@ -415,35 +469,63 @@ StatusOr<RunOutcome> JobRunner::Run() {
     }
     Print("exported " + name + " (linear " + Layers(point.linear_layers) + ") to " + dir);
   }
+  if (!opt) Print("no hybrid meets p_min: there is no m_opt");
   const bool has_test = !spec_.task.test.empty();
-  auto test_score = [&](const std::vector<int64_t>& layers) -> StatusOr<Json> {
-    if (!has_test) return Json(nullptr);
+  auto test_result = [&](const std::vector<int64_t>& layers) -> StatusOr<EvaluateResult> {
     auto r = EvaluateStored({spec_.job_id, CandidateId(layers), layers, "test"});
     if (!r.ok()) return r.status().WithContext("exporting: test split");
-    return Json(r->score);
+    return r;
   };
+  // Paired bootstrap 95% interval of mean(a - b) over the test examples, seeded by `name`.
+  auto test_interval = [&](const EvaluateResult& a, const EvaluateResult& b,
+                           const std::string& name) -> StatusOr<Json> {
+    HYB_ASSIGN_OR_RETURN(auto ci, PairedBootstrapInterval(
+                                      a.per_example, b.per_example, spec_.search.bootstrap_samples,
+                                      spec_.search.seed ^ Fnv1a64(name)));
+    return Json::array({ci.first, ci.second});
+  };
+  std::optional<EvaluateResult> teacher_test;
+  if (has_test) {
+    HYB_ASSIGN_OR_RETURN(teacher_test, test_result({}));
+  }
   Json models = Json::array();
-  for (const auto& [name, point, dir] :
-       std::vector<std::tuple<std::string, TrajectoryPoint, std::string>>{
-           {"teacher", search.trajectory().front(), ""},
-           {"m_best", best, "exports/m_best"},
-           {"m_opt", opt, "exports/m_opt"}}) {
-    HYB_ASSIGN_OR_RETURN(Json t, test_score(point.linear_layers));
-    models.push_back({{"name", name},
-                      {"linear_layers", point.linear_layers},
-                      {"validation", point.score},
-                      {"test", t},
-                      {"dir", dir}});
+  models.push_back({{"name", "teacher"},
+                    {"linear_layers", Json::array()},
+                    {"validation", search.p_full()},
+                    {"test", teacher_test ? Json(teacher_test->score) : Json(nullptr)},
+                    {"meets_p_min", search.Meets(search.p_full())},
+                    {"dir", ""}});
+  for (const auto& [name, point] : hybrids) {
+    Json m = {{"name", name},
+              {"linear_layers", point.linear_layers},
+              {"validation", point.score},
+              {"test", nullptr},
+              {"meets_p_min", search.Meets(point.score)},
+              {"dir", "exports/" + name}};
+    if (has_test) {
+      HYB_ASSIGN_OR_RETURN(const EvaluateResult t, test_result(point.linear_layers));
+      m["test"] = t.score;
+      m["test_minus_teacher"] = t.score - teacher_test->score;
+      HYB_ASSIGN_OR_RETURN(m["test_minus_teacher_ci95"],
+                           test_interval(t, *teacher_test, name + "/teacher"));
+    }
+    models.push_back(std::move(m));
   }
   Json placements;
-  const auto k = static_cast<int64_t>(opt.linear_layers.size());
+  const auto k = opt ? static_cast<int64_t>(opt->linear_layers.size()) : 0;
   if (spec_.compare_placements.enabled && has_test && k > 0) {
     placements = Json::array();
-    std::vector<int64_t> eligible = search.options().eligible_layers;
+    const std::vector<int64_t> eligible = search.options().eligible_layers;
+    HYB_ASSIGN_OR_RETURN(const std::vector<int64_t> by_loss,
+                         DistillLossPlacement(distill_report, eligible, k));
     std::vector<std::pair<std::string, std::vector<int64_t>>> sets = {
-        {"greedy", opt.linear_layers}, {"uniform", UniformPlacement(eligible, k)}};
+        {"greedy", opt->linear_layers},
+        {"distill_loss", by_loss},
+        {"sensitivity", SensitivityPlacement(search, k)},
+        {"uniform", UniformPlacement(eligible, k)}};
+    // Random placements avoid greedy's and uniform's (the set earlier reports drew from).
     std::mt19937_64 rng(spec_.compare_placements.seed);
-    std::set<std::vector<int64_t>> seen = {sets[0].second, sets[1].second};
+    std::set<std::vector<int64_t>> seen = {sets[0].second, sets[3].second};
     for (int64_t i = 0, tries = 0; i < spec_.compare_placements.random && tries < 1000; ++tries) {
       std::vector<int64_t> pool = eligible;
       std::shuffle(pool.begin(), pool.end(), rng);
@@ -452,11 +534,21 @@ StatusOr<RunOutcome> JobRunner::Run() {
       if (!seen.insert(pick).second && tries < 100) continue;  // prefer distinct placements
       sets.push_back({"random-" + std::to_string(++i), pick});
     }
+    HYB_ASSIGN_OR_RETURN(const EvaluateResult greedy, test_result(opt->linear_layers));
     for (const auto& [name, layers] : sets) {
-      HYB_ASSIGN_OR_RETURN(Json t, test_score(layers));
-      placements.push_back({{"name", name}, {"linear_layers", layers}, {"test", t}});
-      Print("placement " + name + " {" + Layers(layers) + "}: test " +
-            Fmt("%.4f", t.is_number() ? t.get<double>() : NAN));
+      HYB_ASSIGN_OR_RETURN(const EvaluateResult t, test_result(layers));
+      Json p = {{"name", name}, {"linear_layers", layers}, {"test", t.score}};
+      std::string line = "placement " + name + " {" + Layers(layers) + "}: test " +
+                         Fmt("%.4f", t.score);
+      if (name != "greedy") {
+        p["minus_greedy"] = t.score - greedy.score;
+        HYB_ASSIGN_OR_RETURN(p["minus_greedy_ci95"], test_interval(t, greedy, name + "/greedy"));
+        line += " (minus greedy " + Fmt("%+.4f", t.score - greedy.score) + " [" +
+                Fmt("%+.4f", p["minus_greedy_ci95"][0].get<double>()) + ", " +
+                Fmt("%+.4f", p["minus_greedy_ci95"][1].get<double>()) + "])";
+      }
+      placements.push_back(std::move(p));
+      Print(line);
     }
   }
   end_phase("exporting");
@@ -480,8 +572,12 @@ StatusOr<RunOutcome> JobRunner::Run() {
         {"validation_examples", teacher->per_example.size()}}},
       {"distill", distill_report},
       {"search", search_json},
+      {"outcome", opt ? "m_opt has " + std::to_string(opt->linear_layers.size()) +
+                            " linear layers and meets p_min"
+                      : std::string("no hybrid meets p_min: there is no m_opt")},
       {"models", models},
       {"timings", timings}};
+  if (teacher_test) report["task"]["test_examples"] = teacher_test->per_example.size();
   if (!placements.is_null()) report["placements"] = placements;
   HYB_RETURN_IF_ERROR(storage::AtomicWriteString(layout_.ReportJson(), report.dump(2) + "\n"));
   auto html = RenderReportHtml(report);
@@ -495,7 +591,8 @@ StatusOr<RunOutcome> JobRunner::Run() {
       << teacher->metric << ", " << (teacher->higher_is_better ? "higher" : "lower")
       << " is better)\n";
   sum << "  p_full " << Fmt("%.4f", search.p_full()) << "  p_min " << Fmt("%.4f", search.p_min())
-      << "  stop: " << search.stop_reason() << "\n";
+      << "  criterion " << spec_.search.criterion << "  stop: " << search.stop_reason() << "\n";
+  if (!opt) sum << "  no hybrid meets p_min: there is no m_opt\n";
   sum << "  model     linear layers          validation   test\n";
   for (const auto& m : models) {
     char line[160];

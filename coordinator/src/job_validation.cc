@@ -109,6 +109,9 @@ Status CheckTask(const TaskSpec& task, ValidatedJob* out) {
   auto kind = storage::ParseTaskKind(task.type);
   if (!kind.ok()) return AtField(kind.status(), "task.type");
   out->task_kind = *kind;
+  auto metric = ResolveTaskMetric(task);
+  if (!metric.ok()) return metric.status();  // "task.metric: ..." already
+  out->metric = *metric;
   auto validation =
       CheckTaskSplit(task.validation, *kind, task.max_validation_examples, "task.validation");
   if (!validation.ok()) return validation.status();
@@ -134,6 +137,15 @@ Status CheckSearch(const JobSpec& spec, ValidatedJob* out) {
     for (int64_t l = 0; l < out->num_layers; ++l) out->eligible_layers.push_back(l);
   }
   std::sort(out->eligible_layers.begin(), out->eligible_layers.end());
+  if (spec.search.criterion != "point" && spec.search.criterion != "confident") {
+    return InvalidArgument("search.criterion: must be \"point\" or \"confident\", got \"" +
+                           spec.search.criterion + "\"");
+  }
+  if (spec.search.criterion == "confident" && spec.search.bootstrap_samples == 0) {
+    return InvalidArgument(
+        "search.criterion: \"confident\" commits by a bootstrap interval, so "
+        "search.bootstrap_samples must be > 0");
+  }
   if (out->task_kind == storage::TaskKind::kKlToTeacher && !spec.search.p_min) {
     // Named "search.tolerance" as before: that is the setting the user gave that cannot work.
     return InvalidArgument(

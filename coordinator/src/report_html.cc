@@ -57,6 +57,20 @@ class Node {
     HYB_ASSIGN_OR_RETURN(const double v, Number(key));
     return std::optional<double>(v);
   }
+  StatusOr<std::optional<bool>> OptionalBool(std::string_view key) const {
+    if (!Has(key)) return std::optional<bool>();
+    HYB_ASSIGN_OR_RETURN(const bool v, Bool(key));
+    return std::optional<bool>(v);
+  }
+  StatusOr<std::string> OptionalString(std::string_view key) const {
+    if (!Has(key)) return std::string();
+    return String(key);
+  }
+  StatusOr<std::optional<std::pair<double, double>>> OptionalInterval(std::string_view key) const {
+    if (!Has(key)) return std::optional<std::pair<double, double>>();
+    HYB_ASSIGN_OR_RETURN(const auto v, Interval(key));
+    return std::optional<std::pair<double, double>>(v);
+  }
 
   StatusOr<Node> Object(std::string_view key) const {
     const Json* v = Find(key);
@@ -195,6 +209,11 @@ struct Placement {
   std::optional<double> validation;  // placements have none
   std::optional<double> test;
   std::string dir;
+  std::optional<bool> meets_p_min;  // models
+  // Models: test minus the teacher's; placements: test minus greedy's; with the paired
+  // bootstrap 95% interval over test examples.
+  std::optional<double> test_delta;
+  std::optional<std::pair<double, double>> test_delta_ci95;
 };
 
 struct Timing {
@@ -221,6 +240,9 @@ struct Report {
   std::vector<DistillLayer> distill_layers;
   double p_full = 0;
   double p_min = 0;
+  std::optional<int64_t> p_min_count;
+  std::string criterion;  // empty in reports from before search.criterion
+  std::string outcome;    // empty in older reports
   std::string stop_reason;
   int64_t layer_passes = 0;
   std::optional<double> search_seconds;
@@ -323,6 +345,8 @@ Status ReadSearch(const Node& root, Report& r) {
   HYB_ASSIGN_OR_RETURN(const Node search, root.Object("search"));
   HYB_ASSIGN_OR_RETURN(r.p_full, search.Number("p_full"));
   HYB_ASSIGN_OR_RETURN(r.p_min, search.Number("p_min"));
+  HYB_ASSIGN_OR_RETURN(r.p_min_count, search.OptionalInt("p_min_count"));
+  HYB_ASSIGN_OR_RETURN(r.criterion, search.OptionalString("criterion"));
   HYB_ASSIGN_OR_RETURN(r.stop_reason, search.String("stop_reason"));
   HYB_ASSIGN_OR_RETURN(r.layer_passes, search.Int("layer_passes"));
   HYB_ASSIGN_OR_RETURN(r.search_seconds, search.OptionalNumber("seconds"));
@@ -366,8 +390,13 @@ StatusOr<std::vector<Placement>> ReadPlacements(const std::vector<Node>& nodes, 
       if (node.Has("dir")) {
         HYB_ASSIGN_OR_RETURN(p.dir, node.String("dir"));
       }
+      HYB_ASSIGN_OR_RETURN(p.meets_p_min, node.OptionalBool("meets_p_min"));
     }
     HYB_ASSIGN_OR_RETURN(p.test, node.OptionalNumber("test"));
+    const char* delta = is_model ? "test_minus_teacher" : "minus_greedy";
+    HYB_ASSIGN_OR_RETURN(p.test_delta, node.OptionalNumber(delta));
+    HYB_ASSIGN_OR_RETURN(p.test_delta_ci95,
+                         node.OptionalInterval(std::string(delta) + "_ci95"));
     out.push_back(std::move(p));
   }
   return out;
@@ -383,6 +412,7 @@ StatusOr<Report> ReadReport(const Json& json) {
   HYB_RETURN_IF_ERROR(ReadHeader(root, r));
   HYB_RETURN_IF_ERROR(ReadDistill(root, r));
   HYB_RETURN_IF_ERROR(ReadSearch(root, r));
+  HYB_ASSIGN_OR_RETURN(r.outcome, root.OptionalString("outcome"));
 
   HYB_ASSIGN_OR_RETURN(const std::vector<Node> models, root.Objects("models"));
   HYB_ASSIGN_OR_RETURN(r.models, ReadPlacements(models, /*is_model=*/true, r.num_layers));
@@ -637,6 +667,16 @@ std::string Line(const std::string& cls, double x1, double y1, double x2, double
 // ---------------------------------------------------------------------------------------------
 // Sections.
 
+// "-0.043 [-0.08, -0.007]", or the missing mark.
+std::string DeltaWithInterval(const Placement& p) {
+  if (!p.test_delta) return std::string(kMissing);
+  std::string out = Signed(*p.test_delta);
+  if (p.test_delta_ci95) {
+    out += " [" + Signed(p.test_delta_ci95->first) + ", " + Signed(p.test_delta_ci95->second) + "]";
+  }
+  return out;
+}
+
 void RenderSummary(const Report& r, std::string& out) {
   out += "<header>\n<h1>Hybridization report: <code>" + Escape(r.job_id) + "</code></h1>\n";
   out += "<dl class=\"meta\">\n";
@@ -653,8 +693,14 @@ void RenderSummary(const Report& r, std::string& out) {
          " test examples</dd>\n";
   out += "<dt>Distillation</dt><dd>" + Num(r.distill_steps) + " steps · " + Num(r.distill_tokens) +
          " tokens · " + Num(r.distill_seconds) + " s</dd>\n";
-  out += "<dt>Search</dt><dd>p_full " + Num(r.p_full) + " · p_min " + Num(r.p_min) + " · " +
-         Escape(r.stop_reason) + "</dd>\n";
+  out += "<dt>Search</dt><dd>p_full " + Num(r.p_full) + " · p_min " + Num(r.p_min);
+  if (r.p_min_count && r.validation_examples) {
+    out += " (" + std::to_string(*r.p_min_count) + " of " +
+           std::to_string(*r.validation_examples) + " examples)";
+  }
+  if (!r.criterion.empty()) out += " · criterion " + Escape(r.criterion);
+  out += " · " + Escape(r.stop_reason) + "</dd>\n";
+  if (!r.outcome.empty()) out += "<dt>Outcome</dt><dd>" + Escape(r.outcome) + "</dd>\n";
   out += "</dl>\n</header>\n";
 }
 
@@ -662,14 +708,24 @@ void RenderModels(const Report& r, std::string& out) {
   out +=
       "<section id=\"models\">\n<h2>Models</h2>\n<table>\n<thead><tr><th>Name</th>"
       "<th class=\"num\">Linear layers</th><th>Layer list</th><th class=\"num\">Validation</th>"
-      "<th class=\"num\">Test</th><th>Directory</th></tr></thead>\n<tbody>\n";
+      "<th class=\"num\">Test</th><th class=\"num\">Test − teacher [95% CI]</th>"
+      "<th>Meets p_min</th><th>Directory</th></tr></thead>\n<tbody>\n";
   for (const Placement& m : r.models) {
     out += "<tr><td>" + Escape(m.name) + "</td><td class=\"num\">" +
            std::to_string(m.linear_layers.size()) + "</td><td>" + LayerList(m.linear_layers) +
            "</td><td class=\"num\">" + Num(m.validation) + "</td><td class=\"num\">" + Num(m.test) +
+           "</td><td class=\"num\">" + DeltaWithInterval(m) + "</td><td>" +
+           (m.meets_p_min ? (*m.meets_p_min ? "yes" : "no") : std::string(kMissing)) +
            "</td><td><code>" + Escape(m.dir) + "</code></td></tr>\n";
   }
-  out += "</tbody>\n</table>\n</section>\n";
+  out += "</tbody>\n</table>\n";
+  out +=
+      "<p>m_best: the best-scoring hybrid (at least one linear layer) the search scored, on "
+      "validation; it need not meet p_min. m_opt: the committed hybrid with the most linear "
+      "layers; it meets p_min";
+  if (r.criterion == "confident") out += " and the confident criterion";
+  out += ". When no hybrid meets p_min there is no m_opt.";
+  out += " Intervals: paired bootstrap over the test examples.</p>\n</section>\n";
 }
 
 void RenderTrajectory(const Report& r, std::string& out) {
@@ -970,13 +1026,20 @@ void RenderPlacements(const Report& r, std::string& out) {
   out +=
       "<section id=\"placements\">\n<h2>Placements</h2>\n<table>\n<thead><tr><th>Name</th>"
       "<th class=\"num\">Linear layers</th><th>Layer list</th><th class=\"num\">Test</th>"
-      "</tr></thead>\n<tbody>\n";
+      "<th class=\"num\">Minus greedy [95% CI]</th></tr></thead>\n<tbody>\n";
   for (const Placement& p : *r.placements) {
     out += "<tr><td>" + Escape(p.name) + "</td><td class=\"num\">" +
            std::to_string(p.linear_layers.size()) + "</td><td>" + LayerList(p.linear_layers) +
-           "</td><td class=\"num\">" + Num(p.test) + "</td></tr>\n";
+           "</td><td class=\"num\">" + Num(p.test) + "</td><td class=\"num\">" +
+           DeltaWithInterval(p) + "</td></tr>\n";
   }
-  out += "</tbody>\n</table>\n</section>\n";
+  out += "</tbody>\n</table>\n";
+  out +=
+      "<p>Every placement has as many linear layers as m_opt. greedy: m_opt; distill_loss: the "
+      "layers whose mixers ended distillation with the lowest normalised loss; sensitivity: "
+      "the layers whose single swap cost least in search round 1; uniform: evenly spaced; "
+      "random-N: drawn at random. Intervals: paired bootstrap 95% over the test examples of "
+      "the placement's score minus greedy's.</p>\n</section>\n";
 }
 
 void RenderTimings(const Report& r, std::string& out) {

@@ -20,6 +20,8 @@ using hyb::testing::TempDir;
 class FakeExecutor : public SequentialTaskExecutor {
  public:
   std::map<int64_t, double> damage = {{0, 0.3}, {1, 0.02}, {2, 0.1}, {3, 0.05}};
+  // Final normalised distillation loss per layer (the distill_loss placement ranks by it).
+  std::map<int64_t, double> final_nmse = {{0, 0.1}, {1, 0.3}, {2, 0.2}, {3, 0.4}};
   int distills = 0, evaluations = 0, cache_bases = 0, exports = 0;
   int fail_at_evaluation = -1;  // simulate a crash at the n-th evaluation (1-based)
 
@@ -29,7 +31,7 @@ class FakeExecutor : public SequentialTaskExecutor {
     DistillResult r;
     r.steps = 4;
     for (int64_t l : task.layers) {
-      r.layers.push_back({l, 4, {{1, 1.0, 0.5}, {4, 0.5, 0.25}}});
+      r.layers.push_back({l, 4, {{1, 1.0, 0.5}, {4, 0.5, final_nmse.at(l)}}});
       if (progress &&
           !progress({{"event", "distill_step"}, {"step", 4}, {"layers", Json::array()}}))
         return Cancelled("stopped");
@@ -112,15 +114,49 @@ TEST(JobRunnerTest, RunsEveryPhaseAndWritesTheReport) {
   EXPECT_EQ(r["search"]["rounds"].size(), 4u);
   EXPECT_EQ(ex.distills, 1);
   // 1 teacher + 4 + 3 + 2 + 1 candidates, 3 cache recordings (rounds 2-4), test split for the
-  // teacher, M_best (= teacher) and M_opt, and the placements (greedy = M_opt, stored).
+  // teacher, M_best and M_opt, and the placements (greedy = M_opt, stored).
   EXPECT_EQ(ex.cache_bases, 1 + 3);
   EXPECT_EQ(ex.exports, 2);
+  ASSERT_EQ(r["models"].size(), 3u);
   EXPECT_EQ(r["models"][0]["name"], "teacher");
+  // M_best is the best hybrid ({1}: 0.98), not the teacher (1.0).
+  EXPECT_EQ(r["models"][1]["name"], "m_best");
+  EXPECT_EQ(r["models"][1]["linear_layers"], Json({1}));
+  EXPECT_EQ(r["models"][1]["meets_p_min"], true);
+  EXPECT_DOUBLE_EQ(r["models"][1]["test"].get<double>(), 0.98);  // 49 of 50
+  EXPECT_NEAR(r["models"][1]["test_minus_teacher"].get<double>(), -0.02, 1e-12);
+  EXPECT_EQ(r["models"][2]["name"], "m_opt");
   EXPECT_EQ(r["models"][2]["linear_layers"], Json({1, 2, 3}));
   EXPECT_DOUBLE_EQ(r["models"][2]["test"].get<double>(), 0.82);
-  ASSERT_EQ(r["placements"].size(), 4u);  // greedy, uniform, random-1, random-2
-  EXPECT_EQ(r["placements"][1]["name"], "uniform");
-  EXPECT_EQ(r["placements"][1]["linear_layers"], Json({0, 2, 3}));
+  // Every changed test example went down (9 of 50): the interval is below zero.
+  const Json opt_ci = r["models"][2]["test_minus_teacher_ci95"];
+  EXPECT_LT(opt_ci[0].get<double>(), -0.18);
+  EXPECT_LT(opt_ci[1].get<double>(), 0.0);
+  EXPECT_GT(opt_ci[1].get<double>(), -0.18);
+  EXPECT_EQ(r["outcome"], "m_opt has 3 linear layers and meets p_min");
+  EXPECT_EQ(r["search"]["criterion"], "point");
+  EXPECT_EQ(r["search"]["p_min_count"], 80);  // 100 - floor(0.2 * 100) of 100
+  // greedy, distill_loss, sensitivity, uniform, random-1, random-2; all with three layers.
+  ASSERT_EQ(r["placements"].size(), 6u);
+  EXPECT_EQ(r["placements"][0]["name"], "greedy");
+  EXPECT_FALSE(r["placements"][0].contains("minus_greedy"));
+  // Lowest final nmse: layers 0 (0.1), 2 (0.2), 1 (0.3): damage 0.42, test 29/50.
+  EXPECT_EQ(r["placements"][1]["name"], "distill_loss");
+  EXPECT_EQ(r["placements"][1]["linear_layers"], Json({0, 1, 2}));
+  EXPECT_DOUBLE_EQ(r["placements"][1]["test"].get<double>(), 0.58);
+  EXPECT_NEAR(r["placements"][1]["minus_greedy"].get<double>(), -0.24, 1e-12);
+  const Json loss_ci = r["placements"][1]["minus_greedy_ci95"];
+  EXPECT_LT(loss_ci[0].get<double>(), -0.24);
+  EXPECT_GT(loss_ci[1].get<double>(), -0.24);
+  EXPECT_LT(loss_ci[1].get<double>(), 0.0);
+  // Round 1's cheapest single swaps: 1 (0.98), 3 (0.95), 2 (0.90): greedy's set here.
+  EXPECT_EQ(r["placements"][2]["name"], "sensitivity");
+  EXPECT_EQ(r["placements"][2]["linear_layers"], Json({1, 2, 3}));
+  EXPECT_DOUBLE_EQ(r["placements"][2]["minus_greedy"].get<double>(), 0.0);
+  EXPECT_EQ(r["placements"][2]["minus_greedy_ci95"], Json({0.0, 0.0}));
+  EXPECT_EQ(r["placements"][3]["name"], "uniform");
+  EXPECT_EQ(r["placements"][3]["linear_layers"], Json({0, 2, 3}));
+  EXPECT_EQ(r["placements"][4]["name"], "random-1");
   EXPECT_EQ(r["search"]["layer_passes"], 10 * (1 + 3 + 4 + 3 + 2 + 1));
   const std::string job = dir.File("store/unit");
   EXPECT_TRUE(storage::PathExists(job + "/report.html"));
@@ -246,6 +282,66 @@ TEST(JobRunnerTest, RefusesToResumeWhenTheTeacherOrATaskFileChanged) {
   ASSERT_FALSE(r2.ok());
   EXPECT_NE(r2.status().message().find("(task.validation;"), std::string::npos)
       << r2.status().ToString();
+}
+
+// When no hybrid meets P_min there is no M_opt: nothing is exported under that name, the
+// report and the summary say so, and M_best (the best hybrid) is reported as missing P_min.
+TEST(JobRunnerTest, NoHybridMeetsPMinMeansNoMOpt) {
+  TempDir dir;
+  FakeExecutor ex;
+  ex.damage = {{0, 0.5}, {1, 0.3}, {2, 0.4}, {3, 0.6}};
+  ex.export_root = dir.File("store/unit/exports");
+  JobSpec spec = Spec(dir, true);
+  spec.search.criterion = "confident";
+  spec.resolved["search"]["criterion"] = "confident";
+  auto out = JobRunner(spec, &ex, Options(dir)).Run();
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  const Json& r = out->report;
+  EXPECT_EQ(r["search"]["criterion"], "confident");
+  EXPECT_EQ(r["search"]["hybrid_meets_p_min"], false);
+  EXPECT_EQ(r["outcome"], "no hybrid meets p_min: there is no m_opt");
+  ASSERT_EQ(r["models"].size(), 2u);
+  EXPECT_EQ(r["models"][1]["name"], "m_best");
+  EXPECT_EQ(r["models"][1]["linear_layers"], Json({1}));
+  EXPECT_EQ(r["models"][1]["meets_p_min"], false);
+  EXPECT_FALSE(r.contains("placements"));  // nothing to compare at M_opt's size
+  EXPECT_EQ(ex.exports, 1);
+  EXPECT_FALSE(storage::PathExists(dir.File("store/unit/exports/m_opt")));
+  EXPECT_NE(out->summary.find("no hybrid meets p_min"), std::string::npos) << out->summary;
+  const auto html = ReadFileToString(dir.File("store/unit/report.html"));
+  ASSERT_TRUE(html.ok());
+  EXPECT_NE(html->find("no hybrid meets p_min: there is no m_opt"), std::string::npos);
+}
+
+TEST(JobRunnerTest, DistillLossAndSensitivityPlacements) {
+  const Json distill = {{"layers",
+                         {{{"layer", 0}, {"final_nmse", 0.5}},
+                          {{"layer", 1}, {"final_nmse", 0.1}},
+                          {{"layer", 2}, {"final_nmse", 0.1}},
+                          {{"layer", 3}, {"final_nmse", nullptr}}}}};
+  EXPECT_EQ(*DistillLossPlacement(distill, {0, 1, 2}, 2), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(*DistillLossPlacement(distill, {0, 2}, 1), (std::vector<int64_t>{2}));
+  auto missing = DistillLossPlacement(distill, {0, 3}, 1);
+  EXPECT_EQ(missing.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(missing.status().message().find("layer 3"), std::string::npos);
+
+  SearchOptions o;
+  o.tolerance = 0.5;
+  o.bootstrap_samples = 10;
+  GreedySearch s = *GreedySearch::Create(4, o);
+  CandidateResult teacher;
+  teacher.per_example = {1, 1, 1, 1};
+  teacher.score = 1;
+  ASSERT_TRUE(s.SetTeacher(teacher).ok());
+  const std::map<int64_t, double> round1 = {{0, 0.25}, {1, 0.75}, {2, 0.5}, {3, 0.75}};
+  for (const auto& c : s.Pending()) {
+    CandidateResult r = teacher;
+    r.score = round1.at(c.layer);
+    r.kl = c.layer == 3 ? 0.1 : 0.2;  // breaks the 1-vs-3 tie towards 3
+    ASSERT_TRUE(s.Report(c.id, r).ok());
+  }
+  EXPECT_EQ(SensitivityPlacement(s, 1), (std::vector<int64_t>{3}));
+  EXPECT_EQ(SensitivityPlacement(s, 3), (std::vector<int64_t>{1, 2, 3}));
 }
 
 TEST(JobRunnerTest, UniformPlacementSpreadsLayers) {

@@ -125,6 +125,10 @@ TEST_F(JobValidationTest, AValidSpecPassesWithWhatItLearned) {
   EXPECT_EQ(v->distill_tokens, 30 * 41);
   EXPECT_EQ(v->validation_examples, 5);
   EXPECT_EQ(v->test_examples, 3);
+  EXPECT_EQ(v->metric, "exact_match");  // generate's default
+  v = ValidateJob(Spec({{"task", {{"metric", "f1"}}}, {"search", {{"criterion", "confident"}}}}));
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v->metric, "f1");
 
   v = ValidateJob(Spec({{"search", {{"layers", {2, 0}}}},
                         {"task", {{"max_validation_examples", 2}, {"test", nullptr}}},
@@ -241,6 +245,23 @@ TEST_F(JobValidationTest, TaskProblemsNameTheTaskField) {
 
   EXPECT_STARTS_WITH(ErrorOf(Spec({{"task", {{"test", "bad.jsonl"}}}})),
                      "task.test: " + dir_.File("bad.jsonl") + ":2: ");
+
+  // task.metric must belong to the task type.
+  EXPECT_EQ(ErrorOf(Spec({{"task", {{"metric", "acc_norm"}}}})),
+            "task.metric: 'acc_norm' is not a metric of generate tasks (exact_match, contains, f1)");
+  WriteLines(dir_.File("text.jsonl"), {{{"text", "abc"}}});
+  EXPECT_EQ(ErrorOf(Spec({{"task",
+                           {{"type", "lm"},
+                            {"validation", "text.jsonl"},
+                            {"test", nullptr},
+                            {"metric", "f1"}}}})),
+            "task.metric: lm tasks have one metric (loss) and take no task.metric, got 'f1'");
+  // A name outside every type's list is the schema's to reject, naming the field.
+  Json job = job_;
+  job["task"]["metric"] = "bleu";
+  auto parsed = ParseJobSpec(job.dump(), "job.json", dir_.path());
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_CONTAINS(parsed.status().message(), "task.metric");
 }
 
 TEST_F(JobValidationTest, SearchProblemsNameTheSearchField) {
@@ -253,6 +274,20 @@ TEST_F(JobValidationTest, SearchProblemsNameTheSearchField) {
       {{"task", {{"type", "kl_to_teacher"}, {"validation", "text.jsonl"}, {"test", nullptr}}}}));
   EXPECT_CONTAINS(e, "kl_to_teacher");
   EXPECT_CONTAINS(e, "give search.p_min");
+
+  // criterion confident decides by bootstrap intervals: it needs resamples.
+  EXPECT_STARTS_WITH(
+      ErrorOf(Spec({{"search", {{"criterion", "confident"}, {"bootstrap_samples", 0}}}})),
+      "search.criterion: \"confident\" commits by a bootstrap interval");
+  EXPECT_EQ(Spec().search.criterion, "point");  // the default: the paper's rule
+  JobSpec spec = Spec();
+  spec.search.criterion = "strict";  // what the schema stops in a file; the API checks again
+  EXPECT_EQ(ErrorOf(spec), "search.criterion: must be \"point\" or \"confident\", got \"strict\"");
+  Json job = job_;
+  job["search"]["criterion"] = "strict";
+  auto parsed = ParseJobSpec(job.dump(), "job.json", dir_.path());
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_CONTAINS(parsed.status().message(), "search.criterion");
 }
 
 TEST_F(JobValidationTest, ChecksRunInTheOrderAUserFixesThem) {

@@ -145,6 +145,35 @@ TEST(ReportHtmlTest, RendersEverySectionOfTheSample) {
   }
 }
 
+// The comparisons of issue 14: each model's test change against the teacher and each
+// placement's against greedy, with their intervals; the criterion, the count P_min needs and
+// the outcome; what m_best and m_opt are.
+TEST(ReportHtmlTest, ShowsTestDifferencesWithIntervalsAndTheOutcome) {
+  Json r = SampleReport();
+  r["search"]["criterion"] = "confident";
+  r["search"]["p_min_count"] = 99;
+  r["task"]["validation_examples"] = 200;
+  r["outcome"] = "m_opt has 3 linear layers and meets p_min";
+  r["models"][1]["meets_p_min"] = false;
+  r["models"][1]["test_minus_teacher"] = -0.008;
+  r["models"][1]["test_minus_teacher_ci95"] = {-0.03, 0.01};
+  r["placements"][1]["minus_greedy"] = -0.05;
+  r["placements"][1]["minus_greedy_ci95"] = {-0.09, -0.012};
+  const std::string html = Render(r);
+  EXPECT_TRUE(Contains(html, "p_min 0.207 (99 of 200 examples) · criterion confident"));
+  EXPECT_TRUE(Contains(html, "<dt>Outcome</dt><dd>m_opt has 3 linear layers and meets p_min"));
+  EXPECT_TRUE(Contains(html, "<td class=\"num\">-0.008 [-0.03, +0.01]</td><td>no</td>"));
+  EXPECT_TRUE(Contains(html, "<td class=\"num\">-0.05 [-0.09, -0.012]</td>"));
+  EXPECT_TRUE(Contains(html, "m_best: the best-scoring hybrid (at least one linear layer)"));
+  EXPECT_TRUE(Contains(html, "meets p_min and the confident criterion"));
+  EXPECT_TRUE(Contains(html, "distill_loss: the layers whose mixers ended distillation"));
+  r["placements"][1]["minus_greedy_ci95"] = {0.1, -0.1};
+  auto bad = RenderReportHtml(r);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(Contains(bad.status().message(), "placements[1].minus_greedy_ci95"))
+      << bad.status().ToString();
+}
+
 TEST(ReportHtmlTest, LayerMapHasOneCellPerRowPerLayer) {
   const std::string html = Render(SampleReport());
   // Rows: 3 models (0 + 1 + 3 linear layers) and 3 placements (3 + 3 + 3), 6 layers each.

@@ -40,6 +40,9 @@ struct TaskSpec {
   int64_t max_test_examples = 0;
   int64_t max_new_tokens = 32;
   bool add_special_tokens = true;
+  // The score the search compares: multiple_choice acc (default) or acc_norm; generate
+  // exact_match (default), contains or f1. Empty: the type's default (lm: loss, kl: kl).
+  std::string metric;
 };
 
 struct SearchSpec {
@@ -52,6 +55,7 @@ struct SearchSpec {
   bool prefix_cache = true;
   int64_t prefix_cache_max_mb = 2048;
   int64_t kl_examples = 32;
+  std::string criterion = "point";  // "point" (the paper's rule) or "confident"
 };
 
 struct PlacementSpec {
@@ -75,6 +79,12 @@ struct JobSpec {
   // keeps as job.json, and what a resumed run compares against.
   Json resolved;
 };
+
+// The metric a task's search compares: task.metric, or the type's default (multiple_choice acc,
+// generate exact_match, lm loss, kl_to_teacher kl). InvalidArgument naming task.metric when the
+// metric does not belong to the type (multiple_choice: acc, acc_norm; generate: exact_match,
+// contains, f1; lm and kl_to_teacher take none) or the type is unknown.
+StatusOr<std::string> ResolveTaskMetric(const TaskSpec& task);
 
 // The schema text compiled into the binary (configs/job.schema.json).
 std::string_view JobSchemaText();

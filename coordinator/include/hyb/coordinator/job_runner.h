@@ -14,11 +14,13 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "hyb/common/job_spec.h"
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 #include "hyb/common/tasks.h"
+#include "hyb/coordinator/greedy_search.h"
 #include "hyb/coordinator/job_validation.h"
 #include "hyb/storage/job_layout.h"
 
@@ -71,8 +73,19 @@ class JobRunner {
   std::string family_;
 };
 
-// Layers of a uniform interleaving: `k` of `eligible` (sorted) evenly spaced, as index
+// Placements that compare_placements scores beside greedy's, each with `k` linear layers
+// (sorted; fewer when fewer layers are eligible):
+// Uniform interleaving: `k` of `eligible` (sorted) evenly spaced, as index
 // floor((i + 0.5) * n / k) for i < k.
 std::vector<int64_t> UniformPlacement(const std::vector<int64_t>& eligible, int64_t k);
+// Distillation-loss ranking: the `k` eligible layers whose mixers ended distillation with the
+// lowest normalised loss (final_nmse of the report's "distill" object; ties to the lower layer).
+// FailedPrecondition when an eligible layer has no final loss.
+StatusOr<std::vector<int64_t>> DistillLossPlacement(const Json& distill_report,
+                                                    const std::vector<int64_t>& eligible,
+                                                    int64_t k);
+// One-shot sensitivity: the `k` layers whose single swap cost least in round 1 (ranked as the
+// search ranks candidates: score, then KL, then layer index). Free: round 1 scored them all.
+std::vector<int64_t> SensitivityPlacement(const GreedySearch& search, int64_t k);
 
 }  // namespace hyb::coordinator

@@ -24,6 +24,7 @@ struct ValidatedJob {
   storage::ModelConfig config;        // the teacher's config.json
   storage::LinearMixerOptions mixer;  // the spec's "mixer", parsed
   storage::TaskKind task_kind = storage::TaskKind::kLm;
+  std::string metric;                    // task.metric or the task type's default
   std::vector<int64_t> eligible_layers;  // search.layers (sorted), or every layer
   int64_t distill_tokens = 0;            // tokens in distill.data
   int64_t validation_examples = 0;       // after task.max_validation_examples
@@ -41,8 +42,10 @@ struct ValidatedJob {
 //                   teacher's tokenizer.json where the dataset recorded its fingerprint, with at
 //                   least one batch of tokens
 //   task.type, task.validation, task.test   a known kind; files with at least one valid example
+//   task.metric     one of the type's metrics (ResolveTaskMetric)
 //   search.layers   layers the teacher has
 //   search.p_min    given when the task is kl_to_teacher
+//   search.criterion  point or confident; confident needs search.bootstrap_samples > 0
 // Errors are InvalidArgument "<field>: <problem>" naming the spec field at fault (an I/O error
 // other than a missing or corrupt file keeps its code, with the field prefixed). Reads files
 // only; safe to call from any thread.
