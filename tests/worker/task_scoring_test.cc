@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <map>
+#include <string>
 
 #include "testing/temp_dir.h"
 #include "worker/test_model.h"
@@ -90,6 +92,88 @@ TEST(TaskScoringTest, GenerateCutsAtStopAndMatchesExactly) {
   EXPECT_EQ(s->per_example, (std::vector<double>{1, 0}));
   EXPECT_DOUBLE_EQ(s->value, 0.5);
   EXPECT_EQ(s->details["samples"][0]["output"], "bc");
+}
+
+// task.metric acc_norm: the same two examples, scored by the length-normalised choice; acc
+// stays in details. Harness lengths are Python's len (code points), not bytes.
+TEST(TaskScoringTest, MultipleChoiceMetricSelectsAccNorm) {
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex(2);
+  ex[0].context = "a";
+  ex[0].choices = {"b", "c"};
+  ex[0].label = 0;
+  ex[1].context = "b ";
+  ex[1].choices = {"a", "cc"};
+  ex[1].label = 1;
+  ScoringOptions o;
+  o.metric = "acc_norm";
+  auto s = ScoreMultipleChoice(Bigram, *tok, ex, o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->metric, "acc_norm");
+  EXPECT_EQ(s->per_example, (std::vector<double>{1, 1}));
+  EXPECT_DOUBLE_EQ(s->value, 1.0);
+  EXPECT_DOUBLE_EQ(s->details["acc"].get<double>(), 0.5);
+  o.metric = "f1";
+  auto bad = ScoreMultipleChoice(Bigram, *tok, ex, o);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("task.metric: 'f1' is not a metric of multiple_choice"),
+            std::string::npos)
+      << bad.status().ToString();
+  EXPECT_EQ(ChoiceLength(" cc"), 3);
+  EXPECT_EQ(ChoiceLength(" na\xc3\xafve"), 6);  // " naïve": 7 bytes, 6 code points
+  EXPECT_EQ(ChoiceLength("\xe2\x82\xac"), 1);   // "€"
+}
+
+// SQuAD's normalize_answer and compute_f1 on hand-made strings (values worked by hand).
+TEST(TaskScoringTest, GenerationMetricsOnHandMadeStrings) {
+  EXPECT_EQ(SquadTokens("The  Cat's, an apple!"), (std::vector<std::string>{"cats", "apple"}));
+  EXPECT_EQ(SquadTokens("theory of a-b"), (std::vector<std::string>{"theory", "of", "ab"}));
+  // pred {cat, sat}, gold {cat, sat, on, mat}: P = 1, R = 1/2, F1 = 2/3.
+  EXPECT_NEAR(TokenF1("The cat sat.", "a cat sat on the mat"), 2.0 / 3, 1e-15);
+  // Multiset overlap: pred {b, b, c}, gold {b, c, c}: 2 shared, P = R = 2/3.
+  EXPECT_NEAR(TokenF1("b b c", "b c c"), 2.0 / 3, 1e-15);
+  EXPECT_DOUBLE_EQ(TokenF1("Paris", "paris."), 1.0);
+  EXPECT_DOUBLE_EQ(TokenF1("", ""), 1.0);
+  EXPECT_DOUBLE_EQ(TokenF1("the", ""), 1.0);  // both normalise to nothing
+  EXPECT_DOUBLE_EQ(TokenF1("x", ""), 0.0);
+  EXPECT_DOUBLE_EQ(TokenF1("x y", "z"), 0.0);
+  EXPECT_DOUBLE_EQ(ExactMatch("Paris", "Paris"), 1.0);
+  EXPECT_DOUBLE_EQ(ExactMatch("Paris", "paris"), 0.0);  // exact: case counts
+  EXPECT_DOUBLE_EQ(Contains("It is Paris, France", "Paris"), 1.0);
+  EXPECT_DOUBLE_EQ(Contains("It is Paris", "Paris, France"), 0.0);
+  EXPECT_DOUBLE_EQ(Contains("anything", ""), 1.0);
+}
+
+// task.metric for generate: the same outputs scored three ways.
+TEST(TaskScoringTest, GenerateMetricSelectsExactContainsOrF1) {
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex(3);
+  ex[0].prompt = "a";  // -> "bc"
+  ex[0].answer = " bc ";
+  ex[1].prompt = "b";  // -> "c"
+  ex[1].answer = "c b";
+  ex[2].prompt = "a";  // -> "bc"
+  ex[2].answer = "b";
+  for (auto& e : ex) e.stop = {"\n"};
+  const std::map<std::string, std::vector<double>> expected = {
+      {"exact_match", {1, 0, 0}}, {"contains", {1, 0, 1}}, {"f1", {1, 2.0 / 3, 0}}};
+  for (const auto& [metric, values] : expected) {
+    ScoringOptions o;
+    o.max_new_tokens = 5;
+    o.metric = metric;
+    auto s = ScoreGenerate(GreedyByFullForward(Bigram), *tok, ex, o);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ(s->metric, metric);
+    ASSERT_EQ(s->per_example.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(s->per_example[i], values[i], 1e-15) << metric;
+    const double mean = (values[0] + values[1] + values[2]) / 3;
+    EXPECT_NEAR(s->value, mean, 1e-15);
+    EXPECT_NEAR(s->details[metric].get<double>(), mean, 1e-15);
+  }
+  ScoringOptions o;
+  o.metric = "acc";
+  EXPECT_EQ(ScoreGenerate(GreedyByFullForward(Bigram), *tok, ex, o).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST(TaskScoringTest, KlToTeacherAgainstUniformModel) {

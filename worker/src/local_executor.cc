@@ -135,6 +135,7 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
   o.kind = kind_;
   o.scoring.add_special_tokens = spec_.task.add_special_tokens;
   o.scoring.max_new_tokens = spec_.task.max_new_tokens;
+  o.scoring.metric = spec_.task.metric;
   o.scoring.stop_ids = model->config().eos_token_ids;
   if (model->config().bos_token_id) o.scoring.empty_context_token = *model->config().bos_token_id;
   if (kind_ == TaskKind::kGenerate) o.scoring.cut_ids = StopStringTokens(*tokenizer_, examples);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 namespace hyb::worker {
 namespace {
@@ -39,7 +40,77 @@ std::string Trim(const std::string& s) {
   return s.substr(a, b - a + 1);
 }
 
+// The metric `options` asks for among `allowed` (the first is the default).
+StatusOr<std::string> PickMetric(const ScoringOptions& options,
+                                 const std::vector<std::string>& allowed,
+                                 const std::string& task) {
+  if (options.metric.empty()) return allowed.front();
+  if (std::find(allowed.begin(), allowed.end(), options.metric) != allowed.end()) {
+    return options.metric;
+  }
+  std::string list;
+  for (const auto& m : allowed) list += (list.empty() ? "" : ", ") + m;
+  return InvalidArgument("task.metric: '" + options.metric + "' is not a metric of " + task +
+                         " tasks (" + list + ")");
+}
+
 }  // namespace
+
+std::vector<std::string> SquadTokens(const std::string& s) {
+  static const std::string kPunctuation = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+  std::string text;
+  for (const char c : s) {
+    if (kPunctuation.find(c) != std::string::npos) continue;
+    text += (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+  }
+  std::vector<std::string> tokens;
+  std::string token;
+  auto flush = [&] {
+    if (!token.empty() && token != "a" && token != "an" && token != "the") tokens.push_back(token);
+    token.clear();
+  };
+  for (const char c : text) {
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+      flush();
+    } else {
+      token += c;
+    }
+  }
+  flush();
+  return tokens;
+}
+
+double ExactMatch(const std::string& output, const std::string& answer) {
+  return output == answer ? 1.0 : 0.0;
+}
+
+double Contains(const std::string& output, const std::string& answer) {
+  return output.find(answer) != std::string::npos ? 1.0 : 0.0;
+}
+
+double TokenF1(const std::string& output, const std::string& answer) {
+  const std::vector<std::string> pred = SquadTokens(output), gold = SquadTokens(answer);
+  if (pred.empty() || gold.empty()) return pred == gold ? 1.0 : 0.0;
+  std::map<std::string, int64_t> gold_counts;
+  for (const auto& t : gold) ++gold_counts[t];
+  int64_t same = 0;
+  for (const auto& t : pred) {
+    auto it = gold_counts.find(t);
+    if (it != gold_counts.end() && it->second > 0) {
+      --it->second;
+      ++same;
+    }
+  }
+  if (same == 0) return 0.0;
+  const double precision = static_cast<double>(same) / static_cast<double>(pred.size());
+  const double recall = static_cast<double>(same) / static_cast<double>(gold.size());
+  return 2 * precision * recall / (precision + recall);
+}
+
+int64_t ChoiceLength(const std::string& choice) {
+  return static_cast<int64_t>(std::count_if(
+      choice.begin(), choice.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
 
 LogitsFn LogitsOf(const DecoderModel& model) {
   return [&model](const at::Tensor& ids) -> StatusOr<at::Tensor> {
@@ -126,7 +197,8 @@ StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& 
                                         const std::vector<TaskExample>& examples,
                                         const ScoringOptions& options) {
   TaskScore score;
-  score.metric = "acc";
+  HYB_ASSIGN_OR_RETURN(score.metric, PickMetric(options, {"acc", "acc_norm"}, "multiple_choice"));
+  const bool use_norm = score.metric == "acc_norm";
   const std::vector<int64_t> prefix =
       options.add_special_tokens ? tok.Encode("", true) : std::vector<int64_t>{};
   double correct = 0, correct_norm = 0;
@@ -161,18 +233,20 @@ StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& 
       HYB_ASSIGN_OR_RETURN(at::Tensor logp, LogProbs(model, whole));
       const double s = SumLogProb(logp, whole, ctx.size());
       ll.push_back(s);
-      ll_norm.push_back(s / static_cast<double>(choice.size()));  // harness: per character
+      // lm-evaluation-harness: per character of the choice (Python's len: code points).
+      ll_norm.push_back(s / static_cast<double>(std::max<int64_t>(1, ChoiceLength(choice))));
     }
     const auto best = std::max_element(ll.begin(), ll.end()) - ll.begin();
     const auto best_norm = std::max_element(ll_norm.begin(), ll_norm.end()) - ll_norm.begin();
     const double hit = best == e.label ? 1.0 : 0.0;
-    score.per_example.push_back(hit);
+    const double hit_norm = best_norm == e.label ? 1.0 : 0.0;
+    score.per_example.push_back(use_norm ? hit_norm : hit);
     correct += hit;
-    correct_norm += best_norm == e.label ? 1.0 : 0.0;
+    correct_norm += hit_norm;
   }
   const auto n = static_cast<double>(examples.size());
-  score.value = correct / n;
-  score.details = {{"acc_norm", correct_norm / n}};
+  score.value = (use_norm ? correct_norm : correct) / n;
+  score.details = {{"acc", correct / n}, {"acc_norm", correct_norm / n}};
   return score;
 }
 
@@ -208,10 +282,11 @@ StatusOr<TaskScore> ScoreGenerate(const GenerateFn& model, const Tokenizer& tok,
                                   const std::vector<TaskExample>& examples,
                                   const ScoringOptions& options) {
   TaskScore score;
-  score.metric = "exact_match";
+  HYB_ASSIGN_OR_RETURN(score.metric,
+                       PickMetric(options, {"exact_match", "contains", "f1"}, "generate"));
   std::vector<int64_t> end_ids = options.stop_ids;
   end_ids.insert(end_ids.end(), options.cut_ids.begin(), options.cut_ids.end());
-  double hits = 0;
+  double sum = 0, sum_exact = 0, sum_contains = 0, sum_f1 = 0;
   Json samples = Json::array();
   for (const TaskExample& e : examples) {
     const auto prompt = EncodeFor(tok, e.prompt, options);
@@ -225,13 +300,23 @@ StatusOr<TaskScore> ScoreGenerate(const GenerateFn& model, const Tokenizer& tok,
     size_t cut = text.size();
     for (const auto& s : e.stop) cut = std::min(cut, text.find(s));
     text = Trim(text.substr(0, cut));
-    const double hit = text == Trim(e.answer) ? 1.0 : 0.0;
-    score.per_example.push_back(hit);
-    hits += hit;
+    const std::string answer = Trim(e.answer);
+    const double exact = ExactMatch(text, answer), contains = Contains(text, answer),
+                 f1 = TokenF1(text, answer);
+    const double value = score.metric == "f1" ? f1 : score.metric == "contains" ? contains : exact;
+    score.per_example.push_back(value);
+    sum += value;
+    sum_exact += exact;
+    sum_contains += contains;
+    sum_f1 += f1;
     if (samples.size() < 5) samples.push_back({{"output", text}, {"answer", e.answer}});
   }
-  score.value = hits / static_cast<double>(examples.size());
-  score.details = {{"samples", samples}};
+  const auto n = static_cast<double>(examples.size());
+  score.value = sum / n;
+  score.details = {{"exact_match", sum_exact / n},
+                   {"contains", sum_contains / n},
+                   {"f1", sum_f1 / n},
+                   {"samples", samples}};
   return score;
 }
 

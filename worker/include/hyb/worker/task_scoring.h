@@ -3,8 +3,9 @@
 // them). Task files (hyb/storage/task_file.h) are JSONL, one example per line:
 //   lm               {"text": "..."}                                   mean token loss, perplexity
 //   multiple_choice  {"context": "...", "choices": ["...", ...], "label": 0}
-//                    accuracy and length-normalised accuracy, lm-evaluation-harness semantics
-//   generate         {"prompt": "...", "answer": "...", "stop": ["\n"]}  greedy decoding, exact match
+//                    acc or acc_norm, lm-evaluation-harness semantics (the other in details)
+//   generate         {"prompt": "...", "answer": "...", "stop": ["\n"]}  greedy decoding;
+//                    exact_match, contains or token f1 (all three in details)
 //   kl_to_teacher    {"text": "..."}                                   mean per-token KL(teacher || model)
 #pragma once
 
@@ -24,11 +25,11 @@
 namespace hyb::worker {
 
 struct TaskScore {
-  std::string metric;             // "loss", "acc", "exact_match", "kl"
+  std::string metric;             // loss, acc, acc_norm, exact_match, contains, f1, kl
   double value = 0;               // the aggregate of `metric`
   bool higher_is_better = true;
   std::vector<double> per_example;
-  Json details = Json::object();  // secondary metrics (perplexity, acc_norm, tokens, ...)
+  Json details = Json::object();  // every metric of the type's aggregate, perplexity, tokens, ...
 };
 
 // The model as the scorers see it: ids [1, T] int64 -> logits [1, T, V].
@@ -53,7 +54,30 @@ struct ScoringOptions {
   // decoding steps without changing any result.
   std::vector<int64_t> cut_ids;
   std::optional<int64_t> empty_context_token;  // multiple_choice with an empty context
+  // The metric whose values become the score and per-example list: multiple_choice "acc"
+  // (default) or "acc_norm", generate "exact_match" (default), "contains" or "f1". Empty: the
+  // default. Another name is InvalidArgument from the scorer.
+  std::string metric;
 };
+
+// Generation metrics of one output against its answer, both already cut at the stop string
+// and trimmed of surrounding whitespace:
+//   exact_match  output == answer
+//   contains     answer occurs in output (an empty answer occurs everywhere, as in Python)
+//   f1           SQuAD's token F1 (the official evaluation script, which lm-evaluation-harness
+//                uses for squad_v2): both normalised (ASCII lower case; string.punctuation
+//                removed; the articles a, an, the removed; whitespace-split), F1 of the
+//                multiset overlap; 1 if both token lists are empty, 0 if only one is. Equal to
+//                the script's for ASCII text (it lower-cases and splits Unicode too).
+double ExactMatch(const std::string& output, const std::string& answer);
+double Contains(const std::string& output, const std::string& answer);
+double TokenF1(const std::string& output, const std::string& answer);
+// The tokens TokenF1 compares: SQuAD's normalize_answer(s).split() (ASCII, as above).
+std::vector<std::string> SquadTokens(const std::string& s);
+
+// lm-evaluation-harness's acc_norm divides a choice's log-likelihood by len(choice) in Python:
+// its length in code points (UTF-8 continuation bytes do not count).
+int64_t ChoiceLength(const std::string& choice);
 
 // Ids of the tokens whose decoded text contains one of `stops` that every example lists, for
 // single-character ASCII stops only (a multi-byte or multi-character stop could span tokens).
