@@ -2,6 +2,8 @@
 // the build has the coordinator (HYB_SERVICE, which needs SQLite).
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <iostream>
 
 #include "commands.h"
 #include "flags.h"
@@ -12,6 +14,52 @@
 #include "service_flags.h"
 
 namespace hyb::cli {
+namespace {
+
+const std::vector<std::string> kServeReads = {"HYB_API_TOKEN", "HYB_WORKER_TOKEN",
+                                               "HYB_LOG_LEVEL"};
+
+// --check-config: what `serve` checks before it opens the database, and the settings it would
+// run with (the ports and probe routes a deployment must point at).
+Status CheckServeConfig(const ParsedFlags& f, const coordinator::ServiceOptions& so,
+                        const http::ServerOptions& ho, double drain_seconds) {
+  HYB_RETURN_IF_ERROR(CheckWritableDirectory("storage", so.storage_root));
+  std::string db = so.database.empty() ? so.storage_root + "/hybridize.db" : so.database;
+  const size_t slash = db.rfind('/');
+  HYB_RETURN_IF_ERROR(
+      CheckWritableDirectory("db", slash == std::string::npos ? "." : db.substr(0, slash + 1)));
+  if (!ho.tls_cert_file.empty()) {
+    HYB_RETURN_IF_ERROR(CheckReadableFile("tls-cert", ho.tls_cert_file));
+    HYB_RETURN_IF_ERROR(CheckReadableFile("tls-key", ho.tls_key_file));
+  }
+  if (const auto unread = UnreadHybVariables(kServeReads); !unread.empty()) {
+    return InvalidArgument("environment variable " + unread.front() +
+                           " is set but `hybridize serve` does not read it");
+  }
+  Json env_set = Json::array();
+  for (const auto& name : kServeReads) {
+    if (std::getenv(name.c_str()) != nullptr) env_set.push_back(name);
+  }
+  Json j = {{"command", "serve"},
+            {"listen", {{"host", ho.address}, {"port", ho.port}}},
+            {"scheme", ho.tls_cert_file.empty() ? "http" : "https"},
+            {"storage", so.storage_root},
+            {"db", db},
+            {"api_token", TokenSource(f, "token-file", "HYB_API_TOKEN")},
+            {"worker_token", TokenSource(f, "worker-token-file", "HYB_WORKER_TOKEN")},
+            {"lease_seconds", so.lease_seconds},
+            {"retry_budget", so.retry_budget},
+            {"max_body_bytes", ho.max_body_bytes},
+            {"max_connections", ho.max_connections},
+            {"drain_seconds", drain_seconds},
+            {"ports", Json::array({ho.port})},
+            {"routes", {{"liveness", "/healthz"}, {"readiness", "/readyz"}}},
+            {"environment", {{"reads", kServeReads}, {"set", env_set}}}};
+  std::cout << j.dump(2) << "\n";
+  return Status::Ok();
+}
+
+}  // namespace
 
 int RunServe(const std::vector<std::string>& args) {
   static const std::vector<FlagSpec> flags = {
@@ -28,6 +76,7 @@ int RunServe(const std::vector<std::string>& args) {
       {"max-connections", "N", "connections beyond this are refused (503)", "256"},
       {"drain-seconds", "S", "on SIGTERM, how long in-flight requests may finish", "10"},
       {"port-file", "FILE", "write the bound port here once listening", ""},
+      kCheckConfigFlag,
   };
   return RunCommand(
       {"serve",
@@ -40,7 +89,8 @@ int RunServe(const std::vector<std::string>& args) {
        "are refused, in-flight requests finish, workers keep their tasks for a restarted "
        "coordinator, and the process exits 0.",
        flags,
-       {"storage"}},
+       {"storage"},
+       /*flags_file=*/true},
       args, [](const ParsedFlags& f) -> Status {
         coordinator::ServiceOptions so;
         so.storage_root = *f.Get("storage");
@@ -79,6 +129,14 @@ int RunServe(const std::vector<std::string>& args) {
         ho.tls_cert_file = f.GetOr("tls-cert", "");
         ho.tls_key_file = f.GetOr("tls-key", "");
         HYB_ASSIGN_OR_RETURN(double drain, Seconds(f, "drain-seconds", 10));
+        if (ho.tls_cert_file.empty() != ho.tls_key_file.empty()) {
+          return InvalidArgument("give both --tls-cert and --tls-key, or neither");
+        }
+        if (f.Has("check-config")) return CheckServeConfig(f, so, ho, drain);
+        for (const auto& name : UnreadHybVariables(kServeReads)) {
+          std::fprintf(stderr, "hybridize serve: warning: %s is set but not read by serve\n",
+                       name.c_str());
+        }
 
         const sigset_t signals = BlockTerminationSignals();
         HYB_ASSIGN_OR_RETURN(auto service, coordinator::Service::Create(so));

@@ -1,24 +1,17 @@
-// The service's commands that need no coordinator code: `worker`, and the API's clients
-// `submit`, `status`, `watch`, `cancel`, `workers` (docs/service.md). `serve` is cmd_serve.cc.
-#include <pthread.h>
-#include <signal.h>
-
-#include <atomic>
+// The API's clients: `submit`, `status`, `watch`, `cancel`, `workers` (docs/service.md). Torch-
+// free, so they are also in the coordinator-only build. `serve` is cmd_serve.cc, `worker`
+// cmd_worker.cc.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <iostream>
-#include <thread>
 
 #include "commands.h"
 #include "flags.h"
 #include "hyb/common/http.h"
 #include "hyb/common/job_state.h"
-#include "hyb/storage/atomic_file.h"
-#include "hyb/storage/env.h"
-#include "hyb/worker/worker_agent.h"
 #include "service_flags.h"
 
 namespace hyb::cli {
@@ -146,72 +139,6 @@ std::vector<std::string> Positional(std::vector<std::string> args, const std::st
 }
 
 }  // namespace
-
-int RunWorker(const std::vector<std::string>& args) {
-  static const std::vector<FlagSpec> flags = {
-      {"coordinator", "URL", "the coordinator (environment: HYB_COORDINATOR)", ""},
-      {"storage", "DIR", "where this machine mounts the coordinator's storage root", ""},
-      {"token-file", "FILE", "the worker token (environment: HYB_WORKER_TOKEN)", ""},
-      {"ca-file", "FILE", "https: the coordinator's certificate or CA", ""},
-      {"id", "NAME", "worker id", "<hostname>-<pid>"},
-      {"poll-seconds", "S", "long-poll length of one lease request", "20"},
-      {"reconnect-seconds", "S", "give up after the coordinator is unreachable this long", "300"},
-      {"max-tasks", "N", "exit after this many tasks (0: until stopped)", "0"},
-      {"threads", "N", "CPU threads per task, overriding the spec's threads (0: the spec's)", "0"},
-      {"fail-nth-fsync", "N",
-       "testing: the Nth fsync of this process's storage writes fails (fault injection)", ""},
-  };
-  return RunCommand(
-      {"worker",
-       "hybridize worker --coordinator URL --storage DIR [--token-file F] [--id NAME]",
-       "Runs a worker: registers with the coordinator, leases tasks (distillation, candidate "
-       "evaluations, exports), runs them on this machine's CPU or GPU with the job's teacher "
-       "from the shared storage, heartbeats progress and uploads results. SIGTERM or SIGINT "
-       "stops the task in progress at its next heartbeat (distillation checkpoints first), "
-       "reports it as stopped, and exits 0.",
-       flags,
-       {"storage"}},
-      args, [](const ParsedFlags& f) -> Status {
-        worker::WorkerOptions wo;
-        wo.coordinator_url = f.GetOr("coordinator", "");
-        if (wo.coordinator_url.empty()) {
-          const char* e = std::getenv("HYB_COORDINATOR");
-          if (!e) return InvalidArgument("give --coordinator URL or set HYB_COORDINATOR");
-          wo.coordinator_url = e;
-        }
-        wo.storage_root = *f.Get("storage");
-        HYB_ASSIGN_OR_RETURN(wo.token, Token(f, "token-file", "HYB_WORKER_TOKEN", true));
-        wo.ca_file = f.GetOr("ca-file", "");
-        wo.worker_id = f.GetOr("id", "");
-        HYB_ASSIGN_OR_RETURN(wo.poll_seconds, Seconds(f, "poll-seconds", 20));
-        HYB_ASSIGN_OR_RETURN(wo.reconnect_seconds, Seconds(f, "reconnect-seconds", 300));
-        HYB_ASSIGN_OR_RETURN(wo.max_tasks, f.Int("max-tasks", 0));
-        HYB_ASSIGN_OR_RETURN(wo.threads, f.Int("threads", 0));
-        if (wo.threads < 0) return InvalidArgument("--threads: must be >= 0");
-        std::unique_ptr<storage::FaultInjectionEnv> faults;
-        if (f.Has("fail-nth-fsync")) {
-          HYB_ASSIGN_OR_RETURN(int64_t n, f.Int("fail-nth-fsync", 0));
-          if (n <= 0) return InvalidArgument("--fail-nth-fsync: must be positive");
-          faults = std::make_unique<storage::FaultInjectionEnv>(storage::Env::Posix());
-          faults->FailNthSync(n);
-          storage::Env::SetDefault(faults.get());
-        }
-        const sigset_t signals = BlockTerminationSignals();
-        worker::WorkerAgent agent(wo);
-        std::atomic<bool> done{false};
-        std::thread watcher([&] {
-          if (WaitForSignal(signals, done) != 0) {
-            std::fprintf(stderr, "hybridize worker: stopping after the task in progress\n");
-            agent.Stop();
-          }
-        });
-        Status s = agent.Run();
-        done = true;
-        watcher.join();
-        storage::Env::SetDefault(nullptr);
-        return s;
-      });
-}
 
 int RunSubmit(const std::vector<std::string>& args) {
   static const std::vector<FlagSpec> flags = {

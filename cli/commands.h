@@ -36,6 +36,9 @@ struct CommandSpec {
   std::string summary;  // what the command does
   std::vector<FlagSpec> flags;
   std::vector<std::string> required;  // flags that must be given
+  // Also accept --flags-file FILE: flags one per line, given before the command line's (which
+  // override them). For the long-running commands whose flags live in a deployment's config.
+  bool flags_file = false;
 };
 
 // The shared shape of every subcommand: parse flags (usage error -> 2), print --help, check

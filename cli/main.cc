@@ -2,12 +2,17 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "commands.h"
-#include "hyb/worker/decoder_model.h"
+#include "hyb/common/json_util.h"
 #include "hyb/common/logging.h"
+#ifdef HYB_WITH_TORCH
+#include "hyb/worker/decoder_model.h"
+#endif
 
 namespace hyb::cli {
 
@@ -16,12 +21,83 @@ int ReportError(const std::string& command, const Status& status, bool usage) {
   return usage ? 2 : 1;
 }
 
-int RunCommand(const CommandSpec& spec, const std::vector<std::string>& args,
+namespace {
+
+const FlagSpec kFlagsFileFlag = {
+    "flags-file", "FILE",
+    "more flags, one per line ('--name=value', '--name value' or '--name'; '#' starts a "
+    "comment line); flags on the command line override the file's",
+    ""};
+
+// Splits --flags-file out of args and returns the file's flags followed by the other args.
+StatusOr<std::vector<std::string>> ExpandFlagsFile(const std::vector<std::string>& args,
+                                                   const std::vector<FlagSpec>& specs) {
+  std::vector<std::string> rest;
+  std::optional<std::string> path;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::optional<std::string> p;
+    if (args[i] == "--flags-file") {
+      if (i + 1 >= args.size()) return InvalidArgument("flag --flags-file needs a value");
+      p = args[++i];
+    } else if (args[i].rfind("--flags-file=", 0) == 0) {
+      p = args[i].substr(std::string("--flags-file=").size());
+    }
+    if (!p) {
+      rest.push_back(args[i]);
+      continue;
+    }
+    if (path) return InvalidArgument("give --flags-file once");
+    path = p;
+  }
+  if (!path) return rest;
+  HYB_ASSIGN_OR_RETURN(std::string text, ReadFileToString(*path));
+  std::vector<std::string> from_file;
+  std::istringstream lines(text);
+  std::string line;
+  for (int number = 1; std::getline(lines, line); ++number) {
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos || line[first] == '#') continue;
+    line = line.substr(first, line.find_last_not_of(" \t\r") + 1 - first);
+    const std::string where = "--flags-file " + *path + ":" + std::to_string(number);
+    if (line.rfind("--", 0) != 0) {
+      return InvalidArgument(where + ": expected '--name=value', '--name value' or '--name', got '" +
+                             line + "'");
+    }
+    std::vector<std::string> tokens;
+    const size_t space = line.find_first_of(" \t");
+    if (space != std::string::npos && line.find('=') > space) {
+      tokens = {line.substr(0, space), line.substr(line.find_first_not_of(" \t", space))};
+    } else {
+      tokens = {line};
+    }
+    if (tokens[0].rfind("--flags-file", 0) == 0) {
+      return InvalidArgument(where + ": --flags-file cannot name another file");
+    }
+    if (auto check = ParseFlags(tokens, specs); !check.ok()) {
+      return InvalidArgument(where + ": " + check.status().message());
+    }
+    from_file.insert(from_file.end(), tokens.begin(), tokens.end());
+  }
+  from_file.insert(from_file.end(), rest.begin(), rest.end());
+  return from_file;
+}
+
+}  // namespace
+
+int RunCommand(const CommandSpec& spec, const std::vector<std::string>& given_args,
                const std::function<Status(const ParsedFlags&)>& body) {
+  std::vector<FlagSpec> specs = spec.flags;
+  std::vector<std::string> args = given_args;
+  if (spec.flags_file) {
+    specs.push_back(kFlagsFileFlag);
+    auto expanded = ExpandFlagsFile(given_args, spec.flags);
+    if (!expanded.ok()) return ReportError(spec.name, expanded.status(), /*usage=*/true);
+    args = std::move(*expanded);
+  }
   auto flags = ParseFlags(args, spec.flags);
   if (!flags.ok()) return ReportError(spec.name, flags.status(), /*usage=*/true);
   if (flags->help()) {
-    std::cout << FlagHelp(spec.usage, spec.summary, spec.flags);
+    std::cout << FlagHelp(spec.usage, spec.summary, specs);
     return 0;
   }
   for (const auto& r : spec.required) {
@@ -73,12 +149,25 @@ int Dispatch(int argc, char** argv) {
   }
   const std::string command = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
+#ifdef HYB_WITH_TORCH
   if (command == "logits") return hyb::cli::RunLogits(args);
   if (command == "generate") return hyb::cli::RunGenerate(args);
   if (command == "tokenize") return hyb::cli::RunTokenize(args);
   if (command == "prepare") return hyb::cli::RunPrepare(args);
   if (command == "score") return hyb::cli::RunScore(args);
   if (command == "run") return hyb::cli::RunRun(args);
+  if (command == "worker") return hyb::cli::RunWorker(args);
+#else
+  for (const char* needs_torch : {"logits", "generate", "tokenize", "prepare", "score", "run",
+                                  "worker"}) {
+    if (command == needs_torch) {
+      std::cerr << "hybridize " << command
+                << ": this is the coordinator-only build (configured with -DHYB_TORCH=OFF): it "
+                   "has `serve` and the API clients; use the full build for this command\n";
+      return 2;
+    }
+  }
+#endif
   if (command == "serve") {
 #ifdef HYB_WITH_SERVICE
     return hyb::cli::RunServe(args);
@@ -88,7 +177,6 @@ int Dispatch(int argc, char** argv) {
     return 2;
 #endif
   }
-  if (command == "worker") return hyb::cli::RunWorker(args);
   if (command == "submit") return hyb::cli::RunSubmit(args);
   if (command == "status") return hyb::cli::RunStatus(args);
   if (command == "watch") return hyb::cli::RunWatch(args);
@@ -100,7 +188,9 @@ int Dispatch(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
+#ifdef HYB_WITH_TORCH
     hyb::worker::ConfigureCpuThreads(0);
+#endif
     return Dispatch(argc, argv);
   } catch (const std::exception& e) {  // a LibTorch or allocation failure outside a Status path
     std::cerr << "hybridize: internal error: " << e.what() << "\n";

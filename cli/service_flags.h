@@ -3,12 +3,15 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <ctime>
 #include <string>
+#include <vector>
 
 #include "flags.h"
 #include "hyb/common/json_util.h"
@@ -49,6 +52,61 @@ inline StatusOr<double> Seconds(const ParsedFlags& flags, const std::string& nam
                            "'");
   }
 }
+
+// Where a token came from, for --check-config (never the token itself).
+inline std::string TokenSource(const ParsedFlags& flags, const std::string& file_flag,
+                               const char* env) {
+  if (auto f = flags.Get(file_flag)) return "file " + *f;
+  return std::string("environment ") + env;
+}
+
+// HYB_* variables set in this process's environment that the command does not read: a
+// misspelt name, or a setting meant for another command. `serve` and `worker` warn about them
+// and --check-config fails on them.
+inline std::vector<std::string> UnreadHybVariables(const std::vector<std::string>& reads) {
+  std::vector<std::string> unread;
+  for (char** e = ::environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string entry = *e;
+    if (entry.rfind("HYB_", 0) != 0) continue;
+    const std::string name = entry.substr(0, entry.find('='));
+    bool known = name == "HYB_LOG_LEVEL";
+    for (const auto& r : reads) known = known || r == name;
+    if (!known) unread.push_back(name);
+  }
+  return unread;
+}
+
+// --check-config: `path` (given as --flag) is an existing directory this process can write.
+inline Status CheckWritableDirectory(const std::string& flag, const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) {
+    return NotFound("--" + flag + " " + path + ": no such directory");
+  }
+  if (!S_ISDIR(st.st_mode)) return InvalidArgument("--" + flag + " " + path + ": not a directory");
+  if (::access(path.c_str(), W_OK | X_OK) != 0) {
+    return FailedPrecondition("--" + flag + " " + path + ": not writable by this user (uid " +
+                            std::to_string(::getuid()) + ")");
+  }
+  return Status::Ok();
+}
+
+// --check-config: `path` (given as --flag) is a file this process can read.
+inline Status CheckReadableFile(const std::string& flag, const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) return NotFound("--" + flag + " " + path + ": no such file");
+  if (!S_ISREG(st.st_mode)) return InvalidArgument("--" + flag + " " + path + ": not a file");
+  if (::access(path.c_str(), R_OK) != 0) {
+    return FailedPrecondition("--" + flag + " " + path + ": not readable by this user (uid " +
+                            std::to_string(::getuid()) + ")");
+  }
+  return Status::Ok();
+}
+
+const FlagSpec kCheckConfigFlag = {
+    "check-config", "",
+    "check the flags, the files they name and the HYB_* environment, print the settings as "
+    "JSON and exit (0: the command would start with them)",
+    ""};
 
 // Blocks SIGINT and SIGTERM in this thread (and the threads it starts afterwards), so that
 // WaitForSignal receives them.
