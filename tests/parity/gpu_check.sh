@@ -21,6 +21,12 @@ echo "build: $(( $(date +%s) - start )) s"
 ctest --test-dir build-gpu --output-on-failure -j8 > "$OUT/ctest.log" 2>&1
 echo "ctest rc=$?"; tail -15 "$OUT/ctest.log"
 python3 tests/parity/run_parity.py --cli build-gpu/cli/hybridize --out "$OUT/parity" 2>&1 | tee "$OUT/parity.log" | grep -v Warning
+# Exported hybrids loaded by transformers (trust_remote_code) against hybridize: needs the
+# fixtures from `tests/parity/hf_hybrid_parity.sh prepare BUILD_DIR`, carried as out/hf-parity.
+if [ -d out/hf-parity ]; then
+  bash tests/parity/hf_hybrid_parity.sh check out/hf-parity "$OUT/hf-hybrid-parity.json" 2>&1 \
+    | grep -v "Loading weights" | tee "$OUT/hf-hybrid-parity.log" | tail -15
+fi
 # Linear-attention operator throughput on the GPU (LibTorch-ops reference, the baseline the CUDA
 # kernels will be compared against).
 build-gpu/bench/linear_attention_bench --device cuda --tokens 512,2048,8192 --repeats 10 \

@@ -72,8 +72,10 @@ def check_fixture(d, dtype_kw, have_cuda, have_fla):
         row["cached_decode_maxdiff"] = maxdiff(torch.cat(parts, dim=1), full)
         ok &= row["cached_decode_maxdiff"] <= TOL
 
-        gen = model.generate(prompt, max_new_tokens=NEW_TOKENS, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
+        # An explicit mask: generate() would otherwise infer padding from pad_token_id.
+        gen = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                             max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
         row["generate_ids"] = gen[0, prompt.shape[1]:].tolist()
         row["hybridize_generate_ids"] = want_gen[0, prompt.shape[1]:].tolist()
         row["generate_equal"] = gen.tolist() == want_gen.tolist()
@@ -83,8 +85,9 @@ def check_fixture(d, dtype_kw, have_cuda, have_fla):
             model.to("cuda")
             row["cuda_fp32_maxdiff"] = maxdiff(model(input_ids=ids.cuda()).logits, want)
             ok &= row["cuda_fp32_maxdiff"] <= TOL
-            gen = model.generate(prompt.cuda(), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                 eos_token_id=None, pad_token_id=0)
+            gen = model.generate(prompt.cuda(), attention_mask=torch.ones_like(prompt).cuda(),
+                                 max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)
             row["cuda_generate_equal"] = gen.cpu().tolist() == want_gen.tolist()
             ok &= row["cuda_generate_equal"]
             if have_fla and row["mixer"] != "linear_elu":

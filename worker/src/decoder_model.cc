@@ -20,6 +20,7 @@
 #include "hyb/storage/atomic_file.h"
 #include "hyb/storage/model_dir.h"
 #include "hyb/worker/attention_mixer.h"
+#include "hyb/worker/hf_remote_code.h"
 #include "hyb/worker/linear_mixer.h"
 #include "hyb/worker/tensor_io.h"
 
@@ -432,6 +433,13 @@ Status DecoderModel::Save(const std::string& dir) const {
   } else {
     config.erase("linear_attention");
   }
+  // transformers loads the directory through the modeling code written below (model_type stays
+  // the teacher's, which is what our own loader reads).
+  const Json auto_map = HfAutoMap(config_.family);
+  if (!auto_map.empty()) {
+    config["auto_map"] = auto_map;
+    config["architectures"] = Json::array({HfCausalLmClass(config_.family)});
+  }
   // Weights under the Hugging Face names; tied heads are stored once, as transformers does.
   NamedTensors tensors = {{"model.embed_tokens.weight", embed_tokens_},
                           {"model.norm.weight", final_norm_}};
@@ -463,6 +471,11 @@ Status DecoderModel::Save(const std::string& dir) const {
   };
   Status s = storage::AtomicWriteString(staging + "/config.json", config.dump(2) + "\n");
   if (!s.ok()) return cleanup(s);
+  if (!auto_map.empty()) {
+    s = storage::AtomicWriteString(staging + "/" + kHfModelingFile,
+                                   std::string(HfModelingSource()));
+    if (!s.ok()) return cleanup(s);
+  }
   try {
     std::vector<at::Tensor> keep;
     std::vector<storage::TensorToWrite> items;

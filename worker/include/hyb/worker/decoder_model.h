@@ -79,8 +79,10 @@ class DecoderModel {
 
   // Writes the model as a Hugging Face style directory: config.json (the source config with
   // "layer_types" naming each layer's mixer and, if any layer is linear, the "linear_attention"
-  // settings), weights in safetensors (every layer's current mixer under its own tensor names),
-  // and the tokenizer files of the source directory. The directory is assembled beside `dir`
+  // settings, and "auto_map" naming the modeling_hybridize.py classes written beside it, so
+  // that transformers loads the directory with trust_remote_code=True), weights in safetensors
+  // (every layer's current mixer under its own tensor names), and the tokenizer files of the
+  // source directory. The directory is assembled beside `dir`
   // and renamed into place; FailedPrecondition if `dir` already exists, InvalidArgument if the
   // linear layers do not share one set of mixer options.
   Status Save(const std::string& dir) const;
