@@ -108,9 +108,22 @@ const FlagSpec kCheckConfigFlag = {
     "JSON and exit (0: the command would start with them)",
     ""};
 
+// The last SIGINT/SIGTERM that reached a thread not blocking it (see BlockTerminationSignals).
+inline std::atomic<int> g_termination_signal{0};
+inline void RecordTerminationSignal(int sig) { g_termination_signal.store(sig); }
+
 // Blocks SIGINT and SIGTERM in this thread (and the threads it starts afterwards), so that
-// WaitForSignal receives them.
+// WaitForSignal receives them; and handles them in every other thread (threads that libraries
+// started earlier, e.g. LibTorch's pools at load time) by recording them for WaitForSignal,
+// instead of the default action of killing the process (seen: a worker exiting 143 on SIGTERM
+// when the kernel chose such a thread).
 inline sigset_t BlockTerminationSignals() {
+  struct sigaction action{};
+  action.sa_handler = RecordTerminationSignal;
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -125,6 +138,7 @@ inline int WaitForSignal(const sigset_t& set, const std::atomic<bool>& done) {
     timespec ts{0, 200 * 1000 * 1000};
     const int sig = sigtimedwait(&set, nullptr, &ts);
     if (sig > 0) return sig;
+    if (const int recorded = g_termination_signal.exchange(0); recorded != 0) return recorded;
   }
   return 0;
 }
