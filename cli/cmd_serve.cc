@@ -32,14 +32,7 @@ Status CheckServeConfig(const ParsedFlags& f, const coordinator::ServiceOptions&
     HYB_RETURN_IF_ERROR(CheckReadableFile("tls-cert", ho.tls_cert_file));
     HYB_RETURN_IF_ERROR(CheckReadableFile("tls-key", ho.tls_key_file));
   }
-  if (const auto unread = UnreadHybVariables(kServeReads); !unread.empty()) {
-    return InvalidArgument("environment variable " + unread.front() +
-                           " is set but `hybridize serve` does not read it");
-  }
-  Json env_set = Json::array();
-  for (const auto& name : kServeReads) {
-    if (std::getenv(name.c_str()) != nullptr) env_set.push_back(name);
-  }
+  HYB_ASSIGN_OR_RETURN(Json environment, CheckEnvironment("serve", kServeReads));
   Json j = {{"command", "serve"},
             {"listen", {{"host", ho.address}, {"port", ho.port}}},
             {"scheme", ho.tls_cert_file.empty() ? "http" : "https"},
@@ -54,7 +47,7 @@ Status CheckServeConfig(const ParsedFlags& f, const coordinator::ServiceOptions&
             {"drain_seconds", drain_seconds},
             {"ports", Json::array({ho.port})},
             {"routes", {{"liveness", "/healthz"}, {"readiness", "/readyz"}}},
-            {"environment", {{"reads", kServeReads}, {"set", env_set}}}};
+            {"environment", environment}};
   std::cout << j.dump(2) << "\n";
   return Status::Ok();
 }

@@ -32,14 +32,8 @@ Status CheckWorkerConfig(const ParsedFlags& f, const worker::WorkerOptions& wo) 
   co.bearer_token = wo.token;
   co.ca_file = wo.ca_file;
   HYB_RETURN_IF_ERROR(http::Client::Create(wo.coordinator_url, co).status());
-  if (const auto unread = UnreadHybVariables(kWorkerReads); !unread.empty()) {
-    return InvalidArgument("environment variable " + unread.front() +
-                           " is set but `hybridize worker` does not read it");
-  }
-  Json env_set = Json::array();
-  for (const auto& name : kWorkerReads) {
-    if (std::getenv(name.c_str()) != nullptr) env_set.push_back(name);
-  }
+  HYB_ASSIGN_OR_RETURN(Json environment,
+                       CheckEnvironment("worker", kWorkerReads, kLibraryVariables));
   Json j = {{"command", "worker"},
             {"coordinator", wo.coordinator_url},
             {"storage", wo.storage_root},
@@ -51,8 +45,7 @@ Status CheckWorkerConfig(const ParsedFlags& f, const worker::WorkerOptions& wo) 
             {"max_tasks", wo.max_tasks},
             {"threads", wo.threads},
             {"ports", Json::array()},
-            {"environment",
-             {{"reads", kWorkerReads}, {"set", env_set}, {"libraries", kLibraryVariables}}}};
+            {"environment", environment}};
   std::cout << j.dump(2) << "\n";
   return Status::Ok();
 }

@@ -76,6 +76,23 @@ inline std::vector<std::string> UnreadHybVariables(const std::vector<std::string
   return unread;
 }
 
+// --check-config: fails on a HYB_* variable `command` does not read; otherwise returns the
+// "environment" object of the settings it prints: what it reads, which of those are set, and
+// the variables of the libraries it links (`libraries`, passed through to them).
+inline StatusOr<Json> CheckEnvironment(const std::string& command,
+                                       const std::vector<std::string>& reads,
+                                       const std::vector<std::string>& libraries = {}) {
+  if (const auto unread = UnreadHybVariables(reads); !unread.empty()) {
+    return InvalidArgument("environment variable " + unread.front() + " is set but `hybridize " +
+                           command + "` does not read it");
+  }
+  Json set = Json::array();
+  for (const auto& name : reads) {
+    if (std::getenv(name.c_str()) != nullptr) set.push_back(name);
+  }
+  return Json{{"reads", reads}, {"set", set}, {"libraries", libraries}};
+}
+
 // --check-config: `path` (given as --flag) is an existing directory this process can write.
 inline Status CheckWritableDirectory(const std::string& flag, const std::string& path) {
   struct stat st{};
