@@ -441,7 +441,11 @@ StatusOr<RunOutcome> JobRunner::Run() {
             std::to_string(sc.candidate.layer) + " " + Fmt("%.4f", sc.result.score) +
             " [delta 95% CI " + Fmt("%+.4f", sc.delta_ci_low) + ", " +
             Fmt("%+.4f", sc.delta_ci_high) + "] -> " +
-            (decided.committed ? "committed" : "below p_min, stop"));
+            (decided.committed             ? "committed"
+             : search.Meets(sc.result.score) ? "meets p_min, but its 95% bound against the "
+                                               "teacher is beyond the tolerance (criterion "
+                                               "confident), stop"
+                                             : "below p_min, stop"));
     }
     HYB_RETURN_IF_ERROR(Event({{"event", "round"},
                                {"round", round},
