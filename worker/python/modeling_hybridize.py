@@ -16,10 +16,13 @@
 #                   g_t = logsigmoid(gk_proj x) / gate_logit_normalizer; RMSNorm, gate, o_proj.
 #   linear_elu      phi = elu + 1 on q and k, o_t = S_t^T phi(q_t) / (z_t^T phi(q_t) + 1e-6)
 #                   with z_t the running sum of phi(k); no gates, no norm.
-# Recurrences run in float32 whatever the weights' dtype, as in hybridize. On CUDA, when the
-# `fla` package (flash-linear-attention) imports, its chunked kernels compute the gated_deltanet
-# and gla prefill (the same functions; set HYBRIDIZE_USE_FLA=0 to use the PyTorch loops there
-# too). Decoding keeps a fixed-size state per linear layer (HybridCache), so `generate` works.
+# Recurrences run in float32 whatever the weights' dtype, as in hybridize. On CUDA, with
+# HYBRIDIZE_USE_FLA=1 and the `fla` package (flash-linear-attention) importable, its chunked
+# kernels compute the gated_deltanet and gla prefill instead. Off by default: measured on an H200
+# (fla 0.5.2, 2026-12-02) on the tiny test hybrids (head dim 8), fla's gated delta rule was
+# 0.032 off in the logits and its GLA kernel failed with "CUDA error: misaligned address", which
+# leaves the CUDA context unusable. Decoding keeps a fixed-size state per linear layer
+# (HybridCache), so `generate` works.
 #
 # Limits: attention_mask may not mark padding (zeros): the recurrent states would absorb padding
 # tokens, so padded batches are refused; run prompts of different lengths separately.
@@ -51,7 +54,7 @@ _fla_failed = []  # the first error an fla kernel raised; fla is not tried again
 
 
 def _use_fla(device):
-    if device.type != "cuda" or os.environ.get("HYBRIDIZE_USE_FLA", "1") == "0" or _fla_failed:
+    if device.type != "cuda" or os.environ.get("HYBRIDIZE_USE_FLA", "0") != "1" or _fla_failed:
         return False
     try:
         importlib.import_module("fla")
