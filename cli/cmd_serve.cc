@@ -24,7 +24,7 @@ const std::vector<std::string> kServeReads = {"HYB_API_TOKEN", "HYB_WORKER_TOKEN
 Status CheckServeConfig(const ParsedFlags& f, const coordinator::ServiceOptions& so,
                         const http::ServerOptions& ho, double drain_seconds) {
   HYB_RETURN_IF_ERROR(CheckWritableDirectory("storage", so.storage_root));
-  std::string db = so.database.empty() ? so.storage_root + "/hybridize.db" : so.database;
+  const std::string db = coordinator::DatabasePath(so);
   const size_t slash = db.rfind('/');
   HYB_RETURN_IF_ERROR(
       CheckWritableDirectory("db", slash == std::string::npos ? "." : db.substr(0, slash + 1)));

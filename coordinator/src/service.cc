@@ -107,7 +107,7 @@ StatusOr<std::unique_ptr<Service>> Service::Create(ServiceOptions options) {
   if (options.worker_token.empty()) return InvalidArgument("worker token: empty");
   if (options.lease_seconds <= 0) return InvalidArgument("lease seconds: must be positive");
   HYB_RETURN_IF_ERROR(storage::MakeDirectories(options.storage_root));
-  if (options.database.empty()) options.database = options.storage_root + "/hybridize.db";
+  options.database = DatabasePath(options);
   std::unique_ptr<Service> s(new Service(std::move(options)));
   HYB_ASSIGN_OR_RETURN(s->store_, storage::JobStore::Open(s->options_.database));
   return s;

@@ -42,6 +42,11 @@ struct ServiceOptions {
   double event_stream_seconds = 300;
 };
 
+// The SQLite file the service opens: options.database, or <storage_root>/hybridize.db.
+inline std::string DatabasePath(const ServiceOptions& options) {
+  return options.database.empty() ? options.storage_root + "/hybridize.db" : options.database;
+}
+
 class Service {
  public:
   // Opens (or creates) the database. IoError/DataLoss naming the file.
