@@ -88,6 +88,10 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
   s.distill.log_every = d["log_every"];
   s.distill.seed = d["seed"].get<uint64_t>();
   s.distill.calibrate_output_scale = d["calibrate_output_scale"];
+  if (d.contains("parallel")) {
+    s.distill.pipeline = d["parallel"].value("pipeline", int64_t{0});
+    s.distill.data_parallel = d["parallel"].value("data", int64_t{0});
+  }
   const Json& t = j["task"];
   s.task.name = t["name"];
   s.task.type = t["type"];
@@ -124,6 +128,12 @@ JobSpec ResolvePaths(JobSpec spec, const std::string& root) {
   spec.task.validation = Resolve(root, spec.task.validation);
   spec.task.test = Resolve(root, spec.task.test);
   return spec;
+}
+
+Json JobIdentity(const Json& resolved) {
+  Json j = resolved;
+  if (j.contains("distill") && j["distill"].is_object()) j["distill"].erase("parallel");
+  return j;
 }
 
 }  // namespace hyb

@@ -186,7 +186,7 @@ Status JobRunner::Validate() {
   const std::string stored = layout_.JobSpec();
   if (storage::PathExists(stored)) {
     HYB_ASSIGN_OR_RETURN(Json previous, ReadJsonFile(stored));
-    if (previous != spec_.resolved) {
+    if (JobIdentity(previous) != JobIdentity(spec_.resolved)) {
       return FailedPrecondition(stored + " holds a different spec for job '" + spec_.job_id +
                                 "'; use another job_id or remove " + layout_.dir());
     }
@@ -231,6 +231,15 @@ Status JobRunner::Distill(Json* distill_report) {
   int64_t first_step = -1;
   Status event_error;
   auto progress = [&](const Json& e) {
+    if (e.value("event", "") == "distill_gang") {
+      // How a gang of ranks split the work (hybridize run --mpi, a service gang).
+      Print("distilling on " + std::to_string(e.value("pipeline", 1) * e.value("data", 1)) +
+            " ranks: pipeline " + std::to_string(e.value("pipeline", 1)) + " x data " +
+            std::to_string(e.value("data", 1)) + ", stages " + e.value("stages", "") + " over " +
+            e.value("backend", ""));
+      event_error = Event(e);
+      return event_error.ok();
+    }
     const int64_t step = e.value("step", int64_t{0});
     if (first_step < 0) first_step = step;
     const bool final = step >= spec_.distill.steps;

@@ -85,6 +85,16 @@ Status CheckDistillData(const JobSpec& spec, const storage::ModelConfig& teacher
                              spec.teacher + "` on its text again");
     }
   }
+  if (spec.distill.data_parallel > 0 && spec.distill.batch_size % spec.distill.data_parallel != 0) {
+    return InvalidArgument("distill.parallel.data: batch_size " +
+                           std::to_string(spec.distill.batch_size) + " does not split evenly over " +
+                           std::to_string(spec.distill.data_parallel) + " replicas");
+  }
+  if (spec.distill.pipeline > teacher.num_layers) {
+    return InvalidArgument("distill.parallel.pipeline: " + std::to_string(spec.distill.pipeline) +
+                           " stages for a teacher of " + std::to_string(teacher.num_layers) +
+                           " layers");
+  }
   const int64_t need = spec.distill.batch_size * spec.distill.sequence_length;
   if ((*data)->num_tokens() < need) {
     return InvalidArgument("distill.data: " + std::to_string((*data)->num_tokens()) +

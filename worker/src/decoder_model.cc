@@ -164,35 +164,67 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(const std::string& di
   return FromCheckpoint(config, model_dir.weights(), placement, model_dir.config(), dir);
 }
 
+StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::LoadRange(const std::string& dir,
+                                                                const RuntimeOptions& options,
+                                                                int64_t first_layer,
+                                                                int64_t last_layer) {
+  HYB_ASSIGN_OR_RETURN(RuntimePlacement placement, ResolvePlacement(options));
+  HYB_ASSIGN_OR_RETURN(auto model_dir, storage::ModelDirectory::Open(dir));
+  HYB_ASSIGN_OR_RETURN(ModelConfig config,
+                       ParseModelConfig(model_dir.config(), model_dir.config_path()));
+  return FromCheckpoint(config, model_dir.weights(), placement, model_dir.config(), dir,
+                        first_layer, last_layer);
+}
+
 StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
     const ModelConfig& config, const storage::Checkpoint& weights,
-    const RuntimePlacement& placement, const Json& source_config, const std::string& source_dir) {
+    const RuntimePlacement& placement, const Json& source_config, const std::string& source_dir,
+    int64_t first_layer, int64_t last_layer) {
+  if (last_layer < 0) last_layer = config.num_layers;
+  if (first_layer < 0 || first_layer >= last_layer || last_layer > config.num_layers) {
+    return InvalidArgument("layer range [" + std::to_string(first_layer) + ", " +
+                           std::to_string(last_layer) + ") is not inside the model's " +
+                           std::to_string(config.num_layers) + " layers");
+  }
   std::unique_ptr<DecoderModel> m(new DecoderModel());
   m->config_ = config;
   m->source_config_ = source_config;
   m->source_dir_ = source_dir;
   m->placement_ = placement;
+  m->first_layer_ = first_layer;
+  m->last_layer_ = last_layer;
+  const auto n = static_cast<size_t>(config.num_layers);
+  m->input_norm_.resize(n);
+  m->post_attention_norm_.resize(n);
+  m->mlp_.resize(n);
+  m->mixers_.resize(n);
   HYB_ASSIGN_OR_RETURN(m->rope_, RotaryEmbedding::Create(config.rope, config.head_dim));
   try {
     WeightLoader load(weights, placement);
     const int64_t h = config.hidden_size, v = config.vocab_size, f = config.intermediate_size;
     const int64_t q_out = config.num_heads * config.head_dim;
     const int64_t kv_out = config.num_kv_heads * config.head_dim;
-    HYB_ASSIGN_OR_RETURN(m->embed_tokens_, load.Get("model.embed_tokens.weight", {v, h}));
-    HYB_ASSIGN_OR_RETURN(m->final_norm_, load.Get("model.norm.weight", {h}));
-    if (config.tie_word_embeddings) {
-      m->lm_head_ = m->embed_tokens_;
-      if (weights.Contains("lm_head.weight")) (void)load.Get("lm_head.weight", {v, h});
-    } else {
-      HYB_ASSIGN_OR_RETURN(m->lm_head_, load.Get("lm_head.weight", {v, h}));
+    const bool first_stage = first_layer == 0, last_stage = last_layer == config.num_layers;
+    if (first_stage || (last_stage && config.tie_word_embeddings)) {
+      HYB_ASSIGN_OR_RETURN(m->embed_tokens_, load.Get("model.embed_tokens.weight", {v, h}));
     }
-    for (int64_t l = 0; l < config.num_layers; ++l) {
+    if (last_stage) {
+      HYB_ASSIGN_OR_RETURN(m->final_norm_, load.Get("model.norm.weight", {h}));
+      if (config.tie_word_embeddings) {
+        m->lm_head_ = m->embed_tokens_;
+        if (weights.Contains("lm_head.weight")) (void)load.Get("lm_head.weight", {v, h});
+      } else {
+        HYB_ASSIGN_OR_RETURN(m->lm_head_, load.Get("lm_head.weight", {v, h}));
+      }
+    }
+    for (int64_t l = first_layer; l < last_layer; ++l) {
+      const auto ul = static_cast<size_t>(l);
       const std::string p = "model.layers." + std::to_string(l) + ".";
       HYB_ASSIGN_OR_RETURN(at::Tensor in_norm, load.Get(p + "input_layernorm.weight", {h}));
       HYB_ASSIGN_OR_RETURN(at::Tensor post_norm,
                            load.Get(p + "post_attention_layernorm.weight", {h}));
-      m->input_norm_.push_back(in_norm);
-      m->post_attention_norm_.push_back(post_norm);
+      m->input_norm_[ul] = in_norm;
+      m->post_attention_norm_[ul] = post_norm;
       MlpWeights mlp;
       HYB_ASSIGN_OR_RETURN(mlp.gate_proj, load.Get(p + "mlp.gate_proj.weight", {f, h}));
       HYB_ASSIGN_OR_RETURN(mlp.up_proj, load.Get(p + "mlp.up_proj.weight", {f, h}));
@@ -202,7 +234,7 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
       HYB_ASSIGN_OR_RETURN(mlp.up_bias, load.GetIf(config.mlp_bias, p + "mlp.up_proj.bias", {f}));
       HYB_ASSIGN_OR_RETURN(mlp.down_bias,
                            load.GetIf(config.mlp_bias, p + "mlp.down_proj.bias", {h}));
-      m->mlp_.push_back(std::move(mlp));
+      m->mlp_[ul] = std::move(mlp);
 
       AttentionShape shape;
       shape.hidden_size = h;
@@ -222,7 +254,7 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
                                    return load.Get(p + name, std::move(dims));
                                  },
                                  [&](const std::string& name) { return load.Has(p + name); }));
-        m->mixers_.push_back(std::move(mixer));
+        m->mixers_[ul] = std::move(mixer);
         continue;
       }
       AttentionWeights a;
@@ -239,9 +271,10 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
                            load.GetIf(config.qk_norm, s + "q_norm.weight", {config.head_dim}));
       HYB_ASSIGN_OR_RETURN(a.k_norm,
                            load.GetIf(config.qk_norm, s + "k_norm.weight", {config.head_dim}));
-      m->mixers_.push_back(std::make_shared<SoftmaxAttentionMixer>(shape, std::move(a)));
+      m->mixers_[ul] = std::make_shared<SoftmaxAttentionMixer>(shape, std::move(a));
     }
-    const auto unused = load.Unused();
+    // A stage leaves the other stages' tensors unread on purpose.
+    const auto unused = m->holds_all_layers() ? load.Unused() : std::vector<std::string>();
     for (const auto& n : unused) {
       // Stale rotary buffers in old checkpoints are harmless; anything else is worth a warning.
       if (n.find("rotary_emb.inv_freq") == std::string::npos) {
@@ -265,12 +298,63 @@ void DecoderModel::SetMixer(int64_t layer, std::shared_ptr<const TokenMixer> mix
 
 DecodeState DecoderModel::NewDecodeState() const {
   DecodeState s;
-  for (const auto& m : mixers_) s.layers.push_back(m->NewState());
+  for (const auto& m : mixers_) s.layers.push_back(m ? m->NewState() : nullptr);
   return s;
+}
+
+Status DecoderModel::CheckWhole(const char* what) const {
+  if (holds_all_layers()) return Status::Ok();
+  return FailedPrecondition(std::string(what) + ": this model holds layers [" +
+                            std::to_string(first_layer_) + ", " + std::to_string(last_layer_) +
+                            ") of " + std::to_string(config_.num_layers) + " only");
+}
+
+StatusOr<at::Tensor> DecoderModel::Embed(const at::Tensor& input_ids) const {
+  if (first_layer_ != 0) return CheckWhole("embedding tokens");
+  HYB_RETURN_IF_ERROR(CheckIds(input_ids, config_.vocab_size));
+  try {
+    return at::embedding(embed_tokens_, input_ids.to(placement_.device, at::kLong));
+  } catch (const c10::Error& e) {
+    return Internal(std::string("embedding failed: ") + e.what_without_backtrace());
+  }
+}
+
+StatusOr<at::Tensor> DecoderModel::ForwardRange(int64_t first, int64_t last,
+                                                const at::Tensor& residual,
+                                                LayerTaps* taps) const {
+  if (first < first_layer_ || last > last_layer_ || first >= last) {
+    return InvalidArgument("layers [" + std::to_string(first) + ", " + std::to_string(last) +
+                           ") are not inside the held [" + std::to_string(first_layer_) + ", " +
+                           std::to_string(last_layer_) + ")");
+  }
+  if (!residual.defined() || residual.dim() != 3 || residual.size(2) != config_.hidden_size) {
+    return InvalidArgument("residual stream must be [B, T, " + std::to_string(config_.hidden_size) +
+                           "]");
+  }
+  try {
+    return RunRange(first, last, residual.to(placement_.device, placement_.dtype), nullptr, taps);
+  } catch (const c10::Error& e) {
+    return Internal(std::string("forward pass failed: ") + e.what_without_backtrace());
+  }
+}
+
+StatusOr<at::Tensor> DecoderModel::Head(const at::Tensor& residual) const {
+  if (last_layer_ != config_.num_layers) return CheckWhole("the head");
+  if (!residual.defined() || residual.dim() != 3 || residual.size(2) != config_.hidden_size) {
+    return InvalidArgument("residual stream must be [B, T, " + std::to_string(config_.hidden_size) +
+                           "]");
+  }
+  try {
+    const at::Tensor h = residual.to(placement_.device, placement_.dtype);
+    return kernels::Linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
+  } catch (const c10::Error& e) {
+    return Internal(std::string("head failed: ") + e.what_without_backtrace());
+  }
 }
 
 StatusOr<at::Tensor> DecoderModel::Forward(const at::Tensor& input_ids, DecodeState* state,
                                            LayerTaps* taps) const {
+  HYB_RETURN_IF_ERROR(CheckWhole("forward"));
   HYB_RETURN_IF_ERROR(CheckIds(input_ids, config_.vocab_size));
   if (state != nullptr && state->length < 0) {
     return FailedPrecondition(
@@ -293,6 +377,7 @@ StatusOr<at::Tensor> DecoderModel::Forward(const at::Tensor& input_ids, DecodeSt
 
 StatusOr<at::Tensor> DecoderModel::ForwardFrom(int64_t first_layer, const at::Tensor& residual,
                                                DecodeState* state, LayerTaps* taps) const {
+  HYB_RETURN_IF_ERROR(CheckWhole("forward"));
   if (first_layer < 0 || first_layer > num_layers()) {
     return InvalidArgument("first layer " + std::to_string(first_layer) + " is outside [0, " +
                            std::to_string(num_layers()) + "]");
@@ -320,6 +405,12 @@ at::Tensor DecoderModel::ForwardImpl(const at::Tensor& input_ids, DecodeState* s
 
 at::Tensor DecoderModel::RunLayers(int64_t first_layer, at::Tensor h, DecodeState* state,
                                    LayerTaps* taps) const {
+  h = RunRange(first_layer, num_layers(), std::move(h), state, taps);
+  return kernels::Linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
+}
+
+at::Tensor DecoderModel::RunRange(int64_t first, int64_t last, at::Tensor h, DecodeState* state,
+                                  LayerTaps* taps) const {
   const int64_t t = h.size(1);
   const int64_t offset = state != nullptr ? state->length : 0;
   MixerContext ctx;
@@ -330,7 +421,7 @@ at::Tensor DecoderModel::RunLayers(int64_t first_layer, at::Tensor h, DecodeStat
     taps->mixer_input.assign(mixers_.size(), at::Tensor());
     taps->mixer_output.assign(mixers_.size(), at::Tensor());
   }
-  for (auto l = static_cast<size_t>(first_layer); l < mixers_.size(); ++l) {
+  for (auto l = static_cast<size_t>(first); l < static_cast<size_t>(last); ++l) {
     if (taps != nullptr) taps->residual[l] = h;
     const at::Tensor x = kernels::RmsNorm(h, input_norm_[l], config_.rms_norm_eps);
     const at::Tensor a =
@@ -343,11 +434,12 @@ at::Tensor DecoderModel::RunLayers(int64_t first_layer, at::Tensor h, DecodeStat
     h = h + Mlp(kernels::RmsNorm(h, post_attention_norm_[l], config_.rms_norm_eps), mlp_[l]);
   }
   if (state != nullptr) state->length += t;
-  return kernels::Linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
+  return h;
 }
 
 StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt, int64_t max_new_tokens,
                                                   const std::vector<int64_t>& stop_ids) const {
+  HYB_RETURN_IF_ERROR(CheckWhole("generation"));
   if (max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
   HYB_RETURN_IF_ERROR(CheckIds(prompt, config_.vocab_size));
   try {
@@ -405,6 +497,7 @@ Status CopyFileIfExists(const std::string& from, const std::string& to) {
 }  // namespace
 
 Status DecoderModel::Save(const std::string& dir) const {
+  HYB_RETURN_IF_ERROR(CheckWhole("saving"));
   struct stat st {};
   if (::stat(dir.c_str(), &st) == 0) return FailedPrecondition(dir + ": already exists");
   // config.json: the source config, with the layer mixers written out.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "hyb/common/logging.h"
@@ -97,7 +98,8 @@ std::string BlockwiseDistiller::LayerPath(int64_t layer) const {
 StatusOr<std::unique_ptr<BlockwiseDistiller>> BlockwiseDistiller::Create(
     std::shared_ptr<const DecoderModel> teacher, std::vector<int64_t> layers,
     const LinearMixerOptions& mixer, const DistillOptions& options,
-    std::shared_ptr<const storage::TokenDataset> data, std::string checkpoint_dir) {
+    std::shared_ptr<const storage::TokenDataset> data, std::string checkpoint_dir,
+    const DistillParallel& parallel) {
   if (options.steps < 1 || options.batch_size < 1 || options.sequence_length < 2 ||
       options.checkpoint_every < 1 || options.log_every < 1 || options.warmup_steps < 0 ||
       !(options.lr > 0)) {
@@ -114,7 +116,25 @@ StatusOr<std::unique_ptr<BlockwiseDistiller>> BlockwiseDistiller::Create(
                            ") is larger than the teacher's (" +
                            std::to_string(teacher->config().vocab_size) + ")");
   }
-  if (layers.empty()) return InvalidArgument("distill: no layers to distill");
+  const int64_t replicas = parallel.data != nullptr ? parallel.data->size() : 1;
+  if (options.batch_size % replicas != 0) {
+    return InvalidArgument("distill: batch_size " + std::to_string(options.batch_size) +
+                           " does not split evenly over " + std::to_string(replicas) +
+                           " data-parallel replicas");
+  }
+  const int64_t last_layer = parallel.last_layer < 0 ? teacher->num_layers() : parallel.last_layer;
+  if (parallel.first_layer < teacher->first_layer() || last_layer > teacher->last_layer() ||
+      parallel.first_layer >= last_layer) {
+    return InvalidArgument("distill: stage layers [" + std::to_string(parallel.first_layer) +
+                           ", " + std::to_string(last_layer) +
+                           ") are not held by the teacher (it holds [" +
+                           std::to_string(teacher->first_layer()) + ", " +
+                           std::to_string(teacher->last_layer()) + "))");
+  }
+  // A pipeline stage may have nothing to train: it still forwards the stream.
+  if (layers.empty() && parallel.pipeline == nullptr) {
+    return InvalidArgument("distill: no layers to distill");
+  }
   std::sort(layers.begin(), layers.end());
   if (std::adjacent_find(layers.begin(), layers.end()) != layers.end()) {
     return InvalidArgument("distill: a layer is listed twice");
@@ -123,6 +143,11 @@ StatusOr<std::unique_ptr<BlockwiseDistiller>> BlockwiseDistiller::Create(
     if (l < 0 || l >= teacher->num_layers()) {
       return InvalidArgument("distill: layer " + std::to_string(l) + " is outside the teacher's " +
                              std::to_string(teacher->num_layers()) + " layers");
+    }
+    if (l < parallel.first_layer || l >= last_layer) {
+      return InvalidArgument("distill: layer " + std::to_string(l) + " is outside this stage's [" +
+                             std::to_string(parallel.first_layer) + ", " +
+                             std::to_string(last_layer) + ")");
     }
     if (TeacherLayer(*teacher, l) == nullptr) {
       return FailedPrecondition("distill: teacher layer " + std::to_string(l) +
@@ -137,6 +162,8 @@ StatusOr<std::unique_ptr<BlockwiseDistiller>> BlockwiseDistiller::Create(
   d->options_ = options;
   d->data_ = std::move(data);
   d->dir_ = std::move(checkpoint_dir);
+  d->parallel_ = parallel;
+  d->parallel_.last_layer = last_layer;
   d->compute_dtype_ = options.compute_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   const size_t n = d->layers_.size();
   d->mixers_.resize(n);
@@ -250,109 +277,309 @@ std::shared_ptr<LinearMixer> BlockwiseDistiller::mixer(int64_t layer) const {
   return nullptr;
 }
 
-Status BlockwiseDistiller::Run(const DistillProgressFn& progress, int64_t stop_after_step) {
-  // The stream restarts at the earliest layer; layers ahead of it wait for it.
-  size_t first = 0;
-  for (size_t i = 1; i < states_.size(); ++i) {
-    if (states_[i].step < states_[first].step) first = i;
+namespace {
+
+// The cursor after `samples` draws from the start of the stream (SequenceSampler::Next moves to
+// the next epoch lazily, when a draw finds the epoch used up).
+storage::DatasetCursor CursorAfter(int64_t samples, int64_t per_epoch) {
+  storage::DatasetCursor c;
+  if (samples <= 0 || per_epoch <= 0) return c;
+  c.epoch = (samples - 1) / per_epoch;
+  c.position = (samples - 1) % per_epoch + 1;
+  return c;
+}
+
+// The header that precedes each micro-batch's stream between stages: the step and whether the
+// sender stopped (then no stream follows).
+at::Tensor StageHeader(int64_t step, bool stop, const at::Device& device) {
+  return at::tensor({step, int64_t{stop ? 1 : 0}}, at::kLong).to(device);
+}
+
+}  // namespace
+
+StatusOr<std::vector<std::pair<int64_t, int64_t>>> BalanceStages(
+    const std::vector<int64_t>& layer_params, int64_t embedding_params, int64_t head_params,
+    int64_t stages) {
+  const auto n = static_cast<int64_t>(layer_params.size());
+  if (stages < 1 || stages > n) {
+    return InvalidArgument("cannot cut " + std::to_string(n) + " layers into " +
+                           std::to_string(stages) + " pipeline stages");
   }
-  const int64_t start = states_[first].step;
+  std::vector<int64_t> prefix(static_cast<size_t>(n + 1), 0);
+  for (int64_t l = 0; l < n; ++l) {
+    int64_t w = layer_params[static_cast<size_t>(l)];
+    if (l == 0) w += embedding_params;
+    if (l == n - 1) w += head_params;
+    prefix[static_cast<size_t>(l + 1)] = prefix[static_cast<size_t>(l)] + w;
+  }
+  auto sum = [&](int64_t a, int64_t b) {
+    return prefix[static_cast<size_t>(b)] - prefix[static_cast<size_t>(a)];
+  };
+  // best[p][i]: the smallest largest stage when layers [0, i) form p stages; cut[p][i] where the
+  // last of them starts.
+  const int64_t kInf = std::numeric_limits<int64_t>::max();
+  std::vector<std::vector<int64_t>> best(static_cast<size_t>(stages + 1),
+                                         std::vector<int64_t>(static_cast<size_t>(n + 1), kInf));
+  auto cut = best;
+  best[0][0] = 0;
+  for (int64_t p = 1; p <= stages; ++p) {
+    for (int64_t i = p; i <= n; ++i) {
+      for (int64_t j = p - 1; j < i; ++j) {
+        const int64_t prev = best[static_cast<size_t>(p - 1)][static_cast<size_t>(j)];
+        if (prev == kInf) continue;
+        const int64_t cost = std::max(prev, sum(j, i));
+        if (cost < best[static_cast<size_t>(p)][static_cast<size_t>(i)]) {
+          best[static_cast<size_t>(p)][static_cast<size_t>(i)] = cost;
+          cut[static_cast<size_t>(p)][static_cast<size_t>(i)] = j;
+        }
+      }
+    }
+  }
+  std::vector<std::pair<int64_t, int64_t>> out(static_cast<size_t>(stages));
+  int64_t end = n;
+  for (int64_t p = stages; p >= 1; --p) {
+    const int64_t begin = cut[static_cast<size_t>(p)][static_cast<size_t>(end)];
+    out[static_cast<size_t>(p - 1)] = {begin, end};
+    end = begin;
+  }
+  return out;
+}
+
+StatusOr<at::Tensor> BlockwiseDistiller::StepInput(storage::SequenceSampler& sampler,
+                                                   int64_t step, bool* stop) {
+  *stop = false;
+  const at::Device device = teacher_->placement().device;
+  const int64_t rows = options_.batch_size / replicas();
+  if (first_stage()) {
+    // Every replica draws the whole micro-batch (the same one) and keeps its slice of rows.
+    const auto batch = sampler.Next(options_.batch_size);
+    const int64_t r = parallel_.data != nullptr ? parallel_.data->rank() : 0;
+    std::vector<int64_t> flat;
+    flat.reserve(static_cast<size_t>(rows * options_.sequence_length));
+    for (int64_t i = r * rows; i < (r + 1) * rows; ++i) {
+      const auto& row = batch[static_cast<size_t>(i)];
+      flat.insert(flat.end(), row.begin(), row.end());
+    }
+    const at::Tensor ids = at::tensor(flat, at::kLong).view({rows, options_.sequence_length});
+    return teacher_->Embed(ids);
+  }
+  Communicator& pipe = *parallel_.pipeline;
+  at::Tensor header = at::zeros({2}, at::TensorOptions().dtype(at::kLong).device(device));
+  HYB_RETURN_IF_ERROR(pipe.Recv(header, pipe.rank() - 1));
+  const at::Tensor h = header.cpu();
+  if (h[1].item<int64_t>() != 0) {
+    *stop = true;
+    return at::Tensor();
+  }
+  if (h[0].item<int64_t>() != step) {
+    return DataLoss("distill: stage " + std::to_string(pipe.rank()) + " expected step " +
+                    std::to_string(step) + " from the stage before, got step " +
+                    std::to_string(h[0].item<int64_t>()));
+  }
+  at::Tensor stream = at::empty({rows, options_.sequence_length, teacher_->config().hidden_size},
+                                at::TensorOptions().dtype(teacher_->placement().dtype).device(device));
+  HYB_RETURN_IF_ERROR(pipe.Recv(stream, pipe.rank() - 1));
+  return stream;
+}
+
+Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
+                                     const storage::SequenceSampler& sampler) {
+  const at::Device device = teacher_->placement().device;
+  const double lr = LearningRate(step);
+  std::vector<size_t> active;  // layers whose state is at step - 1 (others are ahead)
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (states_[i].step == step - 1) active.push_back(i);
+  }
+  if (step == 1 && options_.calibrate_output_scale && !active.empty()) {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> sums;
+    for (size_t i : active) {
+      const auto l = static_cast<size_t>(layers_[i]);
+      at::Tensor s = mixers_[i]->OutputScaleSums(taps.mixer_input[l].to(at::kFloat),
+                                                 taps.mixer_output[l].to(device, at::kFloat));
+      sums.push_back(s.defined() ? s : at::zeros({2}, at::TensorOptions().dtype(at::kDouble).device(device)));
+    }
+    at::Tensor all = at::stack(sums);  // [active, 2]
+    if (parallel_.data != nullptr) HYB_RETURN_IF_ERROR(parallel_.data->AllReduce(all));
+    const at::Tensor host = all.cpu();
+    for (size_t k = 0; k < active.size(); ++k) {
+      const double num = host[static_cast<int64_t>(k)][0].item<double>();
+      const double denom = host[static_cast<int64_t>(k)][1].item<double>();
+      mixers_[active[k]]->SetOutputScale(denom > 0 ? num / denom : 1.0);
+    }
+  }
+  std::vector<std::vector<at::Tensor>> grads(layers_.size()), params(layers_.size());
+  std::vector<at::Tensor> mse(layers_.size()), ref(layers_.size());
+  for (size_t i : active) {
+    const auto l = static_cast<size_t>(layers_[i]);
+    const at::Tensor y = taps.mixer_output[l].to(device, at::kFloat);  // [B, T, hidden]
+    LinearMixer& mixer = *mixers_[i];
+    const auto named = mixer.NamedTensors();
+    for (const auto& [name, t] : named) params[i].push_back(t);
+    at::Tensor out;
+    if (compute_dtype_ == at::kFloat) {
+      out = mixer.Forward(taps.mixer_input[l].to(at::kFloat), {}, nullptr);
+    } else {
+      // Autocast by hand: differentiable casts of the fp32 masters feed a bf16 mixer.
+      std::map<std::string, at::Tensor> cast;
+      for (const auto& [name, t] : named) cast[name] = t.to(compute_dtype_);
+      auto low = LinearMixer::FromTensors(
+          mixer.shape(), mixer_options_,
+          [&cast](const std::string& name, std::vector<int64_t>) -> StatusOr<at::Tensor> {
+            return cast.at(name);
+          },
+          [&cast](const std::string& name) { return cast.count(name) > 0; });
+      HYB_RETURN_IF_ERROR(low.status());
+      out = (*low)->Forward(taps.mixer_input[l].to(compute_dtype_), {}, nullptr).to(at::kFloat);
+    }
+    const at::Tensor loss = (out - y).pow(2).mean();
+    grads[i] = torch::autograd::grad({loss}, params[i]);
+    mse[i] = loss.detach();
+    at::NoGradGuard no_grad;
+    ref[i] = y.pow(2).mean();
+  }
+  at::NoGradGuard no_grad;
+  if (parallel_.data != nullptr && !active.empty()) {
+    // One all-reduce for the whole stage: every gradient, then each layer's loss and reference.
+    std::vector<at::Tensor> parts;
+    for (size_t i : active) {
+      for (const auto& g : grads[i]) parts.push_back(g.reshape({-1}));
+    }
+    for (size_t i : active) {
+      parts.push_back(mse[i].reshape({1}));
+      parts.push_back(ref[i].reshape({1}));
+    }
+    at::Tensor flat = at::cat(parts);
+    HYB_RETURN_IF_ERROR(parallel_.data->AllReduce(flat));
+    flat.div_(static_cast<double>(replicas()));
+    int64_t at_ = 0;
+    for (size_t i : active) {
+      for (auto& g : grads[i]) {
+        g = flat.slice(0, at_, at_ + g.numel()).view(g.sizes());
+        at_ += g.numel();
+      }
+    }
+    for (size_t i : active) {
+      mse[i] = flat[at_++];
+      ref[i] = flat[at_++];
+    }
+  }
+  for (size_t i : active) {
+    LayerDistillState& s = states_[i];
+    at::Tensor sq = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
+    for (const auto& g : grads[i]) sq = sq + g.pow(2).sum();
+    const double norm = std::sqrt(sq.item<double>());
+    if (!std::isfinite(norm)) {
+      return Internal("distill: layer " + std::to_string(layers_[i]) + " step " +
+                      std::to_string(step) + ": loss " + std::to_string(mse[i].item<double>()) +
+                      " gave a non-finite gradient; lower distill.lr or check the data");
+    }
+    if (options_.grad_clip > 0 && norm > options_.grad_clip) {
+      for (auto& g : grads[i]) g.mul_(options_.grad_clip / (norm + 1e-6));
+    }
+    const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(step));
+    const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(step));
+    for (size_t k = 0; k < params[i].size(); ++k) {
+      at::Tensor& m = adam_m_[i][k];
+      at::Tensor& v = adam_v_[i][k];
+      const at::Tensor& g = grads[i][k];
+      m.mul_(options_.beta1).add_(g, 1 - options_.beta1);
+      v.mul_(options_.beta2).addcmul_(g, g, 1 - options_.beta2);
+      if (options_.weight_decay > 0) params[i][k].mul_(1 - lr * options_.weight_decay);
+      const at::Tensor denom = (v / bc2).sqrt_().add_(options_.eps);
+      params[i][k].addcdiv_(m, denom, -lr / bc1);
+    }
+    s.step = step;
+    s.cursor = sampler.cursor();
+    if (step == 1 || step % options_.log_every == 0 || step == options_.steps) {
+      const double m = mse[i].item<double>();
+      const double r = ref[i].item<double>();
+      s.curve.push_back({step, m, r > 0 ? m / r : 0.0});
+    }
+  }
+  return Status::Ok();
+}
+
+Status BlockwiseDistiller::Run(const DistillProgressFn& progress, int64_t stop_after_step) {
+  const at::Device device = teacher_->placement().device;
+  // The stream restarts at the earliest layer of every rank; layers ahead of it wait for it.
+  int64_t start = options_.steps;
+  for (const auto& s : states_) start = std::min(start, s.step);
+  if (parallel_.pipeline != nullptr || parallel_.data != nullptr) {
+    at::Tensor t = at::tensor({start}, at::kLong).to(device);
+    if (parallel_.pipeline != nullptr) {
+      HYB_RETURN_IF_ERROR(parallel_.pipeline->AllReduce(t, ReduceOp::kMin));
+    }
+    if (parallel_.data != nullptr) HYB_RETURN_IF_ERROR(parallel_.data->AllReduce(t, ReduceOp::kMin));
+    start = t.cpu().item<int64_t>();
+  }
   if (start >= options_.steps) return Status::Ok();
   storage::SamplerOptions so;
   so.sequence_length = options_.sequence_length;
   so.seed = options_.seed;
-  HYB_ASSIGN_OR_RETURN(auto sampler,
-                       storage::SequenceSampler::Create(data_, so, states_[first].cursor));
-  const at::Device device = teacher_->placement().device;
+  HYB_ASSIGN_OR_RETURN(auto probe, storage::SequenceSampler::Create(data_, so));
+  HYB_ASSIGN_OR_RETURN(
+      auto sampler,
+      storage::SequenceSampler::Create(
+          data_, so, CursorAfter(start * options_.batch_size, probe.samples_per_epoch())));
+  const int64_t first = parallel_.first_layer, last = parallel_.last_layer;
+  Communicator* pipe = parallel_.pipeline;
+  auto checkpoint_at = [&](int64_t step) -> Status {
+    if (!writes_checkpoints()) return Status::Ok();
+    for (size_t i = 0; i < states_.size(); ++i) {
+      if (states_[i].step == step) HYB_RETURN_IF_ERROR(Checkpoint(i));
+    }
+    return Status::Ok();
+  };
+  auto stop_downstream = [&](int64_t step) -> Status {
+    if (last_stage()) return Status::Ok();
+    HYB_RETURN_IF_ERROR(pipe->Send(StageHeader(step, true, device), pipe->rank() + 1));
+    return pipe->Flush();
+  };
   try {
     for (int64_t step = start + 1; step <= options_.steps; ++step) {
       if (stop_after_step >= 0 && step > stop_after_step) break;
-      const auto rows = sampler.Next(options_.batch_size);
-      std::vector<int64_t> flat;
-      flat.reserve(static_cast<size_t>(options_.batch_size * options_.sequence_length));
-      for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
-      const at::Tensor ids =
-          at::tensor(flat, at::kLong).view({options_.batch_size, options_.sequence_length});
+      bool stopped = false;
+      HYB_ASSIGN_OR_RETURN(at::Tensor h, StepInput(sampler, step, &stopped));
+      if (stopped) {
+        // The stage before stopped after step - 1, which this stage has finished too.
+        HYB_RETURN_IF_ERROR(checkpoint_at(step - 1));
+        HYB_RETURN_IF_ERROR(stop_downstream(step));
+        return Cancelled("distillation stopped at step " + std::to_string(step - 1) + " of " +
+                         std::to_string(options_.steps) + " (checkpointed)");
+      }
       LayerTaps taps;
       {
         at::NoGradGuard no_grad;
-        HYB_ASSIGN_OR_RETURN(at::Tensor logits, teacher_->Forward(ids, nullptr, &taps));
-        (void)logits;
-      }
-      const double lr = LearningRate(step);
-      for (size_t i = 0; i < layers_.size(); ++i) {
-        LayerDistillState& s = states_[i];
-        if (s.step != step - 1) continue;  // ahead of the stream after a resume
-        const auto l = static_cast<size_t>(layers_[i]);
-        const at::Tensor y = taps.mixer_output[l].to(device, at::kFloat);  // [B, T, hidden]
-        LinearMixer& mixer = *mixers_[i];
-        if (step == 1 && options_.calibrate_output_scale) {
-          at::NoGradGuard no_grad;
-          mixer.CalibrateOutputScale(taps.mixer_input[l].to(at::kFloat), y);
-        }
-        const auto named = mixer.NamedTensors();
-        std::vector<at::Tensor> params;
-        for (const auto& [name, t] : named) params.push_back(t);
-        at::Tensor out;
-        if (compute_dtype_ == at::kFloat) {
-          out = mixer.Forward(taps.mixer_input[l].to(at::kFloat), {}, nullptr);
-        } else {
-          // Autocast by hand: differentiable casts of the fp32 masters feed a bf16 mixer.
-          std::map<std::string, at::Tensor> cast;
-          for (const auto& [name, t] : named) cast[name] = t.to(compute_dtype_);
-          auto low = LinearMixer::FromTensors(
-              mixer.shape(), mixer_options_,
-              [&cast](const std::string& name, std::vector<int64_t>) -> StatusOr<at::Tensor> {
-                return cast.at(name);
-              },
-              [&cast](const std::string& name) { return cast.count(name) > 0; });
-          HYB_RETURN_IF_ERROR(low.status());
-          out = (*low)->Forward(taps.mixer_input[l].to(compute_dtype_), {}, nullptr).to(at::kFloat);
-        }
-        const at::Tensor mse = (out - y).pow(2).mean();
-        auto grads = torch::autograd::grad({mse}, params);
-        at::NoGradGuard no_grad;
-        at::Tensor sq = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
-        for (const auto& g : grads) sq = sq + g.pow(2).sum();
-        const double norm = std::sqrt(sq.item<double>());
-        if (!std::isfinite(norm)) {
-          return Internal("distill: layer " + std::to_string(layers_[i]) + " step " +
-                          std::to_string(step) + ": loss " + std::to_string(mse.item<double>()) +
-                          " gave a non-finite gradient; lower distill.lr or check the data");
-        }
-        if (options_.grad_clip > 0 && norm > options_.grad_clip) {
-          for (auto& g : grads) g.mul_(options_.grad_clip / (norm + 1e-6));
-        }
-        const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(step));
-        const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(step));
-        for (size_t k = 0; k < params.size(); ++k) {
-          at::Tensor& m = adam_m_[i][k];
-          at::Tensor& v = adam_v_[i][k];
-          m.mul_(options_.beta1).add_(grads[k], 1 - options_.beta1);
-          v.mul_(options_.beta2).addcmul_(grads[k], grads[k], 1 - options_.beta2);
-          if (options_.weight_decay > 0) params[k].mul_(1 - lr * options_.weight_decay);
-          const at::Tensor denom = (v / bc2).sqrt_().add_(options_.eps);
-          params[k].addcdiv_(m, denom, -lr / bc1);
-        }
-        s.step = step;
-        s.cursor = sampler.cursor();
-        if (step == 1 || step % options_.log_every == 0 || step == options_.steps) {
-          const double m = mse.item<double>();
-          const double ref = y.pow(2).mean().item<double>();
-          s.curve.push_back({step, m, ref > 0 ? m / ref : 0.0});
+        HYB_ASSIGN_OR_RETURN(at::Tensor out, teacher_->ForwardRange(first, last, h, &taps));
+        if (!last_stage()) {
+          // On its way while this stage trains: the next stage starts its forward now.
+          HYB_RETURN_IF_ERROR(pipe->Send(StageHeader(step, false, device), pipe->rank() + 1));
+          HYB_RETURN_IF_ERROR(pipe->Send(out, pipe->rank() + 1));
         }
       }
-      const bool go_on = progress == nullptr || progress(step, states_);
+      HYB_RETURN_IF_ERROR(TrainStep(step, taps, sampler));
+      bool go_on = true;
+      if (first_stage()) {
+        if (parallel_.data == nullptr || parallel_.data->rank() == 0) {
+          go_on = progress == nullptr || progress(step, states_);
+        }
+        if (parallel_.data != nullptr) {
+          at::Tensor flag = at::tensor({int64_t{go_on ? 1 : 0}}, at::kLong).to(device);
+          HYB_RETURN_IF_ERROR(parallel_.data->AllReduce(flag, ReduceOp::kMin));
+          go_on = flag.cpu().item<int64_t>() == 1;
+        }
+      }
       if (!go_on || step % options_.checkpoint_every == 0 || step == options_.steps) {
-        for (size_t i = 0; i < states_.size(); ++i) {
-          if (states_[i].step == step) HYB_RETURN_IF_ERROR(Checkpoint(i));
-        }
+        HYB_RETURN_IF_ERROR(checkpoint_at(step));
       }
       if (!go_on) {
+        HYB_RETURN_IF_ERROR(stop_downstream(step + 1));
         return Cancelled("distillation stopped at step " + std::to_string(step) + " of " +
                          std::to_string(options_.steps) + " (checkpointed)");
       }
     }
+    if (pipe != nullptr) HYB_RETURN_IF_ERROR(pipe->Flush());
   } catch (const c10::Error& e) {
     return Internal(std::string("distill: training step failed: ") + e.what_without_backtrace());
   }

@@ -205,10 +205,18 @@ StatusOr<std::shared_ptr<LinearMixer>> LinearMixer::FromTensors(
 }
 
 double LinearMixer::CalibrateOutputScale(const at::Tensor& x, const at::Tensor& y) {
-  if (options_.type == LinearMixerType::kLinearElu) return 1.0;
+  const at::Tensor sums = OutputScaleSums(x, y);
+  if (!sums.defined()) return 1.0;
+  const double num = sums[0].item<double>(), denom = sums[1].item<double>();
+  const double c = denom > 0 ? num / denom : 1.0;
+  SetOutputScale(c);
+  return c;
+}
+
+at::Tensor LinearMixer::OutputScaleSums(const at::Tensor& x, const at::Tensor& y) {
+  if (options_.type == LinearMixerType::kLinearElu) return at::Tensor();
   at::NoGradGuard no_grad;
-  at::Tensor& weight = params_.at("o_norm.weight");
-  weight.fill_(1.0);
+  params_.at("o_norm.weight").fill_(1.0);
   const at::Tensor bias = P("o_proj.bias");
   at::Tensor unit = Forward(x, {}, nullptr).to(at::kDouble);  // output at c = 1
   at::Tensor target = y.to(at::kDouble);
@@ -216,10 +224,13 @@ double LinearMixer::CalibrateOutputScale(const at::Tensor& x, const at::Tensor& 
     unit = unit - bias.to(at::kDouble);
     target = target - bias.to(at::kDouble);
   }
-  const double denom = unit.pow(2).sum().item<double>();
-  const double c = denom > 0 ? (unit * target).sum().item<double>() / denom : 1.0;
-  weight.fill_(c);
-  return c;
+  return at::stack({(unit * target).sum(), unit.pow(2).sum()});
+}
+
+void LinearMixer::SetOutputScale(double c) {
+  if (options_.type == LinearMixerType::kLinearElu) return;
+  at::NoGradGuard no_grad;
+  params_.at("o_norm.weight").fill_(c);
 }
 
 std::unique_ptr<MixerState> LinearMixer::NewState() const {

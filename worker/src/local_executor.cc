@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "hyb/storage/job_layout.h"
+#include "hyb/storage/model_dir.h"
 #include "hyb/storage/token_dataset.h"
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/distill.h"
@@ -41,9 +42,15 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   auto placement = ResolvePlacement(runtime_);
   if (!placement.ok()) return placement.status().WithContext("device/dtype");
   placement_ = *placement;
-  auto teacher = DecoderModel::Load(spec.teacher, runtime_);
-  if (!teacher.ok()) return teacher.status().WithContext("teacher");
-  teacher_ = std::shared_ptr<const DecoderModel>(std::move(teacher).value());
+  if (defer_teacher_) {
+    // The config and the weight index only: a wrong or truncated teacher still fails here.
+    auto dir = storage::ModelDirectory::Open(spec.teacher);
+    if (!dir.ok()) return dir.status().WithContext("teacher");
+    auto config = ParseModelConfig(dir->config(), dir->config_path());
+    if (!config.ok()) return config.status().WithContext("teacher");
+  } else {
+    HYB_RETURN_IF_ERROR(EnsureTeacher());
+  }
   auto tok = Tokenizer::FromFile(spec.teacher + "/tokenizer.json");
   if (!tok.ok()) return tok.status().WithContext("teacher");
   tokenizer_ = *tok;
@@ -53,25 +60,39 @@ Status LocalExecutor::Validate(const JobSpec& spec) {
   return Status::Ok();
 }
 
+DistillOptions DistillOptionsFromSpec(const JobSpec& spec, const RuntimePlacement& placement) {
+  DistillOptions o;
+  o.steps = spec.distill.steps;
+  o.batch_size = spec.distill.batch_size;
+  o.sequence_length = spec.distill.sequence_length;
+  o.lr = spec.distill.lr;
+  o.warmup_steps = spec.distill.warmup_steps;
+  o.min_lr_ratio = spec.distill.min_lr_ratio;
+  o.weight_decay = spec.distill.weight_decay;
+  o.grad_clip = spec.distill.grad_clip;
+  o.checkpoint_every = spec.distill.checkpoint_every;
+  o.log_every = spec.distill.log_every;
+  o.seed = spec.distill.seed;
+  o.calibrate_output_scale = spec.distill.calibrate_output_scale;
+  o.compute_dtype = placement.device.is_cuda() ? "bf16" : "fp32";
+  return o;
+}
+
+Status LocalExecutor::EnsureTeacher() {
+  if (teacher_ != nullptr) return Status::Ok();
+  auto teacher = DecoderModel::Load(spec_.teacher, runtime_);
+  if (!teacher.ok()) return teacher.status().WithContext("teacher");
+  teacher_ = std::shared_ptr<const DecoderModel>(std::move(teacher).value());
+  return Status::Ok();
+}
+
 StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
                                                const ProgressFn& progress) {
   if (tokenizer_ == nullptr) return FailedPrecondition("distill before Validate");
+  HYB_RETURN_IF_ERROR(EnsureTeacher());
   HYB_ASSIGN_OR_RETURN(LinearMixerOptions mixer, storage::ParseJobMixerOptions(spec_.mixer));
   HYB_ASSIGN_OR_RETURN(auto data, storage::TokenDataset::Open(spec_.distill.data));
-  DistillOptions o;
-  o.steps = spec_.distill.steps;
-  o.batch_size = spec_.distill.batch_size;
-  o.sequence_length = spec_.distill.sequence_length;
-  o.lr = spec_.distill.lr;
-  o.warmup_steps = spec_.distill.warmup_steps;
-  o.min_lr_ratio = spec_.distill.min_lr_ratio;
-  o.weight_decay = spec_.distill.weight_decay;
-  o.grad_clip = spec_.distill.grad_clip;
-  o.checkpoint_every = spec_.distill.checkpoint_every;
-  o.log_every = spec_.distill.log_every;
-  o.seed = spec_.distill.seed;
-  o.calibrate_output_scale = spec_.distill.calibrate_output_scale;
-  o.compute_dtype = placement_.device.is_cuda() ? "bf16" : "fp32";
+  const DistillOptions o = DistillOptionsFromSpec(spec_, placement_);
   const std::string checkpoint_dir = storage::JobLayout::ForDirectory(job_dir_).DistillDir();
   HYB_RETURN_IF_ERROR(storage::MakeDirectories(checkpoint_dir));
   HYB_ASSIGN_OR_RETURN(auto distiller, BlockwiseDistiller::Create(teacher_, task.layers, mixer, o,
@@ -79,33 +100,39 @@ StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
   const auto start = std::chrono::steady_clock::now();
   HYB_RETURN_IF_ERROR(
       distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
-        if (!progress) return true;
-        Json layers = Json::array();
-        for (const auto& s : states) {
-          if (s.curve.empty()) continue;
-          layers.push_back(
-              {{"layer", s.layer}, {"mse", s.curve.back().mse}, {"nmse", s.curve.back().nmse}});
-        }
-        return progress({{"event", "distill_step"}, {"step", step}, {"layers", layers}});
+        return !progress || progress(DistillStepEvent(step, states));
       }));
   DistillResult r;
   r.steps = o.steps;
   r.tokens = o.steps * distiller->tokens_per_step();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  for (const auto& s : distiller->states()) {
-    LayerDistillSummary l;
-    l.layer = s.layer;
-    l.step = s.step;
-    for (const auto& p : s.curve) l.curve.push_back({p.step, p.mse, p.nmse});
-    r.layers.push_back(std::move(l));
-  }
+  for (const auto& s : distiller->states()) r.layers.push_back(SummarizeLayer(s));
   return r;
+}
+
+Json DistillStepEvent(int64_t step, const std::vector<LayerDistillState>& states) {
+  Json layers = Json::array();
+  for (const auto& s : states) {
+    if (s.curve.empty()) continue;
+    layers.push_back(
+        {{"layer", s.layer}, {"mse", s.curve.back().mse}, {"nmse", s.curve.back().nmse}});
+  }
+  return {{"event", "distill_step"}, {"step", step}, {"layers", layers}};
+}
+
+LayerDistillSummary SummarizeLayer(const LayerDistillState& s) {
+  LayerDistillSummary l;
+  l.layer = s.layer;
+  l.step = s.step;
+  for (const auto& p : s.curve) l.curve.push_back({p.step, p.mse, p.nmse});
+  return l;
 }
 
 StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& split) {
   auto it = evaluators_.find(split);
   if (it != evaluators_.end()) return it->second.get();
   if (tokenizer_ == nullptr) return FailedPrecondition("evaluate before Validate");
+  HYB_RETURN_IF_ERROR(EnsureTeacher());
   const std::string path = split == "test" ? spec_.task.test : spec_.task.validation;
   if (path.empty() || (split != "test" && split != "validation")) {
     return InvalidArgument("no task split '" + split + "' in this job");

@@ -29,6 +29,9 @@ struct DistillSpec {
   int64_t log_every = 10;
   uint64_t seed = 0;
   bool calibrate_output_scale = true;
+  // distill.parallel: pipeline stages x data-parallel replicas of a gang; 0 = chosen at run time.
+  int64_t pipeline = 0;
+  int64_t data_parallel = 0;
 };
 
 struct TaskSpec {
@@ -99,5 +102,9 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
 // for reading them; `resolved` keeps them as written. The service stores specs with paths
 // relative to its storage root, and every process resolves them against the root it mounts.
 JobSpec ResolvePaths(JobSpec spec, const std::string& root);
+
+// The part of a resolved spec that decides a job's results: everything but how its ranks share
+// the work (distill.parallel). A stored job resumes under a spec whose identity equals its own.
+Json JobIdentity(const Json& resolved);
 
 }  // namespace hyb

@@ -75,7 +75,16 @@ class DecoderModel {
   static StatusOr<std::unique_ptr<DecoderModel>> FromCheckpoint(
       const ModelConfig& config, const storage::Checkpoint& weights,
       const RuntimePlacement& placement, const Json& source_config = Json::object(),
-      const std::string& source_dir = "");
+      const std::string& source_dir = "", int64_t first_layer = 0, int64_t last_layer = -1);
+  // A pipeline stage: only layers [first_layer, last_layer) are read from the checkpoint, plus
+  // the token embeddings when first_layer is 0 and the final norm and head when last_layer is
+  // the last layer (last_layer -1: through the last layer). Such a partial model runs
+  // Embed/ForwardRange/Head over what it holds; Forward, ForwardFrom, GenerateGreedy and Save
+  // answer FailedPrecondition. InvalidArgument for a range outside [0, num_layers].
+  static StatusOr<std::unique_ptr<DecoderModel>> LoadRange(const std::string& dir,
+                                                           const RuntimeOptions& options,
+                                                           int64_t first_layer,
+                                                           int64_t last_layer);
 
   // Writes the model as a Hugging Face style directory: config.json (the source config with
   // "layer_types" naming each layer's mixer and, if any layer is linear, the "linear_attention"
@@ -90,6 +99,23 @@ class DecoderModel {
   const ModelConfig& config() const { return config_; }
   const RuntimePlacement& placement() const { return placement_; }
   int64_t num_layers() const { return config_.num_layers; }
+  // The layers this model holds: [first_layer(), last_layer()); all of them unless LoadRange.
+  int64_t first_layer() const { return first_layer_; }
+  int64_t last_layer() const { return last_layer_; }
+  bool holds_all_layers() const { return first_layer_ == 0 && last_layer_ == config_.num_layers; }
+  bool HasLayer(int64_t layer) const { return layer >= first_layer_ && layer < last_layer_; }
+
+  // The residual stream entering layer 0: the token embeddings of input_ids [B, T].
+  // FailedPrecondition on a stage without the embeddings; InvalidArgument for bad ids.
+  StatusOr<at::Tensor> Embed(const at::Tensor& input_ids) const;
+  // Runs layers [first, last) (all held by this model) without a decoding state on the residual
+  // stream entering `first` ([B, T, hidden], positions from 0) and returns the stream leaving
+  // layer last - 1; `taps` receives the mixer inputs and outputs of those layers (entries of
+  // other layers stay undefined). What a pipeline stage runs.
+  StatusOr<at::Tensor> ForwardRange(int64_t first, int64_t last, const at::Tensor& residual,
+                                    LayerTaps* taps = nullptr) const;
+  // The final norm and head on the stream leaving the last layer: logits [B, T, vocab].
+  StatusOr<at::Tensor> Head(const at::Tensor& residual) const;
 
   // input_ids: int64 [B, T] (any device). Returns logits [B, T, vocab] in the model dtype on the
   // model device. With `state`, continues the sequences it holds and appends to it; `taps`, if
@@ -134,16 +160,22 @@ class DecoderModel {
   // Layers [first_layer, L) and the head on the residual stream h.
   at::Tensor RunLayers(int64_t first_layer, at::Tensor h, DecodeState* state,
                        LayerTaps* taps) const;
+  // Layers [first, last) on h without the head.
+  at::Tensor RunRange(int64_t first, int64_t last, at::Tensor h, DecodeState* state,
+                      LayerTaps* taps) const;
+  Status CheckWhole(const char* what) const;
 
   ModelConfig config_;
   Json source_config_;
   std::string source_dir_;
   RuntimePlacement placement_;
+  int64_t first_layer_ = 0, last_layer_ = 0;  // the layers held
   RotaryEmbedding rope_;
-  at::Tensor embed_tokens_;  // [vocab, hidden]
-  at::Tensor final_norm_;    // [hidden]
+  at::Tensor embed_tokens_;  // [vocab, hidden]; undefined on a stage without layer 0
+  at::Tensor final_norm_;    // [hidden]; undefined on a stage without the last layer
   at::Tensor lm_head_;       // [vocab, hidden]; the embedding when tied
-  std::vector<at::Tensor> input_norm_, post_attention_norm_;  // [hidden] per layer
+  // Per layer (num_layers entries; undefined / null outside [first_layer_, last_layer_)).
+  std::vector<at::Tensor> input_norm_, post_attention_norm_;  // [hidden]
   std::vector<MlpWeights> mlp_;
   std::vector<std::shared_ptr<const TokenMixer>> mixers_;
 };

@@ -11,6 +11,15 @@
 // resumed run restarts the data stream at the earliest layer's step and lets layers that are
 // ahead (a crash between two layers' publishes) sit out until the stream reaches them: the
 // result is the same as an uninterrupted run's.
+//
+// Many ranks (DistillParallel): the teacher is cut into pipeline stages of consecutive layers;
+// each stage holds only its layers (DecoderModel::LoadRange), receives the residual stream of
+// every micro-batch from the stage before, runs its teacher layers, sends the stream on and
+// trains its own layers' mixers while the next stage computes. Data-parallel replicas of a stage
+// take equal slices of each micro-batch's rows and all-reduce their mixers' gradients (and the
+// losses) before the update, so P stages x D replicas train the same mixers as one process on
+// the same data order. The resumed step is the earliest over every rank; the data cursor of a
+// step is a function of the step, so no rank needs another's files.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,6 +33,7 @@
 #include "hyb/common/json_util.h"
 #include "hyb/common/status.h"
 #include "hyb/storage/token_dataset.h"
+#include "hyb/worker/communicator.h"
 #include "hyb/worker/decoder_model.h"
 #include "hyb/worker/linear_mixer.h"
 
@@ -67,6 +77,29 @@ struct LayerDistillState {
 // stops the run: every layer is checkpointed at that step and Run returns Cancelled.
 using DistillProgressFn = std::function<bool(int64_t step, const std::vector<LayerDistillState>&)>;
 
+// This rank's place in a distillation gang. Communicators are borrowed (they must outlive the
+// distiller); null means one stage / one replica.
+struct DistillParallel {
+  // The stages of this rank's data replica, rank = stage index: stage s receives the residual
+  // stream from s - 1 and sends to s + 1.
+  Communicator* pipeline = nullptr;
+  // The replicas of this rank's stage, rank = replica index: they split each micro-batch's rows
+  // (batch_size must divide by their number) and all-reduce gradients; replica 0 writes the
+  // stage's checkpoints.
+  Communicator* data = nullptr;
+  // The stage's teacher layers [first_layer, last_layer) (-1: through the last layer). The
+  // distiller's `layers` must lie inside.
+  int64_t first_layer = 0, last_layer = -1;
+};
+
+// Stages of consecutive layers with about equal parameter counts (the embeddings count towards
+// the first stage, the final norm and head towards the last): the [first, last) of each of
+// `stages`. `layer_params` is the parameter count of each layer. InvalidArgument when there are
+// more stages than layers.
+StatusOr<std::vector<std::pair<int64_t, int64_t>>> BalanceStages(
+    const std::vector<int64_t>& layer_params, int64_t embedding_params, int64_t head_params,
+    int64_t stages);
+
 class BlockwiseDistiller {
  public:
   // The teacher must be all softmax attention. `layers` (sorted, distinct) are the layers to
@@ -76,13 +109,17 @@ class BlockwiseDistiller {
   static StatusOr<std::unique_ptr<BlockwiseDistiller>> Create(
       std::shared_ptr<const DecoderModel> teacher, std::vector<int64_t> layers,
       const LinearMixerOptions& mixer, const DistillOptions& options,
-      std::shared_ptr<const storage::TokenDataset> data, std::string checkpoint_dir);
+      std::shared_ptr<const storage::TokenDataset> data, std::string checkpoint_dir,
+      const DistillParallel& parallel = {});
 
   // Trains until every layer has reached options.steps, or (if stop_after_step >= 0) stops
   // after that step, as a crash right after it would (it is checkpointed only if it falls on
   // the checkpoint_every grid). Checkpoints every checkpoint_every steps and at the end.
-  // Cancelled (after checkpointing) when `progress` returns false.
-  // Internal naming the layer and step if a loss or gradient is not finite.
+  // Cancelled (after checkpointing) when `progress` returns false; with many ranks only the
+  // first stage's replica 0 calls `progress`, and its answer travels down the pipeline so that
+  // every rank stops after the same step. Internal naming the layer and step if a loss or
+  // gradient is not finite; the communicator's error (naming the peer) if a rank stops
+  // answering.
   Status Run(const DistillProgressFn& progress = nullptr, int64_t stop_after_step = -1);
 
   const std::vector<LayerDistillState>& states() const { return states_; }
@@ -93,6 +130,19 @@ class BlockwiseDistiller {
  private:
   BlockwiseDistiller() = default;
   Status Checkpoint(size_t i) const;
+  // One step's input on this stage: the first stage samples (and slices its replica's rows),
+  // later stages receive the stream. *stop: the stage before has stopped.
+  StatusOr<at::Tensor> StepInput(storage::SequenceSampler& sampler, int64_t step, bool* stop);
+  // The mixers' gradients for `step` on this rank's rows, all-reduced over the replicas, and
+  // the update. Fills the loss curve.
+  Status TrainStep(int64_t step, const LayerTaps& taps, const storage::SequenceSampler& sampler);
+  bool first_stage() const { return parallel_.pipeline == nullptr || parallel_.pipeline->rank() == 0; }
+  bool last_stage() const {
+    return parallel_.pipeline == nullptr ||
+           parallel_.pipeline->rank() == parallel_.pipeline->size() - 1;
+  }
+  int64_t replicas() const { return parallel_.data != nullptr ? parallel_.data->size() : 1; }
+  bool writes_checkpoints() const { return parallel_.data == nullptr || parallel_.data->rank() == 0; }
   Status LoadCheckpoint(size_t i, const std::string& path);
   std::string LayerPath(int64_t layer) const;
   double LearningRate(int64_t step) const;  // for 1-based step
@@ -107,6 +157,7 @@ class BlockwiseDistiller {
   std::vector<std::shared_ptr<LinearMixer>> mixers_;  // parallel to layers_
   std::vector<std::vector<at::Tensor>> adam_m_, adam_v_;
   std::vector<LayerDistillState> states_;
+  DistillParallel parallel_;
 };
 
 // Reads a layer checkpoint's mixer (weights only) for `shape`: what evaluation and export load.

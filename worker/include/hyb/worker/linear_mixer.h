@@ -81,6 +81,12 @@ class LinearMixer : public TokenMixer {
   // outputs a convex combination of values as attention does and is left unchanged (returns 1).
   // Call without gradient tracking on the mixer's tensors.
   double CalibrateOutputScale(const at::Tensor& x, const at::Tensor& y);
+  // The two sums the closed form divides, sum(u * (y - bias)) and sum(u * u) with u the output
+  // at c = 1 minus the bias, as a double tensor [2] on the mixer's device: what data-parallel
+  // replicas add up before SetOutputScale(sums[0] / sums[1]). Leaves o_norm.weight at 1.
+  // Undefined for linear_elu (nothing to calibrate).
+  at::Tensor OutputScaleSums(const at::Tensor& x, const at::Tensor& y);
+  void SetOutputScale(double c);
 
   std::string LayerType() const override { return "linear_attention"; }
   at::Tensor Forward(const at::Tensor& x, const MixerContext& ctx,

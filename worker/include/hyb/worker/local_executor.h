@@ -11,21 +11,35 @@
 #include "hyb/common/tasks.h"
 #include "hyb/worker/candidate_evaluator.h"
 #include "hyb/worker/decoder_model.h"
+#include "hyb/worker/distill.h"
 #include "hyb/worker/storage_types.h"
 
 namespace hyb::worker {
+
+// The distillation options a job spec asks for, on `placement` (bf16 compute on CUDA).
+DistillOptions DistillOptionsFromSpec(const JobSpec& spec, const RuntimePlacement& placement);
+// The "distill_step" progress event for `states` after `step`.
+Json DistillStepEvent(int64_t step, const std::vector<LayerDistillState>& states);
+// The per-layer part of a DistillResult.
+LayerDistillSummary SummarizeLayer(const LayerDistillState& state);
 
 class LocalExecutor : public SequentialTaskExecutor {
  public:
   // `job_dir` is the job's directory in storage (storage/job_layout.h): Distill tasks publish
   // checkpoints in its distill/, Evaluate tasks load mixers from there, Export tasks write
-  // exports/<name>.
-  explicit LocalExecutor(std::string job_dir) : job_dir_(std::move(job_dir)) {}
+  // exports/<name>. With `defer_teacher`, Validate only reads the teacher's config and weight
+  // index, and the weights load when the first evaluation or export needs them (a rank of a
+  // pipeline gang holds only its stage while distilling).
+  explicit LocalExecutor(std::string job_dir, bool defer_teacher = false)
+      : job_dir_(std::move(job_dir)), defer_teacher_(defer_teacher) {}
 
   // The runtime half of VALIDATING, after coordinator::ValidateJob(spec) has checked the spec and
   // its files without LibTorch (it does not repeat those checks): the device and dtype are
   // usable here, the teacher loads onto them, its tokenizer loads. Keeps both for the tasks.
   Status Validate(const JobSpec& spec) override;
+  const JobSpec& spec() const { return spec_; }
+  const RuntimeOptions& runtime() const { return runtime_; }
+  const std::string& job_dir() const { return job_dir_; }
   StatusOr<DistillResult> Distill(const DistillTask& task, const ProgressFn& progress) override;
   Status Export(const ExportTask& task) override;
 
@@ -37,8 +51,10 @@ class LocalExecutor : public SequentialTaskExecutor {
 
  private:
   StatusOr<CandidateEvaluator*> EvaluatorFor(const std::string& split);
+  Status EnsureTeacher();
 
   std::string job_dir_;
+  bool defer_teacher_ = false;
   JobSpec spec_;
   RuntimePlacement placement_;
   RuntimeOptions runtime_;
