@@ -44,6 +44,8 @@ Status CheckWorkerConfig(const ParsedFlags& f, const worker::WorkerOptions& wo) 
             {"reconnect_seconds", wo.reconnect_seconds},
             {"max_tasks", wo.max_tasks},
             {"threads", wo.threads},
+            {"advertise_address", wo.advertise_address},
+            {"comm_timeout_seconds", wo.comm_timeout_seconds},
             {"ports", Json::array()},
             {"environment", environment}};
   std::cout << j.dump(2) << "\n";
@@ -63,6 +65,13 @@ int RunWorker(const std::vector<std::string>& args) {
       {"reconnect-seconds", "S", "give up after the coordinator is unreachable this long", "300"},
       {"max-tasks", "N", "exit after this many tasks (0: until stopped)", "0"},
       {"threads", "N", "CPU threads per task, overriding the spec's threads (0: the spec's)", "0"},
+      {"advertise-address", "HOST",
+       "where the other members of a distillation gang reach this worker (the pod IP on "
+       "Kubernetes)",
+       "<hostname>"},
+      {"comm-timeout", "S",
+       "distillation gangs: how long a member waits for another's tensors before it fails",
+       "600"},
       {"fail-nth-fsync", "N",
        "testing: the Nth fsync of this process's storage writes fails (fault injection)", ""},
       kCheckConfigFlag,
@@ -94,6 +103,8 @@ int RunWorker(const std::vector<std::string>& args) {
         HYB_ASSIGN_OR_RETURN(wo.reconnect_seconds, Seconds(f, "reconnect-seconds", 300));
         HYB_ASSIGN_OR_RETURN(wo.max_tasks, f.Int("max-tasks", 0));
         HYB_ASSIGN_OR_RETURN(wo.threads, f.Int("threads", 0));
+        wo.advertise_address = f.GetOr("advertise-address", "");
+        HYB_ASSIGN_OR_RETURN(wo.comm_timeout_seconds, Seconds(f, "comm-timeout", 600));
         if (wo.threads < 0) return InvalidArgument("--threads: must be >= 0");
         if (f.Has("check-config")) return CheckWorkerConfig(f, wo);
         for (const auto& name : UnreadHybVariables(kWorkerReads)) {

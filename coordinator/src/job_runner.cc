@@ -231,6 +231,13 @@ Status JobRunner::Distill(Json* distill_report) {
   int64_t first_step = -1;
   Status event_error;
   auto progress = [&](const Json& e) {
+    if (e.value("event", "") == "distill_gang_attempt") {
+      // The service formed (or re-formed) a gang of workers for distillation.
+      Print("distillation gang attempt " + std::to_string(e.value("attempt", 0)) + ": " +
+            std::to_string(e.value("size", 0)) + " workers, leased all at once");
+      event_error = Event(e);
+      return event_error.ok();
+    }
     if (e.value("event", "") == "distill_gang") {
       // How a gang of ranks split the work (hybridize run --mpi, a service gang).
       Print("distilling on " + std::to_string(e.value("pipeline", 1) * e.value("data", 1)) +

@@ -379,6 +379,7 @@ http::Response Service::Handle(const Request& r) {
     if (p.size() == 3 && p[2] == "register") return WorkerRegister(r);
     if (p.size() == 3 && p[2] == "lease") return WorkerLease(r);
     if (p.size() == 5 && p[2] == "tasks") return WorkerTaskReport(r, p[3], p[4]);
+    if (p.size() == 4 && p[2] == "kv" && (p[3] == "set" || p[3] == "get")) return WorkerKv(r, p[3]);
     return JsonError(404, "not_found", "no route " + r.path);
   }
   if (p.size() == 2 && p[1] == "jobs") {
@@ -683,11 +684,19 @@ http::Response Service::WorkerLease(const Request& r) {
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(wait * 1000));
   while (true) {
-    if (stopping_) return JsonError(503, "unavailable", "the coordinator is shutting down");
+    if (stopping_) {
+      LeaveGangWaitingRoom(worker);
+      return JsonError(503, "unavailable", "the coordinator is shutting down");
+    }
     auto task =
         store_->LeaseTask(worker, NowMs(), static_cast<int64_t>(options_.lease_seconds * 1000));
     if (!task.ok()) return StatusError(task.status());
+    if (!task->has_value()) {
+      // No single task: wait here for a gang to form (leased to every member at once).
+      *task = JoinGangWaitingRoom(worker);
+    }
     if (task->has_value()) {
+      LeaveGangWaitingRoom(worker);
       const storage::TaskRow& t = **task;
       NotifyTaskChange();
       return JsonResponse(200, {{"task",
@@ -701,6 +710,7 @@ http::Response Service::WorkerLease(const Request& r) {
     }
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) {
+      LeaveGangWaitingRoom(worker);
       Response resp;
       resp.status = 204;
       resp.content_type = "";
@@ -765,6 +775,82 @@ http::Response Service::WorkerTaskReport(const Request& r, const std::string& ta
     return JsonResponse(200, {{"state", std::string(storage::TaskStateName(*state))}});
   }
   return JsonError(404, "not_found", "no route " + r.path);
+}
+
+std::optional<storage::TaskRow> Service::JoinGangWaitingRoom(const std::string& worker) {
+  std::lock_guard<std::mutex> lock(gang_mu_);
+  if (auto it = assigned_.find(worker); it != assigned_.end()) {
+    storage::TaskRow t = std::move(it->second);
+    assigned_.erase(it);
+    // Handed out while this worker was between requests: still its, unless the gang broke.
+    auto now = store_->GetTask(t.id);
+    if (now.ok() && now->has_value() && (*now)->state == storage::TaskState::kLeased &&
+        (*now)->worker_id == worker) {
+      (void)store_->TouchWorker(worker, t.id, NowMs());  // this request's touch cleared it
+      return t;
+    }
+  }
+  if (std::find(waiting_.begin(), waiting_.end(), worker) == waiting_.end()) {
+    waiting_.push_back(worker);
+  }
+  // The oldest gang that the waiting workers can fill, all members at once.
+  auto leased = store_->LeaseGang(waiting_, NowMs(),
+                                  static_cast<int64_t>(options_.lease_seconds * 1000));
+  if (!leased.ok()) {
+    std::fprintf(stderr, "coordinator: forming a gang: %s\n", leased.status().ToString().c_str());
+    return std::nullopt;
+  }
+  if (leased->empty()) return std::nullopt;
+  std::optional<storage::TaskRow> mine;
+  for (storage::TaskRow& t : *leased) {
+    waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), t.worker_id), waiting_.end());
+    if (t.worker_id == worker) {
+      mine = std::move(t);
+    } else {
+      assigned_[t.worker_id] = std::move(t);
+    }
+  }
+  NotifyTaskChange();  // wakes the other members' lease requests
+  return mine;
+}
+
+void Service::LeaveGangWaitingRoom(const std::string& worker) {
+  std::lock_guard<std::mutex> lock(gang_mu_);
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), worker), waiting_.end());
+}
+
+http::Response Service::WorkerKv(const Request& r, const std::string& action) {
+  auto body = ParseBody(r);
+  if (!body.ok()) return JsonError(400, "invalid_argument", body.status().message());
+  const Json& key_json = body->value("key", Json());
+  if (!key_json.is_string() || key_json.get<std::string>().empty() ||
+      key_json.get<std::string>().size() > 512) {
+    return JsonError(400, "invalid_argument", "key: a non-empty string of at most 512 bytes",
+                     "key");
+  }
+  const std::string key = key_json.get<std::string>();
+  if (action == "set") {
+    const Json& value = body->value("value", Json());
+    if (!value.is_string() || value.get<std::string>().size() > 65536) {
+      return JsonError(400, "invalid_argument", "value: a string of at most 64 KiB", "value");
+    }
+    std::lock_guard<std::mutex> lock(kv_mu_);
+    kv_[key] = value.get<std::string>();
+    kv_cv_.notify_all();
+    return JsonResponse(200, {{"key", key}});
+  }
+  double wait = 0;
+  if (body->contains("wait_seconds") && (*body)["wait_seconds"].is_number()) {
+    wait = std::clamp((*body)["wait_seconds"].get<double>(), 0.0, options_.long_poll_seconds);
+  }
+  std::unique_lock<std::mutex> lock(kv_mu_);
+  const bool found =
+      kv_cv_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(wait * 1000)),
+                      [&] { return kv_.count(key) > 0 || stopping_; });
+  if (!found || !kv_.count(key)) {
+    return JsonError(404, "not_found", "key '" + key + "' is not set", "key");
+  }
+  return JsonResponse(200, {{"key", key}, {"value", kv_[key]}});
 }
 
 }  // namespace hyb::coordinator

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <array>
+#include <map>
 #include <utility>
 
 namespace hyb::storage {
@@ -439,7 +440,8 @@ StatusOr<std::optional<TaskRow>> JobStore::LeaseTask(const std::string& worker_i
   {
     Statement s(db_,
                 "SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.state = "
-                "'QUEUED' AND j.cancel_requested = 0 ORDER BY t.seq LIMIT 1");
+                "'QUEUED' AND t.kind != 'distill_member' AND j.cancel_requested = 0 "
+                "ORDER BY t.seq LIMIT 1");
     if (s.Step()) id = s.Text(0);
     HYB_RETURN_IF_ERROR(s.status("finding a queued task"));
   }
@@ -459,6 +461,81 @@ StatusOr<std::optional<TaskRow>> JobStore::LeaseTask(const std::string& worker_i
   HYB_ASSIGN_OR_RETURN(auto row, GetTaskLocked(db_, id));
   HYB_RETURN_IF_ERROR(tx.Commit());
   return row;
+}
+
+StatusOr<std::vector<TaskRow>> JobStore::LeaseGang(const std::vector<std::string>& workers,
+                                                   int64_t now_ms, int64_t lease_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_);
+  HYB_RETURN_IF_ERROR(tx.began());
+  // Queued, never-leased members by gang, oldest gang first.
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<TaskRow>> gangs;
+  {
+    Statement s(db_, (std::string("SELECT ") + kTaskColumns +
+                      " FROM tasks t WHERE t.kind = 'distill_member' AND t.state = 'QUEUED' AND "
+                      "t.attempts = 0 AND (SELECT cancel_requested FROM jobs j WHERE j.id = "
+                      "t.job_id) = 0 ORDER BY t.seq")
+                         .c_str());
+    while (s.Step()) {
+      TaskRow t = ReadTask(s);
+      const std::string key = t.payload.value("gang", Json::object()).value("key", "");
+      if (!gangs.count(key)) order.push_back(key);
+      gangs[key].push_back(std::move(t));
+    }
+    HYB_RETURN_IF_ERROR(s.status("finding queued gangs"));
+  }
+  for (const std::string& key : order) {
+    std::vector<TaskRow>& members = gangs[key];
+    const int64_t size = members.front().payload["gang"].value("size", int64_t{0});
+    if (static_cast<int64_t>(members.size()) != size) continue;  // still being enqueued
+    if (size > static_cast<int64_t>(workers.size())) continue;
+    std::vector<TaskRow> leased;
+    for (const TaskRow& m : members) {
+      const int64_t rank = m.payload["gang"].value("rank", int64_t{-1});
+      if (rank < 0 || rank >= size) return DataLoss("task '" + m.id + "' has no gang rank");
+      const std::string& worker = workers[static_cast<size_t>(rank)];
+      {
+        Statement u(db_,
+                    "UPDATE tasks SET state = 'LEASED', worker_id = ?, lease_expires_ms = ?, "
+                    "attempts = attempts + 1, progress = 'null', updated_ms = ? WHERE id = ?");
+        u.Bind(1, worker).Bind(2, now_ms + lease_ms).Bind(3, now_ms).Bind(4, m.id);
+        HYB_RETURN_IF_ERROR(u.Run("leasing a gang member"));
+      }
+      {
+        Statement u(db_, "UPDATE workers SET task_id = ?, last_seen_ms = ? WHERE id = ?");
+        u.Bind(1, m.id).Bind(2, now_ms).Bind(3, worker);
+        HYB_RETURN_IF_ERROR(u.Run("recording the worker's task"));
+      }
+      HYB_ASSIGN_OR_RETURN(auto row, GetTaskLocked(db_, m.id));
+      leased.push_back(std::move(*row));
+    }
+    HYB_RETURN_IF_ERROR(tx.Commit());
+    return leased;
+  }
+  return std::vector<TaskRow>();
+}
+
+Status JobStore::CancelTask(const std::string& task_id, const std::string& why, int64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_);
+  HYB_RETURN_IF_ERROR(tx.began());
+  HYB_ASSIGN_OR_RETURN(auto task, GetTaskLocked(db_, task_id));
+  if (!task) return NotFound("no task '" + task_id + "'");
+  if (task->state != TaskState::kQueued && task->state != TaskState::kLeased) return Status::Ok();
+  {
+    Statement s(db_,
+                "UPDATE tasks SET state = 'CANCELLED', error = ?, lease_expires_ms = 0, "
+                "updated_ms = ? WHERE id = ?");
+    s.Bind(1, why).Bind(2, now_ms).Bind(3, task_id);
+    HYB_RETURN_IF_ERROR(s.Run("cancelling task"));
+  }
+  {
+    Statement s(db_, "UPDATE workers SET task_id = '' WHERE id = ? AND task_id = ?");
+    s.Bind(1, task->worker_id).Bind(2, task_id);
+    HYB_RETURN_IF_ERROR(s.Run("freeing the worker"));
+  }
+  return tx.Commit();
 }
 
 StatusOr<TaskRow> JobStore::Heartbeat(const std::string& task_id, const std::string& worker_id,

@@ -469,5 +469,80 @@ TEST_F(ServiceTest, AFailedFsyncFailsTheTaskCleanlyAndTheRetrySucceeds) {
   EXPECT_NE((*distill)->error.find("injected fault"), std::string::npos) << (*distill)->error;
 }
 
+// A job whose spec asks for pipeline 2 distills on a gang of two workers leased at once (one
+// idle worker is not enough: nothing starts), exchanging the residual stream over TCP found
+// through the coordinator's key-value routes; a member killed mid-distillation breaks the gang,
+// the survivors are stopped and a new attempt re-forms it from the checkpoints; the result is
+// the one-process run's.
+TEST_F(ServiceTest, DistillationGangFormsAllAtOnceAndReformsWhenAMemberDies) {
+  TempDir dir;
+  ::mkdir(dir.File("root").c_str(), 0755);
+  hyb::testing::WriteTinyJob(
+      dir.File("root"),
+      {{"distill", {{"steps", 1200}, {"checkpoint_every", 10}, {"parallel", {{"pipeline", 2}}}}}});
+  const Json reference = RunReference(dir);
+  Cluster c(dir, /*lease_seconds=*/3);
+  c.StartCoordinator();
+  const std::vector<std::string> gang_flags = {"--advertise-address", "127.0.0.1",
+                                               "--comm-timeout", "10", "--threads", "1"};
+  c.StartWorker("w1", gang_flags);
+  ASSERT_EQ(c.api().Request("POST", "/v1/jobs", JobText(dir))->status, 201);
+  // All or none: with one worker the two members stay queued.
+  Json job = c.WaitFor(
+      "tiny", [](const Json& j) { return At(j, "/tasks/queued") >= 2; }, 60);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  job = c.Get("/v1/jobs/tiny");
+  EXPECT_EQ(At(job, "/tasks/queued"), 2) << job.dump();
+  EXPECT_EQ(At(job, "/tasks/leased"), 0) << job.dump();
+  c.StartWorker("w2", gang_flags);
+  c.StartWorker("w3", gang_flags);
+  job = c.WaitFor(
+      "tiny", [](const Json& j) { return At(j, "/progress/distill/step") >= 30; }, 120);
+  // Kill the member holding the second stage.
+  std::string second;
+  for (int i = 0; i < 50 && second.empty(); ++i) {
+    const Json workers = c.Get("/v1/workers");
+    for (const auto& w : workers["workers"]) {
+      if (w["task_id"] == "tiny:distill:g1:r1") second = w.value("worker_id", "");
+    }
+    if (second.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(second.empty()) << c.Get("/v1/workers").dump();
+  c.worker(second).Kill(SIGKILL);
+  job = c.WaitFor("tiny", Terminal, 300);
+  ASSERT_EQ(job.value("state", ""), "SUCCEEDED") << job.dump(2) << "\n" << c.Logs();
+  const Json report = c.Get("/v1/jobs/tiny/report");
+  EXPECT_EQ(Decisions(report), Decisions(reference));
+  ASSERT_EQ(report["distill"]["layers"].size(), 3u);
+  for (size_t l = 0; l < 3; ++l) {
+    EXPECT_NEAR(report["distill"]["layers"][l]["final_mse"].get<double>(),
+                reference["distill"]["layers"][l]["final_mse"].get<double>(), 1e-4)
+        << "layer " << l;
+  }
+  auto store = storage::JobStore::Open(dir.File("root/hybridize.db"));
+  ASSERT_TRUE(store.ok());
+  auto first = (*store)->GetTask("tiny:distill:g1:r0");
+  auto again = (*store)->GetTask("tiny:distill:g2:r1");
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_EQ((*first)->state, storage::TaskState::kCancelled);
+  ASSERT_TRUE(again.ok() && again->has_value()) << "no second gang attempt";
+  EXPECT_EQ((*again)->state, storage::TaskState::kDone);
+  EXPECT_NE((*again)->worker_id, second);
+  EXPECT_NE(c.Log("coordinator.log").find("attempt 1 broke"), std::string::npos) << c.Logs();
+  // The first attempt's stages were cut as the spec asked, and the gang talked over TCP.
+  const Json events = c.Get("/v1/jobs/tiny/events?stream=false");
+  std::set<int64_t> attempts;
+  bool tcp = false;
+  for (const auto& e : events["events"]) {
+    if (e.value("event", "") == "distill_gang_attempt") attempts.insert(e.value("attempt", 0));
+    if (e.value("event", "") == "distill_gang") {
+      tcp = tcp || e.value("backend", "") == "tcp";
+      EXPECT_EQ(e.value("stages", ""), "[0, 2), [2, 3)");
+    }
+  }
+  EXPECT_EQ(attempts, (std::set<int64_t>{1, 2}));
+  EXPECT_TRUE(tcp) << events.dump();
+}
+
 }  // namespace
 }  // namespace hyb

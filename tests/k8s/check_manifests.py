@@ -199,7 +199,8 @@ class Pod:
                 env[e["name"]] = e["value"]
             elif "fieldRef" in e.get("valueFrom", {}):
                 field = e["valueFrom"]["fieldRef"]["fieldPath"]
-                values = {"metadata.name": self.name, "metadata.namespace": self.namespace}
+                values = {"metadata.name": self.name, "metadata.namespace": self.namespace,
+                          "status.podIP": "127.0.0.1"}  # local processes: loopback
                 if field not in values:
                     raise Failure(f"{self.name}: env {e['name']}: fieldRef {field} not mapped")
                 env[e["name"]] = values[field]

@@ -154,5 +154,78 @@ TEST(CommunicatorTest, BackendsThisBuildLacksSaySo) {
   }
 }
 
+// The TCP mesh over loopback, rendezvous in memory: the same contract, and a rank that goes
+// away fails its peers at once, naming it.
+TEST(CommunicatorTest, TcpMeshCarriesEveryOperation) {
+  auto store = MakeMemoryRendezvousStore();
+  std::vector<std::unique_ptr<Communicator>> comms(3);
+  {
+    std::vector<std::thread> joins;
+    for (int r = 0; r < 3; ++r) {
+      joins.emplace_back([&, r] {
+        auto c = TcpConnect(*store, "job/distill/g1", r, 3, "127.0.0.1", milliseconds(10000));
+        ASSERT_TRUE(c.ok()) << c.status().ToString();
+        comms[static_cast<size_t>(r)] = std::move(*c);
+      });
+    }
+    for (auto& t : joins) t.join();
+  }
+  for (const auto& c : comms) ASSERT_NE(c, nullptr);
+  std::vector<at::Tensor> sum(3), bcast(3), sub_sum(3);
+  std::vector<std::string> got(3);
+  OnRanks(comms, [&](int rank, Communicator& c) {
+    EXPECT_EQ(c.backend(), "tcp");
+    sum[rank] = at::tensor({1.0 * rank, 2.0});
+    ASSERT_TRUE(c.AllReduce(sum[rank]).ok());
+    bcast[rank] = rank == 1 ? at::tensor({4.0f}) : at::zeros({1});
+    ASSERT_TRUE(c.Broadcast(bcast[rank], 1).ok());
+    ASSERT_TRUE(c.Barrier().ok());
+    // A split's traffic and the parent's share the sockets without mixing.
+    auto sub = c.Split(rank == 2 ? 1 : 0, rank, "pair");
+    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+    if (rank == 0) ASSERT_TRUE(c.SendString("parent", 1).ok());
+    sub_sum[rank] = at::tensor({double(rank + 1)});
+    ASSERT_TRUE((*sub)->AllReduce(sub_sum[rank]).ok());
+    if (rank == 1) {
+      auto s = c.RecvString(0);
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+      got[1] = *s;
+    }
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_TRUE(sum[r].equal(at::tensor({3.0, 6.0}))) << sum[r];
+    EXPECT_EQ(bcast[r].item<float>(), 4.0f);
+  }
+  EXPECT_EQ(sub_sum[0].item<double>(), 3.0);  // ranks 0 and 1
+  EXPECT_EQ(sub_sum[2].item<double>(), 3.0);  // rank 2 alone
+  EXPECT_EQ(got[1], "parent");
+  // Rank 2 goes away: rank 0 hears of it at once, not after the timeout.
+  comms[2].reset();
+  at::Tensor t = at::zeros({1});
+  const auto start = std::chrono::steady_clock::now();
+  Status s = comms[0]->Recv(t, 2);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_NE(s.message().find("connection to rank 2 was closed"), std::string::npos) << s.ToString();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+  // And a silent peer after the timeout.
+  comms[0]->set_timeout(milliseconds(300));
+  Status silent = comms[0]->Recv(t, 1);
+  EXPECT_NE(silent.message().find("recv from rank 1 timed out after 0.3 s"), std::string::npos)
+      << silent.ToString();
+}
+
+TEST(CommunicatorTest, TcpJoinNamesTheRanksThatNeverCame) {
+  auto store = MakeMemoryRendezvousStore();
+  auto c = TcpConnect(*store, "job/distill/g7", 0, 3, "127.0.0.1", milliseconds(400));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("rank(s) 1, 2 did not connect"), std::string::npos)
+      << c.status().ToString();
+  // A later rank waits for the earlier ones' addresses, which a stale attempt's keys never give.
+  auto late = TcpConnect(*store, "job/distill/g8", 1, 2, "127.0.0.1", milliseconds(300));
+  ASSERT_FALSE(late.ok());
+  EXPECT_NE(late.status().message().find("job/distill/g8/addr/0"), std::string::npos)
+      << late.status().ToString();
+}
+
 }  // namespace
 }  // namespace hyb::worker

@@ -78,9 +78,9 @@ Status ReplyError(const Json& reply, int rank) {
   return Internal("rank " + std::to_string(rank) + ": " + reply["error"].get<std::string>());
 }
 
-// This rank's part of a distillation (every rank of the gang runs it at once). `progress` is
-// called on rank 0 only.
-StatusOr<DistillResult> DistillOnRank(const LocalExecutor& local, Communicator* control,
+}  // namespace
+
+StatusOr<DistillResult> DistillGangPart(const LocalExecutor& local, Communicator* control,
                                       Communicator* device_world, const DistillTask& task,
                                       const ProgressFn& progress) {
   const JobSpec& spec = local.spec();
@@ -113,17 +113,19 @@ StatusOr<DistillResult> DistillOnRank(const LocalExecutor& local, Communicator* 
                                                    static_cast<int>(replica),
                                                    "stage " + std::to_string(stage) + " replicas"));
   }
+  std::string cut;
+  for (const auto& [a, b] : stages) {
+    cut += (cut.empty() ? "" : ", ") + std::string("[") + std::to_string(a) + ", " +
+           std::to_string(b) + ")";
+  }
+  const Json gang = {{"pipeline", shape.pipeline},
+                     {"data", shape.data},
+                     {"stages", cut},
+                     {"backend", device_world->backend()}};
   if (rank == 0 && progress) {
-    std::string cut;
-    for (const auto& [a, b] : stages) {
-      cut += (cut.empty() ? "" : ", ") + std::string("[") + std::to_string(a) + ", " +
-             std::to_string(b) + ")";
-    }
-    progress({{"event", "distill_gang"},
-              {"pipeline", shape.pipeline},
-              {"data", shape.data},
-              {"stages", cut},
-              {"backend", device_world->backend()}});
+    Json e = gang;
+    e["event"] = "distill_gang";
+    progress(e);
   }
   // Only this stage's layers, in the job's dtype on this rank's device.
   HYB_ASSIGN_OR_RETURN(auto teacher_range,
@@ -148,7 +150,11 @@ StatusOr<DistillResult> DistillOnRank(const LocalExecutor& local, Communicator* 
   const auto start = std::chrono::steady_clock::now();
   HYB_RETURN_IF_ERROR(
       distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
-        return !progress || progress(DistillStepEvent(step, states));
+        if (!progress) return true;
+        // The shape rides along: a service worker's heartbeat carries only its latest event.
+        Json e = DistillStepEvent(step, states);
+        e["gang"] = gang;
+        return progress(e);
       }));
   DistillResult r;
   r.steps = o.steps;
@@ -157,6 +163,8 @@ StatusOr<DistillResult> DistillOnRank(const LocalExecutor& local, Communicator* 
   for (const auto& s : distiller->states()) r.layers.push_back(SummarizeLayer(s));
   return r;
 }
+
+namespace {
 
 // The candidates of a round in contiguous runs, one per rank: sorted by the layer each adds to
 // its prefix base (by its layer list without one), then cut into `ranks` runs of equal length
@@ -276,7 +284,7 @@ Status GangExecutor::Validate(const JobSpec& spec) {
 
 StatusOr<DistillResult> GangExecutor::Distill(const DistillTask& task, const ProgressFn& progress) {
   HYB_RETURN_IF_ERROR(Broadcast({{"op", "distill"}, {"task", task.ToJson()}}));
-  auto own = DistillOnRank(local_, control_, device_world_, task, progress);
+  auto own = DistillGangPart(local_, control_, device_world_, task, progress);
   // The others finish within about one step of this rank (each waits on its neighbours with the
   // short timeout): collect them with it.
   control_->set_timeout(options_.timeout);
@@ -384,7 +392,7 @@ Status RunGangMember(const JobSpec& spec, std::string job_dir, Communicator* con
       if (!task.ok()) {
         reply = ErrorReply(task.status());
       } else {
-        auto r = DistillOnRank(local, control, device_world, *task, nullptr);
+        auto r = DistillGangPart(local, control, device_world, *task, nullptr);
         reply = r.ok() ? Json{{"result", r->ToJson()}} : ErrorReply(r.status());
       }
     } else if (op == "evaluate") {

@@ -11,6 +11,8 @@
 
 #include "hyb/common/tasks.h"
 #include "hyb/storage/job_layout.h"
+#include "hyb/worker/communicator.h"
+#include "hyb/worker/gang.h"
 #include "hyb/worker/local_executor.h"
 
 namespace hyb::worker {
@@ -113,15 +115,109 @@ Status WorkerAgent::Run() {
   return Status::Ok();
 }
 
-StatusOr<LocalExecutor*> WorkerAgent::ExecutorFor(const std::string& job_id) {
-  if (executor_ && job_id_ == job_id) return executor_.get();
+// The coordinator's /v1/worker/kv routes as a rendezvous store.
+class CoordinatorRendezvous final : public RendezvousStore {
+ public:
+  using PostFn = std::function<StatusOr<http::ClientResponse>(const std::string&, const Json&)>;
+  explicit CoordinatorRendezvous(PostFn post) : post_(std::move(post)) {}
+  Status Set(const std::string& key, const std::string& value) override {
+    HYB_ASSIGN_OR_RETURN(auto r, post_("/v1/worker/kv/set", {{"key", key}, {"value", value}}));
+    if (r.status != 200) {
+      return Unavailable("setting rendezvous key '" + key + "': HTTP " + std::to_string(r.status) +
+                         " " + r.body);
+    }
+    return Status::Ok();
+  }
+  StatusOr<std::string> Get(const std::string& key, std::chrono::milliseconds timeout) override {
+    const auto deadline = Clock::now() + timeout;
+    while (true) {
+      const double left =
+          std::chrono::duration<double>(deadline - Clock::now()).count();
+      HYB_ASSIGN_OR_RETURN(auto r, post_("/v1/worker/kv/get",
+                                         {{"key", key}, {"wait_seconds", std::max(0.0, std::min(left, 10.0))}}));
+      if (r.status == 200) {
+        Json j = Json::parse(r.body, nullptr, false);
+        if (j.is_object() && j.contains("value") && j["value"].is_string()) return j["value"].get<std::string>();
+        return DataLoss("rendezvous key '" + key + "': malformed answer " + r.body.substr(0, 200));
+      }
+      if (r.status != 404) {
+        return Unavailable("reading rendezvous key '" + key + "': HTTP " + std::to_string(r.status));
+      }
+      if (Clock::now() >= deadline) {
+        return Unavailable("rendezvous key '" + key + "' was not set in time (a gang member did "
+                           "not start)");
+      }
+    }
+  }
+
+ private:
+  PostFn post_;
+};
+
+StatusOr<Json> WorkerAgent::RunGangMember(LocalExecutor& executor, const std::string& task_id,
+                                          const Json& payload, const ProgressFn& progress) {
+  HYB_ASSIGN_OR_RETURN(DistillTask task,
+                       DistillTask::FromJson(payload.value("task", Json()), "task " + task_id));
+  const Json gang = payload.value("gang", Json::object());
+  const std::string key = gang.value("key", "");
+  const int rank = gang.value("rank", -1), size = gang.value("size", 0);
+  if (key.empty() || size < 1 || rank < 0 || rank >= size) {
+    return InvalidArgument("task " + task_id + ": malformed gang " + gang.dump());
+  }
+  const auto timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(options_.comm_timeout_seconds * 1000));
+  CoordinatorRendezvous store(
+      [this](const std::string& target, const Json& body) { return Post(target, body); });
+  std::string host = options_.advertise_address;
+  if (host.empty()) {
+    char name[256] = {0};
+    (void)gethostname(name, sizeof(name) - 1);
+    host = name;
+  }
+  // CPU tensors and the control values over TCP; on CUDA the stages' tensors over NCCL.
+  HYB_ASSIGN_OR_RETURN(auto tcp, TcpConnect(store, key, rank, size, host, timeout, "gang"));
+  Log(options_.worker_id, "task " + task_id + ": joined gang " + key + " as rank " +
+                              std::to_string(rank) + " of " + std::to_string(size));
+  std::unique_ptr<Communicator> nccl;
+  Communicator* device_world = tcp.get();
+  const std::string& device = executor.runtime().device;
+  if (device.rfind("cuda", 0) == 0) {
+    // The id's 128 bytes travel hex-encoded (the key-value routes carry JSON strings).
+    static const char kHex[] = "0123456789abcdef";
+    std::string id;
+    if (rank == 0) {
+      HYB_ASSIGN_OR_RETURN(id, NcclNewUniqueId());
+      std::string hex;
+      for (unsigned char c : id) {
+        hex += kHex[c >> 4];
+        hex += kHex[c & 15];
+      }
+      HYB_RETURN_IF_ERROR(store.Set(key + "/nccl-id", hex));
+    } else {
+      HYB_ASSIGN_OR_RETURN(std::string hex, store.Get(key + "/nccl-id", timeout));
+      auto nibble = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+      for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+        id += static_cast<char>(nibble(hex[i]) << 4 | nibble(hex[i + 1]));
+      }
+    }
+    const int index = device.size() > 5 ? std::stoi(device.substr(5)) : 0;
+    HYB_ASSIGN_OR_RETURN(nccl, NcclConnect(id, rank, size, index, timeout, "gang"));
+    device_world = nccl.get();
+  }
+  HYB_ASSIGN_OR_RETURN(DistillResult r,
+                       DistillGangPart(executor, tcp.get(), device_world, task, progress));
+  return r.ToJson();
+}
+
+StatusOr<LocalExecutor*> WorkerAgent::ExecutorFor(const std::string& job_id, bool defer_teacher) {
+  if (executor_ && job_id_ == job_id && !defer_teacher) return executor_.get();
   executor_.reset();  // one job's teacher in memory at a time
   job_id_.clear();
   const storage::JobLayout layout(options_.storage_root, job_id);
   HYB_ASSIGN_OR_RETURN(std::string text, ReadFileToString(layout.JobSpec()));
   HYB_ASSIGN_OR_RETURN(JobSpec spec, ParseJobSpec(text, layout.JobSpec(), ""));
   if (options_.threads > 0) spec.threads = options_.threads;
-  auto executor = std::make_unique<LocalExecutor>(layout.dir());
+  auto executor = std::make_unique<LocalExecutor>(layout.dir(), defer_teacher);
   HYB_RETURN_IF_ERROR(
       executor->Validate(ResolvePaths(spec, options_.storage_root)).WithContext("job " + job_id));
   executor_ = std::move(executor);
@@ -149,9 +245,22 @@ Status WorkerAgent::RunTask(const Json& task) {
   std::thread runner([&] {
     Status s;
     Json out;
-    auto executor = ExecutorFor(job_id);
+    auto executor = ExecutorFor(job_id, kind == "distill_member");
     if (!executor.ok()) {
       s = executor.status();
+    } else if (kind == "distill_member") {
+      auto r = RunGangMember(**executor, id, payload, [&](const Json& e) {
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          progress = e;
+        }
+        return !stop_task;
+      });
+      if (r.ok()) out = *r;
+      s = r.status();
+      // The stage's teacher was loaded for this task only: the next task loads what it needs.
+      executor_.reset();
+      job_id_.clear();
     } else if (kind == "distill") {
       auto t = DistillTask::FromJson(payload, "task " + id);
       if (!t.ok()) {

@@ -18,8 +18,9 @@ class RemoteExecutor : public TaskExecutor {
   RemoteExecutor(Service* service, std::string job_id)
       : service_(service), job_id_(std::move(job_id)) {}
 
-  // The workers check what needs LibTorch when they load the job; nothing to do here.
-  Status Validate(const JobSpec&) override { return Status::Ok(); }
+  // The workers check what needs LibTorch when they load the job; here only the size of the
+  // distillation gang is read (distill.parallel: pipeline x data workers, absent ones 1).
+  Status Validate(const JobSpec& spec) override;
   // Relays the heartbeats' progress events to `progress`.
   StatusOr<DistillResult> Distill(const DistillTask& task, const ProgressFn& progress) override;
   Status Submit(const EvaluateTask& task) override;
@@ -27,6 +28,8 @@ class RemoteExecutor : public TaskExecutor {
   Status Export(const ExportTask& task) override;
 
   static std::string DistillTaskId(const std::string& job_id);
+  // Member `rank` of gang attempt `attempt`: "<job>:distill:g<attempt>:r<rank>".
+  static std::string GangMemberTaskId(const std::string& job_id, int64_t attempt, int64_t rank);
   static std::string EvaluateTaskId(const EvaluateTask& task);
   static std::string ExportTaskId(const ExportTask& task);
 
@@ -36,9 +39,14 @@ class RemoteExecutor : public TaskExecutor {
   StatusOr<storage::TaskRow> WaitFor(const std::string& id,
                                      const std::function<bool(const Json&)>& on_progress);
   Status Interrupted() const;
+  // Distillation by a gang of gang_size_ workers: all members leased at once; when one fails
+  // or vanishes the others are cancelled and a new attempt re-forms the gang, which resumes
+  // from the per-layer checkpoints. Each failure spends one of the job's retries.
+  StatusOr<DistillResult> DistillByGang(const DistillTask& task, const ProgressFn& progress);
 
   Service* service_;
   std::string job_id_;
+  int64_t gang_size_ = 1;
   std::set<std::string> outstanding_;  // evaluation task ids
 };
 

@@ -19,8 +19,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "hyb/common/http.h"
 #include "hyb/common/job_spec.h"
@@ -93,6 +95,15 @@ class Service {
   http::Response WorkerLease(const http::Request& r);
   http::Response WorkerTaskReport(const http::Request& r, const std::string& task_id,
                                   const std::string& action);
+  // Rendezvous of distillation gangs: POST /v1/worker/kv/set {key, value} and
+  // POST /v1/worker/kv/get {key, wait_seconds} (404 when the key is not set in time). Keys are
+  // scoped by the gang ("<job>/distill/g<attempt>/..."), so a re-formed gang never reads the
+  // previous attempt's values. Kept in memory: a restarted coordinator re-forms its gangs.
+  http::Response WorkerKv(const http::Request& r, const std::string& action);
+  // A gang member waiting for its gang to form: the lease handler parks the worker here until
+  // enough workers wait for the oldest queued gang, then leases all members at once.
+  std::optional<storage::TaskRow> JoinGangWaitingRoom(const std::string& worker);
+  void LeaveGangWaitingRoom(const std::string& worker);
 
   ServiceOptions options_;
   std::unique_ptr<storage::JobStore> store_;
@@ -109,6 +120,14 @@ class Service {
   std::mutex task_mu_;  // guards task_version_; task_cv_ waits on it
   std::condition_variable task_cv_;
   uint64_t task_version_ = 0;
+
+  std::mutex kv_mu_;  // guards kv_; kv_cv_ waits on it
+  std::condition_variable kv_cv_;
+  std::map<std::string, std::string> kv_;
+
+  std::mutex gang_mu_;  // guards waiting_ and assigned_
+  std::vector<std::string> waiting_;                       // workers in arrival order
+  std::map<std::string, storage::TaskRow> assigned_;       // worker -> its gang member task
 
   std::mutex reaper_mu_;  // guards reaper wake-ups
   std::condition_variable reaper_cv_;

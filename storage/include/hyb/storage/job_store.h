@@ -114,9 +114,19 @@ class JobStore {
   StatusOr<std::optional<TaskRow>> GetTask(const std::string& id);
   StatusOr<std::vector<TaskRow>> JobTasks(const std::string& job_id);
   // Leases the oldest QUEUED task (of a job that is not stopping) to `worker_id` until
-  // now + lease_ms. Empty when none is queued.
+  // now + lease_ms. Empty when none is queued. Gang members (kind "distill_member") are never
+  // leased one by one: see LeaseGang.
   StatusOr<std::optional<TaskRow>> LeaseTask(const std::string& worker_id, int64_t now_ms,
                                              int64_t lease_ms);
+  // All or none: the oldest gang (the "distill_member" tasks whose payload names the same
+  // gang.key, all QUEUED and never leased, of a job that is not stopping) with at most
+  // workers.size() members is leased, member k (payload gang.rank) to workers[k]. Empty when no
+  // gang fits.
+  StatusOr<std::vector<TaskRow>> LeaseGang(const std::vector<std::string>& workers,
+                                           int64_t now_ms, int64_t lease_ms);
+  // Cancels a QUEUED or LEASED task (its worker's next heartbeat says stop) with `why`, without
+  // spending a retry. Other states are left as they are.
+  Status CancelTask(const std::string& task_id, const std::string& why, int64_t now_ms);
   // Extends the lease held by `worker_id` and records `progress` (unless null). Returns the
   // row; its state tells the worker whether to go on (LEASED by it) or stop (anything else:
   // cancelled, re-queued after an expiry, or done).

@@ -89,6 +89,31 @@ std::vector<std::unique_ptr<Communicator>> MakeInProcessWorld(int size,
                                                               std::chrono::milliseconds timeout,
                                                               const std::string& label = "world");
 
+// --- TCP backend (CPU tensors between processes that no mpirun started) -----------------------
+
+// Where the ranks of a gang find each other: a small key-value store (the coordinator's
+// /v1/worker/kv routes; an in-memory one in tests). Keys are scoped by the caller (job, attempt).
+class RendezvousStore {
+ public:
+  virtual ~RendezvousStore() = default;
+  virtual Status Set(const std::string& key, const std::string& value) = 0;
+  // Waits up to `timeout` for the key to be set. Unavailable naming the key when it was not.
+  virtual StatusOr<std::string> Get(const std::string& key, std::chrono::milliseconds timeout) = 0;
+};
+
+// An in-memory RendezvousStore shared by threads.
+std::shared_ptr<RendezvousStore> MakeMemoryRendezvousStore();
+
+// Joins a full mesh of TCP connections as `rank` of `size`: listens on an ephemeral port,
+// publishes "<advertise_host>:<port>" under "<prefix>/addr/<rank>", connects to the ranks
+// below and accepts the ranks above. Collectives run through rank 0. A closed connection fails
+// the operation at once, naming the peer; a silent one after the timeout.
+StatusOr<std::unique_ptr<Communicator>> TcpConnect(RendezvousStore& store,
+                                                   const std::string& prefix, int rank, int size,
+                                                   const std::string& advertise_host,
+                                                   std::chrono::milliseconds timeout,
+                                                   const std::string& label = "world");
+
 // --- MPI backend (built when HYB_MPI; MpiAvailable() false otherwise) ------------------------
 
 bool MpiAvailable();

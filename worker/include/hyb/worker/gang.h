@@ -81,6 +81,14 @@ class GangExecutor : public TaskExecutor {
 
 // Every other rank: executes the leader's commands until "stop". Returns the first error of its
 // own work only if it could not report it to the leader.
+// One rank's part of a gang's distillation (every rank of the gang calls it at once): the
+// shape from the spec or the ranks' memory, this rank's stage of the teacher, its layers'
+// mixers. `control` carries CPU values (any backend), `device_world` the stages' tensors.
+// `progress` is called on rank 0 only. Returns this rank's layers.
+StatusOr<DistillResult> DistillGangPart(const LocalExecutor& executor, Communicator* control,
+                                        Communicator* device_world, const DistillTask& task,
+                                        const ProgressFn& progress);
+
 // `spec` is the member's own reading of the job file (the leader checks that it matches its own).
 Status RunGangMember(const JobSpec& spec, std::string job_dir, Communicator* control,
                      Communicator* device_world, GangOptions options);

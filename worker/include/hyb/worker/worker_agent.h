@@ -14,6 +14,7 @@
 #include <string>
 
 #include "hyb/common/http.h"
+#include "hyb/common/tasks.h"
 #include "hyb/common/status.h"
 
 namespace hyb::worker {
@@ -32,6 +33,10 @@ struct WorkerOptions {
   // LibTorch CPU threads for every task, overriding the spec's `threads` (0: the spec's). Lets
   // several workers share one machine without oversubscribing its cores.
   int64_t threads = 0;
+  // Distillation gangs: the address other workers reach this one at (its pod IP on Kubernetes;
+  // "" = this machine's hostname), and the bound on every wait for another member's tensors.
+  std::string advertise_address;
+  double comm_timeout_seconds = 600;
 };
 
 class WorkerAgent {
@@ -50,7 +55,12 @@ class WorkerAgent {
   // POST `target` with `body` and retries transport failures (and 5xx) until reconnect_seconds.
   StatusOr<http::ClientResponse> Post(const std::string& target, const Json& body);
   Status RunTask(const Json& task);
-  StatusOr<LocalExecutor*> ExecutorFor(const std::string& job_id);
+  // The job's executor; with `defer_teacher` (a gang member) the teacher is not loaded whole.
+  StatusOr<LocalExecutor*> ExecutorFor(const std::string& job_id, bool defer_teacher = false);
+  // One member of a distillation gang: joins the gang's communicator through the coordinator's
+  // key-value routes and distills its pipeline stage.
+  StatusOr<Json> RunGangMember(LocalExecutor& executor, const std::string& task_id,
+                               const Json& payload, const ProgressFn& progress);
 
   WorkerOptions options_;
   std::unique_ptr<http::Client> client_;
