@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "hyb/common/json_util.h"
 #include "hyb/storage/atomic_file.h"
@@ -99,36 +100,83 @@ Status WriteCheckpoint(const std::string& dir, const std::vector<TensorToWrite>&
   return WriteCheckpoint(Env::Default(), dir, tensors, max_shard_bytes);
 }
 
-Status WriteCheckpoint(Env* env, const std::string& dir, const std::vector<TensorToWrite>& tensors,
-                       uint64_t max_shard_bytes) {
+namespace {
+
+// The Hugging Face sharding shared by both writers: tensors `sizes` (bytes, in order) go into one
+// model.safetensors if they total at most `max_shard_bytes`, else into consecutive shards of at
+// most that size (a larger tensor alone in its shard); `write(path, first, last)` writes tensors
+// [first, last) into one file. The index goes last.
+Status WriteShards(Env* env, const std::string& dir, const std::vector<std::string>& names,
+                   const std::vector<uint64_t>& sizes, uint64_t max_shard_bytes,
+                   const std::function<Status(const std::string&, size_t, size_t)>& write) {
   uint64_t total = 0;
-  for (const auto& t : tensors) total += t.nbytes;
+  for (uint64_t n : sizes) total += n;
   if (total <= max_shard_bytes) {
-    HYB_RETURN_IF_ERROR(WriteSafetensors(env, dir + "/" + kSingleCheckpointFile, tensors));
+    HYB_RETURN_IF_ERROR(write(dir + "/" + kSingleCheckpointFile, 0, sizes.size()));
     // A stale index from an earlier sharded write would shadow the new file.
     const Status removed = env->RemoveFile(dir + "/" + kCheckpointIndexFile);
     if (!removed.ok() && removed.code() != StatusCode::kNotFound) return removed;
     return Status::Ok();
   }
-  std::vector<std::vector<TensorToWrite>> shards(1);
+  std::vector<size_t> starts = {0};  // first tensor of each shard
   uint64_t in_shard = 0;
-  for (const auto& t : tensors) {
-    if (!shards.back().empty() && in_shard + t.nbytes > max_shard_bytes) {
-      shards.emplace_back();
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i > starts.back() && in_shard + sizes[i] > max_shard_bytes) {
+      starts.push_back(i);
       in_shard = 0;
     }
-    shards.back().push_back(t);
-    in_shard += t.nbytes;
+    in_shard += sizes[i];
   }
+  starts.push_back(sizes.size());
+  const size_t num_shards = starts.size() - 1;
   Json weight_map = Json::object();
-  for (size_t i = 0; i < shards.size(); ++i) {
+  for (size_t s = 0; s < num_shards; ++s) {
     char name[64];
-    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-    HYB_RETURN_IF_ERROR(WriteSafetensors(env, dir + "/" + name, shards[i]));
-    for (const auto& t : shards[i]) weight_map[t.name] = name;
+    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, num_shards);
+    HYB_RETURN_IF_ERROR(write(dir + "/" + name, starts[s], starts[s + 1]));
+    for (size_t i = starts[s]; i < starts[s + 1]; ++i) weight_map[names[i]] = name;
   }
   Json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   return AtomicWriteString(env, dir + "/" + kCheckpointIndexFile, index.dump(2));
+}
+
+}  // namespace
+
+Status WriteCheckpoint(Env* env, const std::string& dir, const std::vector<TensorToWrite>& tensors,
+                       uint64_t max_shard_bytes) {
+  std::vector<std::string> names;
+  std::vector<uint64_t> sizes;
+  for (const auto& t : tensors) {
+    names.push_back(t.name);
+    sizes.push_back(t.nbytes);
+  }
+  return WriteShards(env, dir, names, sizes, max_shard_bytes,
+                     [&](const std::string& path, size_t first, size_t last) {
+                       return WriteSafetensors(
+                           env, path,
+                           std::vector<TensorToWrite>(tensors.begin() + first,
+                                                      tensors.begin() + last));
+                     });
+}
+
+Status WriteCheckpointStreaming(Env* env, const std::string& dir,
+                                const std::vector<TensorLayout>& tensors, const TensorFiller& fill,
+                                uint64_t max_shard_bytes,
+                                const std::map<std::string, std::string>& metadata) {
+  std::vector<std::string> names;
+  std::vector<uint64_t> sizes;
+  for (const auto& t : tensors) {
+    names.push_back(t.name);
+    sizes.push_back(t.nbytes());
+  }
+  return WriteShards(env, dir, names, sizes, max_shard_bytes,
+                     [&](const std::string& path, size_t first, size_t last) {
+                       return WriteSafetensorsStreaming(
+                           env, path,
+                           std::vector<TensorLayout>(tensors.begin() + first,
+                                                     tensors.begin() + last),
+                           fill, metadata);
+                     });
 }
 
 }  // namespace hyb::storage

@@ -194,6 +194,11 @@ StatusOr<TensorView> SafetensorsFile::Get(std::string_view name) const {
   return v;
 }
 
+uint64_t TensorLayout::nbytes() const {
+  uint64_t n = 0;
+  return ByteCount(shape, DTypeSize(dtype), &n) ? n : 0;
+}
+
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata) {
   return WriteSafetensors(Env::Default(), path, tensors, metadata);
@@ -202,15 +207,9 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite
 Status WriteSafetensors(Env* env, const std::string& path,
                         const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata) {
-  std::vector<const TensorToWrite*> order;
-  std::set<std::string> seen;
+  std::vector<TensorLayout> layouts;
+  std::map<std::string, const TensorToWrite*> by_name;
   for (const TensorToWrite& t : tensors) {
-    if (t.name.empty() || t.name == "__metadata__") {
-      return InvalidArgument(path + ": invalid tensor name '" + t.name + "'");
-    }
-    if (!seen.insert(t.name).second) {
-      return InvalidArgument(path + ": duplicate tensor name '" + t.name + "'");
-    }
     uint64_t expected = 0;
     if (!ByteCount(t.shape, DTypeSize(t.dtype), &expected) || expected != t.nbytes) {
       return InvalidArgument(path + ": tensor '" + t.name + "' has " + std::to_string(t.nbytes) +
@@ -220,20 +219,50 @@ Status WriteSafetensors(Env* env, const std::string& path,
     if (t.nbytes > 0 && t.data == nullptr) {
       return InvalidArgument(path + ": tensor '" + t.name + "' has no data");
     }
+    layouts.push_back({t.name, t.dtype, t.shape});
+    by_name.emplace(t.name, &t);  // a duplicate is reported by the streaming writer
+  }
+  return WriteSafetensorsStreaming(
+      env, path, layouts,
+      [&](const TensorLayout& layout, FileSink& sink) {
+        const TensorToWrite* t = by_name.at(layout.name);
+        return sink.Write(t->data, t->nbytes);
+      },
+      metadata);
+}
+
+Status WriteSafetensorsStreaming(Env* env, const std::string& path,
+                                 const std::vector<TensorLayout>& tensors,
+                                 const TensorFiller& fill,
+                                 const std::map<std::string, std::string>& metadata) {
+  std::vector<const TensorLayout*> order;
+  std::set<std::string> seen;
+  for (const TensorLayout& t : tensors) {
+    if (t.name.empty() || t.name == "__metadata__") {
+      return InvalidArgument(path + ": invalid tensor name '" + t.name + "'");
+    }
+    if (!seen.insert(t.name).second) {
+      return InvalidArgument(path + ": duplicate tensor name '" + t.name + "'");
+    }
+    uint64_t bytes = 0;
+    if (!ByteCount(t.shape, DTypeSize(t.dtype), &bytes)) {
+      return InvalidArgument(path + ": tensor '" + t.name + "' has shape " +
+                             ShapeString(t.shape) + ", which overflows");
+    }
     order.push_back(&t);
   }
-  std::sort(order.begin(), order.end(), [](const TensorToWrite* a, const TensorToWrite* b) {
+  std::sort(order.begin(), order.end(), [](const TensorLayout* a, const TensorLayout* b) {
     const size_t sa = DTypeSize(a->dtype), sb = DTypeSize(b->dtype);
     return sa != sb ? sa > sb : a->name < b->name;
   });
   Json header = Json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const TensorToWrite* t : order) {
+  for (const TensorLayout* t : order) {
     header[t->name] = {{"dtype", DTypeName(t->dtype)},
                        {"shape", t->shape},
-                       {"data_offsets", {offset, offset + t->nbytes}}};
-    offset += t->nbytes;
+                       {"data_offsets", {offset, offset + t->nbytes()}}};
+    offset += t->nbytes();
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');  // data section 8-byte aligned
@@ -243,7 +272,16 @@ Status WriteSafetensors(Env* env, const std::string& path,
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xff);
     HYB_RETURN_IF_ERROR(sink.Write(len, 8));
     HYB_RETURN_IF_ERROR(sink.Write(text));
-    for (const TensorToWrite* t : order) HYB_RETURN_IF_ERROR(sink.Write(t->data, t->nbytes));
+    for (const TensorLayout* t : order) {
+      const size_t before = sink.bytes_written();
+      HYB_RETURN_IF_ERROR(fill(*t, sink));
+      const uint64_t wrote = sink.bytes_written() - before;
+      if (wrote != t->nbytes()) {
+        return Internal(path + ": tensor '" + t->name + "': " + std::to_string(wrote) +
+                        " bytes written, shape " + ShapeString(t->shape) + " needs " +
+                        std::to_string(t->nbytes()));
+      }
+    }
     return Status::Ok();
   });
 }

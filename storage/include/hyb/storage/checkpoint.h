@@ -52,4 +52,12 @@ Status WriteCheckpoint(Env* env, const std::string& dir, const std::vector<Tenso
 Status WriteCheckpoint(const std::string& dir, const std::vector<TensorToWrite>& tensors,
                        uint64_t max_shard_bytes = 4ull << 30);
 
+// As WriteCheckpoint, with each tensor's bytes produced by `fill` while its shard is written
+// (WriteSafetensorsStreaming), so a checkpoint larger than memory can be written. `metadata` goes
+// into every safetensors header (e.g. {"format": "pt"}, as transformers writes).
+Status WriteCheckpointStreaming(Env* env, const std::string& dir,
+                                const std::vector<TensorLayout>& tensors, const TensorFiller& fill,
+                                uint64_t max_shard_bytes = 4ull << 30,
+                                const std::map<std::string, std::string>& metadata = {});
+
 }  // namespace hyb::storage

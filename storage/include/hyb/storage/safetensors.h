@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "hyb/common/status.h"
+#include "hyb/storage/atomic_file.h"
 #include "hyb/storage/dtype.h"
 #include "hyb/storage/env.h"
 #include "hyb/storage/mapped_file.h"
@@ -85,5 +87,29 @@ Status WriteSafetensors(Env* env, const std::string& path,
 // The same on Env::Default().
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata = {});
+
+// A tensor whose bytes are produced while the file is written (WriteSafetensorsStreaming): its
+// name, type and shape, but no data.
+struct TensorLayout {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  // numel * DTypeSize(dtype); 0 for a shape with a zero dimension.
+  uint64_t nbytes() const;
+};
+
+// Produces one tensor's bytes: must write exactly tensor.nbytes() bytes, row-major, into `sink`
+// (in as many Write calls as it likes). A non-OK status aborts the file.
+using TensorFiller = std::function<Status(const TensorLayout& tensor, FileSink& sink)>;
+
+// As WriteSafetensors, but each tensor's bytes come from `fill`, called once per tensor in the
+// file's layout order (descending element size, then name), so no more than one tensor (or
+// whatever `fill` buffers) is in memory at a time: what writes a model larger than RAM. Same
+// errors as WriteSafetensors, plus Internal naming the tensor when `fill` wrote a different
+// number of bytes; on any error the file at `path` is left as it was.
+Status WriteSafetensorsStreaming(Env* env, const std::string& path,
+                                 const std::vector<TensorLayout>& tensors,
+                                 const TensorFiller& fill,
+                                 const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace hyb::storage
