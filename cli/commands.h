@@ -16,6 +16,7 @@ int RunGenerate(const std::vector<std::string>& args);
 int RunTokenize(const std::vector<std::string>& args);
 int RunPrepare(const std::vector<std::string>& args);
 int RunScore(const std::vector<std::string>& args);
+int RunInitRandom(const std::vector<std::string>& args);
 int RunRun(const std::vector<std::string>& args);
 // The service (cmd_service.cc): the coordinator, a worker, and the API's clients.
 int RunServe(const std::vector<std::string>& args);

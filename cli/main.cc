@@ -123,8 +123,9 @@ commands:
   logits     run a model directory on token ids and write fp32 logits (parity checks)
   generate   greedy decoding with the KV cache from token ids
   tokenize   encode text / decode ids with a tokenizer.json
-  prepare    tokenize JSONL documents into a packed dataset for distillation
+  prepare    tokenize JSONL or text files (or draw random ids) into a dataset for distillation
   score      score a model on a task file (lm, multiple_choice, generate, kl_to_teacher)
+  init-random  write a random-initialised model directory of a real model's shape (configs/shapes)
 
 the service (docs/service.md):
   serve      run the coordinator: HTTP API, job state in SQLite, tasks leased to workers
@@ -155,11 +156,12 @@ int Dispatch(int argc, char** argv) {
   if (command == "tokenize") return hyb::cli::RunTokenize(args);
   if (command == "prepare") return hyb::cli::RunPrepare(args);
   if (command == "score") return hyb::cli::RunScore(args);
+  if (command == "init-random") return hyb::cli::RunInitRandom(args);
   if (command == "run") return hyb::cli::RunRun(args);
   if (command == "worker") return hyb::cli::RunWorker(args);
 #else
   for (const char* needs_torch : {"logits", "generate", "tokenize", "prepare", "score", "run",
-                                  "worker"}) {
+                                  "worker", "init-random"}) {
     if (command == needs_torch) {
       std::cerr << "hybridize " << command
                 << ": this is the coordinator-only build (configured with -DHYB_TORCH=OFF): it "
