@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <iostream>
 
@@ -68,6 +69,17 @@ Status RunMpi(const ParsedFlags& flags, JobSpec spec, coordinator::RunOptions op
   const int rank = world->rank(), size = world->size();
   // One GPU per rank: the ranks of a node take its devices in turn.
   const bool cuda = spec.device.rfind("cuda", 0) == 0;
+  if (cuda) {
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    const int64_t ranks_here = local != nullptr ? std::atoi(local) : 1;
+    const auto gpus = static_cast<int64_t>(torch::cuda::device_count());
+    if (ranks_here > gpus) {
+      // NCCL refuses two ranks on one device: say so before it does, in our words.
+      return InvalidArgument("device: " + std::to_string(ranks_here) +
+                             " ranks on this node but " + std::to_string(gpus) +
+                             " CUDA devices; start at most one rank per GPU");
+    }
+  }
   if (cuda && spec.device == "cuda" && torch::cuda::device_count() > 0) {
     spec.device = "cuda:" + std::to_string(worker::MpiLocalRank() %
                                            static_cast<int>(torch::cuda::device_count()));

@@ -19,7 +19,7 @@ using hyb::testing::TempDir;
 
 const std::string kData = HYB_TEST_DATA_DIR;
 
-int Run(const std::string& args, const std::string& err_file = "/dev/null") {
+int RunCli(const std::string& args, const std::string& err_file = "/dev/null") {
   const char* cli = std::getenv("HYB_CLI");
   const std::string cmd = std::string(cli) + " " + args + " > /dev/null 2> " + err_file;
   return WEXITSTATUS(std::system(cmd.c_str()));
@@ -29,7 +29,7 @@ TEST(CliInitRandomTest, Fp32ModelMatchesTheReferenceForward) {
   if (std::getenv("HYB_CLI") == nullptr) GTEST_SKIP() << "HYB_CLI not set (run through ctest)";
   TempDir tmp;
   const std::string out = tmp.File("m");
-  ASSERT_EQ(Run("init-random --config " + kData + "/shapes/tiny-llama3.json --tokenizer " + kData +
+  ASSERT_EQ(RunCli("init-random --config " + kData + "/shapes/tiny-llama3.json --tokenizer " + kData +
                 "/tokenizers/llama3_style --out " + out + " --dtype fp32 --seed 3 --layers 2"),
             0);
   auto model = DecoderModel::Load(out, {});
@@ -51,7 +51,7 @@ TEST(CliInitRandomTest, ShardedBf16QwenLoadsAndRuns) {
   if (std::getenv("HYB_CLI") == nullptr) GTEST_SKIP() << "HYB_CLI not set (run through ctest)";
   TempDir tmp;
   const std::string out = tmp.File("q");
-  ASSERT_EQ(Run("init-random --config " + kData + "/shapes/tiny-qwen2.json --tokenizer " + kData +
+  ASSERT_EQ(RunCli("init-random --config " + kData + "/shapes/tiny-qwen2.json --tokenizer " + kData +
                 "/tokenizers/qwen2_style --out " + out + " --shard-bytes 300000 --threads 2"),
             0);
   EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors.index.json"));
@@ -73,16 +73,16 @@ TEST(CliInitRandomTest, UsageAndInputErrors) {
   const std::string err = tmp.File("err.txt");
   const std::string shape = " --config " + kData + "/shapes/tiny-llama3.json";
   const std::string tok = " --tokenizer " + kData + "/tokenizers/llama3_style";
-  EXPECT_EQ(Run("init-random" + tok + " --out " + tmp.File("a"), err), 2);
+  EXPECT_EQ(RunCli("init-random" + tok + " --out " + tmp.File("a"), err), 2);
   EXPECT_NE(ReadFileToString(err)->find("--config"), std::string::npos);
-  EXPECT_EQ(Run("init-random" + shape + tok + " --out " + tmp.File("a") + " --dtype fp16", err),
+  EXPECT_EQ(RunCli("init-random" + shape + tok + " --out " + tmp.File("a") + " --dtype fp16", err),
             1);
   EXPECT_NE(ReadFileToString(err)->find("--dtype"), std::string::npos);
-  EXPECT_EQ(Run("init-random --config " + tmp.File("none.json") + tok + " --out " + tmp.File("a"),
+  EXPECT_EQ(RunCli("init-random --config " + tmp.File("none.json") + tok + " --out " + tmp.File("a"),
                 err),
             1);
   EXPECT_NE(ReadFileToString(err)->find("none.json"), std::string::npos);
-  EXPECT_EQ(Run("init-random" + shape + tok + " --out " + tmp.path(), err), 1);
+  EXPECT_EQ(RunCli("init-random" + shape + tok + " --out " + tmp.path(), err), 1);
   EXPECT_NE(ReadFileToString(err)->find("already exists"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(tmp.File("a")));
 }

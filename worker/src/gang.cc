@@ -147,21 +147,9 @@ StatusOr<DistillResult> DistillGangPart(const LocalExecutor& local, Communicator
   parallel.last_layer = last;
   HYB_ASSIGN_OR_RETURN(auto distiller,
                        BlockwiseDistiller::Create(teacher, layers, mixer, o, dataset, dir, parallel));
-  const auto start = std::chrono::steady_clock::now();
-  HYB_RETURN_IF_ERROR(
-      distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
-        if (!progress) return true;
-        // The shape rides along: a service worker's heartbeat carries only its latest event.
-        Json e = DistillStepEvent(step, states);
-        e["gang"] = gang;
-        return progress(e);
-      }));
-  DistillResult r;
-  r.steps = o.steps;
-  r.tokens = o.steps * distiller->tokens_per_step();
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  for (const auto& s : distiller->states()) r.layers.push_back(SummarizeLayer(s));
-  return r;
+  // The shape rides along in every step event: a service worker's heartbeat carries only its
+  // latest event.
+  return RunDistiller(*distiller, o, progress, Json{{"gang", gang}});
 }
 
 namespace {

@@ -29,6 +29,14 @@ StatusOr<std::vector<TaskExample>> LoadSplit(const std::string& path, TaskKind k
   return examples;
 }
 
+LayerDistillSummary SummarizeLayer(const LayerDistillState& s) {
+  LayerDistillSummary l;
+  l.layer = s.layer;
+  l.step = s.step;
+  for (const auto& p : s.curve) l.curve.push_back({p.step, p.mse, p.nmse});
+  return l;
+}
+
 }  // namespace
 
 // The spec and its files were checked without LibTorch first (coordinator/job_validation.h);
@@ -97,16 +105,24 @@ StatusOr<DistillResult> LocalExecutor::Distill(const DistillTask& task,
   HYB_RETURN_IF_ERROR(storage::MakeDirectories(checkpoint_dir));
   HYB_ASSIGN_OR_RETURN(auto distiller, BlockwiseDistiller::Create(teacher_, task.layers, mixer, o,
                                                                   data, checkpoint_dir));
+  return RunDistiller(*distiller, o, progress);
+}
+
+StatusOr<DistillResult> RunDistiller(BlockwiseDistiller& distiller, const DistillOptions& options,
+                                     const ProgressFn& progress, const Json& extra) {
   const auto start = std::chrono::steady_clock::now();
   HYB_RETURN_IF_ERROR(
-      distiller->Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
-        return !progress || progress(DistillStepEvent(step, states));
+      distiller.Run([&](int64_t step, const std::vector<LayerDistillState>& states) {
+        if (!progress) return true;
+        Json e = DistillStepEvent(step, states);
+        if (extra.is_object()) e.update(extra);
+        return progress(e);
       }));
   DistillResult r;
-  r.steps = o.steps;
-  r.tokens = o.steps * distiller->tokens_per_step();
+  r.steps = options.steps;
+  r.tokens = options.steps * distiller.tokens_per_step();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  for (const auto& s : distiller->states()) r.layers.push_back(SummarizeLayer(s));
+  for (const auto& s : distiller.states()) r.layers.push_back(SummarizeLayer(s));
   return r;
 }
 
@@ -120,13 +136,6 @@ Json DistillStepEvent(int64_t step, const std::vector<LayerDistillState>& states
   return {{"event", "distill_step"}, {"step", step}, {"layers", layers}};
 }
 
-LayerDistillSummary SummarizeLayer(const LayerDistillState& s) {
-  LayerDistillSummary l;
-  l.layer = s.layer;
-  l.step = s.step;
-  for (const auto& p : s.curve) l.curve.push_back({p.step, p.mse, p.nmse});
-  return l;
-}
 
 StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& split) {
   auto it = evaluators_.find(split);

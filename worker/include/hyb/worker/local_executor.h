@@ -20,8 +20,11 @@ namespace hyb::worker {
 DistillOptions DistillOptionsFromSpec(const JobSpec& spec, const RuntimePlacement& placement);
 // The "distill_step" progress event for `states` after `step`.
 Json DistillStepEvent(int64_t step, const std::vector<LayerDistillState>& states);
-// The per-layer part of a DistillResult.
-LayerDistillSummary SummarizeLayer(const LayerDistillState& state);
+// Runs `distiller` to the end, passing each step's "distill_step" event (with `extra` merged
+// in, if an object) to `progress`, and summarises it: steps, tokens, this run's wall time, and
+// every layer's curve.
+StatusOr<DistillResult> RunDistiller(BlockwiseDistiller& distiller, const DistillOptions& options,
+                                     const ProgressFn& progress, const Json& extra = Json());
 
 class LocalExecutor : public SequentialTaskExecutor {
  public:
