@@ -184,7 +184,13 @@ std::map<int, pid_t> RankPids(const std::string& marker) {
   return out;
 }
 
-TEST_F(MpiRunTest, HungRankFailsTheOthersWithinTheTimeoutAndARerunResumes) {
+// Rank 1 (the second stage) stops mid-distillation: hung (SIGSTOP) -> rank 0 gives up on it
+// after --comm-timeout and says so; killed (SIGKILL) -> mpirun notices and ends the gang. Either
+// way the job ends within the bound and a rerun resumes from the checkpoints and finishes.
+class MpiRankLossTest : public MpiRunTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(MpiRankLossTest, OthersFailWithinTheBoundAndARerunResumes) {
+  const int sig = GetParam();
   TempDir dir;
   hyb::testing::WriteTinyJob(
       dir.path(), {{"distill",
@@ -207,22 +213,32 @@ TEST_F(MpiRunTest, HungRankFailsTheOthersWithinTheTimeoutAndARerunResumes) {
   }
   ASSERT_TRUE(pids.count(1)) << "rank 1 never checkpointed";
   const auto stopped_at = std::chrono::steady_clock::now();
-  ASSERT_EQ(::kill(pids[1], SIGSTOP), 0);
+  ASSERT_EQ(::kill(pids[1], sig), 0);
   runner.join();
   const double waited =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped_at).count();
   ::kill(pids[1], SIGKILL);  // in case mpirun left it behind
   EXPECT_NE(run.rc, 0) << run.output;
-  // Rank 0 (stage 0) gave up on rank 1 after the 3 s bound and said so.
-  EXPECT_NE(run.output.find("timed out after 3 s"), std::string::npos) << run.output;
-  EXPECT_NE(run.output.find("rank 1"), std::string::npos) << run.output;
+  if (sig == SIGSTOP) {
+    // Rank 0 (stage 0) gave up on rank 1 after the 3 s bound and said so.
+    EXPECT_NE(run.output.find("timed out after 3 s"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("rank 1"), std::string::npos) << run.output;
+  } else {
+    EXPECT_NE(run.output.find("rank 1"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("signal 9"), std::string::npos) << run.output;
+  }
   EXPECT_LT(waited, 3 + 30.0) << run.output;
-  // Rerun with fewer steps left to do: it resumes from the checkpoints and finishes.
+  // The rerun resumes from the checkpoints and finishes.
   Result again = Shell(cmd);
   ASSERT_EQ(again.rc, 0) << again.output;
   EXPECT_NE(again.output.find("resuming job tiny"), std::string::npos) << again.output;
   EXPECT_NE(again.output.find("distill step 1500/1500"), std::string::npos) << again.output;
 }
+
+INSTANTIATE_TEST_SUITE_P(Signals, MpiRankLossTest, ::testing::Values(SIGSTOP, SIGKILL),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(info.param == SIGSTOP ? "Hung" : "Killed");
+                         });
 
 }  // namespace
 }  // namespace hyb::worker
