@@ -99,7 +99,8 @@ class NcclCommunicator final : public Communicator {
     }
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
     PendingSend s;
-    s.buffer = t.detach().contiguous();
+    // A copy: the caller may overwrite `t` while the send is still queued on our stream.
+    s.buffer = t.detach().clone(at::MemoryFormat::Contiguous);
     s.peer = peer;
     Enter();
     HYB_NCCL_TRY(ncclSend(s.buffer.data_ptr(), s.buffer.nbytes(), ncclUint8, peer, comm_, stream_));
