@@ -86,6 +86,13 @@ Status RunMpi(const ParsedFlags& flags, JobSpec spec, coordinator::RunOptions op
   }
   std::unique_ptr<worker::Communicator> nccl;
   worker::Communicator* device_world = world.get();
+  // Communicators go before MPI does.
+  auto finalize = [&] {
+    nccl.reset();
+    control.reset();
+    world.reset();
+    worker::MpiFinalize();
+  };
   if (cuda) {
     std::string id;
     if (rank == 0) {
@@ -98,10 +105,7 @@ Status RunMpi(const ParsedFlags& flags, JobSpec spec, coordinator::RunOptions op
   }
   if (Status s = coordinator::ValidateJob(spec).status(); !s.ok()) {
     // Every rank read the same spec and fails alike.
-    nccl.reset();
-    control.reset();
-    world.reset();
-    worker::MpiFinalize();
+    finalize();
     return s;
   }
   storage::JobLayout layout(options.storage_root, spec.job_id);
@@ -129,16 +133,10 @@ Status RunMpi(const ParsedFlags& flags, JobSpec spec, coordinator::RunOptions op
       HYB_RETURN_IF_ERROR(executor.Stop());
     }
     if (outcome.ok()) std::cout << outcome->summary;
-    nccl.reset();
-    control.reset();
-    world.reset();
-    worker::MpiFinalize();
+    finalize();
     return outcome.status();
   }
-  nccl.reset();
-  control.reset();
-  world.reset();
-  worker::MpiFinalize();
+  finalize();
   return Status::Ok();
 }
 

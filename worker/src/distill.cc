@@ -408,6 +408,8 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
       mixers_[active[k]]->SetOutputScale(denom > 0 ? num / denom : 1.0);
     }
   }
+  // The loss curve's points: only then is the teacher output's mean square needed.
+  const bool logs = step == 1 || step % options_.log_every == 0 || step == options_.steps;
   std::vector<std::vector<at::Tensor>> grads(layers_.size()), params(layers_.size());
   std::vector<at::Tensor> mse(layers_.size()), ref(layers_.size());
   for (size_t i : active) {
@@ -435,8 +437,10 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
     const at::Tensor loss = (out - y).pow(2).mean();
     grads[i] = torch::autograd::grad({loss}, params[i]);
     mse[i] = loss.detach();
-    at::NoGradGuard no_grad;
-    ref[i] = y.pow(2).mean();
+    if (logs) {
+      at::NoGradGuard no_grad;
+      ref[i] = y.pow(2).mean();
+    }
   }
   at::NoGradGuard no_grad;
   if (parallel_.data != nullptr && !active.empty()) {
@@ -447,7 +451,7 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
     }
     for (size_t i : active) {
       parts.push_back(mse[i].reshape({1}));
-      parts.push_back(ref[i].reshape({1}));
+      if (logs) parts.push_back(ref[i].reshape({1}));
     }
     at::Tensor flat = at::cat(parts);
     HYB_RETURN_IF_ERROR(parallel_.data->AllReduce(flat));
@@ -461,7 +465,7 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
     }
     for (size_t i : active) {
       mse[i] = flat[at_++];
-      ref[i] = flat[at_++];
+      if (logs) ref[i] = flat[at_++];
     }
   }
   for (size_t i : active) {
@@ -491,7 +495,7 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
     }
     s.step = step;
     s.cursor = sampler.cursor();
-    if (step == 1 || step % options_.log_every == 0 || step == options_.steps) {
+    if (logs) {
       const double m = mse[i].item<double>();
       const double r = ref[i].item<double>();
       s.curve.push_back({step, m, r > 0 ? m / r : 0.0});
