@@ -6,7 +6,6 @@
 #include <sys/stat.h>
 #include <torch/torch.h>
 
-#include <random>
 #include <thread>
 
 #include "hyb/storage/token_dataset.h"
@@ -76,14 +75,7 @@ TEST(NcclTest, TwoStagePipelineOnOneGpuMatchesOneProcess) {
   spec.kv_heads = 2;
   ::mkdir(dir.File("teacher").c_str(), 0755);
   hyb::testing::WriteTinyModel(dir.File("teacher"), spec, 11);
-  storage::TokenDatasetWriter w(dir.File("data"), 41, {});
-  std::mt19937 rng(3);
-  for (int d = 0; d < 40; ++d) {
-    std::vector<int64_t> doc;
-    for (int i = 0; i < 200; ++i) doc.push_back(static_cast<int64_t>(rng() % 41));
-    ASSERT_TRUE(w.AddDocument(doc).ok());
-  }
-  ASSERT_TRUE(w.Finish().ok());
+  hyb::testing::WriteRandomTokenData(dir.File("data"), 41, 40, 200);
   DistillOptions o;
   o.steps = 6;
   o.batch_size = 4;

@@ -6,7 +6,6 @@
 #include <sys/stat.h>
 
 #include <fstream>
-#include <random>
 
 #include "hyb/storage/token_dataset.h"
 #include "hyb/worker/attention_mixer.h"
@@ -32,14 +31,7 @@ std::shared_ptr<const storage::TokenDataset> Data(const TempDir& dir) {
   if (auto existing = storage::TokenDataset::Open(dir.File("data")); existing.ok()) {
     return *existing;
   }
-  storage::TokenDatasetWriter w(dir.File("data"), 41, {});
-  std::mt19937 rng(3);
-  for (int d = 0; d < 40; ++d) {
-    std::vector<int64_t> doc;
-    for (int i = 0; i < 60; ++i) doc.push_back(static_cast<int64_t>(rng() % 41));
-    EXPECT_TRUE(w.AddDocument(doc).ok());
-  }
-  EXPECT_TRUE(w.Finish().ok());
+  hyb::testing::WriteRandomTokenData(dir.File("data"), 41, 40, 60);
   return *storage::TokenDataset::Open(dir.File("data"));
 }
 

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <random>
 #include <stdexcept>
 
 #include "hyb/storage/atomic_file.h"
@@ -278,6 +279,18 @@ Json CharTokenizerJson() {
            {{"type", "TemplateProcessing"},
             {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
             {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {5}}}}}}}}};
+}
+
+void WriteRandomTokenData(const std::string& dir, int64_t vocab, int docs, int length,
+                          uint32_t seed) {
+  storage::TokenDatasetWriter w(dir, vocab, {});
+  std::mt19937 rng(seed);
+  for (int d = 0; d < docs; ++d) {
+    std::vector<int64_t> doc;
+    for (int i = 0; i < length; ++i) doc.push_back(static_cast<int64_t>(rng() % vocab));
+    if (!w.AddDocument(doc).ok()) throw std::runtime_error("WriteRandomTokenData: AddDocument");
+  }
+  if (!w.Finish().ok()) throw std::runtime_error("WriteRandomTokenData: Finish");
 }
 
 // A 3-layer teacher, distillation data, a generate task whose answers are half the teacher's

@@ -44,6 +44,12 @@ Json CharTokenizerJson();
 // to `root`) with `overrides` merged in. Throws std::runtime_error if a file cannot be written.
 void WriteTinyJob(const std::string& root, const Json& overrides = Json::object());
 
+// A token dataset at `dir` of `docs` documents of `length` ids drawn uniformly below `vocab`
+// (std::mt19937 seeded with `seed`): distillation data for tiny teachers. Throws
+// std::runtime_error if it cannot be written.
+void WriteRandomTokenData(const std::string& dir, int64_t vocab, int docs, int length,
+                          uint32_t seed = 3);
+
 // inverse rotary frequencies computed in double by a scalar transcription of the formulas.
 std::vector<double> ReferenceInvFreq(const Json& config, int64_t head_dim, double* scaling);
 
