@@ -102,6 +102,7 @@ struct KernelArgs {
   const float* initial_state;  // per sequence, or null
   __nv_bfloat16* o;
   float* final_state;
+  float* chunk_states;  // [BH, nchunks + 1, K, V] or null: state at every chunk start, final
   float* seg_state;  // [BH, nseg, K, V]: pass 1 writes local states, the scan start states
   float* seg_decay;  // [BH, nseg, K]: log2 decay over each segment
   int64_t tokens;
@@ -252,8 +253,22 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(smem + L::kA);
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
 
+  // Chunk-start states for the backward ([BH, nchunks + 1, K, V]; index nchunks: the final one).
+  auto write_state_f32 = [&](float* out) {
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      *reinterpret_cast<float2*>(out + d_lo * V + col0 + 8 * j) = make_float2(S[j][0], S[j][1]);
+      *reinterpret_cast<float2*>(out + d_hi * V + col0 + 8 * j) = make_float2(S[j][2], S[j][3]);
+    }
+  };
+  float* const chunk_states =
+      kStateOnly || args.chunk_states == nullptr
+          ? nullptr
+          : args.chunk_states + bh * (static_cast<int64_t>(nchunks) + 1) * K * V;
+
   for (int c = c_begin; c < c_end; ++c) {
     const int stage = (c - c_begin) & 1;
+    if (chunk_states != nullptr) write_state_f32(chunk_states + static_cast<int64_t>(c) * K * V);
     if (c + 1 < c_end) {
       load_chunk(c + 1, stage ^ 1);  // that stage's last readers passed the previous barrier
       CpAsyncWait<1>();
@@ -397,12 +412,9 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   } else if (seg == args.nseg - 1) {
     out = args.final_state + bh * K * V;
   }
-  if (out != nullptr) {
-#pragma unroll
-    for (int j = 0; j < kSN; ++j) {
-      *reinterpret_cast<float2*>(out + d_lo * V + col0 + 8 * j) = make_float2(S[j][0], S[j][1]);
-      *reinterpret_cast<float2*>(out + d_hi * V + col0 + 8 * j) = make_float2(S[j][2], S[j][3]);
-    }
+  if (out != nullptr) write_state_f32(out);
+  if (chunk_states != nullptr && seg == args.nseg - 1) {
+    write_state_f32(chunk_states + static_cast<int64_t>(nchunks) * K * V);
   }
 #endif
 }
@@ -442,6 +454,7 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   a.initial_state = p.initial_state;
   a.o = static_cast<__nv_bfloat16*>(p.o);
   a.final_state = p.final_state;
+  a.chunk_states = p.chunk_states;
   a.tokens = p.tokens;
   a.nseg = nseg;
   a.seg_chunks = seg_chunks;
@@ -498,13 +511,16 @@ cudaError_t LaunchGlaChunked(const GlaChunkedParams& p, cudaStream_t stream) {
   if (!GlaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
   if (p.tokens == 0) {
-    // No tokens: the final state is the initial one.
+    // No tokens: the final state (and the one chunk state) is the initial one.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;
-    if (p.initial_state != nullptr) {
-      HYB_CUDA_TRY(
-          cudaMemcpyAsync(p.final_state, p.initial_state, bytes, cudaMemcpyDeviceToDevice, stream));
-    } else {
-      HYB_CUDA_TRY(cudaMemsetAsync(p.final_state, 0, bytes, stream));
+    for (float* out : {p.final_state, p.chunk_states}) {
+      if (out == nullptr) continue;
+      if (p.initial_state != nullptr) {
+        HYB_CUDA_TRY(
+            cudaMemcpyAsync(out, p.initial_state, bytes, cudaMemcpyDeviceToDevice, stream));
+      } else {
+        HYB_CUDA_TRY(cudaMemsetAsync(out, 0, bytes, stream));
+      }
     }
     return cudaSuccess;
   }

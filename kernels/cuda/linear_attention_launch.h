@@ -1,4 +1,5 @@
-// Torch-free launchers of the linear-attention kernels (gla_chunked.cu, linear_attention_step.cu).
+// Torch-free launchers of the linear-attention kernels (gla_chunked.cu, gla_chunked_bwd.cu,
+// linear_attention_step.cu).
 // Every tensor is a raw, contiguous device pointer; shapes follow kernels/linear_attention.h:
 // B batch, H heads, T tokens, K key dim, V value dim, states [B, H, K, V] in fp32.
 #pragma once
@@ -24,6 +25,9 @@ struct GlaChunkedParams {
   const float* initial_state = nullptr;  // [B, H, K, V] or null (zeros)
   void* o = nullptr;                     // [B, H, T, V] bf16
   float* final_state = nullptr;          // [B, H, K, V] (always written)
+  // [B, H, N + 1, K, V] or null, N = ceil(T / kGlaChunk): when set, the state at the start of
+  // every chunk (index N: the final state), in fp32, which the backward reads.
+  float* chunk_states = nullptr;
   // Scratch of GlaChunkedWorkspaceBytes(*this) bytes (may be null when that is 0).
   void* workspace = nullptr;
   int64_t batch = 0, heads = 0, tokens = 0;
@@ -48,6 +52,37 @@ size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& params);
 // Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success).
 // cudaErrorInvalidValue for unsupported dims or a missing workspace.
 cudaError_t LaunchGlaChunked(const GlaChunkedParams& params, cudaStream_t stream);
+
+// Chunked GLA backward (gla_chunked_bwd.cu): the gradients of a loss L with respect to q, k, v,
+// g and the initial state, given dL/do and dL/dS_T. Reads the chunk-start states the forward
+// wrote (GlaChunkedParams::chunk_states). Three launches: the state gradient at every chunk end
+// (reverse scan), then all chunks in parallel. fp32 SIMT arithmetic throughout.
+struct GlaChunkedBackwardParams {
+  const void* q = nullptr;               // [B, H, T, K] bf16
+  const void* k = nullptr;               // [B, H, T, K] bf16
+  const void* v = nullptr;               // [B, H, T, V] bf16
+  const float* g = nullptr;              // [B, H, T, K] fp32
+  const void* d_output = nullptr;        // [B, H, T, V] bf16
+  const float* d_final_state = nullptr;  // [B, H, K, V] or null (zeros)
+  const float* chunk_states = nullptr;   // [B, H, N + 1, K, V] from the forward
+  float* dq = nullptr;                   // [B, H, T, K]
+  float* dk = nullptr;                   // [B, H, T, K]
+  float* dv = nullptr;                   // [B, H, T, V]
+  float* dg = nullptr;                   // [B, H, T, K]
+  float* d_initial_state = nullptr;      // [B, H, K, V] (always written)
+  // Scratch of GlaChunkedBackwardWorkspaceBytes(*this) bytes: dL/dS at every chunk end.
+  void* workspace = nullptr;
+  int64_t batch = 0, heads = 0, tokens = 0;
+  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  float scale = 1.f;
+};
+
+// Scratch bytes the backward needs (4 B*H*N*K*V).
+size_t GlaChunkedBackwardWorkspaceBytes(const GlaChunkedBackwardParams& params);
+
+// Enqueues the backward on `stream`; returns the first launch error. cudaErrorInvalidValue for
+// unsupported dims or a missing workspace.
+cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& params, cudaStream_t stream);
 
 // One decoding step for B*H independent heads. Elements of q/k/v/g/o are `float` or bf16
 // (`bf16` below); states fp32. `state` and `new_state` may be the same buffer (in place).
