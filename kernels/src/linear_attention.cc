@@ -171,6 +171,74 @@ LinearAttentionOutput GlaChunkedReference(const at::Tensor& q, const at::Tensor&
   return {at::cat(outs, 2).narrow(2, 0, t), s};
 }
 
+GlaChunkedGradients GlaChunkedBackwardReference(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                double scale, const at::Tensor& initial_state,
+                                                const at::Tensor& d_output,
+                                                const at::Tensor& d_final_state,
+                                                int64_t chunk_size) {
+  CheckQkv(q, k, v, "GlaChunkedBackward");
+  TORCH_CHECK(g.sizes() == k.sizes(), "GlaChunkedBackward: g must match k");
+  TORCH_CHECK(d_output.sizes() == v.sizes(), "GlaChunkedBackward: d_output must match v");
+  TORCH_CHECK(chunk_size > 0, "GlaChunkedBackward: chunk_size must be positive");
+  const int64_t t = q.size(2), c = chunk_size, n = (t + c - 1) / c;
+  const int64_t bsz = q.size(0), h = q.size(1);
+  const at::Tensor zero_state = ZeroState(k, v);
+  // [B, H, N, C, D] views of the zero-padded inputs (padding changes no gradient of real tokens).
+  auto chunks = [&](const at::Tensor& x) {
+    return PadTime(x, n * c).reshape({bsz, h, n, c, x.size(-1)});
+  };
+  const at::Tensor qc = chunks(q), kc = chunks(k), vc = chunks(v), dc = chunks(d_output);
+  const at::Tensor b = chunks(g).cumsum(3);         // log decay since the chunk start
+  const at::Tensor b_last = b.narrow(3, c - 1, 1);  // [B, H, N, 1, K]
+  const at::Tensor to_end = (b_last - b).exp();     // e^(b_C - b_s) <= 1
+  const at::Tensor decay = b_last.squeeze(3).exp().unsqueeze(-1);  // [B, H, N, K, 1]
+
+  // States at every chunk start (index n: the final state).
+  std::vector<at::Tensor> states = {initial_state.defined() ? initial_state : zero_state};
+  for (int64_t i = 0; i < n; ++i) {
+    states.push_back(states.back() * decay.select(2, i) +
+                     at::matmul((kc * to_end).select(2, i).transpose(-1, -2), vc.select(2, i)));
+  }
+  const at::Tensor s_all = at::stack(states, 2);  // [B, H, N + 1, K, V]
+  // State gradients at every chunk end, in reverse: dS0 = e^b_C dS + scale (e^b q)^T do.
+  const at::Tensor qe = qc * b.exp();
+  std::vector<at::Tensor> ends(n);
+  at::Tensor ds = d_final_state.defined() ? d_final_state : zero_state;
+  for (int64_t i = n - 1; i >= 0; --i) {
+    ends[i] = ds;
+    ds = ds * decay.select(2, i) +
+         at::matmul(qe.select(2, i).transpose(-1, -2), dc.select(2, i)) * scale;
+  }
+  if (n == 0) {
+    return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v), at::zeros_like(g), ds};
+  }
+  const at::Tensor ds_end = at::stack(ends, 2);  // [B, H, N, K, V]
+  const at::Tensor s0 = s_all.narrow(2, 0, n), s_end = s_all.narrow(2, 1, n);
+
+  // All chunks at once. e[t, s, d] = e^(b_t[d] - b_s[d]) for s <= t, else 0.
+  const at::Tensor causal = at::ones({c, c}, q.options().dtype(at::kBool)).tril();
+  const at::Tensor e = (b.unsqueeze(4) - b.unsqueeze(3))
+                           .masked_fill(causal.logical_not().view({c, c, 1}),
+                                        -std::numeric_limits<double>::infinity())
+                           .exp();                                               // [B,H,N,C,C,K]
+  const at::Tensor a = (qc.unsqueeze(4) * kc.unsqueeze(3) * e).sum(-1) * scale;  // [B,H,N,C,C]
+  const at::Tensor da =
+      (at::matmul(dc, vc.transpose(-1, -2)) * scale).masked_fill(causal.logical_not(), 0.0);
+  const at::Tensor dq = b.exp() * at::matmul(dc, s0.transpose(-1, -2)) * scale +
+                        (da.unsqueeze(-1) * e * kc.unsqueeze(3)).sum(4);
+  const at::Tensor dk = (da.unsqueeze(-1) * e * qc.unsqueeze(4)).sum(3) +
+                        to_end * at::matmul(vc, ds_end.transpose(-1, -2));
+  const at::Tensor dv = at::matmul(a.transpose(-1, -2), dc) + at::matmul(kc * to_end, ds_end);
+  const at::Tensor db = qc * dq - kc * dk;
+  const at::Tensor dg =
+      db.flip(3).cumsum(3).flip(3) + (s_end * ds_end).sum(-1).unsqueeze(3);
+  auto unchunk = [&](const at::Tensor& x) {
+    return x.reshape({bsz, h, n * c, x.size(-1)}).narrow(2, 0, t);
+  };
+  return {unchunk(dq), unchunk(dk), unchunk(dv), unchunk(dg), ds};
+}
+
 LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v, const at::Tensor& g,
                                         const at::Tensor& beta, double scale,

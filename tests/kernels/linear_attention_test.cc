@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <utility>
+#include <vector>
 
 namespace hyb::kernels {
 namespace {
@@ -132,6 +134,77 @@ TEST(LinearAttentionTest, ChunkedGradientsMatchFiniteDifferences) {
         return at::cat({r.output.flatten(), r.final_state.flatten()});
       },
       {in.q, in.k, in.v, in.g_head, in.beta, in.s0}, "GatedDeltaChunked");
+}
+
+TEST(LinearAttentionTest, ChunkedBackwardMatchesAutogradThroughRecurrence) {
+  // L = sum(o * R) + sum(S_T * R_T): the chunk formulas of GlaChunkedBackwardReference against
+  // autograd through the token-by-token recurrence, in fp64. T from 1 to past several chunks,
+  // not multiples of the chunk; gates up to -40 per step (e^-40 per token, e^-2560 per chunk)
+  // next to gates near 0 in other key dims.
+  for (const int64_t t : {1, 5, 8, 13, 29}) {
+    for (const bool with_state : {false, true}) {
+      for (const bool with_final_grad : {false, true}) {
+        for (const bool strong : {false, true}) {
+          Inputs in = MakeInputs(2, 2, t, 5, 3, at::kDouble, 200 + t);
+          if (strong) {
+            // Per key dim: 0 .. -40 per token, and every other dim almost no decay.
+            in.g_vec = -40.0 * at::rand_like(in.g_vec);
+            in.g_vec.select(-1, 1).mul_(1e-3);
+          }
+          const int64_t chunk = 8;
+          const double scale = 0.6;
+          at::Tensor q = in.q.clone().set_requires_grad(true);
+          at::Tensor k = in.k.clone().set_requires_grad(true);
+          at::Tensor v = in.v.clone().set_requires_grad(true);
+          at::Tensor g = in.g_vec.clone().set_requires_grad(true);
+          at::Tensor s0 = (with_state ? in.s0 : at::zeros_like(in.s0)).clone().set_requires_grad(
+              true);
+          const auto r = GlaRecurrent(q, k, v, g, scale, s0);
+          const at::Tensor d_o = at::randn_like(r.output);
+          const at::Tensor d_s = with_final_grad ? at::randn_like(r.final_state) : at::Tensor();
+          at::Tensor loss = (r.output * d_o).sum();
+          if (with_final_grad) loss = loss + (r.final_state * d_s).sum();
+          const auto want = torch::autograd::grad({loss}, {q, k, v, g, s0});
+          const auto got = GlaChunkedBackwardReference(in.q, in.k, in.v, in.g_vec, scale,
+                                                       with_state ? in.s0 : at::Tensor(), d_o,
+                                                       d_s, chunk);
+          SCOPED_TRACE(::testing::Message() << "t=" << t << " state=" << with_state
+                                            << " dS_T=" << with_final_grad << " strong=" << strong);
+          const std::vector<std::pair<const char*, double>> errs = {
+              {"dq", MaxRel(got.dq, want[0])},
+              {"dk", MaxRel(got.dk, want[1])},
+              {"dv", MaxRel(got.dv, want[2])},
+              // dg is exactly 0 when nothing decays (T = 1, no state): measured against the
+              // size of the terms it sums, q dq.
+              {"dg", ((got.dg - want[3]).abs().max() /
+                      ((in.q * want[0]).abs().max() + want[3].abs().max()))
+                         .item<double>()},
+              {"ds0", MaxRel(got.d_initial_state, want[4])}};
+          for (const auto& [name, err] : errs) {
+            EXPECT_LT(err, 1e-10) << name;
+          }
+          EXPECT_TRUE(at::isfinite(got.dg).all().item<bool>());
+        }
+      }
+    }
+  }
+}
+
+TEST(LinearAttentionTest, ChunkedBackwardAgreesAcrossChunkSizes) {
+  // The chunk length is an implementation detail: the same gradients for 1, 3, 16 and 64.
+  const Inputs in = MakeInputs(1, 3, 37, 6, 4, at::kDouble, 21);
+  const at::Tensor d_o = at::randn_like(in.v), d_s = at::randn_like(in.s0);
+  const auto ref =
+      GlaChunkedBackwardReference(in.q, in.k, in.v, in.g_vec, 0.4, in.s0, d_o, d_s, 64);
+  for (const int64_t chunk : {1, 3, 16}) {
+    const auto got =
+        GlaChunkedBackwardReference(in.q, in.k, in.v, in.g_vec, 0.4, in.s0, d_o, d_s, chunk);
+    EXPECT_LT(MaxRel(got.dq, ref.dq), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.dk, ref.dk), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.dv, ref.dv), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.dg, ref.dg), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.d_initial_state, ref.d_initial_state), 1e-12) << chunk;
+  }
 }
 
 TEST(LinearAttentionTest, StepContinuesChunkedState) {

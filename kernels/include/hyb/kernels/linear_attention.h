@@ -39,6 +39,27 @@ LinearAttentionOutput GlaChunkedReference(const at::Tensor& q, const at::Tensor&
                                           const at::Tensor& v, const at::Tensor& g, double scale,
                                           const at::Tensor& initial_state, int64_t chunk_size);
 
+// Gradients of a loss L through GlaChunked, given d_output = dL/do and d_final_state = dL/dS_T
+// (undefined: zeros). d_initial_state is returned also when initial_state is undefined.
+struct GlaChunkedGradients {
+  at::Tensor dq, dk, dv, dg;  // like q, k, v, g
+  at::Tensor d_initial_state;  // [B, H, K, V]
+};
+// The chunked backward written out with ATen ops (the CUDA kernel's formulas, in the inputs'
+// dtype; no autograd): states at every chunk start, state gradients at every chunk end in
+// reverse, then per chunk, with b the cumulative log decay inside the chunk, S0 / dS the state /
+// its gradient at the chunk start / end and A, dA the scaled causal scores q k and do v:
+//   dq_t = scale e^b_t (S0 do_t) + sum_{s<=t} dA[t, s] e^(b_t - b_s) k_s
+//   dk_s = sum_{t>=s} dA[t, s] e^(b_t - b_s) q_t + e^(b_C - b_s) (dS v_s)
+//   dv_s = sum_{t>=s} A[t, s] do_t + dS^T (e^(b_C - b_s) k_s)
+//   dg_t = sum_{u>=t in the chunk} (q_u dq_u - k_u dk_u) + rowsum(S_end * dS)
+GlaChunkedGradients GlaChunkedBackwardReference(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                double scale, const at::Tensor& initial_state,
+                                                const at::Tensor& d_output,
+                                                const at::Tensor& d_final_state,
+                                                int64_t chunk_size);
+
 // Gated delta rule (Gated DeltaNet, arXiv 2412.06464), scalar decay and write strength per head:
 //   S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale * S_t^T q_t
 // q, k: [B, H, T, K] (k expected L2-normalised); v: [B, H, T, V]; g (log decay <= 0) and beta
