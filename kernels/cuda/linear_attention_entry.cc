@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "cuda_check.h"
 #include "hyb/kernels/cuda_ops.h"
@@ -61,9 +62,18 @@ bool GlaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Ten
   return true;
 }
 
-LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const at::Tensor& g, double scale,
-                                 const at::Tensor& initial_state) {
+namespace {
+
+struct GlaForwardResult {
+  at::Tensor output;        // [B, H, T, V] bf16
+  at::Tensor final_state;   // [B, H, K, V] fp32
+  at::Tensor chunk_states;  // [B, H, N + 1, K, V] fp32, or undefined
+};
+
+// The forward kernel; with `keep_chunk_states` also the state at every chunk start.
+GlaForwardResult GlaForward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& g, double scale, const at::Tensor& initial_state,
+                            bool keep_chunk_states) {
   TORCH_CHECK(GlaChunkedSupported(q, k, v, g, initial_state),
               "cuda GlaChunked: unsupported inputs");
   const c10::cuda::CUDAGuard guard(q.device());
@@ -74,6 +84,12 @@ LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
   at::Tensor o = at::empty({b, h, t, v.size(3)}, q.options());
   at::Tensor s1 = at::empty({b, h, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
+  at::Tensor chunk_states;
+  if (keep_chunk_states) {
+    const int64_t n = (t + kGlaChunk - 1) / kGlaChunk;
+    chunk_states =
+        at::empty({b, h, n + 1, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
+  }
   GlaChunkedParams p;
   p.q = qc.data_ptr();
   p.k = kc.data_ptr();
@@ -82,6 +98,7 @@ LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const
   p.initial_state = s0.defined() ? s0.data_ptr<float>() : nullptr;
   p.o = o.data_ptr();
   p.final_state = s1.data_ptr<float>();
+  p.chunk_states = keep_chunk_states ? chunk_states.data_ptr<float>() : nullptr;
   p.batch = b;
   p.heads = h;
   p.tokens = t;
@@ -95,7 +112,116 @@ LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const
     p.workspace = workspace.data_ptr();
   }
   Check(LaunchGlaChunked(p, c10::cuda::getCurrentCUDAStream().stream()), "cuda GlaChunked");
-  return {o, s1};
+  return {o, s1, chunk_states};
+}
+
+// The backward kernels from the forward's chunk states; fp32 gradients.
+GlaChunkedGradients GlaBackward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& g, double scale, const at::Tensor& chunk_states,
+                                const at::Tensor& d_output, const at::Tensor& d_final_state) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gc = g.to(at::kFloat).contiguous();
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2), dk = q.size(3), dv = v.size(3);
+  at::Tensor d_o = d_output.defined() ? d_output.to(at::kBFloat16).contiguous()
+                                      : at::zeros({b, h, t, dv}, q.options());
+  TORCH_CHECK(d_o.sizes() == at::IntArrayRef({b, h, t, dv}), "cuda GlaChunked backward: bad do");
+  at::Tensor d_s1;
+  if (d_final_state.defined()) {
+    d_s1 = d_final_state.to(at::kFloat).contiguous();
+    TORCH_CHECK(d_s1.sizes() == at::IntArrayRef({b, h, dk, dv}),
+                "cuda GlaChunked backward: bad final state gradient");
+  }
+  const auto f32 = q.options().dtype(at::kFloat);
+  GlaChunkedGradients out{at::empty({b, h, t, dk}, f32), at::empty({b, h, t, dk}, f32),
+                          at::empty({b, h, t, dv}, f32), at::empty({b, h, t, dk}, f32),
+                          at::empty({b, h, dk, dv}, f32)};
+  GlaChunkedBackwardParams p;
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gc.data_ptr<float>();
+  p.d_output = d_o.data_ptr();
+  p.d_final_state = d_s1.defined() ? d_s1.data_ptr<float>() : nullptr;
+  p.chunk_states = chunk_states.data_ptr<float>();
+  p.dq = out.dq.data_ptr<float>();
+  p.dk = out.dk.data_ptr<float>();
+  p.dv = out.dv.data_ptr<float>();
+  p.dg = out.dg.data_ptr<float>();
+  p.d_initial_state = out.d_initial_state.data_ptr<float>();
+  p.batch = b;
+  p.heads = h;
+  p.tokens = t;
+  p.key_dim = static_cast<int>(dk);
+  p.value_dim = static_cast<int>(dv);
+  p.scale = static_cast<float>(scale);
+  at::Tensor workspace;
+  if (const size_t bytes = GlaChunkedBackwardWorkspaceBytes(p); bytes > 0) {
+    workspace = at::empty({static_cast<int64_t>(bytes)}, q.options().dtype(at::kByte));
+    p.workspace = workspace.data_ptr();
+  }
+  Check(LaunchGlaChunkedBackward(p, c10::cuda::getCurrentCUDAStream().stream()),
+        "cuda GlaChunked backward");
+  return out;
+}
+
+// Autograd node of the CUDA path: the forward keeps the chunk-start states ([B, H, N + 1, K, V]
+// fp32, about K * V * 4 / 64 bytes per token and head) for the backward.
+class GlaChunkedFunction : public torch::autograd::Function<GlaChunkedFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                const at::Tensor& initial_state, double scale) {
+    GlaForwardResult r = GlaForward(q, k, v, g, scale, initial_state, /*keep_chunk_states=*/true);
+    ctx->save_for_backward({q, k, v, g});
+    ctx->saved_data["chunk_states"] = r.chunk_states;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["state_type"] =
+        initial_state.defined() ? static_cast<int64_t>(initial_state.scalar_type()) : int64_t{-1};
+    return {r.output, r.final_state};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &g = saved[3];
+    const GlaChunkedGradients d =
+        GlaBackward(q, k, v, g, ctx->saved_data["scale"].toDouble(),
+                    ctx->saved_data["chunk_states"].toTensor(), grad_outputs[0], grad_outputs[1]);
+    const int64_t state_type = ctx->saved_data["state_type"].toInt();
+    at::Tensor d_state;
+    if (state_type >= 0) d_state = d.d_initial_state.to(static_cast<at::ScalarType>(state_type));
+    return {d.dq.to(q.scalar_type()), d.dk.to(k.scalar_type()), d.dv.to(v.scalar_type()),
+            d.dg.to(g.scalar_type()), d_state, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& g, double scale,
+                                 const at::Tensor& initial_state) {
+  GlaForwardResult r = GlaForward(q, k, v, g, scale, initial_state, /*keep_chunk_states=*/false);
+  return {r.output, r.final_state};
+}
+
+LinearAttentionOutput GlaChunkedWithGrad(const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& v, const at::Tensor& g, double scale,
+                                         const at::Tensor& initial_state) {
+  const torch::autograd::variable_list out =
+      GlaChunkedFunction::apply(q, k, v, g, initial_state, scale);
+  return {out[0], out[1]};
+}
+
+GlaChunkedGradients GlaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& g, double scale,
+                                       const at::Tensor& initial_state, const at::Tensor& d_output,
+                                       const at::Tensor& d_final_state) {
+  at::NoGradGuard no_grad;
+  const GlaForwardResult r =
+      GlaForward(q, k, v, g, scale, initial_state, /*keep_chunk_states=*/true);
+  return GlaBackward(q, k, v, g, scale, r.chunk_states, d_output, d_final_state);
 }
 
 bool LinearStepSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -27,7 +27,7 @@ at::Tensor PadTime(const at::Tensor& x, int64_t t) {
 }
 
 #ifdef HYB_WITH_CUDA
-// The CUDA kernels have no backward yet: they serve only calls that need no gradient.
+// The decoding-step kernels have no backward: they serve only calls that need no gradient.
 bool NeedsGrad(std::initializer_list<at::Tensor> xs) {
   if (!at::GradMode::is_enabled()) return false;
   for (const at::Tensor& x : xs) {
@@ -128,8 +128,10 @@ LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const
   TORCH_CHECK(chunk_size > 0, "GlaChunked: chunk_size must be positive");
 #ifdef HYB_WITH_CUDA
   // The kernel's chunk length is its own (the result does not depend on it).
-  if (!NeedsGrad({q, k, v, g, initial_state}) &&
-      cuda::GlaChunkedSupported(q, k, v, g, initial_state)) {
+  if (cuda::GlaChunkedSupported(q, k, v, g, initial_state)) {
+    if (NeedsGrad({q, k, v, g, initial_state})) {
+      return cuda::GlaChunkedWithGrad(q, k, v, g, scale, initial_state);
+    }
     return cuda::GlaChunked(q, k, v, g, scale, initial_state);
   }
 #endif

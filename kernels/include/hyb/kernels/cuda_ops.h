@@ -26,6 +26,21 @@ bool GlaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Ten
 LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& g, double scale,
                                  const at::Tensor& initial_state);
+// The same forward as an autograd function (same support as above): the backward runs the CUDA
+// kernels of gla_chunked_bwd.cu and returns gradients for q, k, v, g and initial_state in their
+// dtypes. Keeps the state at every chunk start (fp32, K * V * 4 / 64 bytes per token and head)
+// from the forward to the backward.
+LinearAttentionOutput GlaChunkedWithGrad(const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& v, const at::Tensor& g, double scale,
+                                         const at::Tensor& initial_state);
+// The backward alone (recomputes the forward's chunk states): gradients of a loss given
+// d_output = dL/do ([B, H, T, V], used as bf16) and d_final_state = dL/dS_T ([B, H, K, V], used
+// as fp32; undefined = zeros). Same support as GlaChunked; every gradient in fp32, the initial
+// state's one also when initial_state is undefined (the gradient for a zero state).
+GlaChunkedGradients GlaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& g, double scale,
+                                       const at::Tensor& initial_state, const at::Tensor& d_output,
+                                       const at::Tensor& d_final_state);
 // Chunks per parallel segment the GLA kernel uses for B*H sequences of `tokens` on a device
 // with `num_sms` multiprocessors (host-testable tile math; the whole sequence when B*H fills it).
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);

@@ -4,10 +4,11 @@
 // implementations below are composed of differentiable ATen ops, so autograd provides their
 // backward; CUDA kernels plug in behind these functions without touching callers.
 //
-// With HYB_CUDA, calls that need no gradient go to a CUDA kernel when the tensors are on a GPU
-// and the kernel supports them (kernels/cuda_ops.h lists what): GlaChunked for bf16 q/k/v with
-// K, V in {64, 128} (output bf16, final state fp32), GlaStep / GatedDeltaStep for fp32 or bf16
-// q/k/v with an fp32 state. Everything else runs the *Reference functions, which stay the oracle.
+// With HYB_CUDA, calls go to a CUDA kernel when the tensors are on a GPU and the kernel supports
+// them (kernels/cuda_ops.h lists what): GlaChunked for bf16 q/k/v with K, V in {64, 128} (output
+// bf16, final state fp32; with a CUDA backward when gradients are needed), and, when no gradient
+// is needed, GlaStep / GatedDeltaStep for fp32 or bf16 q/k/v with an fp32 state. Everything else
+// runs the *Reference functions, which stay the oracle.
 //
 // Shapes: B batch, H heads, T tokens, K key dim, V value dim. States are [B, H, K, V] and the
 // output at step t is o_t = scale * S_t^T q_t. All math runs in the inputs' dtype; callers pass
