@@ -5,7 +5,10 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <iostream>
 #include <limits>
+#include <sstream>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -115,16 +118,171 @@ TEST(CudaGlaChunkedTest, LongSequenceStrongGatesAndZeroTokens) {
   EXPECT_TRUE(at::equal(got.final_state, e.s0));
 }
 
-TEST(CudaGlaChunkedTest, GradientsStillFlowThroughTheReference) {
+TEST(CudaGlaChunkedTest, GradientsOfBf16GatesFlowThroughTheKernel) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(13);
   GlaInputs in = MakeGla(1, 2, 40, 64, 64, false);
   const at::Tensor q = in.q.detach().requires_grad_(true);
-  // All bf16: the reference composes ops in the inputs' dtype.
-  const auto r = kernels::GlaChunked(q, in.k, in.v, Bf(in.g), 0.125, {}, 16);
+  const at::Tensor g = Bf(in.g).detach().requires_grad_(true);
+  const auto r = kernels::GlaChunked(q, in.k, in.v, g, 0.125, {}, 16);
+  EXPECT_EQ(r.final_state.scalar_type(), at::kFloat) << "the CUDA kernel did not run";
   r.output.to(at::kFloat).sum().backward();
   ASSERT_TRUE(q.grad().defined());
+  ASSERT_TRUE(g.grad().defined());
+  EXPECT_EQ(q.grad().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(g.grad().scalar_type(), at::kBFloat16);
   EXPECT_TRUE(at::isfinite(q.grad()).all().item<bool>());
+  EXPECT_TRUE(at::isfinite(g.grad()).all().item<bool>());
+}
+
+struct GlaGrads {
+  at::Tensor dq, dk, dv, dg, ds0;
+};
+
+// Gradients through the ATen reference (autograd) with every input in `type`: of sum(o * d_o)
+// + sum(S_T * d_s). Without an initial state, ds0 is the gradient for a zero state.
+GlaGrads ReferenceGrads(const GlaInputs& in, at::ScalarType type, double scale,
+                        const at::Tensor& d_o, const at::Tensor& d_s) {
+  auto leaf = [&](const at::Tensor& x) { return x.to(type).detach().requires_grad_(true); };
+  const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g);
+  const at::Tensor s0 = leaf(in.s0.defined()
+                                 ? in.s0
+                                 : at::zeros({in.q.size(0), in.q.size(1), in.q.size(3),
+                                              in.v.size(3)},
+                                             in.g.options()));
+  const auto r = kernels::GlaChunkedReference(q, k, v, g, scale, s0, 64);
+  std::vector<at::Tensor> outs = {r.output}, grads = {d_o.to(type)};
+  if (d_s.defined()) {
+    outs.push_back(r.final_state);
+    grads.push_back(d_s.to(type));
+  }
+  const auto d = torch::autograd::grad(outs, {q, k, v, g, s0}, grads);
+  return {d[0], d[1], d[2], d[3], d[4]};
+}
+
+// The kernel's gradients (fp32, from bf16 q/k/v/do and fp32 g/states) against the fp64
+// reference, beside the error of the same reference run in bf16; prints every error.
+void ExpectGradsWithinBf16ReferenceError(const GlaGrads& got, const GlaGrads& ref,
+                                         const GlaGrads& ref_bf16, const std::string& label) {
+  const std::vector<std::tuple<const char*, at::Tensor, at::Tensor, at::Tensor>> parts = {
+      {"dq", got.dq, ref.dq, ref_bf16.dq},
+      {"dk", got.dk, ref.dk, ref_bf16.dk},
+      {"dv", got.dv, ref.dv, ref_bf16.dv},
+      {"dg", got.dg, ref.dg, ref_bf16.dg},
+      {"ds0", got.ds0, ref.ds0, ref_bf16.ds0}};
+  std::cout << "[gla bwd] " << label;
+  for (const auto& [name, g, r, rb] : parts) {
+    const double err = RelErr(g, r), err_bf16 = RelErr(rb, r);
+    std::cout << " " << name << " " << err << " (bf16 ref " << err_bf16 << ")";
+    EXPECT_TRUE(at::isfinite(g).all().item<bool>()) << label << " " << name;
+    EXPECT_LT(err, 1e-2) << label << " " << name;
+    EXPECT_LT(err, 2 * err_bf16) << label << " " << name;
+    // Exact inputs and fp32 arithmetic: far below bf16 rounding.
+    EXPECT_LT(err, 1e-3) << label << " " << name;
+  }
+  std::cout << "\n";
+}
+
+TEST(CudaGlaChunkedBackwardTest, GradientsWithinTwiceReferenceBf16Error) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(21);
+  // (B, H, T, K, V, initial state, final-state gradient): T around the chunk, long sequences,
+  // one head of 65,536 tokens; all four head-dim pairs. (T = 1 with neither state nor dS_T has
+  // dg = 0 exactly: no relative error to measure, so the T = 1 cases carry a dS_T.)
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>> cases = {
+      {2, 2, 1, 64, 64, true, true},        {2, 2, 1, 128, 128, false, true},
+      {2, 2, 63, 64, 64, false, true},      {1, 3, 63, 128, 128, true, false},
+      {1, 3, 64, 128, 128, true, true},     {2, 2, 64, 64, 64, false, false},
+      {2, 2, 65, 64, 128, true, true},      {1, 2, 65, 128, 64, false, true},
+      {1, 2, 2048, 128, 128, true, true},   {2, 2, 2048, 64, 64, false, false},
+      {1, 2, 8192, 128, 128, false, true},  {1, 2, 8192, 64, 64, true, false},
+      {1, 1, 65536, 64, 64, true, true},    {1, 1, 65536, 128, 128, false, false}};
+  for (const auto& [b, h, t, dk, dv, with_state, with_final_grad] : cases) {
+    const GlaInputs in = MakeGla(b, h, t, dk, dv, with_state);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
+    const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+    const at::Tensor d_o = at::randn({b, h, t, dv}, f32).to(at::kBFloat16);
+    const at::Tensor d_s = with_final_grad ? at::randn({b, h, dk, dv}, f32) : at::Tensor();
+    PoisonAllocator(b * h * t * (3 * dk + dv) * 4);
+    const auto k = kernels::cuda::GlaChunkedBackward(in.q, in.k, in.v, in.g, scale, in.s0, d_o, d_s);
+    const GlaGrads got{k.dq, k.dk, k.dv, k.dg, k.d_initial_state};
+    const GlaGrads ref = ReferenceGrads(in, at::kDouble, scale, d_o, d_s);
+    const GlaGrads ref_bf16 = ReferenceGrads(in, at::kBFloat16, scale, d_o, d_s);
+    std::ostringstream label;
+    label << "B=" << b << " H=" << h << " T=" << t << " K=" << dk << " V=" << dv
+          << " state=" << with_state << " dS_T=" << with_final_grad;
+    ExpectGradsWithinBf16ReferenceError(got, ref, ref_bf16, label.str());
+  }
+}
+
+TEST(CudaGlaChunkedBackwardTest, StrongGatesStayFinite) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(22);
+  // Gates near -5 per token (x80): e^(b_t - b_s) spans e^-320 inside a chunk; exponentials of
+  // differences only, so nothing overflows and the result still matches fp64.
+  GlaInputs in = MakeGla(1, 2, 1000, 128, 64, true);
+  in.g = in.g * 80;
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const at::Tensor d_o = at::randn({1, 2, 1000, 64}, f32).to(at::kBFloat16);
+  const at::Tensor d_s = at::randn({1, 2, 128, 64}, f32);
+  const auto k = kernels::cuda::GlaChunkedBackward(in.q, in.k, in.v, in.g, 0.1, in.s0, d_o, d_s);
+  const GlaGrads got{k.dq, k.dk, k.dv, k.dg, k.d_initial_state};
+  const GlaGrads ref = ReferenceGrads(in, at::kDouble, 0.1, d_o, d_s);
+  const GlaGrads ref_bf16 = ReferenceGrads(in, at::kBFloat16, 0.1, d_o, d_s);
+  ExpectGradsWithinBf16ReferenceError(got, ref, ref_bf16, "strong gates x80 T=1000");
+}
+
+TEST(CudaGlaChunkedBackwardTest, AutogradThroughGlaChunked) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(23);
+  const int64_t b = 2, h = 2, t = 300, d = 64;
+  const GlaInputs in = MakeGla(b, h, t, d, d, true);
+  const double scale = 0.125;
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const at::Tensor d_o = at::randn({b, h, t, d}, f32).to(at::kBFloat16);
+  const at::Tensor d_s = at::randn({b, h, d, d}, f32);
+  auto leaf = [](const at::Tensor& x) { return x.detach().clone().requires_grad_(true); };
+  const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g),
+                   s0 = leaf(in.s0);
+  const auto r = kernels::GlaChunked(q, k, v, g, scale, s0, 64);
+  ASSERT_EQ(r.output.scalar_type(), at::kBFloat16);
+  ASSERT_EQ(r.final_state.scalar_type(), at::kFloat) << "the CUDA path did not run";
+  // The outputs equal the forward-only kernel's.
+  {
+    at::NoGradGuard no_grad;
+    const auto plain = kernels::cuda::GlaChunked(in.q, in.k, in.v, in.g, scale, in.s0);
+    EXPECT_TRUE(at::equal(plain.output, r.output));
+    EXPECT_TRUE(at::equal(plain.final_state, r.final_state));
+  }
+  torch::autograd::backward({r.output, r.final_state}, {d_o, d_s});
+  EXPECT_EQ(q.grad().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(g.grad().scalar_type(), at::kFloat);
+  EXPECT_EQ(s0.grad().scalar_type(), at::kFloat);
+  const auto want = kernels::cuda::GlaChunkedBackward(in.q, in.k, in.v, in.g, scale, in.s0, d_o, d_s);
+  const GlaGrads ref = ReferenceGrads(in, at::kDouble, scale, d_o, d_s);
+  const GlaGrads got{q.grad(), k.grad(), v.grad(), g.grad(), s0.grad()};
+  // q, k, v gradients are rounded to their bf16 dtype; g's and the state's are the kernel's fp32.
+  const std::vector<std::tuple<const char*, at::Tensor, at::Tensor, at::Tensor, double>> parts = {
+      {"dq", got.dq, want.dq, ref.dq, 8e-3}, {"dk", got.dk, want.dk, ref.dk, 8e-3},
+      {"dv", got.dv, want.dv, ref.dv, 8e-3}, {"dg", got.dg, want.dg, ref.dg, 1e-6},
+      {"ds0", got.ds0, want.d_initial_state, ref.ds0, 1e-6}};
+  std::cout << "[gla autograd]";
+  for (const auto& [name, x, kernel, fp64, tol] : parts) {
+    const double err_kernel = RelErr(x, kernel), err_ref = RelErr(x, fp64);
+    std::cout << " " << name << " vs kernel " << err_kernel << " vs fp64 " << err_ref;
+    EXPECT_LT(err_kernel, tol) << name;
+    EXPECT_LT(err_ref, 1e-2) << name;
+  }
+  std::cout << "\n";
+
+  // Only the output used, only some inputs needing gradients: the rest stays undefined.
+  const at::Tensor g2 = leaf(in.g);
+  const auto r2 = kernels::GlaChunked(in.q, in.k, in.v, g2, scale, {}, 64);
+  ASSERT_EQ(r2.final_state.scalar_type(), at::kFloat);
+  r2.output.to(at::kFloat).pow(2).sum().backward();
+  ASSERT_TRUE(g2.grad().defined());
+  EXPECT_TRUE(at::isfinite(g2.grad()).all().item<bool>());
+  EXPECT_GT(g2.grad().abs().sum().item<double>(), 0.0);
 }
 
 TEST(CudaLinearStepTest, StepsMatchReference) {
