@@ -1,6 +1,7 @@
 // GPU speed of the linear-attention kernels at the shapes of issue 11, beside LibTorch's fused
 // causal SDPA measured in the same process: bf16, 32K tokens per batch, 16 heads, head dim 128,
-// T in {2K, 8K, 32K} (batch = 32K / T); and batched decoding steps (state fp32) against SDPA
+// T in {2K, 8K, 32K} (batch = 32K / T), forward, and forward + backward of our GLA (gradients
+// for q, k, v, g from a random output gradient); and batched decoding steps (state fp32) against SDPA
 // decoding one token over a bf16 KV cache. fla's numbers come from
 // ../shared/reference/linear_attention_ops.py run in the same session.
 //
@@ -80,6 +81,18 @@ int main(int argc, char** argv) {
     const double bytes = static_cast<double>(b * kHeads * t * kDim) * (2 * 4 + 4);
     const double bound_ms = bytes / (hbm_tbps * 1e12) * 1e3;
     const double gla_ms = TimeMs([&] { hyb::kernels::GlaChunked(q, k, v, g, scale, {}, 64); }, 10);
+    // Forward + backward through the autograd path (torch::autograd::grad: no accumulation into
+    // .grad, so the time is the two kernels' plus the dtype conversions of the gradients).
+    const at::Tensor qg = q.detach().requires_grad_(true), kg = k.detach().requires_grad_(true);
+    const at::Tensor vg = v.detach().requires_grad_(true), gg = g.detach().requires_grad_(true);
+    const at::Tensor d_o = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16);
+    const double gla_fwd_bwd_ms = TimeMs(
+        [&] {
+          const at::AutoGradMode grad_mode(true);
+          const auto r = hyb::kernels::GlaChunked(qg, kg, vg, gg, scale, {}, 64);
+          torch::autograd::grad({r.output}, {qg, kg, vg, gg}, {d_o});
+        },
+        5);
     hyb::kernels::AttentionOptions ao;
     ao.scale = scale;
     const double sdpa_ms = TimeMs([&] { hyb::kernels::SoftmaxAttention(q, k, v, ao); }, 10);
@@ -100,6 +113,7 @@ int main(int argc, char** argv) {
                       {"hbm_bound_ms", with_bw ? bound_ms : 0.0}});
     };
     row("gla_chunked_cuda fwd", gla_ms, true);
+    row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);
     row("sdpa_causal fwd", sdpa_ms, false);
   }
 
