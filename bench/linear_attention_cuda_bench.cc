@@ -1,8 +1,8 @@
 // GPU speed of the linear-attention kernels at the shapes of issue 11, beside LibTorch's fused
 // causal SDPA measured in the same process: bf16, 32K tokens per batch, 16 heads, head dim 128,
 // T in {2K, 8K, 32K} (batch = 32K / T), forward, and forward + backward of our GLA (gradients
-// for q, k, v, g from a random output gradient); and batched decoding steps (state fp32) against SDPA
-// decoding one token over a bf16 KV cache. fla's numbers come from
+// for q, k, v, g from a random output gradient); and batched decoding steps (state fp32) against
+// SDPA decoding one token over a bf16 KV cache. fla's numbers come from
 // ../shared/reference/linear_attention_ops.py run in the same session.
 //
 //   linear_attention_cuda_bench [--hbm-tbps 4.8] [--json FILE]

@@ -16,6 +16,9 @@
 // each segment's own state (from zero) and total decay, a scan over segments turns these into
 // start states, pass 2 produces outputs from them. Otherwise pass 2 alone runs, one segment per
 // sequence.
+//
+// With GlaChunkedParams::chunk_states set, pass 2 also writes the fp32 state at every chunk start
+// (and the final state after them): what the backward (gla_chunked_bwd.cu) reads.
 #include <cuda_bf16.h>
 
 #include <algorithm>

@@ -161,7 +161,7 @@ struct ChunkLayout {
   static constexpr int kDA = kA + kC * kAP * 4;
   // S0, then dS ([K][V]), then q dq - k dk ([C][K + 1]); the larger of the two.
   static constexpr int kSt = kDA + kC * kAP * 4;
-  static constexpr int kStFloats = K * kSP > kC * kBP ? K * kSP : kC * kBP;
+  static constexpr int kStFloats = (K * kSP > kC * kBP) ? (K * kSP) : (kC * kBP);
   static constexpr int kBc = kSt + kStFloats * 4;  // b_C, fp32 [K]
   static constexpr int kDgl = kBc + K * 4;         // rowsum(S_end * dS), fp32 [K]
   static constexpr int kBytes = kDgl + K * 4;

@@ -87,8 +87,7 @@ GlaForwardResult GlaForward(const at::Tensor& q, const at::Tensor& k, const at::
   at::Tensor chunk_states;
   if (keep_chunk_states) {
     const int64_t n = (t + kGlaChunk - 1) / kGlaChunk;
-    chunk_states =
-        at::empty({b, h, n + 1, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
+    chunk_states = at::empty({b, h, n + 1, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
   }
   GlaChunkedParams p;
   p.q = qc.data_ptr();
@@ -192,8 +191,12 @@ class GlaChunkedFunction : public torch::autograd::Function<GlaChunkedFunction> 
     const int64_t state_type = ctx->saved_data["state_type"].toInt();
     at::Tensor d_state;
     if (state_type >= 0) d_state = d.d_initial_state.to(static_cast<at::ScalarType>(state_type));
-    return {d.dq.to(q.scalar_type()), d.dk.to(k.scalar_type()), d.dv.to(v.scalar_type()),
-            d.dg.to(g.scalar_type()), d_state, at::Tensor()};
+    return {d.dq.to(q.scalar_type()),
+            d.dk.to(k.scalar_type()),
+            d.dv.to(v.scalar_type()),
+            d.dg.to(g.scalar_type()),
+            d_state,
+            at::Tensor()};
   }
 };
 

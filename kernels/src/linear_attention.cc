@@ -233,8 +233,7 @@ GlaChunkedGradients GlaChunkedBackwardReference(const at::Tensor& q, const at::T
                         to_end * at::matmul(vc, ds_end.transpose(-1, -2));
   const at::Tensor dv = at::matmul(a.transpose(-1, -2), dc) + at::matmul(kc * to_end, ds_end);
   const at::Tensor db = qc * dq - kc * dk;
-  const at::Tensor dg =
-      db.flip(3).cumsum(3).flip(3) + (s_end * ds_end).sum(-1).unsqueeze(3);
+  const at::Tensor dg = db.flip(3).cumsum(3).flip(3) + (s_end * ds_end).sum(-1).unsqueeze(3);
   auto unchunk = [&](const at::Tensor& x) {
     return x.reshape({bsz, h, n * c, x.size(-1)}).narrow(2, 0, t);
   };

@@ -145,11 +145,10 @@ GlaGrads ReferenceGrads(const GlaInputs& in, at::ScalarType type, double scale,
                         const at::Tensor& d_o, const at::Tensor& d_s) {
   auto leaf = [&](const at::Tensor& x) { return x.to(type).detach().requires_grad_(true); };
   const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g);
-  const at::Tensor s0 = leaf(in.s0.defined()
-                                 ? in.s0
-                                 : at::zeros({in.q.size(0), in.q.size(1), in.q.size(3),
-                                              in.v.size(3)},
-                                             in.g.options()));
+  const at::Tensor s0 =
+      leaf(in.s0.defined() ? in.s0
+                           : at::zeros({in.q.size(0), in.q.size(1), in.q.size(3), in.v.size(3)},
+                                       in.g.options()));
   const auto r = kernels::GlaChunkedReference(q, k, v, g, scale, s0, 64);
   std::vector<at::Tensor> outs = {r.output}, grads = {d_o.to(type)};
   if (d_s.defined()) {
@@ -190,13 +189,13 @@ TEST(CudaGlaChunkedBackwardTest, GradientsWithinTwiceReferenceBf16Error) {
   // one head of 65,536 tokens; all four head-dim pairs. (T = 1 without an initial state has
   // dg = 0 exactly, whatever dS_T: no relative error to measure, so the T = 1 cases carry one.)
   const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>> cases = {
-      {2, 2, 1, 64, 64, true, true},        {2, 2, 1, 128, 128, true, false},
-      {2, 2, 63, 64, 64, false, true},      {1, 3, 63, 128, 128, true, false},
-      {1, 3, 64, 128, 128, true, true},     {2, 2, 64, 64, 64, false, false},
-      {2, 2, 65, 64, 128, true, true},      {1, 2, 65, 128, 64, false, true},
-      {1, 2, 2048, 128, 128, true, true},   {2, 2, 2048, 64, 64, false, false},
-      {1, 2, 8192, 128, 128, false, true},  {1, 2, 8192, 64, 64, true, false},
-      {1, 1, 65536, 64, 64, true, true},    {1, 1, 65536, 128, 128, false, false}};
+      {2, 2, 1, 64, 64, true, true},       {2, 2, 1, 128, 128, true, false},
+      {2, 2, 63, 64, 64, false, true},     {1, 3, 63, 128, 128, true, false},
+      {1, 3, 64, 128, 128, true, true},    {2, 2, 64, 64, 64, false, false},
+      {2, 2, 65, 64, 128, true, true},     {1, 2, 65, 128, 64, false, true},
+      {1, 2, 2048, 128, 128, true, true},  {2, 2, 2048, 64, 64, false, false},
+      {1, 2, 8192, 128, 128, false, true}, {1, 2, 8192, 64, 64, true, false},
+      {1, 1, 65536, 64, 64, true, true},   {1, 1, 65536, 128, 128, false, false}};
   for (const auto& [b, h, t, dk, dv, with_state, with_final_grad] : cases) {
     const GlaInputs in = MakeGla(b, h, t, dk, dv, with_state);
     const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
@@ -204,7 +203,8 @@ TEST(CudaGlaChunkedBackwardTest, GradientsWithinTwiceReferenceBf16Error) {
     const at::Tensor d_o = at::randn({b, h, t, dv}, f32).to(at::kBFloat16);
     const at::Tensor d_s = with_final_grad ? at::randn({b, h, dk, dv}, f32) : at::Tensor();
     PoisonAllocator(b * h * t * (3 * dk + dv) * 4);
-    const auto k = kernels::cuda::GlaChunkedBackward(in.q, in.k, in.v, in.g, scale, in.s0, d_o, d_s);
+    const auto k =
+        kernels::cuda::GlaChunkedBackward(in.q, in.k, in.v, in.g, scale, in.s0, d_o, d_s);
     const GlaGrads got{k.dq, k.dk, k.dv, k.dg, k.d_initial_state};
     const GlaGrads ref = ReferenceGrads(in, at::kDouble, scale, d_o, d_s);
     const GlaGrads ref_bf16 = ReferenceGrads(in, at::kBFloat16, scale, d_o, d_s);
@@ -242,8 +242,7 @@ TEST(CudaGlaChunkedBackwardTest, AutogradThroughGlaChunked) {
   const at::Tensor d_o = at::randn({b, h, t, d}, f32).to(at::kBFloat16);
   const at::Tensor d_s = at::randn({b, h, d, d}, f32);
   auto leaf = [](const at::Tensor& x) { return x.detach().clone().requires_grad_(true); };
-  const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g),
-                   s0 = leaf(in.s0);
+  const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g), s0 = leaf(in.s0);
   const auto r = kernels::GlaChunked(q, k, v, g, scale, s0, 64);
   ASSERT_EQ(r.output.scalar_type(), at::kBFloat16);
   ASSERT_EQ(r.final_state.scalar_type(), at::kFloat) << "the CUDA path did not run";
@@ -258,13 +257,16 @@ TEST(CudaGlaChunkedBackwardTest, AutogradThroughGlaChunked) {
   EXPECT_EQ(q.grad().scalar_type(), at::kBFloat16);
   EXPECT_EQ(g.grad().scalar_type(), at::kFloat);
   EXPECT_EQ(s0.grad().scalar_type(), at::kFloat);
-  const auto want = kernels::cuda::GlaChunkedBackward(in.q, in.k, in.v, in.g, scale, in.s0, d_o, d_s);
+  const auto want =
+      kernels::cuda::GlaChunkedBackward(in.q, in.k, in.v, in.g, scale, in.s0, d_o, d_s);
   const GlaGrads ref = ReferenceGrads(in, at::kDouble, scale, d_o, d_s);
   const GlaGrads got{q.grad(), k.grad(), v.grad(), g.grad(), s0.grad()};
   // q, k, v gradients are rounded to their bf16 dtype; g's and the state's are the kernel's fp32.
   const std::vector<std::tuple<const char*, at::Tensor, at::Tensor, at::Tensor, double>> parts = {
-      {"dq", got.dq, want.dq, ref.dq, 8e-3}, {"dk", got.dk, want.dk, ref.dk, 8e-3},
-      {"dv", got.dv, want.dv, ref.dv, 8e-3}, {"dg", got.dg, want.dg, ref.dg, 1e-6},
+      {"dq", got.dq, want.dq, ref.dq, 8e-3},
+      {"dk", got.dk, want.dk, ref.dk, 8e-3},
+      {"dv", got.dv, want.dv, ref.dv, 8e-3},
+      {"dg", got.dg, want.dg, ref.dg, 1e-6},
       {"ds0", got.ds0, want.d_initial_state, ref.ds0, 1e-6}};
   std::cout << "[gla autograd]";
   for (const auto& [name, x, kernel, fp64, tol] : parts) {

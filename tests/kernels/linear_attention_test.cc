@@ -157,17 +157,17 @@ TEST(LinearAttentionTest, ChunkedBackwardMatchesAutogradThroughRecurrence) {
           at::Tensor k = in.k.clone().set_requires_grad(true);
           at::Tensor v = in.v.clone().set_requires_grad(true);
           at::Tensor g = in.g_vec.clone().set_requires_grad(true);
-          at::Tensor s0 = (with_state ? in.s0 : at::zeros_like(in.s0)).clone().set_requires_grad(
-              true);
+          at::Tensor s0 =
+              (with_state ? in.s0 : at::zeros_like(in.s0)).clone().set_requires_grad(true);
           const auto r = GlaRecurrent(q, k, v, g, scale, s0);
           const at::Tensor d_o = at::randn_like(r.output);
           const at::Tensor d_s = with_final_grad ? at::randn_like(r.final_state) : at::Tensor();
           at::Tensor loss = (r.output * d_o).sum();
           if (with_final_grad) loss = loss + (r.final_state * d_s).sum();
           const auto want = torch::autograd::grad({loss}, {q, k, v, g, s0});
-          const auto got = GlaChunkedBackwardReference(in.q, in.k, in.v, in.g_vec, scale,
-                                                       with_state ? in.s0 : at::Tensor(), d_o,
-                                                       d_s, chunk);
+          const auto got =
+              GlaChunkedBackwardReference(in.q, in.k, in.v, in.g_vec, scale,
+                                          with_state ? in.s0 : at::Tensor(), d_o, d_s, chunk);
           SCOPED_TRACE(::testing::Message() << "t=" << t << " state=" << with_state
                                             << " dS_T=" << with_final_grad << " strong=" << strong);
           const std::vector<std::pair<const char*, double>> errs = {

@@ -43,7 +43,7 @@ LinearAttentionOutput GlaChunkedReference(const at::Tensor& q, const at::Tensor&
 // Gradients of a loss L through GlaChunked, given d_output = dL/do and d_final_state = dL/dS_T
 // (undefined: zeros). d_initial_state is returned also when initial_state is undefined.
 struct GlaChunkedGradients {
-  at::Tensor dq, dk, dv, dg;  // like q, k, v, g
+  at::Tensor dq, dk, dv, dg;   // like q, k, v, g
   at::Tensor d_initial_state;  // [B, H, K, V]
 };
 // The chunked backward written out with ATen ops (the CUDA kernel's formulas, in the inputs'
