@@ -49,18 +49,42 @@ at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
               "attention: query heads must be a multiple of key/value heads");
   const int64_t tq = q.size(2), tk = k.size(2);
-  TORCH_CHECK(options.q_offset + tq == tk, "attention: q_offset + Tq must equal Tk");
   const int64_t n_rep = q.size(1) / k.size(1);
+  if (options.key_mask.defined()) {
+    TORCH_CHECK(tq == 1, "attention: a key mask needs a single query, got ", tq);
+    TORCH_CHECK(options.key_mask.dim() == 1 && options.key_mask.size(0) == tk,
+                "attention: key mask must be [", tk, "]");
+  } else {
+    TORCH_CHECK(options.q_offset + tq == tk, "attention: q_offset + Tq must equal Tk");
+  }
+  const bool window_inactive = options.sliding_window == 0 || options.sliding_window >= tk;
+  if (tq == 1) {
+    // One query per head: the n_rep query heads of a key/value group form that group's query
+    // rows, so every key/value head is read where it lies (no repeated copy of the cache). The
+    // rows of a group see the same keys, so a mask over keys applies to all of them.
+    const int64_t b = q.size(0), hkv = k.size(1), d = q.size(3);
+    const at::Tensor qg = q.reshape({b, hkv, n_rep, d});
+    at::Tensor mask;
+    if (options.key_mask.defined()) {
+      mask = options.key_mask.view({1, 1, 1, tk});
+    } else if (!window_inactive) {
+      mask = AttentionMask(1, tk, options, q.device()).view({1, 1, 1, tk});
+    }
+    at::Tensor o;
+#if TORCH_VERSION_MAJOR >= 2
+    if (!options.force_math) {
+      o = at::scaled_dot_product_attention(qg, k, v, mask.defined() ? mask : at::Tensor(), 0.0,
+                                           false, options.scale);
+    }
+#endif
+    if (!o.defined()) o = MathAttention(qg, k, v, mask, options.scale);
+    return o.reshape({b, hkv * n_rep, 1, d});
+  }
   const at::Tensor kk = RepeatKv(k, n_rep), vv = RepeatKv(v, n_rep);
   // Plain causal attention over a fresh sequence needs no explicit mask.
   const bool plain_causal = options.q_offset == 0 && options.sliding_window == 0;
-  const bool window_inactive = options.sliding_window == 0 || options.sliding_window >= tk;
-  const bool no_mask_needed = (tq == 1 && window_inactive);
 #if TORCH_VERSION_MAJOR >= 2
   if (!options.force_math) {
-    if (no_mask_needed) {
-      return at::scaled_dot_product_attention(q, kk, vv, {}, 0.0, false, options.scale);
-    }
     if (plain_causal) {
       return at::scaled_dot_product_attention(q, kk, vv, {}, 0.0, true, options.scale);
     }
@@ -68,7 +92,6 @@ at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::
     return at::scaled_dot_product_attention(q, kk, vv, mask, 0.0, false, options.scale);
   }
 #endif
-  if (no_mask_needed) return MathAttention(q, kk, vv, {}, options.scale);
   return MathAttention(q, kk, vv, AttentionMask(tq, tk, options, q.device()), options.scale);
 }
 

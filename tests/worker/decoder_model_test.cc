@@ -9,6 +9,7 @@
 
 #include "hyb/storage/atomic_file.h"
 #include "hyb/worker/attention_mixer.h"
+#include "hyb/worker/linear_mixer.h"
 #include "hyb/worker/tensor_io.h"
 #include "testing/temp_dir.h"
 #include "worker/test_model.h"
@@ -139,6 +140,77 @@ TEST(DecoderModelTest, GreedyGenerationMatchesArgmaxOfFullForward) {
   auto stopped = (*model)->GenerateGreedy(prompt, 6, {first});
   ASSERT_TRUE(stopped.ok());
   EXPECT_EQ(stopped->size(1), 6);
+}
+
+// Batched greedy generation (prompt prefilled in pieces, then positioned steps on caches sized
+// for the whole generation) equals, row by row, the argmax of full forwards over everything
+// before each token: every attention variant (GQA, sliding windows, q/k norm), and hybrids
+// whose linear layers carry recurrent and convolution states.
+TEST(DecoderModelTest, BatchedGenerationEqualsFullForwardArgmaxForEveryVariant) {
+  for (const auto& [label, spec] : Variants()) {
+    for (const auto type : {LinearMixerType::kGla, LinearMixerType::kGatedDeltaNet}) {
+      TempDir dir;
+      testing::WriteTinyModel(dir.path(), spec, 21);
+      auto loaded = DecoderModel::Load(dir.path(), {});
+      ASSERT_TRUE(loaded.ok()) << label;
+      DecoderModel& model = **loaded;
+      if (type == LinearMixerType::kGatedDeltaNet || label == "llama_gqa") {
+        const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(model.mixer(0));
+        LinearMixerOptions o;
+        o.type = type;
+        model.SetMixer(0, LinearMixer::Random(att.shape(), o, false, false, 5, at::kFloat, at::kCPU));
+      }
+      at::NoGradGuard no_grad;
+      const at::Tensor prompt = RandomIds(3, 7, spec.vocab, 8);
+      for (const int64_t piece : {int64_t{3}, DecoderModel::kPrefillTokens}) {
+        auto out = model.GenerateGreedy(prompt, 6, {}, piece);
+        ASSERT_TRUE(out.ok()) << label << ": " << out.status().ToString();
+        ASSERT_EQ(out->sizes(), (at::IntArrayRef{3, 13})) << label;
+        EXPECT_TRUE(at::equal(out->narrow(1, 0, 7), prompt)) << label;
+        for (int64_t t = 7; t < 13; ++t) {
+          const at::Tensor logits = *model.Forward(out->narrow(1, 0, t));
+          EXPECT_TRUE(at::equal(logits.select(1, t - 1).argmax(-1), out->select(1, t)))
+              << label << " piece " << piece << " token " << t;
+        }
+      }
+      // A row that produces a stop id keeps it from then on; generation ends when all have.
+      auto free_run = *model.GenerateGreedy(prompt, 6, {});
+      const int64_t stop = free_run[1][8].item<int64_t>();
+      auto stopped = model.GenerateGreedy(prompt, 6, {stop});
+      ASSERT_TRUE(stopped.ok());
+      for (int64_t r = 0; r < 3; ++r) {
+        bool seen = false;
+        for (int64_t t = 7; t < stopped->size(1); ++t) {
+          const int64_t id = (*stopped)[r][t].item<int64_t>();
+          if (seen) EXPECT_EQ(id, stop) << label << " row " << r;
+          if (!seen) EXPECT_EQ(id, free_run[r][t].item<int64_t>()) << label << " row " << r;
+          seen = seen || id == stop;
+        }
+      }
+    }
+  }
+}
+
+TEST(DecoderModelTest, KvCacheGrowsOnDemandAndClonesTight) {
+  KvCache cache;
+  const at::Tensor k = at::randn({2, 3, 5, 4}), v = at::randn({2, 3, 5, 4});
+  auto [k1, v1] = cache.Append(k, v);
+  EXPECT_EQ(cache.length(), 5);
+  EXPECT_EQ(cache.capacity(), 5);
+  auto [k2, v2] = cache.Append(k.narrow(2, 0, 1), v.narrow(2, 0, 1));
+  EXPECT_EQ(cache.length(), 6);
+  EXPECT_EQ(cache.capacity(), 12);  // doubled: amortised appends
+  EXPECT_TRUE(at::equal(k2.narrow(2, 0, 5), k));
+  EXPECT_TRUE(at::equal(v2.narrow(2, 5, 1), v.narrow(2, 0, 1)));
+  auto clone = cache.Clone();
+  EXPECT_EQ(clone->Bytes(), 2 * 2 * 3 * 6 * 4 * 4);  // the six tokens only
+  KvCache reserved;
+  reserved.Reserve(9);
+  reserved.Append(k, v);
+  EXPECT_EQ(reserved.capacity(), 9);
+  reserved.WriteAt(at::tensor({int64_t{7}}), k.narrow(2, 1, 1), v.narrow(2, 1, 1));
+  EXPECT_TRUE(at::equal(reserved.key_buffer().narrow(2, 7, 1), k.narrow(2, 1, 1)));
+  EXPECT_EQ(reserved.length(), 5);  // a positioned write leaves the host length alone
 }
 
 TEST(DecoderModelTest, TapsExposeMixerInputAndOutput) {

@@ -13,16 +13,53 @@ namespace hyb::worker {
 
 std::unique_ptr<MixerState> KvCache::Clone() const {
   auto c = std::make_unique<KvCache>();
-  if (k.defined()) {
-    c->k = k.clone();
-    c->v = v.clone();
+  if (length_ > 0) {
+    c->k_buf_ = k().clone();
+    c->v_buf_ = v().clone();
+    c->length_ = length_;
   }
+  c->reserve_ = reserve_;
   return c;
 }
 
 int64_t KvCache::Bytes() const {
-  if (!k.defined()) return 0;
-  return (k.numel() + v.numel()) * static_cast<int64_t>(k.element_size());
+  if (!k_buf_.defined()) return 0;
+  return (k_buf_.numel() + v_buf_.numel()) * static_cast<int64_t>(k_buf_.element_size());
+}
+
+at::Tensor KvCache::k() const { return k_buf_.defined() ? k_buf_.narrow(2, 0, length_) : k_buf_; }
+at::Tensor KvCache::v() const { return v_buf_.defined() ? v_buf_.narrow(2, 0, length_) : v_buf_; }
+
+std::pair<at::Tensor, at::Tensor> KvCache::Append(const at::Tensor& k, const at::Tensor& v) {
+  const int64_t t = k.size(2), need = length_ + t;
+  if (!k_buf_.defined() || need > k_buf_.size(2) || k_buf_.size(0) != k.size(0) ||
+      k_buf_.scalar_type() != k.scalar_type() || k_buf_.device() != k.device()) {
+    TORCH_CHECK(length_ == 0 || (k_buf_.size(0) == k.size(0) && k_buf_.size(1) == k.size(1) &&
+                                 k_buf_.size(3) == k.size(3)),
+                "KV cache holds [", k_buf_.sizes(), "] but the call appends [", k.sizes(), "]");
+    // Room for the reserved length; past it (or without one), exactly the first call's tokens
+    // and then twice what is needed (amortised O(1) appends).
+    const int64_t cap = need <= reserve_ ? reserve_ : length_ == 0 ? need : 2 * need;
+    at::Tensor nk = at::zeros({k.size(0), k.size(1), cap, k.size(3)}, k.options());
+    at::Tensor nv = at::zeros({v.size(0), v.size(1), cap, v.size(3)}, v.options());
+    if (length_ > 0) {
+      nk.narrow(2, 0, length_).copy_(this->k());
+      nv.narrow(2, 0, length_).copy_(this->v());
+    }
+    k_buf_ = nk;
+    v_buf_ = nv;
+  }
+  k_buf_.narrow(2, length_, t).copy_(k);
+  v_buf_.narrow(2, length_, t).copy_(v);
+  length_ = need;
+  return {this->k(), this->v()};
+}
+
+void KvCache::WriteAt(const at::Tensor& position, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(k_buf_.defined() && k.size(2) == 1 && k_buf_.size(0) == k.size(0),
+              "KV cache: a positioned write needs reserved buffers and one token");
+  k_buf_.index_copy_(2, position, k);
+  v_buf_.index_copy_(2, position, v);
 }
 
 at::Tensor SoftmaxAttentionMixer::Forward(const at::Tensor& x, const MixerContext& ctx,
@@ -39,25 +76,36 @@ at::Tensor SoftmaxAttentionMixer::Forward(const at::Tensor& x, const MixerContex
   q = ApplyRotary(q.transpose(1, 2), ctx.cos, ctx.sin);
   k = ApplyRotary(k.transpose(1, 2), ctx.cos, ctx.sin);
   v = v.transpose(1, 2);
-  int64_t offset = 0;
+  kernels::AttentionOptions options;
+  options.sliding_window = shape_.sliding_window;
+  options.scale = 1.0 / std::sqrt(static_cast<double>(d));
+  at::Tensor o;  // [B, H, T, D]
   if (state != nullptr) {
     auto* cache = dynamic_cast<KvCache*>(state);
     TORCH_CHECK(cache != nullptr, "softmax attention was given a state that is not a KvCache");
-    TORCH_CHECK(cache->length() == ctx.position_offset, "KV cache holds ", cache->length(),
-                " tokens but the call starts at position ", ctx.position_offset);
-    offset = cache->length();
-    if (offset > 0) {
-      k = at::cat({cache->k, k}, 2);
-      v = at::cat({cache->v, v}, 2);
+    if (ctx.position.defined()) {
+      // Positioned step (a captured graph replays it): write at the device position and attend
+      // over the whole buffer, the keys after the position masked out.
+      TORCH_CHECK(t == 1, "a positioned attention step takes one token, got ", t);
+      cache->WriteAt(ctx.position, k, v);
+      const at::Tensor key_pos =
+          at::arange(cache->capacity(), at::TensorOptions().dtype(at::kLong).device(k.device()));
+      at::Tensor visible = key_pos.le(ctx.position);
+      if (shape_.sliding_window > 0) {
+        visible = visible.logical_and(key_pos.gt(ctx.position - shape_.sliding_window));
+      }
+      options.key_mask = visible;
+      o = kernels::SoftmaxAttention(q, cache->key_buffer(), cache->value_buffer(), options);
+    } else {
+      TORCH_CHECK(cache->length() == ctx.position_offset, "KV cache holds ", cache->length(),
+                  " tokens but the call starts at position ", ctx.position_offset);
+      options.q_offset = cache->length();
+      auto [keys, values] = cache->Append(k, v);
+      o = kernels::SoftmaxAttention(q, keys, values, options);
     }
-    cache->k = k;
-    cache->v = v;
+  } else {
+    o = kernels::SoftmaxAttention(q, k, v, options);
   }
-  kernels::AttentionOptions options;
-  options.q_offset = offset;
-  options.sliding_window = shape_.sliding_window;
-  options.scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const at::Tensor o = kernels::SoftmaxAttention(q, k, v, options);  // [B, H, T, D]
   return kernels::Linear(o.transpose(1, 2).reshape({b, t, shape_.num_heads * d}), w_.o_proj,
                     w_.o_bias);
 }

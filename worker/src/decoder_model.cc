@@ -11,10 +11,17 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <set>
 #include <thread>
 
 #include "hyb/common/logging.h"
+#ifdef HYB_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
 #include "hyb/kernels/linear.h"
 #include "hyb/kernels/norm.h"
 #include "hyb/storage/atomic_file.h"
@@ -199,6 +206,7 @@ StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::FromCheckpoint(
   m->mlp_.resize(n);
   m->mixers_.resize(n);
   HYB_ASSIGN_OR_RETURN(m->rope_, RotaryEmbedding::Create(config.rope, config.head_dim));
+  m->rope_.PlaceOn(placement.device);
   try {
     WeightLoader load(weights, placement);
     const int64_t h = config.hidden_size, v = config.vocab_size, f = config.intermediate_size;
@@ -296,9 +304,14 @@ void DecoderModel::SetMixer(int64_t layer, std::shared_ptr<const TokenMixer> mix
   mixers_.at(static_cast<size_t>(layer)) = std::move(mixer);
 }
 
-DecodeState DecoderModel::NewDecodeState() const {
+DecodeState DecoderModel::NewDecodeState(int64_t capacity) const {
   DecodeState s;
-  for (const auto& m : mixers_) s.layers.push_back(m ? m->NewState() : nullptr);
+  for (const auto& m : mixers_) {
+    s.layers.push_back(m ? m->NewState() : nullptr);
+    if (auto* kv = dynamic_cast<KvCache*>(s.layers.back().get()); kv != nullptr && capacity > 0) {
+      kv->Reserve(capacity);
+    }
+  }
   return s;
 }
 
@@ -404,18 +417,36 @@ at::Tensor DecoderModel::ForwardImpl(const at::Tensor& input_ids, DecodeState* s
 }
 
 at::Tensor DecoderModel::RunLayers(int64_t first_layer, at::Tensor h, DecodeState* state,
-                                   LayerTaps* taps) const {
+                                   LayerTaps* taps, bool last_only) const {
   h = RunRange(first_layer, num_layers(), std::move(h), state, taps);
+  if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   return kernels::Linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
 }
 
+at::Tensor DecoderModel::PositionedStep(const at::Tensor& ids, const at::Tensor& position,
+                                        const at::Tensor& cos_table, const at::Tensor& sin_table,
+                                        DecodeState* state) const {
+  MixerContext ctx;
+  ctx.position = position;
+  ctx.cos = cos_table.index_select(0, position);  // [1, head_dim]
+  ctx.sin = sin_table.index_select(0, position);
+  at::Tensor h = RunRange(0, num_layers(), at::embedding(embed_tokens_, ids), state, nullptr, &ctx);
+  const at::Tensor logits =
+      kernels::Linear(kernels::RmsNorm(h, final_norm_, config_.rms_norm_eps), lm_head_);
+  return logits.argmax(-1);  // [B, 1]
+}
+
 at::Tensor DecoderModel::RunRange(int64_t first, int64_t last, at::Tensor h, DecodeState* state,
-                                  LayerTaps* taps) const {
+                                  LayerTaps* taps, const MixerContext* preset) const {
   const int64_t t = h.size(1);
   const int64_t offset = state != nullptr ? state->length : 0;
   MixerContext ctx;
-  ctx.position_offset = offset;
-  std::tie(ctx.cos, ctx.sin) = rope_.CosSin(offset, t, placement_.device, placement_.dtype);
+  if (preset != nullptr) {
+    ctx = *preset;
+  } else {
+    ctx.position_offset = offset;
+    std::tie(ctx.cos, ctx.sin) = rope_.CosSin(offset, t, placement_.device, placement_.dtype);
+  }
   if (taps != nullptr) {
     taps->residual.assign(mixers_.size(), at::Tensor());
     taps->mixer_input.assign(mixers_.size(), at::Tensor());
@@ -433,43 +464,150 @@ at::Tensor DecoderModel::RunRange(int64_t first, int64_t last, at::Tensor h, Dec
     h = h + a;
     h = h + Mlp(kernels::RmsNorm(h, post_attention_norm_[l], config_.rms_norm_eps), mlp_[l]);
   }
-  if (state != nullptr) state->length += t;
+  if (state != nullptr && preset == nullptr) state->length += t;
   return h;
 }
 
+namespace {
+
+bool CudaGraphsEnabled() {
+  const char* v = std::getenv("HYB_CUDA_GRAPHS");
+  return v == nullptr || std::string(v) != "0";
+}
+
+// Greedy decoding's host side: the rows' tokens so far and which rows have stopped.
+class GreedyRows {
+ public:
+  GreedyRows(const at::Tensor& prompt, std::vector<int64_t> stop_ids)
+      : out_(prompt.to(at::kCPU, at::kLong)),
+        stop_ids_(std::move(stop_ids)),
+        done_(static_cast<size_t>(prompt.size(0)), -1) {}
+
+  // Takes the next ids ([B] or [B, 1], any device: one copy to the host) and returns whether
+  // every row has stopped.
+  bool Take(const at::Tensor& next_ids) {
+    // A copy even on the CPU: the caller keeps writing its ids buffer in place.
+    at::Tensor next = next_ids.reshape({-1}).to(at::kCPU, at::kLong, false, /*copy=*/true);
+    auto acc = next.accessor<int64_t, 1>();
+    bool all_done = true;
+    for (int64_t i = 0; i < next.size(0); ++i) {
+      const auto ui = static_cast<size_t>(i);
+      if (done_[ui] >= 0) {
+        acc[i] = done_[ui];
+      } else if (std::find(stop_ids_.begin(), stop_ids_.end(), acc[i]) != stop_ids_.end()) {
+        done_[ui] = acc[i];
+      }
+      all_done = all_done && done_[ui] >= 0;
+    }
+    columns_.push_back(next.unsqueeze(1));
+    return all_done;
+  }
+
+  at::Tensor Result() const {
+    std::vector<at::Tensor> parts = {out_};
+    parts.insert(parts.end(), columns_.begin(), columns_.end());
+    return at::cat(parts, 1);
+  }
+
+ private:
+  at::Tensor out_;
+  std::vector<int64_t> stop_ids_;
+  std::vector<int64_t> done_;  // the stop id a row ended with, -1 while it runs
+  std::vector<at::Tensor> columns_;
+};
+
+}  // namespace
+
 StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt, int64_t max_new_tokens,
-                                                  const std::vector<int64_t>& stop_ids) const {
+                                                  const std::vector<int64_t>& stop_ids,
+                                                  int64_t prefill_tokens) const {
   HYB_RETURN_IF_ERROR(CheckWhole("generation"));
   if (max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
   HYB_RETURN_IF_ERROR(CheckIds(prompt, config_.vocab_size));
   try {
     at::NoGradGuard no_grad;
-    DecodeState state = NewDecodeState();
-    const int64_t b = prompt.size(0);
-    at::Tensor out = prompt.to(at::kCPU, at::kLong);
-    std::vector<int64_t> done(static_cast<size_t>(b), -1);  // the stop id a row ended with
-    at::Tensor next_input = out;
-    for (int64_t step = 0; step < max_new_tokens; ++step) {
-      const at::Tensor logits = ForwardImpl(next_input, &state, nullptr);              // [B, T, V]
-      at::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1).to(at::kCPU);  // [B]
-      auto acc = next.accessor<int64_t, 1>();
-      bool all_done = true;
-      for (int64_t i = 0; i < b; ++i) {
-        const auto ui = static_cast<size_t>(i);
-        if (done[ui] >= 0) {
-          acc[i] = done[ui];
-        } else {
-          for (int64_t s : stop_ids) {
-            if (acc[i] == s) done[ui] = s;
-          }
-        }
-        all_done = all_done && done[ui] >= 0;
-      }
-      out = at::cat({out, next.unsqueeze(1)}, 1);
-      if (all_done) break;
-      next_input = next.unsqueeze(1);
+    const int64_t b = prompt.size(0), t = prompt.size(1);
+    GreedyRows rows(prompt, stop_ids);
+    if (max_new_tokens == 0) return rows.Result();
+    const int64_t capacity = t + max_new_tokens;
+    DecodeState state = NewDecodeState(capacity);
+    // Prefill, in pieces that bound the activations of long prompts; logits of the last
+    // position only.
+    const at::Tensor ids = prompt.to(placement_.device, at::kLong);
+    const int64_t piece = std::max<int64_t>(1, std::max<int64_t>(1, prefill_tokens) / b);
+    at::Tensor logits;
+    for (int64_t s = 0; s < t; s += piece) {
+      const at::Tensor part = ids.narrow(1, s, std::min(piece, t - s));
+      logits = RunLayers(0, at::embedding(embed_tokens_, part), &state, nullptr,
+                         /*last_only=*/true);  // [B, 1, V]
     }
-    return out;
+    at::Tensor next = logits.argmax(-1);  // [B, 1]
+    int64_t produced = 1;
+    if (rows.Take(next) || produced == max_new_tokens) return rows.Result();
+    // Positioned steps: caches sized for the whole generation, the position on the device.
+    const auto long_opts = at::TensorOptions().dtype(at::kLong).device(placement_.device);
+    at::Tensor ids_buf = next.clone();
+    at::Tensor pos_buf = at::full({1}, t, long_opts);
+    at::Tensor cos_table, sin_table;
+    std::tie(cos_table, sin_table) = rope_.CosSin(0, capacity, placement_.device, placement_.dtype);
+    auto step = [&] {
+      ids_buf.copy_(PositionedStep(ids_buf, pos_buf, cos_table, sin_table, &state));
+      pos_buf.add_(1);
+    };
+    state.length = -1;  // host lengths are not kept from here on: the state is this call's own
+#ifdef HYB_WITH_CUDA
+    if (placement_.device.is_cuda() && CudaGraphsEnabled() && max_new_tokens - produced >= 3) {
+      // Capture one step on a side stream after a first (warm-up) step run normally, then
+      // replay it: one launch per token instead of hundreds of per-op launches.
+      const c10::cuda::CUDAStream side =
+          c10::cuda::getStreamFromPool(false, placement_.device.index());
+      c10::cuda::getCurrentCUDAStream(placement_.device.index()).synchronize();
+      const c10::cuda::CUDAStreamGuard guard(side);
+      step();
+      ++produced;
+      if (rows.Take(ids_buf)) return rows.Result();
+      std::unique_ptr<at::cuda::CUDAGraph> graph;
+      try {
+        graph = std::make_unique<at::cuda::CUDAGraph>();
+        graph->capture_begin();
+        step();
+        graph->capture_end();
+      } catch (const c10::Error& e) {
+        cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(side.stream(), &status) == cudaSuccess &&
+            status != cudaStreamCaptureStatusNone) {
+          cudaGraph_t broken = nullptr;
+          (void)cudaStreamEndCapture(side.stream(), &broken);
+          if (broken != nullptr) (void)cudaGraphDestroy(broken);
+        }
+        (void)cudaGetLastError();
+        graph.reset();
+        static bool warned = false;
+        if (!warned) {
+          warned = true;
+          HYB_LOG(Warning) << "decoding without CUDA graphs: capture failed: "
+                           << e.what_without_backtrace();
+        }
+      }
+      while (produced < max_new_tokens) {
+        if (graph != nullptr) {
+          graph->replay();
+        } else {
+          step();
+        }
+        ++produced;
+        if (rows.Take(ids_buf)) break;
+      }
+      side.synchronize();
+      return rows.Result();
+    }
+#endif
+    while (produced < max_new_tokens) {
+      step();
+      ++produced;
+      if (rows.Take(ids_buf)) break;
+    }
+    return rows.Result();
   } catch (const c10::Error& e) {
     return Internal(std::string("generation failed: ") + e.what_without_backtrace());
   }

@@ -48,7 +48,15 @@ at::Tensor CausalConv(const at::Tensor& u, const at::Tensor& w, at::Tensor* cach
   const std::vector<int64_t> one = {1}, zero = {0};
   const at::Tensor y = at::conv1d(full, w.unsqueeze(1), at::Tensor(), at::IntArrayRef(one),
                                   at::IntArrayRef(zero), at::IntArrayRef(one), c);  // [B, C, T]
-  if (cache != nullptr) *cache = full.narrow(2, full.size(2) - (k - 1), k - 1).clone();
+  if (cache != nullptr) {
+    const at::Tensor last = full.narrow(2, full.size(2) - (k - 1), k - 1);
+    // In place when it fits: a captured decoding step must keep writing the same buffer.
+    if (cache->defined() && cache->sizes() == last.sizes()) {
+      cache->copy_(last);
+    } else {
+      *cache = last.clone();
+    }
+  }
   return y.transpose(1, 2);
 }
 
@@ -268,9 +276,14 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
       v = at::silu(v);
     }
   }
-  // [B, T, H*D] -> [B, H, T, D], recurrences in fp32.
+  // [B, T, H*D] -> [B, H, T, D], recurrences in fp32. In bf16 on CUDA, GLA's chunked form gets
+  // bf16 q/k/v instead (what the projections produced): its CUDA kernels (forward and backward)
+  // accumulate and keep their state in fp32 and take no fp32 q/k/v.
+  const bool bf16_chunked = options_.type == LinearMixerType::kGla && t > 1 && x.is_cuda() &&
+                            x.scalar_type() == at::kBFloat16;
   auto heads = [&](const at::Tensor& u) {
-    return u.view({b, t, h, -1}).transpose(1, 2).to(at::kFloat);
+    const at::Tensor r = u.view({b, t, h, -1}).transpose(1, 2);
+    return bf16_chunked && r.scalar_type() == at::kBFloat16 ? r : r.to(at::kFloat);
   };
   q = heads(q);
   k = heads(k);
@@ -295,7 +308,8 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
     const at::Tensor gk = kernels::Linear(kernels::Linear(x, P("gk_proj.0.weight")), P("gk_proj.1.weight"),
                                      P("gk_proj.1.bias"));
     const at::Tensor g = heads(at::log_sigmoid(gk.to(at::kFloat)) / options_.gate_logit_normalizer);
-    const at::Tensor s0 = initial.defined() ? initial : at::zeros({b, h, d, d}, q.options());
+    const at::Tensor s0 =
+        initial.defined() ? initial : at::zeros({b, h, d, d}, q.options().dtype(at::kFloat));
     r = step ? kernels::GlaStep(q.select(2, 0), k.select(2, 0), v.select(2, 0), g.select(2, 0),
                                 scale, s0)
              : kernels::GlaChunked(q, k, v, g, scale, s0, options_.chunk_size);
@@ -309,7 +323,14 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
                                 1.0, s0)
              : kernels::GlaChunked(q, k, v1, g, 1.0, s0, options_.chunk_size);
   }
-  if (ls != nullptr) ls->state = r.final_state;
+  if (ls != nullptr) {
+    if (ls->state.defined() && ls->state.sizes() == r.final_state.sizes() &&
+        ls->state.scalar_type() == r.final_state.scalar_type()) {
+      ls->state.copy_(r.final_state);  // in place: see CausalConv
+    } else {
+      ls->state = r.final_state;
+    }
+  }
   at::Tensor o = step ? r.output.unsqueeze(2) : r.output;  // [B, H, T, V]
   if (options_.type == LinearMixerType::kLinearElu) {
     o = o.narrow(-1, 0, d) / (o.narrow(-1, d, 1) + 1e-6);

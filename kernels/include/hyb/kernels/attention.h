@@ -20,10 +20,17 @@ struct AttentionOptions {
   double scale = 1.0;
   // Use the math path even when the fused one exists (tests and parity checks).
   bool force_math = false;
+  // Single-query decoding over a fixed-size key buffer (what a captured CUDA graph replays):
+  // bool [Tk] on the keys' device, true where the key is visible. When defined, Tq must be 1,
+  // q_offset and sliding_window are ignored (the mask says everything) and Tk may exceed the
+  // query's position + 1.
+  at::Tensor key_mask;
 };
 
 // q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D] with Hq % Hkv == 0 (query head h reads key/value
 // head h / (Hq / Hkv)). Returns [B, Hq, Tq, D] in q's dtype. Softmax is computed in fp32.
+// A single query (Tq = 1) reads the shared key/value heads in place (the query heads of a group
+// become that group's rows) instead of repeating them Hq / Hkv times.
 // Throws c10::Error on inconsistent shapes (the caller's task boundary converts it).
 at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const AttentionOptions& options);

@@ -133,14 +133,20 @@ class DecoderModel {
   StatusOr<at::Tensor> ForwardFrom(int64_t first_layer, const at::Tensor& residual,
                                    DecodeState* state = nullptr, LayerTaps* taps = nullptr) const;
 
-  // An empty decoding state with one MixerState per layer.
-  DecodeState NewDecodeState() const;
+  // An empty decoding state with one MixerState per layer. `capacity` > 0: the KV caches
+  // allocate room for that many tokens at their first write (they grow on demand otherwise).
+  DecodeState NewDecodeState(int64_t capacity = 0) const;
 
   // Greedy decoding with the KV cache: prompt [B, T] -> [B, T + n] ids on CPU, n <= max_new.
   // Stops early once every row has produced one of `stop_ids` (rows already stopped are padded
-  // with their stop id).
+  // with their stop id). The prompt is prefilled in pieces of at most kPrefillTokens tokens
+  // (rows x length) with logits for its last position only; every new token is a positioned
+  // step on caches sized for T + max_new (no host work but reading the sampled ids), which on
+  // CUDA is captured once as a CUDA graph and replayed (HYB_CUDA_GRAPHS=0 turns that off).
+  static constexpr int64_t kPrefillTokens = 65536;
   StatusOr<at::Tensor> GenerateGreedy(const at::Tensor& prompt, int64_t max_new_tokens,
-                                      const std::vector<int64_t>& stop_ids) const;
+                                      const std::vector<int64_t>& stop_ids,
+                                      int64_t prefill_tokens = kPrefillTokens) const;
 
   const TokenMixer& mixer(int64_t layer) const { return *mixers_.at(static_cast<size_t>(layer)); }
   std::shared_ptr<const TokenMixer> shared_mixer(int64_t layer) const {
@@ -157,12 +163,20 @@ class DecoderModel {
  private:
   DecoderModel() = default;
   at::Tensor ForwardImpl(const at::Tensor& ids, DecodeState* state, LayerTaps* taps) const;
-  // Layers [first_layer, L) and the head on the residual stream h.
-  at::Tensor RunLayers(int64_t first_layer, at::Tensor h, DecodeState* state,
-                       LayerTaps* taps) const;
-  // Layers [first, last) on h without the head.
+  // Layers [first_layer, L) and the head on the residual stream h (the head on the last
+  // position only when `last_only`).
+  at::Tensor RunLayers(int64_t first_layer, at::Tensor h, DecodeState* state, LayerTaps* taps,
+                       bool last_only = false) const;
+  // Layers [first, last) on h without the head. `preset`: the context of a positioned step
+  // (MixerContext::position); the host-side state length is then left alone.
   at::Tensor RunRange(int64_t first, int64_t last, at::Tensor h, DecodeState* state,
-                      LayerTaps* taps) const;
+                      LayerTaps* taps, const MixerContext* preset = nullptr) const;
+  // One positioned decoding step: ids [B, 1] on the device at the device position `position`
+  // (int64 [1]); cos/sin tables cover every position of the caches. Returns the greedy next
+  // ids [B, 1]. Allocates nothing that outlives the call: a CUDA graph can capture it.
+  at::Tensor PositionedStep(const at::Tensor& ids, const at::Tensor& position,
+                            const at::Tensor& cos_table, const at::Tensor& sin_table,
+                            DecodeState* state) const;
   Status CheckWhole(const char* what) const;
 
   ModelConfig config_;

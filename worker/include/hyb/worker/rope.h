@@ -17,8 +17,10 @@ class RotaryEmbedding {
   // InvalidArgument if the settings cannot produce frequencies (e.g. odd head_dim).
   static StatusOr<RotaryEmbedding> Create(const RopeConfig& rope, int64_t head_dim);
 
-  // [head_dim / 2] fp32 on CPU.
+  // [head_dim / 2] fp32, on the CPU unless moved by PlaceOn.
   const at::Tensor& inv_freq() const { return inv_freq_; }
+  // Keeps the frequencies on `device`, where CosSin computes (no host-to-device copy per call).
+  void PlaceOn(const at::Device& device) { inv_freq_ = inv_freq_.to(device); }
   // Multiplies cos and sin (yarn's attention factor; 1 otherwise).
   double attention_scaling() const { return attention_scaling_; }
 

@@ -28,6 +28,11 @@ struct MixerContext {
   int64_t position_offset = 0;  // absolute position of the first of the T tokens
   at::Tensor cos;               // [T, head_dim] rotary tables for those positions
   at::Tensor sin;               // [T, head_dim]
+  // Positioned decoding step (T = 1; what a captured CUDA graph replays): int64 [1] on the
+  // model's device, the token's absolute position. Mixers then update their states in place at
+  // that position without reading host-side lengths (position_offset is not meaningful) and
+  // without allocating buffers that persist beyond the call.
+  at::Tensor position;
 };
 
 class TokenMixer {
@@ -39,8 +44,9 @@ class TokenMixer {
 
   // x: [B, T, hidden] (after the layer's input norm). Returns [B, T, hidden] (before the residual
   // add). With `state` the call continues a sequence whose earlier tokens the state summarises,
-  // and updates it; without, the T tokens are a whole sequence. Throws c10::Error on shape
-  // errors (callers convert at their boundary). Not thread-safe on one state.
+  // and updates it (a state that already holds tensors of the right shape is updated in place);
+  // without, the T tokens are a whole sequence. Throws c10::Error on shape errors (callers
+  // convert at their boundary). Not thread-safe on one state.
   virtual at::Tensor Forward(const at::Tensor& x, const MixerContext& ctx,
                              MixerState* state) const = 0;
 
