@@ -195,6 +195,8 @@ StatusOr<std::unique_ptr<BlockwiseDistiller>> BlockwiseDistiller::Create(
         d->adam_v_[i].push_back(at::zeros_like(t));
       }
     }
+    d->nonfinite_ = at::zeros({static_cast<int64_t>(n)},
+                              at::TensorOptions().dtype(at::kBool).device(device));
   } catch (const c10::Error& e) {
     return Internal(std::string("distill: setting up mixers failed: ") +
                     e.what_without_backtrace());
@@ -257,6 +259,19 @@ Status BlockwiseDistiller::Checkpoint(size_t i) const {
                      {"mixer", LinearMixerOptionsToJson(mixer_options_)},
                      {"curve", CurveToJson(s.curve)}};
   return SaveTensors(LayerPath(s.layer), out, {{kMetaKey, info.dump()}});
+}
+
+Status BlockwiseDistiller::CheckFinite() const {
+  if (!nonfinite_.defined()) return Status::Ok();
+  const at::Tensor bad = nonfinite_.to(at::kCPU);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (bad[static_cast<int64_t>(i)].item<bool>()) {
+      return Internal("distill: layer " + std::to_string(layers_[i]) +
+                      " got a non-finite gradient by step " + std::to_string(nonfinite_step_) +
+                      "; lower distill.lr or check the data");
+    }
+  }
+  return Status::Ok();
 }
 
 double BlockwiseDistiller::LearningRate(int64_t step) const {
@@ -468,31 +483,59 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
       if (logs) ref[i] = flat[at_++];
     }
   }
+  if (active.empty()) return Status::Ok();
+  // Clipping and AdamW for every active layer at once, on the device: per-layer gradient norms
+  // from one multi-tensor norm, clip factors min(1, clip / (norm + 1e-6)) as tensors, then one
+  // multi-tensor op per AdamW stage over all the layers' tensors. Nothing is read back here:
+  // a non-finite norm is remembered on the device and reported by CheckFinite.
+  std::vector<at::Tensor> all_p, all_g, all_m, all_v, layer_norms;
+  std::vector<int64_t> owner;  // active index of each tensor
+  for (size_t a = 0; a < active.size(); ++a) {
+    const size_t i = active[a];
+    for (size_t k = 0; k < params[i].size(); ++k) {
+      all_p.push_back(params[i][k]);
+      all_g.push_back(grads[i][k]);
+      all_m.push_back(adam_m_[i][k]);
+      all_v.push_back(adam_v_[i][k]);
+      owner.push_back(static_cast<int64_t>(a));
+    }
+  }
+  const std::vector<at::Tensor> norms = at::_foreach_norm(all_g);
+  {
+    size_t at_tensor = 0;
+    for (size_t a = 0; a < active.size(); ++a) {
+      const size_t n = params[active[a]].size();
+      std::vector<at::Tensor> mine(norms.begin() + static_cast<std::ptrdiff_t>(at_tensor),
+                                   norms.begin() + static_cast<std::ptrdiff_t>(at_tensor + n));
+      layer_norms.push_back(at::stack(mine).to(at::kFloat).pow(2).sum().sqrt());
+      at_tensor += n;
+    }
+  }
+  const at::Tensor norm = at::stack(layer_norms);  // [active]
+  {
+    std::vector<int64_t> idx;
+    for (size_t i : active) idx.push_back(static_cast<int64_t>(i));
+    const at::Tensor where = at::tensor(idx, at::kLong).to(device);
+    nonfinite_.index_put_({where}, nonfinite_.index({where}).logical_or(norm.isfinite().logical_not()));
+    nonfinite_step_ = step;
+  }
+  if (options_.grad_clip > 0) {
+    const at::Tensor factor = (options_.grad_clip / (norm + 1e-6)).clamp_max(1.0);
+    for (size_t t = 0; t < all_g.size(); ++t) all_g[t].mul_(factor[owner[t]]);
+  }
+  const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(step));
+  const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(step));
+  at::_foreach_mul_(all_m, options_.beta1);
+  at::_foreach_add_(all_m, all_g, 1 - options_.beta1);
+  at::_foreach_mul_(all_v, options_.beta2);
+  at::_foreach_addcmul_(all_v, all_g, all_g, 1 - options_.beta2);
+  if (options_.weight_decay > 0) at::_foreach_mul_(all_p, 1 - lr * options_.weight_decay);
+  std::vector<at::Tensor> denom = at::_foreach_div(all_v, bc2);
+  at::_foreach_sqrt_(denom);
+  at::_foreach_add_(denom, options_.eps);
+  at::_foreach_addcdiv_(all_p, all_m, denom, -lr / bc1);
   for (size_t i : active) {
     LayerDistillState& s = states_[i];
-    at::Tensor sq = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
-    for (const auto& g : grads[i]) sq = sq + g.pow(2).sum();
-    const double norm = std::sqrt(sq.item<double>());
-    if (!std::isfinite(norm)) {
-      return Internal("distill: layer " + std::to_string(layers_[i]) + " step " +
-                      std::to_string(step) + ": loss " + std::to_string(mse[i].item<double>()) +
-                      " gave a non-finite gradient; lower distill.lr or check the data");
-    }
-    if (options_.grad_clip > 0 && norm > options_.grad_clip) {
-      for (auto& g : grads[i]) g.mul_(options_.grad_clip / (norm + 1e-6));
-    }
-    const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(step));
-    const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(step));
-    for (size_t k = 0; k < params[i].size(); ++k) {
-      at::Tensor& m = adam_m_[i][k];
-      at::Tensor& v = adam_v_[i][k];
-      const at::Tensor& g = grads[i][k];
-      m.mul_(options_.beta1).add_(g, 1 - options_.beta1);
-      v.mul_(options_.beta2).addcmul_(g, g, 1 - options_.beta2);
-      if (options_.weight_decay > 0) params[i][k].mul_(1 - lr * options_.weight_decay);
-      const at::Tensor denom = (v / bc2).sqrt_().add_(options_.eps);
-      params[i][k].addcdiv_(m, denom, -lr / bc1);
-    }
     s.step = step;
     s.cursor = sampler.cursor();
     if (logs) {
@@ -501,6 +544,7 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
       s.curve.push_back({step, m, r > 0 ? m / r : 0.0});
     }
   }
+  if (logs) HYB_RETURN_IF_ERROR(CheckFinite());
   return Status::Ok();
 }
 
@@ -530,6 +574,7 @@ Status BlockwiseDistiller::Run(const DistillProgressFn& progress, int64_t stop_a
   Communicator* pipe = parallel_.pipeline;
   auto checkpoint_at = [&](int64_t step) -> Status {
     if (!writes_checkpoints()) return Status::Ok();
+    HYB_RETURN_IF_ERROR(CheckFinite());  // never checkpoint a diverged mixer
     for (size_t i = 0; i < states_.size(); ++i) {
       if (states_[i].step == step) HYB_RETURN_IF_ERROR(Checkpoint(i));
     }

@@ -146,6 +146,8 @@ class BlockwiseDistiller {
   Status LoadCheckpoint(size_t i, const std::string& path);
   std::string LayerPath(int64_t layer) const;
   double LearningRate(int64_t step) const;  // for 1-based step
+  // Internal naming the first layer whose gradient norm was ever non-finite (one device read).
+  Status CheckFinite() const;
 
   std::shared_ptr<const DecoderModel> teacher_;
   std::vector<int64_t> layers_;
@@ -156,6 +158,8 @@ class BlockwiseDistiller {
   at::ScalarType compute_dtype_ = at::kFloat;
   std::vector<std::shared_ptr<LinearMixer>> mixers_;  // parallel to layers_
   std::vector<std::vector<at::Tensor>> adam_m_, adam_v_;
+  at::Tensor nonfinite_;  // bool [layers] on the device: a non-finite gradient norm was seen
+  int64_t nonfinite_step_ = 0;  // the last step whose norms it includes
   std::vector<LayerDistillState> states_;
   DistillParallel parallel_;
 };
