@@ -1,0 +1,351 @@
+// The whole Distill-then-Replace pipeline's speed on one device, for a real-shaped teacher
+// (`hybridize init-random`): blockwise distillation tokens/s and peak memory, a validation pass's
+// tokens/s, the whole greedy search's time (prefix cache on), and decoding ms/token for the
+// teacher and for a hybrid with every other layer linear, at chosen contexts and batch sizes.
+// The numbers it prints stand beside ../shared/reference/dtr_reference.py run in the same
+// session (BENCHMARKS.md).
+//
+//   gpu_pipeline_bench --model DIR [--device cuda] [--dtype bf16] [--mixer gla] [--parts
+//     bld,eval,search,decode] [--bld-batch 8] [--bld-seq 2048] [--bld-steps 10]
+//     [--eval-examples 500] [--eval-seq 512] [--cache-gib 40] [--contexts 2048,16384,65536]
+//     [--batches 1,32] [--decode-new 64] [--work DIR] [--json FILE]
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+
+#include "hyb/common/json_util.h"
+#include "hyb/coordinator/greedy_search.h"
+#include "hyb/storage/token_dataset.h"
+#include "hyb/worker/attention_mixer.h"
+#include "hyb/worker/candidate_evaluator.h"
+#include "hyb/worker/distill.h"
+#include "hyb/worker/linear_mixer.h"
+#ifdef HYB_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace {
+
+using namespace hyb;
+using namespace hyb::worker;
+using Clock = std::chrono::steady_clock;
+
+std::string Arg(int argc, char** argv, const std::string& name, const std::string& fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (argv[i] == "--" + name) return argv[i + 1];
+  }
+  return fallback;
+}
+
+std::vector<int64_t> IntList(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) out.push_back(std::stoll(item));
+  }
+  return out;
+}
+
+bool Has(const std::string& list, const std::string& part) {
+  return ("," + list + ",").find("," + part + ",") != std::string::npos;
+}
+
+void Sync(const at::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+void ResetPeak(const at::Device& device) {
+#ifdef HYB_WITH_CUDA
+  if (device.is_cuda()) {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+  }
+#endif
+  (void)device;
+}
+
+double PeakGiB(const at::Device& device) {
+#ifdef HYB_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30);
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Linear mixers for every layer, transferred from the teacher's attention (speed does not
+// depend on training).
+std::vector<std::shared_ptr<const TokenMixer>> TransferAll(const DecoderModel& model,
+                                                           const LinearMixerOptions& o) {
+  std::vector<std::shared_ptr<const TokenMixer>> out;
+  for (int64_t l = 0; l < model.num_layers(); ++l) {
+    const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(model.mixer(l));
+    out.push_back(LinearMixer::Transfer(att.shape(), att.weights(), o));
+  }
+  return out;
+}
+
+StatusOr<Json> Bld(const std::shared_ptr<const DecoderModel>& teacher, const LinearMixerOptions& mixer,
+                   const std::string& work, int64_t batch, int64_t seq, int64_t steps,
+                   const std::string& dtype) {
+  const at::Device device = teacher->placement().device;
+  // Synthetic distillation data: uniform ids, enough for every step without a second epoch.
+  const std::string data_dir = work + "/bld-data";
+  if (auto existing = storage::TokenDataset::Open(data_dir); !existing.ok()) {
+    storage::TokenDatasetWriter w(data_dir, teacher->config().vocab_size, Json::object());
+    std::mt19937_64 rng(7);
+    std::uniform_int_distribution<int64_t> id(0, teacher->config().vocab_size - 1);
+    const int64_t docs = (steps + 4) * batch * 2;
+    for (int64_t d = 0; d < docs; ++d) {
+      std::vector<int64_t> ids(static_cast<size_t>(seq + 1));
+      for (auto& x : ids) x = id(rng);
+      HYB_RETURN_IF_ERROR(w.AddDocument(ids));
+    }
+    HYB_RETURN_IF_ERROR(w.Finish());
+  }
+  HYB_ASSIGN_OR_RETURN(auto data, storage::TokenDataset::Open(data_dir));
+  std::vector<int64_t> layers;
+  for (int64_t l = 0; l < teacher->num_layers(); ++l) layers.push_back(l);
+  DistillOptions o;
+  o.steps = steps + 3;
+  o.batch_size = batch;
+  o.sequence_length = seq;
+  o.warmup_steps = 1;
+  o.checkpoint_every = 1 << 30;
+  o.log_every = 1 << 30;
+  o.compute_dtype = dtype == "fp32" ? "fp32" : "bf16";
+  const std::string ckpt = work + "/bld-ckpt-" + std::to_string(::getpid()) + "-" +
+                           std::to_string(Clock::now().time_since_epoch().count());
+  HYB_ASSIGN_OR_RETURN(auto distiller,
+                       BlockwiseDistiller::Create(teacher, layers, mixer, o, data, ckpt));
+  ResetPeak(device);
+  std::vector<double> step_seconds;
+  auto last = Clock::now();
+  Status run = distiller->Run([&](int64_t step, const std::vector<LayerDistillState>&) {
+    Sync(device);
+    const auto now = Clock::now();
+    if (step > 3) step_seconds.push_back(std::chrono::duration<double>(now - last).count());
+    last = now;
+    return step < o.steps;  // the last step would write checkpoints: stop before it
+  });
+  if (!run.ok() && run.code() != StatusCode::kCancelled) return run;
+  const double median = Median(step_seconds);
+  return Json{{"bld_tokens_per_s", static_cast<double>(batch * seq) / median},
+              {"bld_step_s", median},
+              {"bld_steps_timed", step_seconds.size()},
+              {"bld_peak_gib", PeakGiB(device)},
+              {"batch", batch},
+              {"seq", seq}};
+}
+
+std::vector<TaskExample> LmExamples(const Tokenizer& tok, int64_t n, int64_t seq, int64_t vocab) {
+  std::mt19937_64 rng(11);
+  std::uniform_int_distribution<int64_t> id(0, std::min<int64_t>(vocab, tok.vocab_size()) - 1);
+  std::vector<TaskExample> out;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int64_t> ids(static_cast<size_t>(seq - 1));
+    for (auto& x : ids) x = id(rng);
+    TaskExample e;
+    e.text = tok.Decode(ids, /*skip_special_tokens=*/true);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
+                             std::vector<std::shared_ptr<const TokenMixer>> linear,
+                             std::shared_ptr<const Tokenizer> tok, int64_t n, int64_t seq,
+                             double cache_gib, bool search) {
+  const at::Device device = model->placement().device;
+  const int64_t layers = model->num_layers();
+  auto examples = LmExamples(*tok, n, seq, model->config().vocab_size);
+  EvaluatorOptions o;
+  o.kind = TaskKind::kLm;
+  o.kl_examples = 0;  // the pass alone, as the reference's
+  o.prefix_cache_max_bytes = static_cast<int64_t>(cache_gib * (1 << 30));
+  Json out;
+  {
+    HYB_ASSIGN_OR_RETURN(auto eval,
+                         CandidateEvaluator::Create(model->ShareWeights(), linear, tok, examples, o));
+    HYB_RETURN_IF_ERROR(eval->Evaluate({}).status());  // warm-up
+    std::vector<double> times;
+    int64_t tokens = 0;
+    for (int r = 0; r < 3; ++r) {
+      Sync(device);
+      const auto t0 = Clock::now();
+      HYB_ASSIGN_OR_RETURN(auto ev, eval->Evaluate({}));
+      Sync(device);
+      times.push_back(Seconds(t0));
+      tokens = ev.score.details.value("tokens", int64_t{0}) + static_cast<int64_t>(examples.size());
+    }
+    out["eval_pass_s"] = Median(times);
+    out["eval_tokens"] = tokens;
+    out["eval_tokens_per_s"] = static_cast<double>(tokens) / Median(times);
+  }
+  if (!search) return out;
+  // The whole greedy search (every round to the end: the tolerance never binds), prefix cache
+  // on, KL tie-break on the default 32 examples, as a job runs it.
+  o.kl_examples = 32;
+  HYB_ASSIGN_OR_RETURN(auto eval,
+                       CandidateEvaluator::Create(std::move(model), linear, tok, examples, o));
+  coordinator::SearchOptions so;
+  so.tolerance = 1e9;
+  so.bootstrap_samples = 0;
+  so.higher_is_better = false;
+  HYB_ASSIGN_OR_RETURN(auto gs, coordinator::GreedySearch::Create(layers, so));
+  Sync(device);
+  const auto t0 = Clock::now();
+  HYB_ASSIGN_OR_RETURN(auto teacher, eval->EvaluateAndCache({}));
+  HYB_RETURN_IF_ERROR(gs.SetTeacher({teacher.score.value, teacher.score.per_example, teacher.kl,
+                                     teacher.seconds, teacher.layer_passes}));
+  int64_t evaluations = 1, passes = teacher.layer_passes;
+  while (!gs.done()) {
+    const auto base = gs.trajectory().back().linear_layers;
+    if (!base.empty()) {
+      HYB_ASSIGN_OR_RETURN(auto b, eval->EvaluateAndCache(base));
+      passes += b.layer_passes;
+    }
+    for (const auto& c : gs.Pending()) {
+      HYB_ASSIGN_OR_RETURN(auto r, eval->Evaluate(c.linear_layers, /*keep_recording=*/true));
+      ++evaluations;
+      passes += r.layer_passes;
+      HYB_RETURN_IF_ERROR(
+          gs.Report(c.id, {r.score.value, r.score.per_example, r.kl, r.seconds, r.layer_passes}));
+    }
+  }
+  Sync(device);
+  out["search_s"] = Seconds(t0);
+  out["search_evaluations"] = evaluations;
+  out["search_layer_passes"] = passes;
+  out["search_rounds"] = gs.rounds().size();
+  out["prefix_cache_gib"] = cache_gib;
+  return out;
+}
+
+StatusOr<Json> Decode(const DecoderModel& model, int64_t context, int64_t batch, int64_t new_tokens) {
+  const at::Device device = model.placement().device;
+  const at::Tensor prompt =
+      at::randint(0, model.config().vocab_size, {batch, context}, at::TensorOptions().dtype(at::kLong));
+  auto timed = [&](int64_t n) -> StatusOr<double> {
+    Sync(device);
+    const auto t0 = Clock::now();
+    HYB_RETURN_IF_ERROR(model.GenerateGreedy(prompt, n, {}).status());
+    Sync(device);
+    return Seconds(t0);
+  };
+  ResetPeak(device);
+  HYB_RETURN_IF_ERROR(timed(4).status());  // warm-up
+  HYB_ASSIGN_OR_RETURN(const double prefill, timed(1));
+  HYB_ASSIGN_OR_RETURN(const double short_run, timed(16));
+  HYB_ASSIGN_OR_RETURN(const double long_run, timed(16 + new_tokens));
+  return Json{{"context", context},
+              {"batch", batch},
+              {"prefill_s", prefill},
+              {"ms_per_token", 1000 * (long_run - short_run) / static_cast<double>(new_tokens)},
+              {"peak_gib", PeakGiB(device)}};
+}
+
+int Main(int argc, char** argv) {
+  const std::string model_dir = Arg(argc, argv, "model", "");
+  if (model_dir.empty()) {
+    std::cerr << "usage: gpu_pipeline_bench --model DIR [--device cuda] [--dtype bf16] "
+                 "[--mixer gla|gated_deltanet] [--parts bld,eval,search,decode] [--bld-batch 8] "
+                 "[--bld-seq 2048] [--bld-steps 10] [--eval-examples 500] [--eval-seq 512] "
+                 "[--cache-gib 40] [--contexts 2048,16384,65536] [--batches 1,32] "
+                 "[--decode-new 64] [--work DIR] [--json FILE]\n";
+    return 2;
+  }
+  const std::string parts = Arg(argc, argv, "parts", "bld,eval,search,decode");
+  const std::string dtype = Arg(argc, argv, "dtype", "bf16");
+  const std::string work = Arg(argc, argv, "work", "/tmp/gpu_pipeline_bench");
+  std::filesystem::create_directories(work);
+  RuntimeOptions ro;
+  ro.device = Arg(argc, argv, "device", "cuda");
+  ro.dtype = dtype;
+  auto loaded = DecoderModel::Load(model_dir, ro);
+  auto tok = Tokenizer::FromFile(model_dir + "/tokenizer.json");
+  if (!loaded.ok() || !tok.ok()) {
+    std::cerr << "gpu_pipeline_bench: " << loaded.status().ToString() << " "
+              << tok.status().ToString() << "\n";
+    return 1;
+  }
+  std::shared_ptr<const DecoderModel> teacher = std::move(*loaded);
+  LinearMixerOptions mixer;
+  const std::string mixer_name = Arg(argc, argv, "mixer", "gla");
+  mixer.type = mixer_name == "gla" ? LinearMixerType::kGla : LinearMixerType::kGatedDeltaNet;
+  Json result = {{"model", model_dir}, {"dtype", dtype}, {"mixer", mixer_name},
+                 {"layers", teacher->num_layers()}, {"hidden", teacher->config().hidden_size}};
+  auto emit = [&] {
+    std::cout << result.dump() << std::endl;
+    const std::string json = Arg(argc, argv, "json", "");
+    if (!json.empty()) std::ofstream(json) << result.dump(2) << "\n";
+  };
+  auto fail = [&](const char* part, const Status& s) {
+    result[std::string(part) + "_error"] = s.ToString();
+    std::cerr << part << ": " << s.ToString() << "\n";
+  };
+  if (Has(parts, "bld")) {
+    auto r = Bld(teacher, mixer, work, std::stoll(Arg(argc, argv, "bld-batch", "8")),
+                 std::stoll(Arg(argc, argv, "bld-seq", "2048")),
+                 std::stoll(Arg(argc, argv, "bld-steps", "10")), dtype);
+    if (r.ok()) result.update(*r); else fail("bld", r.status());
+    emit();
+  }
+  if (Has(parts, "eval") || Has(parts, "search")) {
+    at::NoGradGuard no_grad;
+    auto r = EvalAndSearch(teacher->ShareWeights(), TransferAll(*teacher, mixer),
+                           std::shared_ptr<const Tokenizer>(std::move(*tok)),
+                           std::stoll(Arg(argc, argv, "eval-examples", "500")),
+                           std::stoll(Arg(argc, argv, "eval-seq", "512")),
+                           std::stod(Arg(argc, argv, "cache-gib", "40")), Has(parts, "search"));
+    if (r.ok()) result.update(*r); else fail("eval", r.status());
+    emit();
+  }
+  if (Has(parts, "decode")) {
+    at::NoGradGuard no_grad;
+    auto hybrid = teacher->ShareWeights();
+    const auto linear = TransferAll(*teacher, mixer);
+    for (int64_t l = 0; l < hybrid->num_layers(); l += 2) hybrid->SetMixer(l, linear[static_cast<size_t>(l)]);
+    Json rows = Json::array();
+    for (int64_t context : IntList(Arg(argc, argv, "contexts", "2048,16384,65536"))) {
+      for (int64_t batch : IntList(Arg(argc, argv, "batches", "1,32"))) {
+        for (const bool is_hybrid : {false, true}) {
+          auto r = Decode(is_hybrid ? *hybrid : *teacher, context, batch,
+                          std::stoll(Arg(argc, argv, "decode-new", "64")));
+          Json row = r.ok() ? *r : Json{{"context", context}, {"batch", batch},
+                                         {"error", r.status().ToString()}};
+          row["model"] = is_hybrid ? "half_linear" : "teacher";
+          std::cerr << row.dump() << std::endl;
+          rows.push_back(row);
+        }
+      }
+    }
+    result["decode"] = rows;
+    emit();
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Main(argc, argv); }
