@@ -1,13 +1,16 @@
 // Prefix-activation caching in the greedy search: the same search (same evaluator, same
 // candidates, same scores) with and without the cache, measured in one run. The cached way is
 // what `hybridize run` does: each candidate is scored from the base's activations below its
-// layer while recording its own, and the round's winner's recording becomes the next base. Reports layer passes
-// (decoder layers run, summed over forward calls) and wall time per way, and checks the two
-// trajectories and every candidate's per-example scores are identical.
+// layer while recording its own, and the round's winner's recording becomes the next base. Reports
+// layer passes (decoder layers run, summed over forward calls) and wall time per way, and checks
+// the two trajectories and every candidate's per-example scores are identical.
 //
 //   search_cache_bench --model DIR --task-type TYPE --data FILE.jsonl [--distill DIR]
 //                      [--limit N] [--tolerance 0.1] [--max-new-tokens 12] [--threads N]
-//                      [--json FILE]
+//                      [--batch-tokens 16384] [--json FILE]
+// Layer passes count decoder layers run per sequence (a batch of B sequences through L layers
+// counts B * L), so they compare across batch sizes; --batch-tokens 0 scores one sequence at a
+// time.
 // Mixers come from a job's distill/ directory when given, else from a plain weight transfer
 // (the scores then differ from a distilled search, the cost comparison does not).
 #include <torch/torch.h>
@@ -84,7 +87,8 @@ int Main(int argc, char** argv) {
   const std::string data = Arg(argc, argv, "data", "");
   if (model_dir.empty() || data.empty()) {
     std::cerr << "usage: search_cache_bench --model DIR --task-type TYPE --data FILE.jsonl "
-                 "[--distill DIR] [--limit N] [--tolerance T] [--threads N] [--json FILE]\n";
+                 "[--distill DIR] [--limit N] [--tolerance T] [--threads N] [--batch-tokens N] "
+                 "[--json FILE]\n";
     return 2;
   }
   const int64_t threads = std::stoll(Arg(argc, argv, "threads", "0"));
@@ -105,6 +109,7 @@ int Main(int argc, char** argv) {
                  {"task", data},
                  {"examples", examples->size()},
                  {"threads", at::get_num_threads()},
+                 {"batch_tokens", std::stoll(Arg(argc, argv, "batch-tokens", "16384"))},
                  {"mixers", distill.empty() ? "transfer" : distill}};
   std::vector<Outcome> outcomes;
   for (bool cache : {false, true}) {
@@ -125,6 +130,7 @@ int Main(int argc, char** argv) {
     o.kind = *kind;
     o.prefix_cache = cache;
     o.scoring.max_new_tokens = std::stoll(Arg(argc, argv, "max-new-tokens", "12"));
+    o.scoring.batch_tokens = std::stoll(Arg(argc, argv, "batch-tokens", "16384"));
     o.scoring.stop_ids = model->config().eos_token_ids;
     if (*kind == TaskKind::kGenerate) o.scoring.cut_ids = StopStringTokens(**tok, *examples);
     auto eval = CandidateEvaluator::Create(std::move(model), linear, *tok, *examples, o);

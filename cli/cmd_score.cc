@@ -20,6 +20,10 @@ const std::vector<FlagSpec>& Specs() {
       {"teacher", "DIR", "reference model for kl_to_teacher", ""},
       {"limit", "N", "score only the first N examples", "all"},
       {"max-new-tokens", "N", "generate: tokens per answer", "32"},
+      {"batch-tokens", "N",
+       "sequences scored together: at most N tokens per batch counting padding (generate: "
+       "prompts of one length, prompt plus max-new-tokens per row); 0: one at a time",
+       "16384"},
       {"no-special-tokens", "", "do not apply the tokenizer's template (e.g. BOS)", ""},
       {"output", "FILE.json", "also write the score with per-example values", ""},
       {"device", "cpu|cuda[:N]", "where to run", "cpu"},
@@ -40,6 +44,10 @@ Status Score(const ParsedFlags& flags) {
   worker::ScoringOptions so;
   so.add_special_tokens = !flags.Has("no-special-tokens");
   HYB_ASSIGN_OR_RETURN(so.max_new_tokens, flags.Int("max-new-tokens", 32));
+  HYB_ASSIGN_OR_RETURN(so.batch_tokens, flags.Int("batch-tokens", so.batch_tokens));
+  if (so.batch_tokens < 0) {
+    return InvalidArgument("--batch-tokens must be >= 0, not " + std::to_string(so.batch_tokens));
+  }
   so.stop_ids = model->config().eos_token_ids;
   if (model->config().bos_token_id) so.empty_context_token = *model->config().bos_token_id;
   const auto start = std::chrono::steady_clock::now();
@@ -52,7 +60,7 @@ Status Score(const ParsedFlags& flags) {
       score = worker::ScoreMultipleChoice(worker::LogitsOf(*model), *tok, examples, so);
       break;
     case worker::TaskKind::kGenerate:
-      score = worker::ScoreGenerate(worker::GreedyOf(*model), *tok, examples, so);
+      score = worker::ScoreGenerate(worker::BatchGreedyOf(*model), *tok, examples, so);
       break;
     case worker::TaskKind::kKlToTeacher: {
       if (!flags.Has("teacher")) return InvalidArgument("kl_to_teacher needs --teacher DIR");
@@ -86,7 +94,7 @@ Status Score(const ParsedFlags& flags) {
 int RunScore(const std::vector<std::string>& args) {
   return RunCommand({"score",
                      "hybridize score --model DIR --task-type TYPE --data FILE.jsonl "
-                     "[--teacher DIR] [--limit N] [--output FILE.json]",
+                     "[--teacher DIR] [--limit N] [--batch-tokens N] [--output FILE.json]",
                      "Scores a model (teacher or hybrid) on a task file and prints the "
                      "aggregate as JSON; --output adds the per-example values.",
                      Specs(),

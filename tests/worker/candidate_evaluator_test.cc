@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/linear_mixer.h"
 #include "testing/temp_dir.h"
@@ -66,15 +69,21 @@ std::vector<TaskExample> Examples(TaskKind kind, const DecoderModel& teacher) {
   return ex;
 }
 
-std::unique_ptr<CandidateEvaluator> Make(const TempDir& dir, TaskKind kind, bool cache) {
+// Batches of at most 20 tokens (generate: prompt plus 3 new tokens per row): the 8 examples
+// (24 sequences for multiple_choice) need several, and padding is exercised. `batch_tokens` 0:
+// one sequence at a time (the per-example path).
+std::unique_ptr<CandidateEvaluator> Make(const TempDir& dir, TaskKind kind, bool cache,
+                                         int64_t batch_tokens = 20) {
   auto teacher = LoadTeacher(dir);
   auto mixers = Mixers(*teacher);
   auto examples = Examples(kind, *teacher);
   EvaluatorOptions o;
   o.kind = kind;
   o.prefix_cache = cache;
-  o.kl_examples = 4;
+  o.kl_examples = 6;
   o.scoring.max_new_tokens = 3;
+  o.scoring.batch_tokens = batch_tokens;
+  o.scoring.logits_chunk_bytes = 5 * 6 * 8;  // 5 rows of 6 doubles: batches span chunks
   auto e = CandidateEvaluator::Create(std::move(teacher), std::move(mixers), CharTokenizer(),
                                       std::move(examples), o);
   EXPECT_TRUE(e.ok()) << e.status().ToString();
@@ -89,8 +98,26 @@ void ExpectSame(const CandidateEvaluation& a, const CandidateEvaluation& b,
   EXPECT_EQ(*a.kl, *b.kl) << what;
 }
 
-// Two greedy rounds with and without prefix caching: identical per-example scores and KL, and
-// candidates at layer l run only layers l..L-1 over their sequences.
+// Batched against per-example: accuracy-type scores exactly, losses and KL within 1e-6
+// relative (floating-point reassociation only).
+void ExpectClose(const CandidateEvaluation& batched, const CandidateEvaluation& one,
+                 const std::string& what) {
+  const bool exact = batched.score.metric != "loss" && batched.score.metric != "kl";
+  ASSERT_EQ(batched.score.per_example.size(), one.score.per_example.size()) << what;
+  for (size_t i = 0; i < one.score.per_example.size(); ++i) {
+    const double want = one.score.per_example[i];
+    EXPECT_NEAR(batched.score.per_example[i], want, exact ? 0.0 : 1e-6 * std::abs(want))
+        << what << " example " << i;
+  }
+  EXPECT_NEAR(batched.score.value, one.score.value, exact ? 0.0 : 1e-6 * std::abs(one.score.value))
+      << what;
+  ASSERT_TRUE(batched.kl && one.kl) << what;
+  EXPECT_NEAR(*batched.kl, *one.kl, 1e-6 * std::abs(*one.kl)) << what;
+}
+
+// Two greedy rounds with and without prefix caching, batched: identical per-example scores and
+// KL, and candidates at layer l run only layers l..L-1 over their batches. Both equal scoring
+// one sequence at a time.
 TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) {
   at::set_num_threads(1);
   for (TaskKind kind :
@@ -99,11 +126,15 @@ TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) 
     TempDir dir;
     auto cached = Make(dir, kind, true);
     auto plain = Make(dir, kind, false);
+    auto one = Make(dir, kind, false, /*batch_tokens=*/0);
     for (const std::vector<int64_t>& base : {std::vector<int64_t>{}, std::vector<int64_t>{1}}) {
       auto b1 = cached->EvaluateAndCache(base);
       auto b2 = plain->Evaluate(base);
-      ASSERT_TRUE(b1.ok() && b2.ok()) << b1.status().ToString() << b2.status().ToString();
+      auto b3 = one->Evaluate(base);
+      ASSERT_TRUE(b1.ok() && b2.ok() && b3.ok())
+          << b1.status().ToString() << b2.status().ToString() << b3.status().ToString();
       ExpectSame(*b1, *b2, name + " base");
+      ExpectClose(*b2, *b3, name + " base, per example");
       // Round 1 records the teacher afresh; round 2's base {1} was recorded as a round-1
       // candidate and is promoted without running anything.
       if (base.empty()) {
@@ -120,8 +151,18 @@ TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) 
         std::sort(cand.begin(), cand.end());
         auto c1 = cached->Evaluate(cand, /*keep_recording=*/true);
         auto c2 = plain->Evaluate(cand);
-        ASSERT_TRUE(c1.ok() && c2.ok()) << c1.status().ToString() << c2.status().ToString();
+        auto c3 = one->Evaluate(cand);
+        ASSERT_TRUE(c1.ok() && c2.ok() && c3.ok())
+            << c1.status().ToString() << c2.status().ToString() << c3.status().ToString();
         ExpectSame(*c1, *c2, name + " layer " + std::to_string(l));
+        ExpectClose(*c2, *c3, name + " layer " + std::to_string(l) + ", per example");
+        // Layer passes count per sequence: batching does not change them (generation's
+        // finished rows keep running in their batch, so there they may only grow).
+        if (kind == TaskKind::kGenerate) {
+          EXPECT_GE(c2->layer_passes, c3->layer_passes) << name;
+        } else {
+          EXPECT_EQ(c2->layer_passes, c3->layer_passes) << name;
+        }
         EXPECT_EQ(c1->first_layer, l);
         EXPECT_EQ(c2->first_layer, 0);
         if (l > 0) {
@@ -149,13 +190,18 @@ TEST(CandidateEvaluatorTest, MatchesHandBuiltHybrid) {
     hybrid->SetMixer(2, mixers[2]);
     ScoringOptions so;
     so.max_new_tokens = 3;
+    so.batch_tokens = 0;
     auto want = kind == TaskKind::kLm
                     ? ScoreLm(LogitsOf(*hybrid), *CharTokenizer(), examples, so)
-                    : ScoreGenerate(GreedyOf(*hybrid), *CharTokenizer(), examples, so);
+                    : ScoreGenerate(RowByRow(GreedyOf(*hybrid)), *CharTokenizer(), examples, so);
     auto got = eval->Evaluate({0, 2});
     ASSERT_TRUE(want.ok() && got.ok());
+    // The evaluator batches (fp32 reassociation: within 1e-6 relative), the hand-built path
+    // scores one sequence at a time.
     for (size_t i = 0; i < want->per_example.size(); ++i) {
-      EXPECT_NEAR(got->score.per_example[i], want->per_example[i], 1e-6) << i;
+      EXPECT_NEAR(got->score.per_example[i], want->per_example[i],
+                  1e-6 * std::abs(want->per_example[i]))
+          << i;
     }
     // The teacher's KL to itself is zero.
     EXPECT_NEAR(*eval->Evaluate({})->kl, 0.0, 1e-12);

@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <map>
+#include <random>
+#include <set>
 #include <string>
 
 #include "testing/temp_dir.h"
@@ -28,18 +30,17 @@ const double kTable[6][6] = {
     /* <s> */ {0.5, 0.25, 0.25, 0, 0, 0},
 };
 
+// ids [B, T] -> logits [B, T, 6] in double: the log of kTable's row of each token.
 StatusOr<at::Tensor> Bigram(const at::Tensor& ids) {
-  const int64_t t = ids.size(1);
-  at::Tensor logits = at::empty({1, t, 6}, at::kDouble);
-  for (int64_t i = 0; i < t; ++i) {
-    const int64_t prev = ids[0][i].item<int64_t>();
-    for (int64_t v = 0; v < 6; ++v) logits[0][i][v] = std::log(kTable[prev][v] + 1e-15);
+  at::Tensor table = at::empty({6, 6}, at::kDouble);
+  for (int64_t p = 0; p < 6; ++p) {
+    for (int64_t v = 0; v < 6; ++v) table[p][v] = std::log(kTable[p][v] + 1e-15);
   }
-  return logits;
+  return table.index_select(0, ids.reshape({-1})).view({ids.size(0), ids.size(1), 6});
 }
 
 StatusOr<at::Tensor> Uniform(const at::Tensor& ids) {
-  return at::zeros({1, ids.size(1), 6}, at::kDouble);
+  return at::zeros({ids.size(0), ids.size(1), 6}, at::kDouble);
 }
 
 TEST(TaskScoringTest, LanguageModelLossIsTokenWeighted) {
@@ -87,7 +88,7 @@ TEST(TaskScoringTest, GenerateCutsAtStopAndMatchesExactly) {
   ex[1].stop = {"\n"};
   ScoringOptions o;
   o.max_new_tokens = 5;
-  auto s = ScoreGenerate(GreedyByFullForward(Bigram), *tok, ex, o);
+  auto s = ScoreGenerate(RowByRow(GreedyByFullForward(Bigram)), *tok, ex, o);
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(s->per_example, (std::vector<double>{1, 0}));
   EXPECT_DOUBLE_EQ(s->value, 0.5);
@@ -161,7 +162,7 @@ TEST(TaskScoringTest, GenerateMetricSelectsExactContainsOrF1) {
     ScoringOptions o;
     o.max_new_tokens = 5;
     o.metric = metric;
-    auto s = ScoreGenerate(GreedyByFullForward(Bigram), *tok, ex, o);
+    auto s = ScoreGenerate(RowByRow(GreedyByFullForward(Bigram)), *tok, ex, o);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     EXPECT_EQ(s->metric, metric);
     ASSERT_EQ(s->per_example.size(), 3u);
@@ -172,7 +173,7 @@ TEST(TaskScoringTest, GenerateMetricSelectsExactContainsOrF1) {
   }
   ScoringOptions o;
   o.metric = "acc";
-  EXPECT_EQ(ScoreGenerate(GreedyByFullForward(Bigram), *tok, ex, o).status().code(),
+  EXPECT_EQ(ScoreGenerate(RowByRow(GreedyByFullForward(Bigram)), *tok, ex, o).status().code(),
             StatusCode::kInvalidArgument);
 }
 
@@ -226,6 +227,232 @@ TEST(TaskScoringTest, DecoderModelAdapters) {
   const double want =
       -(logp[0][0].item<double>() + logp[1][1].item<double>() + logp[2][2].item<double>()) / 3;
   EXPECT_NEAR(s->value, want, 1e-9);
+}
+
+}  // namespace
+}  // namespace hyb::worker
+
+namespace hyb::worker {
+namespace {
+
+TEST(TaskScoringTest, PlanBatchesRespectsBudgetSizeAndLengths) {
+  ScoringOptions o;
+  o.batch_tokens = 14;
+  o.max_batch_size = 3;
+  const std::vector<int64_t> lengths = {3, 7, 5, 7, 2, 1};
+  // Longest first; rows x longest <= 14.
+  EXPECT_EQ(PlanBatches(lengths, o), (std::vector<std::vector<size_t>>{{1, 3}, {2, 0}, {4, 5}}));
+  o.max_batch_size = 1;
+  EXPECT_EQ(PlanBatches(lengths, o),
+            (std::vector<std::vector<size_t>>{{1}, {3}, {2}, {0}, {4}, {5}}));
+  o.max_batch_size = 3;
+  o.batch_tokens = 0;  // the per-example path
+  EXPECT_EQ(PlanBatches(lengths, o).size(), 6u);
+  // Generation: only equal lengths share a batch, each row counting its new tokens too.
+  o.batch_tokens = 100;
+  EXPECT_EQ(PlanBatches({3, 7, 5, 7, 2, 3}, o, 2, /*same_length=*/true),
+            (std::vector<std::vector<size_t>>{{1, 3}, {2}, {0, 5}, {4}}));
+  o.batch_tokens = 10;
+  EXPECT_EQ(PlanBatches({3, 3, 3}, o, 2, true), (std::vector<std::vector<size_t>>{{0, 1}, {2}}));
+  // A sequence over the budget is a batch of its own.
+  EXPECT_EQ(PlanBatches({50, 1}, o), (std::vector<std::vector<size_t>>{{0}, {1}}));
+  const at::Tensor ids = PaddedIds({{1, 2, 3}, {4}, {5, 6}}, {0, 2, 1});
+  EXPECT_TRUE(at::equal(ids, torch::tensor({1, 2, 3, 5, 6, 0, 4, 0, 0}, at::kLong).view({3, 3})));
+}
+
+// Texts of 1..max_len characters over the tokenizer's alphabet (seeded): batches pad.
+std::vector<std::string> RandomTexts(int n, int max_len, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const std::string alphabet = "abc \n";
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) {
+    const int len = 1 + static_cast<int>(rng() % static_cast<uint32_t>(max_len));
+    std::string t;
+    for (int k = 0; k < len; ++k) t += alphabet[rng() % alphabet.size()];
+    out.push_back(t);
+  }
+  return out;
+}
+
+// Several sequences per batch, several batches per split, and log-softmax chunks of 7 rows
+// (of 6 doubles): every batch spans several chunks.
+ScoringOptions SmallBatches() {
+  ScoringOptions o;
+  o.batch_tokens = 40;
+  o.max_batch_size = 4;
+  o.logits_chunk_bytes = 7 * 6 * 8;
+  return o;
+}
+
+ScoringOptions PerExample() {
+  ScoringOptions o;
+  o.batch_tokens = 0;
+  return o;
+}
+
+void ExpectClose(const TaskScore& got, const TaskScore& want, double rel, const std::string& what) {
+  ASSERT_EQ(got.per_example.size(), want.per_example.size()) << what;
+  for (size_t i = 0; i < want.per_example.size(); ++i) {
+    EXPECT_NEAR(got.per_example[i], want.per_example[i], rel * std::abs(want.per_example[i]))
+        << what << " example " << i;
+  }
+  EXPECT_NEAR(got.value, want.value, rel * std::abs(want.value)) << what;
+}
+
+std::unique_ptr<DecoderModel> TinyModel(const hyb::testing::TempDir& dir, uint64_t seed) {
+  hyb::testing::TinyModelSpec spec;
+  spec.vocab = 6;
+  spec.layers = 3;
+  hyb::testing::WriteTinyModel(dir.path(), spec, seed);
+  auto model = DecoderModel::Load(dir.path(), {});
+  EXPECT_TRUE(model.ok()) << model.status().ToString();
+  return std::move(model).value();
+}
+
+// log-probabilities [T, V] in double of one sequence by its own forward: the per-example
+// computation scoring did before batching, as an independent reference.
+at::Tensor ReferenceLogProbs(const DecoderModel& model, const std::vector<int64_t>& ids) {
+  at::NoGradGuard no_grad;
+  const at::Tensor logits =
+      *model.Forward(torch::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())}));
+  return at::log_softmax(logits[0].to(at::kDouble), -1);
+}
+
+// Counts the batches a LogitsFn sees and their largest row count.
+struct BatchCounter {
+  int64_t calls = 0, max_rows = 0;
+  LogitsFn Wrap(LogitsFn fn) {
+    return [this, fn = std::move(fn)](const at::Tensor& ids) {
+      ++calls;
+      max_rows = std::max(max_rows, ids.size(0));
+      return fn(ids);
+    };
+  }
+};
+
+// lm and kl_to_teacher: batched scores (padding, several batches, chunked log-softmax) equal
+// the per-example path's and a plain per-sequence reference within 1e-6 relative.
+TEST(TaskScoringTest, BatchedTokenScoresEqualPerExample) {
+  at::set_num_threads(1);
+  hyb::testing::TempDir dir_a, dir_b;
+  auto model = TinyModel(dir_a, 40);
+  auto teacher = TinyModel(dir_b, 41);
+  auto tok = CharTokenizer();
+  std::vector<TaskExample> ex;
+  for (const auto& t : RandomTexts(17, 12, 5)) {
+    TaskExample e;
+    e.text = t;
+    ex.push_back(e);
+  }
+  BatchCounter counter;
+  auto lm = ScoreLm(counter.Wrap(LogitsOf(*model)), *tok, ex, SmallBatches());
+  auto lm_one = ScoreLm(LogitsOf(*model), *tok, ex, PerExample());
+  ASSERT_TRUE(lm.ok() && lm_one.ok()) << lm.status().ToString() << lm_one.status().ToString();
+  EXPECT_GT(counter.calls, 4);  // 17 sequences, at most 4 per batch
+  EXPECT_LT(counter.calls, 17);
+  EXPECT_GT(counter.max_rows, 1);
+  ExpectClose(*lm, *lm_one, 1e-6, "lm");
+  EXPECT_EQ(lm->details["tokens"], lm_one->details["tokens"]);
+  double total = 0;
+  int64_t count = 0;
+  for (size_t i = 0; i < ex.size(); ++i) {
+    const auto ids = tok->Encode(ex[i].text, true);
+    const at::Tensor logp = ReferenceLogProbs(*model, ids);
+    double s = 0;
+    for (size_t k = 1; k < ids.size(); ++k) {
+      s -= logp[static_cast<int64_t>(k) - 1][ids[k]].item<double>();
+    }
+    EXPECT_NEAR(lm->per_example[i], s / static_cast<double>(ids.size() - 1),
+                1e-6 * s / static_cast<double>(ids.size() - 1))
+        << i;
+    total += s;
+    count += static_cast<int64_t>(ids.size()) - 1;
+  }
+  EXPECT_NEAR(lm->value, total / static_cast<double>(count), 1e-6 * total / count);
+
+  auto kl = ScoreKlToTeacher(LogitsOf(*model), LogitsOf(*teacher), *tok, ex, SmallBatches());
+  auto kl_one = ScoreKlToTeacher(LogitsOf(*model), LogitsOf(*teacher), *tok, ex, PerExample());
+  ASSERT_TRUE(kl.ok() && kl_one.ok()) << kl.status().ToString() << kl_one.status().ToString();
+  ExpectClose(*kl, *kl_one, 1e-6, "kl");
+  for (size_t i = 0; i < ex.size(); ++i) {
+    const auto ids = tok->Encode(ex[i].text, true);
+    const at::Tensor q = ReferenceLogProbs(*model, ids), p = ReferenceLogProbs(*teacher, ids);
+    const auto n = static_cast<int64_t>(ids.size()) - 1;
+    const double want = (p.exp() * (p - q)).sum(-1).narrow(0, 0, n).sum().item<double>() / n;
+    EXPECT_GT(want, 0);
+    EXPECT_NEAR(kl->per_example[i], want, 1e-6 * want) << i;
+  }
+}
+
+// multiple_choice: every (example, choice) of many examples batched together; the choices'
+// log-likelihoods, and so acc and acc_norm, equal the per-example path's.
+TEST(TaskScoringTest, BatchedMultipleChoiceEqualsPerExample) {
+  at::set_num_threads(1);
+  hyb::testing::TempDir dir;
+  auto model = TinyModel(dir, 40);
+  auto tok = CharTokenizer();
+  const auto contexts = RandomTexts(11, 9, 7), choices = RandomTexts(40, 5, 8);
+  std::vector<TaskExample> ex;
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    TaskExample e;
+    e.context = contexts[i];
+    for (size_t j = 0; j < 2 + i % 3; ++j) {
+      // Choices start with a letter so that each adds a token after the moved whitespace.
+      e.choices.push_back("a" + choices[(i * 3 + j) % choices.size()]);
+    }
+    e.label = static_cast<int64_t>(i % e.choices.size());
+    ex.push_back(e);
+  }
+  for (const std::string metric : {"acc", "acc_norm"}) {
+    ScoringOptions batched = SmallBatches(), one = PerExample();
+    batched.metric = one.metric = metric;
+    BatchCounter counter;
+    auto s = ScoreMultipleChoice(counter.Wrap(LogitsOf(*model)), *tok, ex, batched);
+    auto s_one = ScoreMultipleChoice(LogitsOf(*model), *tok, ex, one);
+    ASSERT_TRUE(s.ok() && s_one.ok()) << s.status().ToString() << s_one.status().ToString();
+    EXPECT_GT(counter.max_rows, 1);
+    EXPECT_GT(counter.calls, 1);
+    EXPECT_EQ(s->per_example, s_one->per_example) << metric;
+    EXPECT_EQ(s->value, s_one->value) << metric;
+    EXPECT_EQ(s->details, s_one->details) << metric;
+  }
+}
+
+// generate: prompts of equal length decode together, each row cut at its own first stop id;
+// outputs equal decoding each prompt alone.
+TEST(TaskScoringTest, BatchedGenerationEqualsPerExample) {
+  at::set_num_threads(1);
+  hyb::testing::TempDir dir;
+  auto model = TinyModel(dir, 40);
+  auto tok = CharTokenizer();
+  ScoringOptions one = PerExample();
+  one.max_new_tokens = 6;
+  one.stop_ids = {4};
+  one.cut_ids = {3};
+  one.metric = "f1";
+  ScoringOptions batched = one;
+  batched.batch_tokens = 30;  // 3 rows of 4 + 6 tokens
+  batched.max_batch_size = 0;
+  std::vector<TaskExample> ex;
+  std::set<size_t> output_lengths;
+  const auto prompts = RandomTexts(14, 4, 9);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    TaskExample e;
+    e.prompt = prompts[i];
+    e.stop = {" "};
+    const auto out = *GreedyOf(*model)(tok->Encode(e.prompt, true), one.max_new_tokens, {4, 3});
+    output_lengths.insert(out.size());
+    e.answer = i % 2 == 0 ? tok->Decode(out) : "a b";
+    ex.push_back(e);
+  }
+  // Rows end at different steps, so finished rows are padded in their batch.
+  EXPECT_GT(output_lengths.size(), 1u);
+  auto s = ScoreGenerate(BatchGreedyOf(*model), *tok, ex, batched);
+  auto s_one = ScoreGenerate(RowByRow(GreedyOf(*model)), *tok, ex, one);
+  ASSERT_TRUE(s.ok() && s_one.ok()) << s.status().ToString() << s_one.status().ToString();
+  EXPECT_EQ(s->per_example, s_one->per_example);
+  EXPECT_EQ(s->details, s_one->details);
+  EXPECT_GT(s->details["exact_match"].get<double>(), 0);
 }
 
 }  // namespace

@@ -8,13 +8,12 @@
 namespace hyb::worker {
 namespace {
 
-at::Tensor IdsTensor(const std::vector<int64_t>& ids) {
-  return torch::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
-}
-
-std::vector<int64_t> IdsVector(const at::Tensor& ids) {
+// A batch's cache key: its shape, then its [B, T] ids row by row.
+std::vector<int64_t> BatchKey(const at::Tensor& ids) {
   const at::Tensor c = ids.to(at::kCPU, at::kLong).contiguous();
-  return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
+  std::vector<int64_t> key = {c.size(0), c.size(1)};
+  key.insert(key.end(), c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+  return key;
 }
 
 int64_t TensorBytes(const at::Tensor& t) {
@@ -57,30 +56,42 @@ StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
   e->tok_ = std::move(tokenizer);
   e->examples_ = std::move(examples);
   e->options_ = std::move(options);
+  const auto n_kl =
+      std::min<int64_t>(e->options_.kl_examples, static_cast<int64_t>(e->examples_.size()));
+  for (int64_t i = 0; i < n_kl; ++i) {
+    TaskExample text;
+    text.text = KlText(e->examples_[static_cast<size_t>(i)], e->options_.kind);
+    if (e->tok_->Encode(text.text, e->options_.scoring.add_special_tokens).size() < 2) continue;
+    e->kl_texts_.push_back(std::move(text));
+  }
   try {
-    at::NoGradGuard no_grad;
-    const auto n_kl =
-        std::min<int64_t>(e->options_.kl_examples, static_cast<int64_t>(e->examples_.size()));
-    for (int64_t i = 0; i < n_kl; ++i) {
-      auto ids = e->tok_->Encode(KlText(e->examples_[static_cast<size_t>(i)], e->options_.kind),
-                                 e->options_.scoring.add_special_tokens);
-      if (ids.size() < 2) continue;
-      HYB_ASSIGN_OR_RETURN(at::Tensor logits, e->model_->Forward(IdsTensor(ids)));
-      e->kl_teacher_logp_.push_back(at::log_softmax(logits[0].to(at::kCPU, at::kDouble), -1));
-      e->kl_ids_.push_back(std::move(ids));
-    }
+    HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->kl_texts_));
     if (e->options_.kind == TaskKind::kKlToTeacher) {
-      for (const auto& ex : e->examples_) {
-        auto ids = e->tok_->Encode(ex.text, e->options_.scoring.add_special_tokens);
-        if (ids.empty() || e->teacher_logits_.count(ids) > 0) continue;
-        HYB_ASSIGN_OR_RETURN(at::Tensor logits, e->model_->Forward(IdsTensor(ids)));
-        e->teacher_logits_.emplace(std::move(ids), logits);
-      }
+      HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->examples_));
     }
   } catch (const c10::Error& err) {
     return Internal(std::string("evaluator: teacher pass failed: ") + err.what_without_backtrace());
   }
   return e;
+}
+
+Status CandidateEvaluator::RecordTeacherLogits(const std::vector<TaskExample>& texts) {
+  at::NoGradGuard no_grad;
+  const auto sequences = TextSequences(*tok_, texts, options_.scoring);
+  std::vector<int64_t> lengths;
+  for (const auto& s : sequences) {
+    // ScoreKlToTeacher refuses such a text before it asks for the teacher's logits.
+    if (s.size() < 2) return Status::Ok();
+    lengths.push_back(static_cast<int64_t>(s.size()));
+  }
+  for (const auto& rows : PlanBatches(lengths, options_.scoring)) {
+    const at::Tensor ids = PaddedIds(sequences, rows);
+    std::vector<int64_t> key = BatchKey(ids);
+    if (teacher_logits_.count(key) > 0) continue;
+    HYB_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(ids));
+    teacher_logits_.emplace(std::move(key), std::move(logits));
+  }
+  return Status::Ok();
 }
 
 Status CandidateEvaluator::Configure(const std::vector<int64_t>& linear_layers) {
@@ -140,15 +151,15 @@ std::vector<at::Tensor> CandidateEvaluator::Compose(const CacheEntry& base, int6
 
 StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, int64_t first_layer,
                                                 PrefixCache* record_into) {
-  const int64_t n_layers = model_->num_layers();
+  const int64_t n_layers = model_->num_layers(), rows = ids.size(0);
   std::vector<int64_t> key;
-  if (first_layer > 0 || record_into != nullptr) key = IdsVector(ids);
+  if (first_layer > 0 || record_into != nullptr) key = BatchKey(ids);
   const bool keep = MayRecord(record_into, key);
   LayerTaps taps;
   if (first_layer > 0) {
     auto it = cache_.find(key);
     if (it != cache_.end() && !it->second.residual.empty()) {
-      passes_ += n_layers - first_layer;
+      passes_ += rows * (n_layers - first_layer);
       HYB_ASSIGN_OR_RETURN(
           at::Tensor logits,
           model_->ForwardFrom(first_layer, it->second.residual[static_cast<size_t>(first_layer)],
@@ -162,7 +173,7 @@ StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, int64_t f
     }
   }
   HYB_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(ids, nullptr, keep ? &taps : nullptr));
-  passes_ += n_layers;
+  passes_ += rows * n_layers;
   if (keep) {
     CacheEntry e;
     e.residual = std::move(taps.residual);
@@ -171,20 +182,19 @@ StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, int64_t f
   return logits;
 }
 
-StatusOr<std::vector<int64_t>> CandidateEvaluator::Generate(const std::vector<int64_t>& prompt,
-                                                            int64_t max_new,
-                                                            const std::vector<int64_t>& stop_ids,
-                                                            int64_t first_layer,
-                                                            PrefixCache* record_into) {
-  std::vector<int64_t> out;
+StatusOr<at::Tensor> CandidateEvaluator::Generate(const at::Tensor& prompts, int64_t max_new,
+                                                  const std::vector<int64_t>& stop_ids,
+                                                  int64_t first_layer, PrefixCache* record_into) {
+  at::Tensor out = prompts.to(at::kCPU, at::kLong);
   if (max_new <= 0) return out;
-  const int64_t n_layers = model_->num_layers();
-  const bool keep = MayRecord(record_into, prompt);
+  const int64_t n_layers = model_->num_layers(), rows = prompts.size(0);
+  const std::vector<int64_t> key = BatchKey(prompts);
+  const bool keep = MayRecord(record_into, key);
   DecodeState state = model_->NewDecodeState();
   LayerTaps taps;
   at::Tensor logits;
   int64_t shared_below = 0;
-  auto it = first_layer > 0 ? cache_.find(prompt) : cache_.end();
+  auto it = first_layer > 0 ? cache_.find(key) : cache_.end();
   if (it != cache_.end() && static_cast<int64_t>(it->second.states.size()) == n_layers) {
     for (int64_t j = 0; j < first_layer; ++j) {
       const auto uj = static_cast<size_t>(j);
@@ -194,29 +204,41 @@ StatusOr<std::vector<int64_t>> CandidateEvaluator::Generate(const std::vector<in
         logits,
         model_->ForwardFrom(first_layer, it->second.residual[static_cast<size_t>(first_layer)],
                             &state, keep ? &taps : nullptr));
-    passes_ += n_layers - first_layer;
+    passes_ += rows * (n_layers - first_layer);
     if (keep) {
       taps.residual = Compose(it->second, first_layer, std::move(taps.residual));
       shared_below = first_layer;
     }
   } else {
-    HYB_ASSIGN_OR_RETURN(logits,
-                         model_->Forward(IdsTensor(prompt), &state, keep ? &taps : nullptr));
-    passes_ += n_layers;
+    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(prompts, &state, keep ? &taps : nullptr));
+    passes_ += rows * n_layers;
   }
   if (keep) {
     CacheEntry e;
     e.residual = std::move(taps.residual);
     for (const auto& s : state.layers) e.states.push_back(s->Clone());
-    Store(record_into, prompt, std::move(e), shared_below);
+    Store(record_into, key, std::move(e), shared_below);
   }
-  while (true) {
-    const int64_t next = logits[0][logits.size(1) - 1].argmax().item<int64_t>();
-    out.push_back(next);
-    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
-    if (static_cast<int64_t>(out.size()) >= max_new) break;
-    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(IdsTensor({next}), &state));
-    passes_ += n_layers;
+  // DecoderModel::GenerateGreedy's loop: a row that produced a stop id is fed it again (its
+  // output is cut there) until every row has one or max_new tokens are out.
+  std::vector<int64_t> done(static_cast<size_t>(rows), -1);  // the stop id a row ended with
+  for (int64_t step = 0;; ++step) {
+    at::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1).to(at::kCPU);  // [B]
+    auto acc = next.accessor<int64_t, 1>();
+    bool all_done = true;
+    for (int64_t i = 0; i < rows; ++i) {
+      const auto ui = static_cast<size_t>(i);
+      if (done[ui] >= 0) {
+        acc[i] = done[ui];
+      } else if (std::find(stop_ids.begin(), stop_ids.end(), acc[i]) != stop_ids.end()) {
+        done[ui] = acc[i];
+      }
+      all_done = all_done && done[ui] >= 0;
+    }
+    out = at::cat({out, next.unsqueeze(1)}, 1);
+    if (all_done || step + 1 >= max_new) break;
+    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(next.unsqueeze(1), &state));
+    passes_ += rows * n_layers;
   }
   return out;
 }
@@ -233,6 +255,12 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
     LogitsFn logits = [this, first_layer, record](const at::Tensor& ids) {
       return Logits(ids, first_layer, record);
     };
+    // Recorded by Create for every batch the scorers ask for.
+    LogitsFn teacher = [this](const at::Tensor& ids) -> StatusOr<at::Tensor> {
+      auto it = teacher_logits_.find(BatchKey(ids));
+      if (it == teacher_logits_.end()) return Internal("no teacher logits for a batch");
+      return it->second;
+    };
     switch (options_.kind) {
       case TaskKind::kLm: {
         HYB_ASSIGN_OR_RETURN(ev.score, ScoreLm(logits, *tok_, examples_, options_.scoring));
@@ -244,37 +272,24 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
         break;
       }
       case TaskKind::kGenerate: {
-        GenerateFn gen = [this, first_layer, record](const std::vector<int64_t>& prompt,
-                                                     int64_t max_new,
-                                                     const std::vector<int64_t>& stop_ids) {
-          return Generate(prompt, max_new, stop_ids, first_layer, record);
+        BatchGenerateFn gen = [this, first_layer, record](const at::Tensor& prompts,
+                                                          int64_t max_new,
+                                                          const std::vector<int64_t>& stop_ids) {
+          return Generate(prompts, max_new, stop_ids, first_layer, record);
         };
         HYB_ASSIGN_OR_RETURN(ev.score, ScoreGenerate(gen, *tok_, examples_, options_.scoring));
         break;
       }
       case TaskKind::kKlToTeacher: {
-        LogitsFn teacher = [this](const at::Tensor& ids) -> StatusOr<at::Tensor> {
-          auto it = teacher_logits_.find(IdsVector(ids));
-          if (it == teacher_logits_.end()) return Internal("no teacher logits for a sequence");
-          return it->second;
-        };
         HYB_ASSIGN_OR_RETURN(ev.score,
                              ScoreKlToTeacher(logits, teacher, *tok_, examples_, options_.scoring));
         break;
       }
     }
-    if (!kl_ids_.empty()) {
-      double sum = 0;
-      int64_t count = 0;
-      for (size_t i = 0; i < kl_ids_.size(); ++i) {
-        HYB_ASSIGN_OR_RETURN(at::Tensor l, logits(IdsTensor(kl_ids_[i])));
-        const at::Tensor q = at::log_softmax(l[0].to(at::kCPU, at::kDouble), -1);
-        const at::Tensor& p = kl_teacher_logp_[i];
-        const int64_t n = q.size(0) - 1;  // positions that predict a token
-        sum += (p.exp() * (p - q)).sum(-1).narrow(0, 0, n).sum().item<double>();
-        count += n;
-      }
-      ev.kl = sum / static_cast<double>(count);
+    if (!kl_texts_.empty()) {
+      HYB_ASSIGN_OR_RETURN(TaskScore kl,
+                           ScoreKlToTeacher(logits, teacher, *tok_, kl_texts_, options_.scoring));
+      ev.kl = kl.value;
     }
   } catch (const c10::Error& err) {
     return Internal(std::string("evaluation failed: ") + err.what_without_backtrace());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
 
 namespace hyb::worker {
 namespace {
@@ -18,19 +19,127 @@ at::Tensor IdsTensor(const std::vector<int64_t>& ids) {
   return torch::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
 }
 
-// log-probabilities [T, V] in double for the sequence `ids`.
-StatusOr<at::Tensor> LogProbs(const LogitsFn& model, const std::vector<int64_t>& ids) {
-  HYB_ASSIGN_OR_RETURN(at::Tensor logits, model(IdsTensor(ids)));
-  return at::log_softmax(logits[0].to(at::kCPU, at::kDouble), -1);
+// The arithmetic type of log-softmax over logits of `dtype`: double for full-precision models
+// (the per-example path's precision), fp32 for half-precision ones.
+at::ScalarType MathType(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Sum of log p(ids[i] | ids[<i]) for i in [from, ids.size()).
-double SumLogProb(const at::Tensor& logp, const std::vector<int64_t>& ids, size_t from) {
-  double s = 0;
-  for (size_t i = std::max<size_t>(from, 1); i < ids.size(); ++i) {
-    s += logp[static_cast<int64_t>(i) - 1][ids[i]].item<double>();
+// Rows of [*, vocab] logits per chunk: ScoringOptions::logits_chunk_bytes in `math`.
+int64_t ChunkRows(int64_t vocab, at::ScalarType math, const ScoringOptions& o) {
+  const int64_t row_bytes =
+      std::max<int64_t>(1, vocab) * static_cast<int64_t>(c10::elementSize(math));
+  return std::max<int64_t>(1, o.logits_chunk_bytes / row_bytes);
+}
+
+Status CheckLogits(const at::Tensor& logits, const at::Tensor& ids, const char* what) {
+  if (logits.dim() != 3 || logits.size(0) != ids.size(0) || logits.size(1) != ids.size(1)) {
+    return Internal(std::string(what) + " returned logits of shape " + c10::str(logits.sizes()) +
+                    " for ids of shape " + c10::str(ids.sizes()));
   }
-  return s;
+  return Status::Ok();
+}
+
+// Per row r of a batch (ids [B, T] on the CPU, logits [B, T, V]): the sum of
+// log p(ids[r][i] | ids[r][<i]) over i in [from[r], len[r]), from[r] >= 1. Log-softmax runs in
+// row chunks on the logits' device; one [B] copy comes back.
+std::vector<double> RowLogProbSums(const at::Tensor& logits, const at::Tensor& ids,
+                                   const std::vector<int64_t>& from,
+                                   const std::vector<int64_t>& len, const ScoringOptions& o) {
+  const int64_t b = ids.size(0), t = ids.size(1), v = logits.size(2);
+  const at::ScalarType math = MathType(logits.scalar_type());
+  // Position p of row r predicts ids[r][p + 1]; the last position predicts nothing (weight 0).
+  at::Tensor targets = at::zeros({b, t}, at::kLong);
+  targets.narrow(1, 0, t - 1).copy_(ids.narrow(1, 1, t - 1));
+  at::Tensor weight = at::zeros({b, t}, at::kDouble);
+  auto w = weight.accessor<double, 2>();
+  for (int64_t r = 0; r < b; ++r) {
+    const auto ur = static_cast<size_t>(r);
+    for (int64_t p = std::max<int64_t>(from[ur], 1) - 1; p < len[ur] - 1; ++p) w[r][p] = 1;
+  }
+  const at::Tensor flat = logits.reshape({b * t, v});  // a view of contiguous logits
+  const at::Tensor target = targets.view({b * t}).to(logits.device());
+  at::Tensor logp = at::empty({b * t}, logits.options().dtype(math));
+  const int64_t chunk = ChunkRows(v, math, o);
+  for (int64_t r0 = 0; r0 < b * t; r0 += chunk) {
+    const int64_t n = std::min(chunk, b * t - r0);
+    const at::Tensor x = flat.narrow(0, r0, n).to(math);  // [n, V]
+    logp.narrow(0, r0, n).copy_(x.gather(1, target.narrow(0, r0, n).unsqueeze(1)).squeeze(1) -
+                                x.logsumexp(1));
+  }
+  const at::Tensor sums =
+      (logp.view({b, t}) * weight.to(logits.device(), math)).sum(1).to(at::kCPU, at::kDouble);
+  return {sums.data_ptr<double>(), sums.data_ptr<double>() + b};
+}
+
+// Per row r: the sum over positions p in [0, len[r] - 1) (those that predict a token) of
+// KL(softmax(teacher[r][p]) || softmax(logits[r][p])), in row chunks on the logits' device.
+std::vector<double> RowKlSums(const at::Tensor& logits, const at::Tensor& teacher,
+                              const std::vector<int64_t>& len, const ScoringOptions& o) {
+  const int64_t b = logits.size(0), t = logits.size(1), v = logits.size(2);
+  const at::ScalarType math = MathType(logits.scalar_type()) == at::kDouble ||
+                                      MathType(teacher.scalar_type()) == at::kDouble
+                                  ? at::kDouble
+                                  : at::kFloat;
+  at::Tensor weight = at::zeros({b, t}, at::kDouble);
+  auto w = weight.accessor<double, 2>();
+  for (int64_t r = 0; r < b; ++r) {
+    for (int64_t p = 0; p < len[static_cast<size_t>(r)] - 1; ++p) w[r][p] = 1;
+  }
+  const at::Tensor q_flat = logits.reshape({b * t, v});
+  const at::Tensor p_flat = teacher.to(logits.device()).reshape({b * t, v});
+  at::Tensor kl = at::empty({b * t}, logits.options().dtype(math));
+  const int64_t chunk = ChunkRows(v, math, o);
+  for (int64_t r0 = 0; r0 < b * t; r0 += chunk) {
+    const int64_t n = std::min(chunk, b * t - r0);
+    const at::Tensor q = at::log_softmax(q_flat.narrow(0, r0, n).to(math), 1);  // [n, V]
+    const at::Tensor p = at::log_softmax(p_flat.narrow(0, r0, n).to(math), 1);
+    kl.narrow(0, r0, n).copy_((p.exp() * (p - q)).sum(1));
+  }
+  const at::Tensor sums =
+      (kl.view({b, t}) * weight.to(logits.device(), math)).sum(1).to(at::kCPU, at::kDouble);
+  return {sums.data_ptr<double>(), sums.data_ptr<double>() + b};
+}
+
+std::vector<int64_t> Lengths(const std::vector<std::vector<int64_t>>& sequences) {
+  std::vector<int64_t> lengths;
+  lengths.reserve(sequences.size());
+  for (const auto& s : sequences) lengths.push_back(static_cast<int64_t>(s.size()));
+  return lengths;
+}
+
+// Per sequence: the sum of log p(seq[i] | seq[<i]) over i in [from[k], seq.size()), `model`
+// run once per batch.
+StatusOr<std::vector<double>> SumLogProbs(const LogitsFn& model,
+                                          const std::vector<std::vector<int64_t>>& sequences,
+                                          const std::vector<int64_t>& from,
+                                          const ScoringOptions& options) {
+  const std::vector<int64_t> lengths = Lengths(sequences);
+  std::vector<double> sums(sequences.size());
+  for (const auto& rows : PlanBatches(lengths, options)) {
+    const at::Tensor ids = PaddedIds(sequences, rows);
+    HYB_ASSIGN_OR_RETURN(at::Tensor logits, model(ids));
+    HYB_RETURN_IF_ERROR(CheckLogits(logits, ids, "the model"));
+    std::vector<int64_t> f, l;
+    for (size_t k : rows) {
+      f.push_back(from[k]);
+      l.push_back(lengths[k]);
+    }
+    const std::vector<double> s = RowLogProbSums(logits, ids, f, l, options);
+    for (size_t k = 0; k < rows.size(); ++k) sums[rows[k]] = s[k];
+  }
+  return sums;
+}
+
+// LibTorch throws; the scorers answer Internal instead.
+StatusOr<TaskScore> Guarded(const std::string& task,
+                            const std::function<StatusOr<TaskScore>()>& fn) {
+  try {
+    at::NoGradGuard no_grad;
+    return fn();
+  } catch (const c10::Error& e) {
+    return Internal(task + " scoring failed: " + e.what_without_backtrace());
+  }
 }
 
 std::string Trim(const std::string& s) {
@@ -131,6 +240,42 @@ GenerateFn GreedyOf(const DecoderModel& model) {
   };
 }
 
+BatchGenerateFn BatchGreedyOf(const DecoderModel& model) {
+  return [&model](const at::Tensor& prompts, int64_t max_new,
+                  const std::vector<int64_t>& stop_ids) -> StatusOr<at::Tensor> {
+    at::NoGradGuard no_grad;
+    return model.GenerateGreedy(prompts, max_new, stop_ids);
+  };
+}
+
+BatchGenerateFn RowByRow(GenerateFn generate) {
+  return [generate = std::move(generate)](
+             const at::Tensor& prompts, int64_t max_new,
+             const std::vector<int64_t>& stop_ids) -> StatusOr<at::Tensor> {
+    const at::Tensor p = prompts.to(at::kCPU, at::kLong).contiguous();
+    const int64_t b = p.size(0), t = p.size(1);
+    std::vector<std::vector<int64_t>> outs;
+    size_t n = 0;
+    for (int64_t r = 0; r < b; ++r) {
+      const int64_t* row = p.data_ptr<int64_t>() + r * t;
+      HYB_ASSIGN_OR_RETURN(auto out, generate({row, row + t}, max_new, stop_ids));
+      n = std::max(n, out.size());
+      outs.push_back(std::move(out));
+    }
+    at::Tensor result = at::empty({b, t + static_cast<int64_t>(n)}, at::kLong);
+    result.narrow(1, 0, t).copy_(p);
+    auto acc = result.accessor<int64_t, 2>();
+    for (int64_t r = 0; r < b; ++r) {
+      const auto& out = outs[static_cast<size_t>(r)];
+      // A row shorter than the longest ended with its stop id: padded with it.
+      for (size_t i = 0; i < n; ++i) {
+        acc[r][t + static_cast<int64_t>(i)] = i < out.size() ? out[i] : out.back();
+      }
+    }
+    return result;
+  };
+}
+
 GenerateFn GreedyByFullForward(LogitsFn logits) {
   return [logits = std::move(logits)](const std::vector<int64_t>& prompt, int64_t max_new,
                                       const std::vector<int64_t>& stop_ids)
@@ -147,29 +292,83 @@ GenerateFn GreedyByFullForward(LogitsFn logits) {
   };
 }
 
+std::vector<std::vector<size_t>> PlanBatches(const std::vector<int64_t>& lengths,
+                                             const ScoringOptions& options, int64_t extra_per_row,
+                                             bool same_length) {
+  std::vector<size_t> order(lengths.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
+  std::vector<std::vector<size_t>> batches;
+  for (size_t i : order) {
+    if (!batches.empty() && options.batch_tokens > 0) {
+      std::vector<size_t>& last = batches.back();
+      const auto rows = static_cast<int64_t>(last.size()) + 1;
+      const int64_t longest = lengths[last.front()] + extra_per_row;  // sorted: the first
+      if ((options.max_batch_size <= 0 || rows <= options.max_batch_size) &&
+          rows * longest <= options.batch_tokens &&
+          (!same_length || lengths[i] == lengths[last.front()])) {
+        last.push_back(i);
+        continue;
+      }
+    }
+    batches.push_back({i});
+  }
+  return batches;
+}
+
+at::Tensor PaddedIds(const std::vector<std::vector<int64_t>>& sequences,
+                     const std::vector<size_t>& rows) {
+  size_t t = 0;
+  for (size_t r : rows) t = std::max(t, sequences[r].size());
+  at::Tensor ids =
+      at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(t)}, at::kLong);
+  int64_t* data = ids.data_ptr<int64_t>();
+  for (size_t k = 0; k < rows.size(); ++k) {
+    std::copy(sequences[rows[k]].begin(), sequences[rows[k]].end(), data + k * t);
+  }
+  return ids;
+}
+
+std::vector<std::vector<int64_t>> TextSequences(const Tokenizer& tok,
+                                                const std::vector<TaskExample>& examples,
+                                                const ScoringOptions& options) {
+  std::vector<std::vector<int64_t>> sequences;
+  sequences.reserve(examples.size());
+  for (const TaskExample& e : examples) sequences.push_back(EncodeFor(tok, e.text, options));
+  return sequences;
+}
+
 namespace {
 
-// Token-weighted mean of a per-position quantity over text examples (lm loss, KL): `sum(ids)`
-// returns the quantity summed over the positions that predict a token (all but the last).
-StatusOr<TaskScore> TokenWeightedScore(
-    const Tokenizer& tok, const std::vector<TaskExample>& examples, const ScoringOptions& options,
-    const std::string& task, const std::string& metric,
-    const std::function<StatusOr<double>(const std::vector<int64_t>&)>& sum) {
+// TextSequences, InvalidArgument naming the first example with nothing to predict.
+StatusOr<std::vector<std::vector<int64_t>>> ScoredTexts(const Tokenizer& tok,
+                                                        const std::vector<TaskExample>& examples,
+                                                        const ScoringOptions& options,
+                                                        const std::string& task) {
+  auto sequences = TextSequences(tok, examples, options);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    if (sequences[i].size() < 2) {
+      return InvalidArgument(task + " example " + std::to_string(i) +
+                             " has fewer than two tokens: nothing to predict");
+    }
+  }
+  return sequences;
+}
+
+// Token-weighted mean of a per-position quantity over text examples (lm loss, KL): `sums[i]`
+// is the quantity summed over sequence i's positions that predict a token (all but the last).
+TaskScore TokenWeightedScore(const std::vector<std::vector<int64_t>>& sequences,
+                             const std::vector<double>& sums, const std::string& metric) {
   TaskScore score;
   score.metric = metric;
   score.higher_is_better = false;
   double total = 0;
   int64_t positions = 0;
-  for (size_t i = 0; i < examples.size(); ++i) {
-    const auto ids = EncodeFor(tok, examples[i].text, options);
-    if (ids.size() < 2) {
-      return InvalidArgument(task + " example " + std::to_string(i) +
-                             " has fewer than two tokens: nothing to predict");
-    }
-    HYB_ASSIGN_OR_RETURN(double s, sum(ids));
-    const auto n = static_cast<int64_t>(ids.size()) - 1;
-    score.per_example.push_back(s / static_cast<double>(n));
-    total += s;
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const auto n = static_cast<int64_t>(sequences[i].size()) - 1;
+    score.per_example.push_back(sums[i] / static_cast<double>(n));
+    total += sums[i];
     positions += n;
   }
   score.value = total / static_cast<double>(positions);
@@ -182,72 +381,86 @@ StatusOr<TaskScore> TokenWeightedScore(
 StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
                             const std::vector<TaskExample>& examples,
                             const ScoringOptions& options) {
-  HYB_ASSIGN_OR_RETURN(
-      TaskScore score,
-      TokenWeightedScore(tok, examples, options, "lm", "loss",
-                         [&](const std::vector<int64_t>& ids) -> StatusOr<double> {
-                           HYB_ASSIGN_OR_RETURN(at::Tensor logp, LogProbs(model, ids));
-                           return -SumLogProb(logp, ids, 1);
-                         }));
-  score.details["perplexity"] = std::exp(score.value);
-  return score;
+  return Guarded("lm", [&]() -> StatusOr<TaskScore> {
+    HYB_ASSIGN_OR_RETURN(auto sequences, ScoredTexts(tok, examples, options, "lm"));
+    HYB_ASSIGN_OR_RETURN(
+        std::vector<double> sums,
+        SumLogProbs(model, sequences, std::vector<int64_t>(sequences.size(), 1), options));
+    for (double& s : sums) s = -s;
+    TaskScore score = TokenWeightedScore(sequences, sums, "loss");
+    score.details["perplexity"] = std::exp(score.value);
+    return score;
+  });
 }
 
 StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& tok,
                                         const std::vector<TaskExample>& examples,
                                         const ScoringOptions& options) {
-  TaskScore score;
-  HYB_ASSIGN_OR_RETURN(score.metric, PickMetric(options, {"acc", "acc_norm"}, "multiple_choice"));
-  const bool use_norm = score.metric == "acc_norm";
-  const std::vector<int64_t> prefix =
-      options.add_special_tokens ? tok.Encode("", true) : std::vector<int64_t>{};
-  double correct = 0, correct_norm = 0;
-  for (size_t i = 0; i < examples.size(); ++i) {
-    const TaskExample& e = examples[i];
-    std::vector<double> ll, ll_norm;
-    for (const std::string& choice : e.choices) {
-      // lm-evaluation-harness: trailing whitespace of the context moves to the continuation;
-      // the continuation's tokens are those of context+continuation beyond the context's.
-      std::string context = e.context, continuation = choice;
-      const size_t keep = context.find_last_not_of(" \t\n\r") == std::string::npos
-                              ? 0
-                              : context.find_last_not_of(" \t\n\r") + 1;
-      continuation = context.substr(keep) + continuation;
-      context = context.substr(0, keep);
-      std::vector<int64_t> ctx = prefix, whole = prefix;
-      const auto c = tok.Encode(context, false), w = tok.Encode(context + continuation, false);
-      ctx.insert(ctx.end(), c.begin(), c.end());
-      whole.insert(whole.end(), w.begin(), w.end());
-      if (ctx.empty()) {
-        if (!options.empty_context_token) {
-          return InvalidArgument("multiple_choice example " + std::to_string(i) +
-                                 " has an empty context and no BOS/EOS token to condition on");
+  return Guarded("multiple_choice", [&]() -> StatusOr<TaskScore> {
+    TaskScore score;
+    HYB_ASSIGN_OR_RETURN(score.metric, PickMetric(options, {"acc", "acc_norm"}, "multiple_choice"));
+    const bool use_norm = score.metric == "acc_norm";
+    const std::vector<int64_t> prefix =
+        options.add_special_tokens ? tok.Encode("", true) : std::vector<int64_t>{};
+    // Every (example, choice) is one sequence, scored from the end of its context.
+    std::vector<std::vector<int64_t>> sequences;
+    std::vector<int64_t> from;
+    for (size_t i = 0; i < examples.size(); ++i) {
+      const TaskExample& e = examples[i];
+      for (const std::string& choice : e.choices) {
+        // lm-evaluation-harness: trailing whitespace of the context moves to the continuation;
+        // the continuation's tokens are those of context+continuation beyond the context's.
+        std::string context = e.context, continuation = choice;
+        const size_t keep = context.find_last_not_of(" \t\n\r") == std::string::npos
+                                ? 0
+                                : context.find_last_not_of(" \t\n\r") + 1;
+        continuation = context.substr(keep) + continuation;
+        context = context.substr(0, keep);
+        std::vector<int64_t> ctx = prefix, whole = prefix;
+        const auto c = tok.Encode(context, false), w = tok.Encode(context + continuation, false);
+        ctx.insert(ctx.end(), c.begin(), c.end());
+        whole.insert(whole.end(), w.begin(), w.end());
+        if (ctx.empty()) {
+          if (!options.empty_context_token) {
+            return InvalidArgument("multiple_choice example " + std::to_string(i) +
+                                   " has an empty context and no BOS/EOS token to condition on");
+          }
+          ctx.push_back(*options.empty_context_token);
+          whole.insert(whole.begin(), *options.empty_context_token);
         }
-        ctx.push_back(*options.empty_context_token);
-        whole.insert(whole.begin(), *options.empty_context_token);
+        if (whole.size() <= ctx.size()) {
+          return InvalidArgument("multiple_choice example " + std::to_string(i) + ": choice '" +
+                                 choice + "' adds no tokens");
+        }
+        from.push_back(static_cast<int64_t>(ctx.size()));
+        sequences.push_back(std::move(whole));
       }
-      if (whole.size() <= ctx.size()) {
-        return InvalidArgument("multiple_choice example " + std::to_string(i) + ": choice '" +
-                               choice + "' adds no tokens");
-      }
-      HYB_ASSIGN_OR_RETURN(at::Tensor logp, LogProbs(model, whole));
-      const double s = SumLogProb(logp, whole, ctx.size());
-      ll.push_back(s);
-      // lm-evaluation-harness: per character of the choice (Python's len: code points).
-      ll_norm.push_back(s / static_cast<double>(std::max<int64_t>(1, ChoiceLength(choice))));
     }
-    const auto best = std::max_element(ll.begin(), ll.end()) - ll.begin();
-    const auto best_norm = std::max_element(ll_norm.begin(), ll_norm.end()) - ll_norm.begin();
-    const double hit = best == e.label ? 1.0 : 0.0;
-    const double hit_norm = best_norm == e.label ? 1.0 : 0.0;
-    score.per_example.push_back(use_norm ? hit_norm : hit);
-    correct += hit;
-    correct_norm += hit_norm;
-  }
-  const auto n = static_cast<double>(examples.size());
-  score.value = (use_norm ? correct_norm : correct) / n;
-  score.details = {{"acc", correct / n}, {"acc_norm", correct_norm / n}};
-  return score;
+    HYB_ASSIGN_OR_RETURN(const std::vector<double> sums,
+                         SumLogProbs(model, sequences, from, options));
+    double correct = 0, correct_norm = 0;
+    size_t k = 0;  // the sequence of examples[i].choices[j]
+    for (const TaskExample& e : examples) {
+      std::vector<double> ll, ll_norm;
+      for (const std::string& choice : e.choices) {
+        const double s = sums[k++];
+        ll.push_back(s);
+        // lm-evaluation-harness: per character of the choice (Python's len: code points).
+        ll_norm.push_back(s / static_cast<double>(std::max<int64_t>(1, ChoiceLength(choice))));
+      }
+      const auto best = std::max_element(ll.begin(), ll.end()) - ll.begin();
+      const auto best_norm = std::max_element(ll_norm.begin(), ll_norm.end()) - ll_norm.begin();
+      const double hit = best == e.label ? 1.0 : 0.0;
+      const double hit_norm = best_norm == e.label ? 1.0 : 0.0;
+      score.per_example.push_back(use_norm ? hit_norm : hit);
+      correct += hit;
+      correct_norm += hit_norm;
+    }
+    const auto n = static_cast<double>(examples.size());
+    score.value = (use_norm ? correct_norm : correct) / n;
+    score.details = {{"acc", correct / n}, {"acc_norm", correct_norm / n}};
+    return score;
+  });
 }
 
 std::vector<int64_t> StopStringTokens(const Tokenizer& tok,
@@ -278,60 +491,104 @@ std::vector<int64_t> StopStringTokens(const Tokenizer& tok,
   return ids;
 }
 
-StatusOr<TaskScore> ScoreGenerate(const GenerateFn& model, const Tokenizer& tok,
+StatusOr<TaskScore> ScoreGenerate(const BatchGenerateFn& model, const Tokenizer& tok,
                                   const std::vector<TaskExample>& examples,
                                   const ScoringOptions& options) {
-  TaskScore score;
-  HYB_ASSIGN_OR_RETURN(score.metric,
-                       PickMetric(options, {"exact_match", "contains", "f1"}, "generate"));
-  std::vector<int64_t> end_ids = options.stop_ids;
-  end_ids.insert(end_ids.end(), options.cut_ids.begin(), options.cut_ids.end());
-  double sum = 0, sum_exact = 0, sum_contains = 0, sum_f1 = 0;
-  Json samples = Json::array();
-  for (const TaskExample& e : examples) {
-    const auto prompt = EncodeFor(tok, e.prompt, options);
-    HYB_ASSIGN_OR_RETURN(auto ids, model(prompt, options.max_new_tokens, end_ids));
-    // Drop a trailing stop token, decode, cut at the first stop string.
-    if (!ids.empty() && std::find(options.stop_ids.begin(), options.stop_ids.end(), ids.back()) !=
-                            options.stop_ids.end()) {
-      ids.pop_back();
+  return Guarded("generate", [&]() -> StatusOr<TaskScore> {
+    TaskScore score;
+    HYB_ASSIGN_OR_RETURN(score.metric,
+                         PickMetric(options, {"exact_match", "contains", "f1"}, "generate"));
+    std::vector<int64_t> end_ids = options.stop_ids;
+    end_ids.insert(end_ids.end(), options.cut_ids.begin(), options.cut_ids.end());
+    std::vector<std::vector<int64_t>> prompts;
+    for (const TaskExample& e : examples) prompts.push_back(EncodeFor(tok, e.prompt, options));
+    // Prompts of one token length decode together; each row is cut after its first end id,
+    // as decoding it alone would have stopped there.
+    std::vector<std::vector<int64_t>> outputs(examples.size());
+    for (const auto& rows :
+         PlanBatches(Lengths(prompts), options, std::max<int64_t>(0, options.max_new_tokens),
+                     /*same_length=*/true)) {
+      const at::Tensor ids = PaddedIds(prompts, rows);
+      HYB_ASSIGN_OR_RETURN(at::Tensor out, model(ids, options.max_new_tokens, end_ids));
+      out = out.to(at::kCPU, at::kLong).contiguous();
+      const int64_t t = ids.size(1), width = out.size(1);
+      if (out.dim() != 2 || out.size(0) != ids.size(0) || width < t ||
+          width - t > std::max<int64_t>(0, options.max_new_tokens)) {
+        return Internal("generation returned ids of shape " + c10::str(out.sizes()) +
+                        " for prompts of shape " + c10::str(ids.sizes()));
+      }
+      for (size_t k = 0; k < rows.size(); ++k) {
+        const int64_t* row = out.data_ptr<int64_t>() + static_cast<int64_t>(k) * width;
+        std::vector<int64_t>& ids_out = outputs[rows[k]];
+        for (int64_t i = t; i < width; ++i) {
+          ids_out.push_back(row[i]);
+          if (std::find(end_ids.begin(), end_ids.end(), row[i]) != end_ids.end()) break;
+        }
+      }
     }
-    std::string text = tok.Decode(ids, /*skip_special_tokens=*/true);
-    size_t cut = text.size();
-    for (const auto& s : e.stop) cut = std::min(cut, text.find(s));
-    text = Trim(text.substr(0, cut));
-    const std::string answer = Trim(e.answer);
-    const double exact = ExactMatch(text, answer), contains = Contains(text, answer),
-                 f1 = TokenF1(text, answer);
-    const double value = score.metric == "f1" ? f1 : score.metric == "contains" ? contains : exact;
-    score.per_example.push_back(value);
-    sum += value;
-    sum_exact += exact;
-    sum_contains += contains;
-    sum_f1 += f1;
-    if (samples.size() < 5) samples.push_back({{"output", text}, {"answer", e.answer}});
-  }
-  const auto n = static_cast<double>(examples.size());
-  score.value = sum / n;
-  score.details = {{"exact_match", sum_exact / n},
-                   {"contains", sum_contains / n},
-                   {"f1", sum_f1 / n},
-                   {"samples", samples}};
-  return score;
+    double sum = 0, sum_exact = 0, sum_contains = 0, sum_f1 = 0;
+    Json samples = Json::array();
+    for (size_t i = 0; i < examples.size(); ++i) {
+      const TaskExample& e = examples[i];
+      std::vector<int64_t>& ids = outputs[i];
+      // Drop a trailing stop token, decode, cut at the first stop string.
+      if (!ids.empty() && std::find(options.stop_ids.begin(), options.stop_ids.end(), ids.back()) !=
+                              options.stop_ids.end()) {
+        ids.pop_back();
+      }
+      std::string text = tok.Decode(ids, /*skip_special_tokens=*/true);
+      size_t cut = text.size();
+      for (const auto& s : e.stop) cut = std::min(cut, text.find(s));
+      text = Trim(text.substr(0, cut));
+      const std::string answer = Trim(e.answer);
+      const double exact = ExactMatch(text, answer), contains = Contains(text, answer),
+                   f1 = TokenF1(text, answer);
+      const double value = score.metric == "f1"         ? f1
+                           : score.metric == "contains" ? contains
+                                                        : exact;
+      score.per_example.push_back(value);
+      sum += value;
+      sum_exact += exact;
+      sum_contains += contains;
+      sum_f1 += f1;
+      if (samples.size() < 5) samples.push_back({{"output", text}, {"answer", e.answer}});
+    }
+    const auto n = static_cast<double>(examples.size());
+    score.value = sum / n;
+    score.details = {{"exact_match", sum_exact / n},
+                     {"contains", sum_contains / n},
+                     {"f1", sum_f1 / n},
+                     {"samples", samples}};
+    return score;
+  });
 }
 
 StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,
                                      const Tokenizer& tok,
                                      const std::vector<TaskExample>& examples,
                                      const ScoringOptions& options) {
-  return TokenWeightedScore(
-      tok, examples, options, "kl_to_teacher", "kl",
-      [&](const std::vector<int64_t>& ids) -> StatusOr<double> {
-        HYB_ASSIGN_OR_RETURN(at::Tensor q, LogProbs(model, ids));
-        HYB_ASSIGN_OR_RETURN(at::Tensor p, LogProbs(teacher, ids));
-        const auto n = static_cast<int64_t>(ids.size()) - 1;  // positions that predict a token
-        return (p.exp() * (p - q)).sum(-1).narrow(0, 0, n).sum().item<double>();
-      });
+  return Guarded("kl_to_teacher", [&]() -> StatusOr<TaskScore> {
+    HYB_ASSIGN_OR_RETURN(auto sequences, ScoredTexts(tok, examples, options, "kl_to_teacher"));
+    const std::vector<int64_t> lengths = Lengths(sequences);
+    std::vector<double> sums(sequences.size());
+    for (const auto& rows : PlanBatches(lengths, options)) {
+      const at::Tensor ids = PaddedIds(sequences, rows);
+      HYB_ASSIGN_OR_RETURN(at::Tensor q, model(ids));
+      HYB_RETURN_IF_ERROR(CheckLogits(q, ids, "the model"));
+      HYB_ASSIGN_OR_RETURN(at::Tensor p, teacher(ids));
+      HYB_RETURN_IF_ERROR(CheckLogits(p, ids, "the teacher"));
+      if (p.size(2) != q.size(2)) {
+        return InvalidArgument("kl_to_teacher: the teacher's vocabulary (" +
+                               std::to_string(p.size(2)) + ") is not the model's (" +
+                               std::to_string(q.size(2)) + ")");
+      }
+      std::vector<int64_t> l;
+      for (size_t k : rows) l.push_back(lengths[k]);
+      const std::vector<double> s = RowKlSums(q, p, l, options);
+      for (size_t k = 0; k < rows.size(); ++k) sums[rows[k]] = s[k];
+    }
+    return TokenWeightedScore(sequences, sums, "kl");
+  });
 }
 
 }  // namespace hyb::worker

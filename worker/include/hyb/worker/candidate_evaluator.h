@@ -2,10 +2,14 @@
 // A candidate is the set of layers that use their distilled linear mixer; every other layer keeps
 // the teacher's softmax attention.
 //
-// Prefix-activation caching: EvaluateAndCache(base) records, for every sequence it scores, the
+// Scoring is batched (ScoringOptions::batch_tokens): the scorers cut the examples' sequences
+// into batches, deterministically, so every evaluation of one evaluator forwards the same
+// batches.
+//
+// Prefix-activation caching: EvaluateAndCache(base) records, for every batch it scores, the
 // residual stream entering each layer (and, for generation, every layer's decoding state after
-// the prompt). A later candidate that equals `base` below layer f starts from the recorded
-// residual at f and runs only layers f..L-1 (for generation: the prompt's prefill; the new
+// the prompts). A later candidate that equals `base` below layer f starts from the recorded
+// residual at f and runs only layers f..L-1 (for generation: the prompts' prefill; the new
 // tokens run through the whole model). Scores are identical with and without the cache: the
 // same layers run on the same inputs. Each round of the greedy search scores every candidate
 // (base plus one layer l) from layer l while recording it; the round's winner's recording then
@@ -37,14 +41,18 @@ struct EvaluatorOptions {
   // Recording stops (later sequences are scored uncached) once the cache holds this much.
   int64_t prefix_cache_max_bytes = int64_t{2} << 30;
   // The first this-many examples' texts (prompt, context or text) measure the candidate's mean
-  // per-token KL(teacher || candidate), the search's tie-break. 0: no KL.
+  // per-token KL(teacher || candidate), the search's tie-break. 0: no KL. The teacher's logits
+  // on them (and on every example of a kl_to_teacher task) stay on the model's device in its
+  // dtype, [B, T, vocab] per batch, for the evaluator's lifetime.
   int64_t kl_examples = 32;
 };
 
 struct CandidateEvaluation {
   TaskScore score;
   std::optional<double> kl;
-  int64_t layer_passes = 0;  // decoder layers run, summed over forward calls
+  // Decoder layers run per sequence, summed over forward calls: a forward of a batch of B
+  // sequences through L layers counts B * L (a decoding step too, for every row of the batch).
+  int64_t layer_passes = 0;
   double seconds = 0;
   int64_t first_layer = 0;  // the layer the candidate's forwards started from (0: no cache)
 };
@@ -81,22 +89,27 @@ class CandidateEvaluator {
   int64_t num_examples() const { return static_cast<int64_t>(examples_.size()); }
 
  private:
+  // One batch's recording.
   struct CacheEntry {
-    std::vector<at::Tensor> residual;                 // [1, T, hidden] per layer
-    std::vector<std::unique_ptr<MixerState>> states;  // after the prompt (generation only)
+    std::vector<at::Tensor> residual;                 // [B, T, hidden] per layer
+    std::vector<std::unique_ptr<MixerState>> states;  // after the prompts (generation only)
     // Memory held, counting residuals from layer `from_layer` on (those below may be shared).
     int64_t Bytes(int64_t from_layer = 0) const;
   };
-  using PrefixCache = std::map<std::vector<int64_t>, CacheEntry>;  // by token sequence
+  // By batch: {B, T, the [B, T] padded ids row by row} (BatchKey).
+  using PrefixCache = std::map<std::vector<int64_t>, CacheEntry>;
   CandidateEvaluator() = default;
   Status Configure(const std::vector<int64_t>& linear_layers);
   // `record`, if not null, receives this model's activations.
   StatusOr<CandidateEvaluation> Run(const std::vector<int64_t>& linear_layers, int64_t first_layer,
                                     PrefixCache* record);
   StatusOr<at::Tensor> Logits(const at::Tensor& ids, int64_t first_layer, PrefixCache* record_into);
-  StatusOr<std::vector<int64_t>> Generate(const std::vector<int64_t>& prompt, int64_t max_new,
-                                          const std::vector<int64_t>& stop_ids, int64_t first_layer,
-                                          PrefixCache* record_into);
+  // A BatchGenerateFn: prompts [B, T] -> [B, T + n] on the CPU.
+  StatusOr<at::Tensor> Generate(const at::Tensor& prompts, int64_t max_new,
+                                const std::vector<int64_t>& stop_ids, int64_t first_layer,
+                                PrefixCache* record_into);
+  // Runs the teacher (the model as loaded) on the batches the scorers form from `texts`.
+  Status RecordTeacherLogits(const std::vector<TaskExample>& texts);
   bool MayRecord(const PrefixCache* into, const std::vector<int64_t>& key);
   void Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
              int64_t shared_below);
@@ -108,9 +121,10 @@ class CandidateEvaluator {
   std::shared_ptr<const Tokenizer> tok_;
   std::vector<TaskExample> examples_;
   EvaluatorOptions options_;
-  std::vector<std::vector<int64_t>> kl_ids_;
-  std::vector<at::Tensor> kl_teacher_logp_;                    // [T, V] double, CPU
-  std::map<std::vector<int64_t>, at::Tensor> teacher_logits_;  // kl_to_teacher tasks
+  std::vector<TaskExample> kl_texts_;  // the KL tie-break's texts (two tokens or more)
+  // The teacher's logits [B, T, V] per batch (by BatchKey), model device and dtype: the KL
+  // tie-break's and kl_to_teacher tasks'.
+  std::map<std::vector<int64_t>, at::Tensor> teacher_logits_;
   PrefixCache cache_;                                          // the base's
   std::vector<int64_t> cache_base_;
   // Candidates' recordings and evaluations of the round in progress, by linear layer set.

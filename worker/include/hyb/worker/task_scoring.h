@@ -32,16 +32,26 @@ struct TaskScore {
   Json details = Json::object();  // every metric of the type's aggregate, perplexity, tokens, ...
 };
 
-// The model as the scorers see it: ids [1, T] int64 -> logits [1, T, V].
+// The model as the scorers see it: ids [B, T] int64 (on the CPU), B sequences right-padded to T
+// -> logits [B, T, V] in any floating dtype on any device. The model must be causal: a row's
+// logits at positions below its length may not depend on its padding.
 using LogitsFn = std::function<StatusOr<at::Tensor>(const at::Tensor& ids)>;
 // Greedy continuation of `prompt` by up to `max_new` tokens, stopping after any of `stop_ids`.
 using GenerateFn = std::function<StatusOr<std::vector<int64_t>>(
     const std::vector<int64_t>& prompt, int64_t max_new, const std::vector<int64_t>& stop_ids)>;
+// Greedy continuations of B prompts of one length: [B, T] int64 -> [B, T + n] int64 on the CPU,
+// n <= max_new; decoding ends once every row has produced one of `stop_ids`, and a row that has
+// is padded with its stop id after it (DecoderModel::GenerateGreedy's contract).
+using BatchGenerateFn = std::function<StatusOr<at::Tensor>(
+    const at::Tensor& prompts, int64_t max_new, const std::vector<int64_t>& stop_ids)>;
 
 LogitsFn LogitsOf(const DecoderModel& model);
 GenerateFn GreedyOf(const DecoderModel& model);
+BatchGenerateFn BatchGreedyOf(const DecoderModel& model);
 // Greedy decoding with repeated full forwards (for models without a decode state).
 GenerateFn GreedyByFullForward(LogitsFn logits);
+// A BatchGenerateFn that decodes the rows one at a time with `generate`.
+BatchGenerateFn RowByRow(GenerateFn generate);
 
 struct ScoringOptions {
   // Encode with the tokenizer's post-processor template (e.g. a BOS token) for lm,
@@ -58,6 +68,21 @@ struct ScoringOptions {
   // (default) or "acc_norm", generate "exact_match" (default), "contains" or "f1". Empty: the
   // default. Another name is InvalidArgument from the scorer.
   std::string metric;
+  // Batching. The sequences of a split (lm and kl_to_teacher texts, every (example, choice) of
+  // multiple_choice) are sorted by length, longest first, and cut into batches of at most
+  // `batch_tokens` tokens counting padding (rows x longest row) and `max_batch_size` rows, one
+  // forward each; generate batches prompts of equal token length, counting prompt plus
+  // max_new_tokens per row. A sequence over the budget is a batch of its own. 0: one sequence
+  // per forward (the per-example path). Scores equal the per-example path's up to
+  // floating-point reassociation (right padding cannot change a causal model's earlier
+  // positions). The logits of a batch, [rows, longest, vocab] in the model's dtype, are the
+  // largest tensor: 4 GiB at the default for a 128K vocabulary in bf16.
+  int64_t batch_tokens = 16384;
+  int64_t max_batch_size = 256;
+  // Log-softmax, target gathering and KL run over rows of the logits in chunks of at most this
+  // many bytes in their arithmetic type (double for fp32/fp64 logits, fp32 for bf16/fp16) on
+  // the logits' device; only per-sequence sums come back to the host.
+  int64_t logits_chunk_bytes = int64_t{256} << 20;
 };
 
 // Generation metrics of one output against its answer, both already cut at the stop string
@@ -83,13 +108,32 @@ int64_t ChoiceLength(const std::string& choice);
 // single-character ASCII stops only (a multi-byte or multi-character stop could span tokens).
 std::vector<int64_t> StopStringTokens(const Tokenizer& tok, const std::vector<TaskExample>& examples);
 
+// How the scorers batch sequences of `lengths` tokens (each row counting `extra_per_row` more,
+// e.g. generation's new tokens; with `same_length`, only sequences of one length share a
+// batch): indices into `lengths`, longest first (ties in index order), as ScoringOptions
+// describes. Deterministic: the same lengths and options give the same batches.
+std::vector<std::vector<size_t>> PlanBatches(const std::vector<int64_t>& lengths,
+                                             const ScoringOptions& options,
+                                             int64_t extra_per_row = 0, bool same_length = false);
+// [rows.size(), T] int64 on the CPU: the sequences `rows` of `sequences`, right-padded with id 0
+// to the longest of them (T).
+at::Tensor PaddedIds(const std::vector<std::vector<int64_t>>& sequences,
+                     const std::vector<size_t>& rows);
+// The token sequences ScoreLm and ScoreKlToTeacher score: each example's text, encoded.
+std::vector<std::vector<int64_t>> TextSequences(const Tokenizer& tok,
+                                                const std::vector<TaskExample>& examples,
+                                                const ScoringOptions& options);
+
+// The scorers. Every batch is one call of `model`; only per-sequence results (and generated
+// ids) come back to the host. ScoreKlToTeacher calls `teacher` with exactly the batches it
+// gives `model`: PlanBatches over TextSequences, padded by PaddedIds.
 StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
                             const std::vector<TaskExample>& examples,
                             const ScoringOptions& options = {});
 StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& tok,
                                         const std::vector<TaskExample>& examples,
                                         const ScoringOptions& options = {});
-StatusOr<TaskScore> ScoreGenerate(const GenerateFn& model, const Tokenizer& tok,
+StatusOr<TaskScore> ScoreGenerate(const BatchGenerateFn& model, const Tokenizer& tok,
                                   const std::vector<TaskExample>& examples,
                                   const ScoringOptions& options = {});
 StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,
