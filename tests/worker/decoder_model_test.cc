@@ -191,6 +191,29 @@ TEST(DecoderModelTest, BatchedGenerationEqualsFullForwardArgmaxForEveryVariant) 
   }
 }
 
+// Continuing from a state prefilled elsewhere (a Forward, then a tight Clone as the prefix
+// cache keeps it) decodes exactly what GenerateGreedy does from the prompt.
+TEST(DecoderModelTest, ContinueGreedyFromAClonedStateEqualsGenerateGreedy) {
+  TempDir dir;
+  testing::WriteTinyModel(dir.path(), Variants()[0].spec, 22);
+  auto model = DecoderModel::Load(dir.path(), {});
+  ASSERT_TRUE(model.ok());
+  at::NoGradGuard no_grad;
+  const at::Tensor prompt = RandomIds(2, 6, 41, 9);
+  const at::Tensor want = *(*model)->GenerateGreedy(prompt, 5, {});
+  DecodeState prefilled = (*model)->NewDecodeState();
+  const at::Tensor logits = *(*model)->Forward(prompt, &prefilled);
+  DecodeState state;
+  state.length = prefilled.length;
+  for (const auto& l : prefilled.layers) state.layers.push_back(l->Clone());
+  auto got = (*model)->ContinueGreedy(&state, logits.select(1, 5).argmax(-1), 5, {});
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_TRUE(at::equal(*got, want.narrow(1, 6, 5)));
+  EXPECT_EQ(state.length, -1);
+  EXPECT_EQ((*model)->ContinueGreedy(&state, logits.select(1, 5).argmax(-1), 5, {}).status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
 TEST(DecoderModelTest, KvCacheGrowsOnDemandAndClonesTight) {
   KvCache cache;
   const at::Tensor k = at::randn({2, 3, 5, 4}), v = at::randn({2, 3, 5, 4});

@@ -27,6 +27,19 @@ int64_t KvCache::Bytes() const {
   return (k_buf_.numel() + v_buf_.numel()) * static_cast<int64_t>(k_buf_.element_size());
 }
 
+void KvCache::Reserve(int64_t capacity) {
+  reserve_ = std::max(reserve_, capacity);
+  if (!k_buf_.defined() || k_buf_.size(2) >= reserve_) return;
+  at::Tensor nk = at::zeros({k_buf_.size(0), k_buf_.size(1), reserve_, k_buf_.size(3)},
+                            k_buf_.options());
+  at::Tensor nv = at::zeros({v_buf_.size(0), v_buf_.size(1), reserve_, v_buf_.size(3)},
+                            v_buf_.options());
+  nk.narrow(2, 0, length_).copy_(k());
+  nv.narrow(2, 0, length_).copy_(v());
+  k_buf_ = nk;
+  v_buf_ = nv;
+}
+
 at::Tensor KvCache::k() const { return k_buf_.defined() ? k_buf_.narrow(2, 0, length_) : k_buf_; }
 at::Tensor KvCache::v() const { return v_buf_.defined() ? v_buf_.narrow(2, 0, length_) : v_buf_; }
 

@@ -219,28 +219,14 @@ StatusOr<at::Tensor> CandidateEvaluator::Generate(const at::Tensor& prompts, int
     for (const auto& s : state.layers) e.states.push_back(s->Clone());
     Store(record_into, key, std::move(e), shared_below);
   }
-  // DecoderModel::GenerateGreedy's loop: a row that produced a stop id is fed it again (its
-  // output is cut there) until every row has one or max_new tokens are out.
-  std::vector<int64_t> done(static_cast<size_t>(rows), -1);  // the stop id a row ended with
-  for (int64_t step = 0;; ++step) {
-    at::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1).to(at::kCPU);  // [B]
-    auto acc = next.accessor<int64_t, 1>();
-    bool all_done = true;
-    for (int64_t i = 0; i < rows; ++i) {
-      const auto ui = static_cast<size_t>(i);
-      if (done[ui] >= 0) {
-        acc[i] = done[ui];
-      } else if (std::find(stop_ids.begin(), stop_ids.end(), acc[i]) != stop_ids.end()) {
-        done[ui] = acc[i];
-      }
-      all_done = all_done && done[ui] >= 0;
-    }
-    out = at::cat({out, next.unsqueeze(1)}, 1);
-    if (all_done || step + 1 >= max_new) break;
-    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(next.unsqueeze(1), &state));
-    passes_ += rows * n_layers;
-  }
-  return out;
+  // The new tokens: GenerateGreedy's positioned steps (one CUDA graph replay per token on a
+  // GPU) from the prompt's state; a row that produced a stop id repeats it until every row has
+  // one or max_new tokens are out.
+  const at::Tensor first = logits.select(1, logits.size(1) - 1).argmax(-1);  // [B]
+  HYB_ASSIGN_OR_RETURN(at::Tensor generated,
+                       model_->ContinueGreedy(&state, first, max_new, stop_ids));
+  passes_ += rows * n_layers * (generated.size(1) - 1);
+  return at::cat({out, generated}, 1);
 }
 
 StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>& linear_layers,

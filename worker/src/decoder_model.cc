@@ -524,13 +524,14 @@ StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt, int6
   HYB_RETURN_IF_ERROR(CheckWhole("generation"));
   if (max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
   HYB_RETURN_IF_ERROR(CheckIds(prompt, config_.vocab_size));
+  const at::Tensor host_prompt = prompt.to(at::kCPU, at::kLong);
+  if (max_new_tokens == 0) return host_prompt;
+  at::Tensor next;
+  DecodeState state;
   try {
     at::NoGradGuard no_grad;
     const int64_t b = prompt.size(0), t = prompt.size(1);
-    GreedyRows rows(prompt, stop_ids);
-    if (max_new_tokens == 0) return rows.Result();
-    const int64_t capacity = t + max_new_tokens;
-    DecodeState state = NewDecodeState(capacity);
+    state = NewDecodeState(t + max_new_tokens);
     // Prefill, in pieces that bound the activations of long prompts; logits of the last
     // position only.
     const at::Tensor ids = prompt.to(placement_.device, at::kLong);
@@ -541,20 +542,43 @@ StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt, int6
       logits = RunLayers(0, at::embedding(embed_tokens_, part), &state, nullptr,
                          /*last_only=*/true);  // [B, 1, V]
     }
-    at::Tensor next = logits.argmax(-1);  // [B, 1]
+    next = logits.argmax(-1);  // [B, 1]
+  } catch (const c10::Error& e) {
+    return Internal(std::string("generation failed: ") + e.what_without_backtrace());
+  }
+  HYB_ASSIGN_OR_RETURN(at::Tensor generated, ContinueGreedy(&state, next, max_new_tokens, stop_ids));
+  return at::cat({host_prompt, generated}, 1);
+}
+
+StatusOr<at::Tensor> DecoderModel::ContinueGreedy(DecodeState* state, const at::Tensor& next_ids,
+                                                  int64_t max_new_tokens,
+                                                  const std::vector<int64_t>& stop_ids) const {
+  HYB_RETURN_IF_ERROR(CheckWhole("generation"));
+  if (max_new_tokens < 1) return InvalidArgument("max_new_tokens must be >= 1");
+  if (state == nullptr || state->length < 0 || state->layers.size() != mixers_.size()) {
+    return FailedPrecondition("decode state is unusable or belongs to another model");
+  }
+  try {
+    at::NoGradGuard no_grad;
+    const at::Tensor next = next_ids.to(placement_.device, at::kLong).reshape({-1, 1});  // [B, 1]
+    GreedyRows rows(at::empty({next.size(0), 0}, at::kLong), stop_ids);
     int64_t produced = 1;
     if (rows.Take(next) || produced == max_new_tokens) return rows.Result();
+    const int64_t start = state->length, capacity = start + max_new_tokens;
+    for (auto& layer : state->layers) {
+      if (auto* kv = dynamic_cast<KvCache*>(layer.get())) kv->Reserve(capacity);
+    }
     // Positioned steps: caches sized for the whole generation, the position on the device.
     const auto long_opts = at::TensorOptions().dtype(at::kLong).device(placement_.device);
     at::Tensor ids_buf = next.clone();
-    at::Tensor pos_buf = at::full({1}, t, long_opts);
+    at::Tensor pos_buf = at::full({1}, start, long_opts);
     at::Tensor cos_table, sin_table;
     std::tie(cos_table, sin_table) = rope_.CosSin(0, capacity, placement_.device, placement_.dtype);
     auto step = [&] {
-      ids_buf.copy_(PositionedStep(ids_buf, pos_buf, cos_table, sin_table, &state));
+      ids_buf.copy_(PositionedStep(ids_buf, pos_buf, cos_table, sin_table, state));
       pos_buf.add_(1);
     };
-    state.length = -1;  // host lengths are not kept from here on: the state is this call's own
+    state->length = -1;  // host lengths are not kept from here on: the state is used up
 #ifdef HYB_WITH_CUDA
     if (placement_.device.is_cuda() && CudaGraphsEnabled() && max_new_tokens - produced >= 3) {
       // Capture one step on a side stream after a first (warm-up) step run normally, then

@@ -27,7 +27,8 @@ class KvCache : public MixerState {
  public:
   int64_t Bytes() const override;
   std::unique_ptr<MixerState> Clone() const override;  // tight: capacity = length
-  void Reserve(int64_t capacity) { reserve_ = std::max(reserve_, capacity); }
+  // Room for `capacity` tokens: buffers allocated later get it, smaller existing ones move.
+  void Reserve(int64_t capacity);
   int64_t length() const { return length_; }
   int64_t capacity() const { return k_buf_.defined() ? k_buf_.size(2) : 0; }
   // Appends k, v [B, Hkv, T, D] at the current length and returns the keys and values of every

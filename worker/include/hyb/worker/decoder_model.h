@@ -144,6 +144,15 @@ class DecoderModel {
   // step on caches sized for T + max_new (no host work but reading the sampled ids), which on
   // CUDA is captured once as a CUDA graph and replayed (HYB_CUDA_GRAPHS=0 turns that off).
   static constexpr int64_t kPrefillTokens = 65536;
+  // Greedy decoding that continues the sequences `state` holds (e.g. a prompt prefilled with
+  // Forward/ForwardFrom, or a prefix cache's clone): `next_ids` ([B] or [B, 1]) are their next
+  // tokens (the argmax of the last logits) and count as the first of at most max_new_tokens
+  // (>= 1). Returns the new ids [B, n] on the CPU, stopping as GenerateGreedy does, with the
+  // same positioned steps (KV caches are grown to fit first). The state is used up
+  // (length -1) afterwards.
+  StatusOr<at::Tensor> ContinueGreedy(DecodeState* state, const at::Tensor& next_ids,
+                                      int64_t max_new_tokens,
+                                      const std::vector<int64_t>& stop_ids) const;
   StatusOr<at::Tensor> GenerateGreedy(const at::Tensor& prompt, int64_t max_new_tokens,
                                       const std::vector<int64_t>& stop_ids,
                                       int64_t prefill_tokens = kPrefillTokens) const;
