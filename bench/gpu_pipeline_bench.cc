@@ -185,6 +185,10 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
   o.prefix_cache_max_bytes = static_cast<int64_t>(cache_gib * (1 << 30));
   Json out;
   {
+    // What encoding the texts costs inside each pass (the scorers encode per evaluation).
+    const auto t_enc = Clock::now();
+    (void)TextSequences(*tok, examples, o.scoring);
+    out["eval_encode_s"] = Seconds(t_enc);
     HYB_ASSIGN_OR_RETURN(auto eval,
                          CandidateEvaluator::Create(model->ShareWeights(), linear, tok, examples, o));
     HYB_RETURN_IF_ERROR(eval->Evaluate({}).status());  // warm-up
