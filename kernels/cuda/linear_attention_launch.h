@@ -1,5 +1,5 @@
 // Torch-free launchers of the linear-attention kernels (gla_chunked.cu, gla_chunked_bwd.cu,
-// linear_attention_step.cu).
+// gated_delta_chunked.cu, linear_attention_step.cu).
 // Every tensor is a raw, contiguous device pointer; shapes follow kernels/linear_attention.h:
 // B batch, H heads, T tokens, K key dim, V value dim, states [B, H, K, V] in fp32.
 #pragma once
@@ -83,6 +83,34 @@ size_t GlaChunkedBackwardWorkspaceBytes(const GlaChunkedBackwardParams& params);
 // Enqueues the backward on `stream`; returns the first launch error. cudaErrorInvalidValue for
 // unsupported dims or a missing workspace.
 cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& params, cudaStream_t stream);
+
+// Tokens per chunk of the chunked Gated DeltaNet kernel (fixed: the result does not depend on it).
+inline constexpr int kGatedDeltaChunk = 64;
+
+// Chunked Gated DeltaNet forward (gated_delta_chunked.cu): o_t = scale * S_t^T q_t with
+// S_t = a_t S_{t-1} + k_t (beta_t (v_t - a_t S_{t-1}^T k_t))^T, a_t = exp(g_t). bf16 q/k/v/o,
+// fp32 g (log decay per head and token, <= 0), beta and states; fp32 SIMT arithmetic. One block
+// per (batch, head) walks its chunks in order.
+struct GatedDeltaChunkedParams {
+  const void* q = nullptr;               // [B, H, T, K] bf16 (k L2-normalised by the caller)
+  const void* k = nullptr;               // [B, H, T, K] bf16
+  const void* v = nullptr;               // [B, H, T, V] bf16
+  const float* g = nullptr;              // [B, H, T] fp32, <= 0
+  const float* beta = nullptr;           // [B, H, T] fp32
+  const float* initial_state = nullptr;  // [B, H, K, V] or null (zeros)
+  void* o = nullptr;                     // [B, H, T, V] bf16
+  float* final_state = nullptr;          // [B, H, K, V] (always written)
+  int64_t batch = 0, heads = 0, tokens = 0;
+  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  float scale = 1.f;
+};
+
+// True when the kernel handles this key/value head size.
+bool GatedDeltaChunkedSupportsDims(int key_dim, int value_dim);
+
+// Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success).
+// cudaErrorInvalidValue for unsupported dims.
+cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& params, cudaStream_t stream);
 
 // One decoding step for B*H independent heads. Elements of q/k/v/g/o are `float` or bf16
 // (`bf16` below); states fp32. `state` and `new_state` may be the same buffer (in place).

@@ -1,0 +1,224 @@
+// Chunked Gated DeltaNet forward for sm_80+ (sized for sm_90's shared memory): bf16 q/k/v/o,
+// fp32 gates, betas, states and arithmetic (SIMT).
+//
+// Recurrence per (batch, head), with a_t = e^{g_t} (g_t <= 0) and beta_t in (0, 1):
+//   S_t = a_t S_{t-1} + k_t (beta_t (v_t - a_t S_{t-1}^T k_t))^T,   o_t = scale * S_t^T q_t.
+// One thread block walks the chunks (C = 64 tokens) of one sequence in order, keeping the [K, V]
+// state in shared memory. Per chunk, with S0 the state at its start and b_t the cumulative log
+// decay inside it (b_t includes g_t), as in kernels::GatedDeltaChunked:
+//   L[t, s] = beta_t e^{b_t - b_s} (k_t . k_s)                  (s < t; unit lower triangular)
+//   w_t     = beta_t (v_t - e^{b_t} S0^T k_t) - sum_{s<t} L[t, s] w_s      (forward substitution)
+//   o_t     = scale (e^{b_t} S0^T q_t + sum_{s<=t} e^{b_t - b_s} (q_t . k_s) w_s)
+//   S      <- e^{b_C} S0 + sum_s e^{b_C - b_s} k_s w_s^T
+// Every exponent is a difference b_t - b_s with s <= t (or b_t itself): never positive, so no
+// overflow whatever the gates. A partial last chunk is padded with q = k = v = 0, beta = g = 0,
+// which leaves outputs and state unchanged.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "cuda_check.h"
+#include "linear_attention_launch.h"
+
+namespace hyb::kernels::cuda {
+namespace {
+
+constexpr int kC = kGatedDeltaChunk;  // tokens per chunk
+constexpr int kThreads = 256;
+
+struct GatedDeltaArgs {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  const float* g;
+  const float* beta;
+  const float* initial_state;  // or null (zeros)
+  __nv_bfloat16* o;
+  float* final_state;
+  int64_t tokens;
+  float scale;
+};
+
+// Shared-memory layout (in floats). q and k rows, and the C x C matrices' rows, are padded by one
+// float so that threads walking a column hit distinct banks.
+template <int K, int V>
+struct GatedDeltaLayout {
+  static constexpr int kKs = K + 1;   // row stride of q and k
+  static constexpr int kCs = kC + 1;  // row stride of the C x C matrices
+  static constexpr int kState = 0;                       // [K][V] state
+  static constexpr int kQ = kState + K * V;              // [C][K + 1] queries
+  static constexpr int kK = kQ + kC * kKs;               // [C][K + 1] keys
+  static constexpr int kW = kK + kC * kKs;               // [C][V] values, then pseudo-values
+  static constexpr int kLower = kW + kC * V;             // [C][C + 1] L (strictly lower part)
+  static constexpr int kScores = kLower + kC * kCs;      // [C][C + 1] e^{b_t - b_s} q_t . k_s
+  static constexpr int kB = kScores + kC * kCs;          // [C] cumulative log decay b_t
+  static constexpr int kBeta = kB + kC;                  // [C] beta_t
+  static constexpr int kGamma = kBeta + kC;              // [C] e^{b_t}
+  static constexpr int kToEnd = kGamma + kC;             // [C] e^{b_C - b_t}
+  static constexpr int kFloats = kToEnd + kC;
+  static constexpr size_t kBytes = static_cast<size_t>(kFloats) * sizeof(float);
+};
+
+// One block per (batch, head): walks every chunk of the sequence.
+template <int K, int V>
+__global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const GatedDeltaArgs a) {
+  using L = GatedDeltaLayout<K, V>;
+  constexpr int kKs = L::kKs, kCs = L::kCs;
+  extern __shared__ __align__(16) float smem[];
+  float* state = smem + L::kState;
+  float* qs = smem + L::kQ;
+  float* ks = smem + L::kK;
+  float* w = smem + L::kW;
+  float* lower = smem + L::kLower;
+  float* scores = smem + L::kScores;
+  float* b = smem + L::kB;
+  float* beta = smem + L::kBeta;
+  float* gamma = smem + L::kGamma;
+  float* to_end = smem + L::kToEnd;
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t bh = blockIdx.x;
+  const int64_t tokens = a.tokens;
+  const __nv_bfloat16* q = a.q + bh * tokens * K;
+  const __nv_bfloat16* k = a.k + bh * tokens * K;
+  const __nv_bfloat16* v = a.v + bh * tokens * V;
+  const float* g = a.g + bh * tokens;
+  const float* bt = a.beta + bh * tokens;
+  __nv_bfloat16* o = a.o + bh * tokens * V;
+
+  for (int i = tid; i < K * V; i += kThreads) {
+    state[i] = a.initial_state != nullptr ? a.initial_state[bh * K * V + i] : 0.f;
+  }
+  const int64_t nchunks = (tokens + kC - 1) / kC;
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t t0 = c * kC;
+    const int len = static_cast<int>(tokens - t0 < kC ? tokens - t0 : kC);
+    // Load the chunk (zeros past the sequence's end).
+    for (int i = tid; i < kC * K; i += kThreads) {
+      const int t = i / K, d = i % K;
+      const bool in = t < len;
+      qs[t * kKs + d] = in ? __bfloat162float(q[(t0 + t) * K + d]) : 0.f;
+      ks[t * kKs + d] = in ? __bfloat162float(k[(t0 + t) * K + d]) : 0.f;
+    }
+    for (int i = tid; i < kC * V; i += kThreads) {
+      w[i] = i / V < len ? __bfloat162float(v[t0 * V + i]) : 0.f;
+    }
+    if (tid < kC) {
+      b[tid] = tid < len ? g[t0 + tid] : 0.f;
+      beta[tid] = tid < len ? bt[t0 + tid] : 0.f;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      for (int t = 1; t < kC; ++t) b[t] += b[t - 1];
+    }
+    __syncthreads();
+    if (tid < kC) {
+      gamma[tid] = expf(b[tid]);
+      to_end[tid] = expf(b[kC - 1] - b[tid]);
+    }
+    // L and the decayed scores (thread i: row t = i / C, column s = i % C).
+    for (int i = tid; i < kC * kC; i += kThreads) {
+      const int t = i / kC, s = i % kC;
+      float kk = 0.f, qk = 0.f;
+      if (s <= t) {
+        for (int d = 0; d < K; ++d) {
+          const float ksd = ks[s * kKs + d];
+          kk += ks[t * kKs + d] * ksd;
+          qk += qs[t * kKs + d] * ksd;
+        }
+        const float decay = expf(b[t] - b[s]);
+        kk *= decay;
+        qk *= decay;
+      }
+      lower[t * kCs + s] = s < t ? beta[t] * kk : 0.f;
+      scores[t * kCs + s] = qk;
+    }
+    // Right-hand side beta_t (v_t - e^{b_t} S0^T k_t), in place of v.
+    for (int i = tid; i < kC * V; i += kThreads) {
+      const int t = i / V, j = i % V;
+      float acc = 0.f;
+      for (int d = 0; d < K; ++d) acc += ks[t * kKs + d] * state[d * V + j];
+      w[i] = beta[t] * (w[i] - expf(b[t]) * acc);
+    }
+    __syncthreads();
+    // Forward substitution, one thread per value column (columns are independent).
+    for (int j = tid; j < V; j += kThreads) {
+      for (int t = 1; t < kC; ++t) {
+        float acc = 0.f;
+        for (int s = 0; s < t; ++s) acc += lower[t * kCs + s] * w[s * V + j];
+        w[t * V + j] -= acc;
+      }
+    }
+    __syncthreads();
+    // Outputs of the chunk's valid tokens.
+    for (int i = tid; i < len * V; i += kThreads) {
+      const int t = i / V, j = i % V;
+      float inter = 0.f, intra = 0.f;
+      for (int d = 0; d < K; ++d) inter += qs[t * kKs + d] * state[d * V + j];
+      for (int s = 0; s <= t; ++s) intra += scores[t * kCs + s] * w[s * V + j];
+      o[t0 * V + i] = __float2bfloat16_rn(a.scale * (gamma[t] * inter + intra));
+    }
+    __syncthreads();
+    // State at the chunk's end.
+    const float decay_all = gamma[kC - 1];
+    for (int i = tid; i < K * V; i += kThreads) {
+      const int d = i / V, j = i % V;
+      float acc = 0.f;
+      for (int s = 0; s < kC; ++s) acc += ks[s * kKs + d] * to_end[s] * w[s * V + j];
+      state[i] = decay_all * state[i] + acc;
+    }
+    __syncthreads();
+  }
+  for (int i = tid; i < K * V; i += kThreads) a.final_state[bh * K * V + i] = state[i];
+}
+
+template <int K, int V>
+cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
+  using L = GatedDeltaLayout<K, V>;
+  GatedDeltaArgs a{};
+  a.q = static_cast<const __nv_bfloat16*>(p.q);
+  a.k = static_cast<const __nv_bfloat16*>(p.k);
+  a.v = static_cast<const __nv_bfloat16*>(p.v);
+  a.g = p.g;
+  a.beta = p.beta;
+  a.initial_state = p.initial_state;
+  a.o = static_cast<__nv_bfloat16*>(p.o);
+  a.final_state = p.final_state;
+  a.tokens = p.tokens;
+  a.scale = p.scale;
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkKernel<K, V>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+  GatedDeltaChunkKernel<K, V>
+      <<<static_cast<unsigned>(p.batch * p.heads), kThreads, L::kBytes, stream>>>(a);
+  HYB_CUDA_TRY(cudaGetLastError());
+  return cudaSuccess;
+}
+
+}  // namespace
+
+bool GatedDeltaChunkedSupportsDims(int key_dim, int value_dim) {
+  return (key_dim == 64 || key_dim == 128) && (value_dim == 64 || value_dim == 128);
+}
+
+cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
+  if (!GatedDeltaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
+  if (p.batch * p.heads == 0) return cudaSuccess;
+  if (p.batch * p.heads > 0x7fffffff) return cudaErrorInvalidValue;
+  if (p.tokens == 0) {
+    // No tokens: the final state is the initial one.
+    const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;
+    if (p.initial_state != nullptr) {
+      HYB_CUDA_TRY(cudaMemcpyAsync(p.final_state, p.initial_state, bytes,
+                                   cudaMemcpyDeviceToDevice, stream));
+    } else {
+      HYB_CUDA_TRY(cudaMemsetAsync(p.final_state, 0, bytes, stream));
+    }
+    return cudaSuccess;
+  }
+  if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
+  if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
+  if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);
+  return LaunchDims<128, 128>(p, stream);
+}
+
+}  // namespace hyb::kernels::cuda
