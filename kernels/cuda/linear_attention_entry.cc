@@ -227,6 +227,68 @@ GlaChunkedGradients GlaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
   return GlaBackward(q, k, v, g, scale, r.chunk_states, d_output, d_final_state);
 }
 
+bool GatedDeltaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& g, const at::Tensor& beta,
+                                const at::Tensor& initial_state) {
+  if (!q.defined() || !q.is_cuda()) return false;
+  const at::Device dev = q.device();
+  if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(g, dev) || !OnDevice(beta, dev)) {
+    return false;
+  }
+  if (q.scalar_type() != at::kBFloat16 || k.scalar_type() != at::kBFloat16 ||
+      v.scalar_type() != at::kBFloat16 || !IsFloating(g) || !IsFloating(beta)) {
+    return false;
+  }
+  if (q.dim() != 4 || k.sizes() != q.sizes() || v.dim() != 4) return false;
+  if (v.size(0) != q.size(0) || v.size(1) != q.size(1) || v.size(2) != q.size(2)) return false;
+  if (g.sizes() != q.sizes().slice(0, 3) || beta.sizes() != g.sizes()) return false;
+  if (!GatedDeltaChunkedSupportsDims(static_cast<int>(q.size(3)), static_cast<int>(v.size(3)))) {
+    return false;
+  }
+  if (q.size(0) * q.size(1) > 0x7fffffff) return false;
+  if (initial_state.defined()) {
+    if (!OnDevice(initial_state, dev) || !IsFloating(initial_state)) return false;
+    if (initial_state.sizes() != at::IntArrayRef{q.size(0), q.size(1), q.size(3), v.size(3)}) {
+      return false;
+    }
+  }
+  return true;
+}
+
+LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& g,
+                                        const at::Tensor& beta, double scale,
+                                        const at::Tensor& initial_state) {
+  TORCH_CHECK(GatedDeltaChunkedSupported(q, k, v, g, beta, initial_state),
+              "cuda GatedDeltaChunked: unsupported inputs");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gc = g.to(at::kFloat).contiguous(), bc = beta.to(at::kFloat).contiguous();
+  at::Tensor s0;
+  if (initial_state.defined()) s0 = initial_state.to(at::kFloat).contiguous();
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
+  at::Tensor o = at::empty({b, h, t, v.size(3)}, q.options());
+  at::Tensor s1 = at::empty({b, h, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
+  GatedDeltaChunkedParams p;
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gc.data_ptr<float>();
+  p.beta = bc.data_ptr<float>();
+  p.initial_state = s0.defined() ? s0.data_ptr<float>() : nullptr;
+  p.o = o.data_ptr();
+  p.final_state = s1.data_ptr<float>();
+  p.batch = b;
+  p.heads = h;
+  p.tokens = t;
+  p.key_dim = static_cast<int>(q.size(3));
+  p.value_dim = static_cast<int>(v.size(3));
+  p.scale = static_cast<float>(scale);
+  Check(LaunchGatedDeltaChunked(p, c10::cuda::getCurrentCUDAStream().stream()),
+        "cuda GatedDeltaChunked");
+  return {o, s1};
+}
+
 bool LinearStepSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& state) {
   if (!q.defined() || !q.is_cuda()) return false;

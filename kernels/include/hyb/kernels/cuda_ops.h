@@ -45,6 +45,19 @@ GlaChunkedGradients GlaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
 // with `num_sms` multiprocessors (host-testable tile math; the whole sequence when B*H fills it).
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
 
+// Chunked Gated DeltaNet forward (kernels/cuda/gated_delta_chunked.cu). Supported: q, k, v bf16
+// on one CUDA device, [B, H, T, K] / [B, H, T, V] with K, V in {64, 128} (k L2-normalised by the
+// caller); g (log decay, <= 0) and beta [B, H, T] of any float type (used as fp32);
+// initial_state undefined or [B, H, K, V] of any float type (used as fp32). Returns the output
+// in bf16 and the final state in fp32. Forward only (no autograd).
+bool GatedDeltaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& g, const at::Tensor& beta,
+                                const at::Tensor& initial_state);
+LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& g,
+                                        const at::Tensor& beta, double scale,
+                                        const at::Tensor& initial_state);
+
 // Single-token decoding steps (kernels/cuda/linear_attention_step.cu). Supported: q, k, v
 // [B, H, K] / [B, H, V] all fp32 or all bf16 on one CUDA device, state fp32 [B, H, K, V],
 // K <= 256, V a multiple of 4, B*H <= 65535. g (and beta) are converted to q's type. Returns o in
