@@ -367,6 +367,137 @@ TEST(CudaLinearStepTest, DecodeStepsEqualChunkedForward) {
   EXPECT_LT(RelErr(at::stack(outs, 2), ref.output), 1e-5);
 }
 
+struct GatedDeltaInputs {
+  at::Tensor q, k, v, g, beta, s0;  // q, k, v bf16; g, beta, s0 fp32 (s0 may be undefined)
+};
+
+// Gated DeltaNet inputs as the mixer makes them: keys L2-normalised, per-head log decays
+// uniform in [g_min, 0], betas sigmoid(x). g and beta are rounded to bf16 values (kept in fp32)
+// so that the bf16 decoding step reads exactly what the chunked kernel reads.
+GatedDeltaInputs MakeGatedDelta(int64_t b, int64_t h, int64_t t, int64_t dk, int64_t dv,
+                                bool with_state, double g_min) {
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  GatedDeltaInputs in;
+  in.q = at::randn({b, h, t, dk}, f32).to(at::kBFloat16);
+  at::Tensor k = at::randn({b, h, t, dk}, f32);
+  in.k = (k / k.norm(2, -1, true)).to(at::kBFloat16);
+  in.v = at::randn({b, h, t, dv}, f32).to(at::kBFloat16);
+  in.g = (at::rand({b, h, t}, f32) * g_min).to(at::kBFloat16).to(at::kFloat);
+  in.beta = at::sigmoid(at::randn({b, h, t}, f32)).to(at::kBFloat16).to(at::kFloat);
+  if (with_state) in.s0 = at::randn({b, h, dk, dv}, f32);
+  return in;
+}
+
+// The recurrence run step by step with every operand and the state in bf16: the error a bf16
+// implementation of the reference makes (the chunked reference's triangular solve has no bf16).
+kernels::LinearAttentionOutput GatedDeltaBf16Reference(const GatedDeltaInputs& in, double scale) {
+  return kernels::GatedDeltaRecurrent(in.q, in.k, in.v, Bf(in.g), Bf(in.beta), scale, Bf(in.s0));
+}
+
+TEST(CudaGatedDeltaChunkedTest, ForwardWithinTwiceReferenceBf16Error) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(31);
+  for (const int64_t t : {1, 63, 64, 65, 2048, 8192}) {
+    for (const int64_t d : {64, 128}) {
+      for (const bool with_state : {false, true}) {
+        const int64_t b = t <= 65 ? 2 : 1, h = t <= 65 ? 3 : 2;
+        const GatedDeltaInputs in = MakeGatedDelta(b, h, t, d, d, with_state, -1.0);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+        ASSERT_TRUE(
+            kernels::cuda::GatedDeltaChunkedSupported(in.q, in.k, in.v, in.g, in.beta, in.s0));
+        PoisonAllocator(b * h * t * d * 2 + b * h * d * d * 4);
+        const auto got =
+            kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+        ASSERT_EQ(got.output.scalar_type(), at::kBFloat16);
+        ASSERT_EQ(got.final_state.scalar_type(), at::kFloat);
+        const auto ref = kernels::GatedDeltaChunked(D(in.q), D(in.k), D(in.v), D(in.g),
+                                                    D(in.beta), scale, D(in.s0), 64);
+        const auto ref_bf16 = GatedDeltaBf16Reference(in, scale);
+        const double err_o = RelErr(got.output, ref.output);
+        const double err_s = RelErr(got.final_state, ref.final_state);
+        const double ref_o = RelErr(ref_bf16.output, ref.output);
+        const double ref_s = RelErr(ref_bf16.final_state, ref.final_state);
+        SCOPED_TRACE(::testing::Message()
+                     << "B=" << b << " H=" << h << " T=" << t << " K=V=" << d << " state="
+                     << with_state << " err_o=" << err_o << " (bf16 ref " << ref_o
+                     << ") err_s=" << err_s << " (bf16 ref " << ref_s << ")");
+        EXPECT_TRUE(at::isfinite(got.output).all().item<bool>());
+        EXPECT_TRUE(at::isfinite(got.final_state).all().item<bool>());
+        // fp32 arithmetic on exact bf16 inputs: the output's error is its bf16 rounding (~2e-3),
+        // the state's is fp32 round-off (the host emulation measured <= 4e-6).
+        EXPECT_LT(err_o, 1e-2);
+        EXPECT_LT(err_o, 2 * ref_o);
+        EXPECT_LT(err_s, 1e-2);
+        EXPECT_LT(err_s, 2 * ref_s);
+        std::cout << "[gdn fwd] B=" << b << " H=" << h << " T=" << t << " K=V=" << d
+                  << " state=" << with_state << " err_o " << err_o << " ref_bf16 " << ref_o
+                  << " err_s " << err_s << " ref_bf16 " << ref_s << "\n";
+      }
+    }
+  }
+}
+
+TEST(CudaGatedDeltaChunkedTest, MixedHeadDimsStrongGatesAndZeroTokens) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(32);
+  // Log decays down to -5 per token: e^(b_t - b_s) spans e^-320 inside a chunk; exponentials of
+  // differences only, so nothing overflows and the result still matches fp64.
+  for (const auto& [dk, dv] : std::vector<std::pair<int64_t, int64_t>>{{64, 128}, {128, 64}}) {
+    const GatedDeltaInputs in = MakeGatedDelta(1, 2, 1000, dk, dv, true, -5.0);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
+    const auto got =
+        kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+    const auto ref = kernels::GatedDeltaChunked(D(in.q), D(in.k), D(in.v), D(in.g), D(in.beta),
+                                                scale, D(in.s0), 64);
+    const double err_o = RelErr(got.output, ref.output);
+    const double err_s = RelErr(got.final_state, ref.final_state);
+    std::cout << "[gdn fwd strong gates] K=" << dk << " V=" << dv << " err_o " << err_o
+              << " err_s " << err_s << "\n";
+    EXPECT_TRUE(at::isfinite(got.output).all().item<bool>());
+    EXPECT_LT(err_o, 1e-2);
+    EXPECT_LT(err_s, 1e-4);
+  }
+  // T = 0: output empty, final state = initial state.
+  const GatedDeltaInputs e = MakeGatedDelta(2, 2, 0, 64, 64, true, -1.0);
+  const auto got = kernels::cuda::GatedDeltaChunked(e.q, e.k, e.v, e.g, e.beta, 1.0, e.s0);
+  EXPECT_EQ(got.output.size(2), 0);
+  EXPECT_TRUE(at::equal(got.final_state, e.s0));
+  // Unsupported head dims and dtypes are refused, not run.
+  const GatedDeltaInputs odd = MakeGatedDelta(1, 1, 8, 96, 64, false, -1.0);
+  EXPECT_FALSE(
+      kernels::cuda::GatedDeltaChunkedSupported(odd.q, odd.k, odd.v, odd.g, odd.beta, odd.s0));
+  EXPECT_FALSE(kernels::cuda::GatedDeltaChunkedSupported(e.q.to(at::kFloat), e.k, e.v, e.g,
+                                                         e.beta, e.s0));
+}
+
+TEST(CudaGatedDeltaChunkedTest, DecodeStepContinuesTheChunkedState) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(33);
+  for (const int64_t t : {1, 64, 200}) {
+    for (const int64_t d : {64, 128}) {
+      const GatedDeltaInputs in = MakeGatedDelta(2, 3, t + 1, d, d, true, -1.0);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+      auto head = [&](const at::Tensor& x) { return x.narrow(2, 0, t); };
+      const auto prefix = kernels::cuda::GatedDeltaChunked(head(in.q), head(in.k), head(in.v),
+                                                           head(in.g), head(in.beta), scale, in.s0);
+      const auto whole =
+          kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+      // g and beta are bf16 values, so the bf16 step reads the same operands.
+      const auto step = kernels::cuda::GatedDeltaStep(
+          in.q.select(2, t), in.k.select(2, t), in.v.select(2, t), Bf(in.g.select(2, t)),
+          Bf(in.beta.select(2, t)), scale, prefix.final_state);
+      const double err_o = RelErr(step.output, whole.output.select(2, t));
+      const double err_s = RelErr(step.final_state, whole.final_state);
+      std::cout << "[gdn decode after chunked] T=" << t << " K=V=" << d << " err_o " << err_o
+                << " err_s " << err_s << "\n";
+      // Same fp32 math in another order: states agree to fp32 round-off, outputs to a rare
+      // one-ulp difference of their bf16 rounding.
+      EXPECT_LT(err_o, 4e-3) << "T=" << t << " K=V=" << d;
+      EXPECT_LT(err_s, 1e-5) << "T=" << t << " K=V=" << d;
+    }
+  }
+}
+
 TEST(CudaGlaChunkedTest, SegmentChoice) {
 #ifndef HYB_WITH_CUDA
   GTEST_SKIP() << "built without HYB_CUDA";
