@@ -43,18 +43,18 @@ struct GatedDeltaArgs {
 // float so that threads walking a column hit distinct banks.
 template <int K, int V>
 struct GatedDeltaLayout {
-  static constexpr int kKs = K + 1;   // row stride of q and k
-  static constexpr int kCs = kC + 1;  // row stride of the C x C matrices
-  static constexpr int kState = 0;                       // [K][V] state
-  static constexpr int kQ = kState + K * V;              // [C][K + 1] queries
-  static constexpr int kK = kQ + kC * kKs;               // [C][K + 1] keys
-  static constexpr int kW = kK + kC * kKs;               // [C][V] values, then pseudo-values
-  static constexpr int kLower = kW + kC * V;             // [C][C + 1] L (strictly lower part)
-  static constexpr int kScores = kLower + kC * kCs;      // [C][C + 1] e^{b_t - b_s} q_t . k_s
-  static constexpr int kB = kScores + kC * kCs;          // [C] cumulative log decay b_t
-  static constexpr int kBeta = kB + kC;                  // [C] beta_t
-  static constexpr int kGamma = kBeta + kC;              // [C] e^{b_t}
-  static constexpr int kToEnd = kGamma + kC;             // [C] e^{b_C - b_t}
+  static constexpr int kKs = K + 1;                  // row stride of q and k
+  static constexpr int kCs = kC + 1;                 // row stride of the C x C matrices
+  static constexpr int kState = 0;                   // [K][V] state
+  static constexpr int kQ = kState + K * V;          // [C][K + 1] queries
+  static constexpr int kK = kQ + kC * kKs;           // [C][K + 1] keys
+  static constexpr int kW = kK + kC * kKs;           // [C][V] values, then pseudo-values
+  static constexpr int kLower = kW + kC * V;         // [C][C + 1] L (strictly lower part)
+  static constexpr int kScores = kLower + kC * kCs;  // [C][C + 1] e^{b_t - b_s} q_t . k_s
+  static constexpr int kB = kScores + kC * kCs;      // [C] cumulative log decay b_t
+  static constexpr int kBeta = kB + kC;              // [C] beta_t
+  static constexpr int kGamma = kBeta + kC;          // [C] e^{b_t}
+  static constexpr int kToEnd = kGamma + kC;         // [C] e^{b_C - b_t}
   static constexpr int kFloats = kToEnd + kC;
   static constexpr size_t kBytes = static_cast<size_t>(kFloats) * sizeof(float);
 };
@@ -208,8 +208,8 @@ cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& p, cudaStream
     // No tokens: the final state is the initial one.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;
     if (p.initial_state != nullptr) {
-      HYB_CUDA_TRY(cudaMemcpyAsync(p.final_state, p.initial_state, bytes,
-                                   cudaMemcpyDeviceToDevice, stream));
+      HYB_CUDA_TRY(
+          cudaMemcpyAsync(p.final_state, p.initial_state, bytes, cudaMemcpyDeviceToDevice, stream));
     } else {
       HYB_CUDA_TRY(cudaMemsetAsync(p.final_state, 0, bytes, stream));
     }

@@ -410,16 +410,16 @@ TEST(CudaGatedDeltaChunkedTest, ForwardWithinTwiceReferenceBf16Error) {
             kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
         ASSERT_EQ(got.output.scalar_type(), at::kBFloat16);
         ASSERT_EQ(got.final_state.scalar_type(), at::kFloat);
-        const auto ref = kernels::GatedDeltaChunked(D(in.q), D(in.k), D(in.v), D(in.g),
-                                                    D(in.beta), scale, D(in.s0), 64);
+        const auto ref = kernels::GatedDeltaChunked(D(in.q), D(in.k), D(in.v), D(in.g), D(in.beta),
+                                                    scale, D(in.s0), 64);
         const auto ref_bf16 = GatedDeltaBf16Reference(in, scale);
         const double err_o = RelErr(got.output, ref.output);
         const double err_s = RelErr(got.final_state, ref.final_state);
         const double ref_o = RelErr(ref_bf16.output, ref.output);
         const double ref_s = RelErr(ref_bf16.final_state, ref.final_state);
         SCOPED_TRACE(::testing::Message()
-                     << "B=" << b << " H=" << h << " T=" << t << " K=V=" << d << " state="
-                     << with_state << " err_o=" << err_o << " (bf16 ref " << ref_o
+                     << "B=" << b << " H=" << h << " T=" << t << " K=V=" << d
+                     << " state=" << with_state << " err_o=" << err_o << " (bf16 ref " << ref_o
                      << ") err_s=" << err_s << " (bf16 ref " << ref_s << ")");
         EXPECT_TRUE(at::isfinite(got.output).all().item<bool>());
         EXPECT_TRUE(at::isfinite(got.final_state).all().item<bool>());
@@ -451,8 +451,8 @@ TEST(CudaGatedDeltaChunkedTest, MixedHeadDimsStrongGatesAndZeroTokens) {
                                                 scale, D(in.s0), 64);
     const double err_o = RelErr(got.output, ref.output);
     const double err_s = RelErr(got.final_state, ref.final_state);
-    std::cout << "[gdn fwd strong gates] K=" << dk << " V=" << dv << " err_o " << err_o
-              << " err_s " << err_s << "\n";
+    std::cout << "[gdn fwd strong gates] K=" << dk << " V=" << dv << " err_o " << err_o << " err_s "
+              << err_s << "\n";
     EXPECT_TRUE(at::isfinite(got.output).all().item<bool>());
     EXPECT_LT(err_o, 1e-2);
     EXPECT_LT(err_s, 1e-4);
@@ -466,8 +466,8 @@ TEST(CudaGatedDeltaChunkedTest, MixedHeadDimsStrongGatesAndZeroTokens) {
   const GatedDeltaInputs odd = MakeGatedDelta(1, 1, 8, 96, 64, false, -1.0);
   EXPECT_FALSE(
       kernels::cuda::GatedDeltaChunkedSupported(odd.q, odd.k, odd.v, odd.g, odd.beta, odd.s0));
-  EXPECT_FALSE(kernels::cuda::GatedDeltaChunkedSupported(e.q.to(at::kFloat), e.k, e.v, e.g,
-                                                         e.beta, e.s0));
+  EXPECT_FALSE(
+      kernels::cuda::GatedDeltaChunkedSupported(e.q.to(at::kFloat), e.k, e.v, e.g, e.beta, e.s0));
 }
 
 TEST(CudaGatedDeltaChunkedTest, DecodeStepContinuesTheChunkedState) {
