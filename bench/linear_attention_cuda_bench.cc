@@ -1,8 +1,9 @@
 // GPU speed of the linear-attention kernels at the shapes of issue 11, beside LibTorch's fused
 // causal SDPA measured in the same process: bf16, 32K tokens per batch, 16 heads, head dim 128,
 // T in {2K, 8K, 32K} (batch = 32K / T), forward, and forward + backward of our GLA (gradients
-// for q, k, v, g from a random output gradient); and batched decoding steps (state fp32) against
-// SDPA decoding one token over a bf16 KV cache. fla's numbers come from
+// for q, k, v, g from a random output gradient), and the forward of the chunked Gated DeltaNet
+// kernel (per-head log decays and betas, fp32 SIMT); and batched decoding steps (state fp32)
+// against SDPA decoding one token over a bf16 KV cache. fla's numbers come from
 // ../shared/reference/linear_attention_ops.py run in the same session.
 //
 //   linear_attention_cuda_bench [--hbm-tbps 4.8] [--json FILE]
@@ -20,6 +21,7 @@
 
 #include "hyb/common/json_util.h"
 #include "hyb/kernels/attention.h"
+#include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
 
 namespace {
@@ -93,6 +95,17 @@ int main(int argc, char** argv) {
           torch::autograd::grad({r.output}, {qg, kg, vg, gg}, {d_o});
         },
         5);
+    // Gated DeltaNet: per-head log decays and betas [B, H, T] in fp32, the CUDA kernel called
+    // directly (kernels::GatedDeltaChunked does not dispatch to it yet).
+    const at::Tensor gh = at::log_sigmoid(at::randn({b, kHeads, t}, f32));
+    const at::Tensor beta = at::sigmoid(at::randn({b, kHeads, t}, f32));
+    double gdn_ms = 0;
+#ifdef HYB_WITH_CUDA
+    gdn_ms =
+        TimeMs([&] { hyb::kernels::cuda::GatedDeltaChunked(q, k, v, gh, beta, scale, {}); }, 3);
+#endif
+    // q, k, v, o in bf16, g and beta in fp32.
+    const double gdn_bytes = static_cast<double>(b * kHeads * t) * (kDim * 2 * 4 + 2 * 4);
     hyb::kernels::AttentionOptions ao;
     ao.scale = scale;
     const double sdpa_ms = TimeMs([&] { hyb::kernels::SoftmaxAttention(q, k, v, ao); }, 10);
@@ -115,6 +128,17 @@ int main(int argc, char** argv) {
     row("gla_chunked_cuda fwd", gla_ms, true);
     row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);
     row("sdpa_causal fwd", sdpa_ms, false);
+    if (gdn_ms > 0) {
+      std::cout << "| gated_delta_chunked_cuda fwd | " << t << " | " << b << " | " << std::fixed
+                << std::setprecision(3) << gdn_ms << " | " << std::setprecision(0)
+                << gdn_bytes / (gdn_ms * 1e-3) / 1e9 << " | " << std::setprecision(3)
+                << gdn_bytes / (hbm_tbps * 1e12) * 1e3 << " |\n";
+      rows.push_back({{"op", "gated_delta_chunked_cuda fwd"},
+                      {"T", t},
+                      {"B", b},
+                      {"fwd_ms", gdn_ms},
+                      {"hbm_bound_ms", gdn_bytes / (hbm_tbps * 1e12) * 1e3}});
+    }
   }
 
   // Decoding: one token for B sequences, 16 heads, K = V = 128, fp32 state read and written.
