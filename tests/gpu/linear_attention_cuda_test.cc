@@ -490,10 +490,11 @@ TEST(CudaGatedDeltaChunkedTest, DecodeStepContinuesTheChunkedState) {
       const double err_s = RelErr(step.final_state, whole.final_state);
       std::cout << "[gdn decode after chunked] T=" << t << " K=V=" << d << " err_o " << err_o
                 << " err_s " << err_s << "\n";
-      // Same fp32 math in another order: states agree to fp32 round-off, outputs to a rare
-      // one-ulp difference of their bf16 rounding.
+      // Same fp32 math in another order: states agree to fp32 round-off (the chunked kernel's
+      // decays are differences of cumulative log decays, each off by up to |b| 2^-24, ~1e-6
+      // here), outputs to a rare one-ulp difference of their bf16 rounding.
       EXPECT_LT(err_o, 4e-3) << "T=" << t << " K=V=" << d;
-      EXPECT_LT(err_s, 1e-5) << "T=" << t << " K=V=" << d;
+      EXPECT_LT(err_s, 5e-5) << "T=" << t << " K=V=" << d;
     }
   }
 }
