@@ -3,9 +3,11 @@
 //
 // Recurrence per (batch, head), with a_t = e^{g_t} (g_t <= 0) and beta_t in (0, 1):
 //   S_t = a_t S_{t-1} + k_t (beta_t (v_t - a_t S_{t-1}^T k_t))^T,   o_t = scale * S_t^T q_t.
-// One thread block walks the chunks (C = 64 tokens) of one sequence in order, keeping the [K, V]
-// state in shared memory. Per chunk, with S0 the state at its start and b_t the cumulative log
-// decay inside it (b_t includes g_t), as in kernels::GatedDeltaChunked:
+// One thread block walks the chunks (C = 64 tokens) of one sequence in order, keeping a [K, W]
+// slice of the state's value columns in shared memory (the columns are independent given k, g and
+// beta: W = V, or W = 32 when there are too few (batch, head) pairs to fill the device). Per chunk,
+// with S0 the state at its start and b_t the cumulative log decay inside it (b_t includes g_t), as
+// in kernels::GatedDeltaChunked:
 //   L[t, s] = beta_t e^{b_t - b_s} (k_t . k_s)                  (s < t; unit lower triangular)
 //   w_t     = beta_t (v_t - e^{b_t} S0^T k_t) - sum_{s<t} L[t, s] w_s      (forward substitution)
 //   o_t     = scale (e^{b_t} S0^T q_t + sum_{s<=t} e^{b_t - b_s} (q_t . k_s) w_s)
@@ -41,15 +43,15 @@ struct GatedDeltaArgs {
 
 // Shared-memory layout (in floats). q and k rows, and the C x C matrices' rows, are padded by one
 // float so that threads walking a column hit distinct banks.
-template <int K, int V>
+template <int K, int W>
 struct GatedDeltaLayout {
   static constexpr int kKs = K + 1;                  // row stride of q and k
   static constexpr int kCs = kC + 1;                 // row stride of the C x C matrices
-  static constexpr int kState = 0;                   // [K][V] state
-  static constexpr int kQ = kState + K * V;          // [C][K + 1] queries
+  static constexpr int kState = 0;                   // [K][W] state columns
+  static constexpr int kQ = kState + K * W;          // [C][K + 1] queries
   static constexpr int kK = kQ + kC * kKs;           // [C][K + 1] keys
-  static constexpr int kW = kK + kC * kKs;           // [C][V] values, then pseudo-values
-  static constexpr int kLower = kW + kC * V;         // [C][C + 1] L (strictly lower part)
+  static constexpr int kW = kK + kC * kKs;           // [C][W] values, then pseudo-values
+  static constexpr int kLower = kW + kC * W;         // [C][C + 1] L (strictly lower part)
   static constexpr int kScores = kLower + kC * kCs;  // [C][C + 1] e^{b_t - b_s} q_t . k_s
   static constexpr int kB = kScores + kC * kCs;      // [C] cumulative log decay b_t
   static constexpr int kBeta = kB + kC;              // [C] beta_t
@@ -59,10 +61,12 @@ struct GatedDeltaLayout {
   static constexpr size_t kBytes = static_cast<size_t>(kFloats) * sizeof(float);
 };
 
-// One block per (batch, head): walks every chunk of the sequence.
-template <int K, int V>
+// One block per (batch, head, slice of W value columns): walks every chunk of the sequence.
+template <int K, int V, int W>
 __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const GatedDeltaArgs a) {
-  using L = GatedDeltaLayout<K, V>;
+  static_assert(V % W == 0);
+  using L = GatedDeltaLayout<K, W>;
+  constexpr int kSlices = V / W;
   constexpr int kKs = L::kKs, kCs = L::kCs;
   extern __shared__ __align__(16) float smem[];
   float* state = smem + L::kState;
@@ -77,17 +81,20 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const Gated
   float* to_end = smem + L::kToEnd;
 
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t bh = blockIdx.x;
+  const int64_t bh = blockIdx.x / kSlices;
+  const int col0 = static_cast<int>(blockIdx.x % kSlices) * W;  // first value column
   const int64_t tokens = a.tokens;
   const __nv_bfloat16* q = a.q + bh * tokens * K;
   const __nv_bfloat16* k = a.k + bh * tokens * K;
-  const __nv_bfloat16* v = a.v + bh * tokens * V;
+  const __nv_bfloat16* v = a.v + bh * tokens * V + col0;
   const float* g = a.g + bh * tokens;
   const float* bt = a.beta + bh * tokens;
-  __nv_bfloat16* o = a.o + bh * tokens * V;
+  __nv_bfloat16* o = a.o + bh * tokens * V + col0;
+  const float* s0 = a.initial_state != nullptr ? a.initial_state + bh * K * V + col0 : nullptr;
+  float* s1 = a.final_state + bh * K * V + col0;
 
-  for (int i = tid; i < K * V; i += kThreads) {
-    state[i] = a.initial_state != nullptr ? a.initial_state[bh * K * V + i] : 0.f;
+  for (int i = tid; i < K * W; i += kThreads) {
+    state[i] = s0 != nullptr ? s0[(i / W) * V + i % W] : 0.f;
   }
   const int64_t nchunks = (tokens + kC - 1) / kC;
   for (int64_t c = 0; c < nchunks; ++c) {
@@ -100,8 +107,9 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const Gated
       qs[t * kKs + d] = in ? __bfloat162float(q[(t0 + t) * K + d]) : 0.f;
       ks[t * kKs + d] = in ? __bfloat162float(k[(t0 + t) * K + d]) : 0.f;
     }
-    for (int i = tid; i < kC * V; i += kThreads) {
-      w[i] = i / V < len ? __bfloat162float(v[t0 * V + i]) : 0.f;
+    for (int i = tid; i < kC * W; i += kThreads) {
+      const int t = i / W, j = i % W;
+      w[i] = t < len ? __bfloat162float(v[(t0 + t) * V + j]) : 0.f;
     }
     if (tid < kC) {
       b[tid] = tid < len ? g[t0 + tid] : 0.f;
@@ -134,47 +142,57 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const Gated
       scores[t * kCs + s] = qk;
     }
     // Right-hand side beta_t (v_t - e^{b_t} S0^T k_t), in place of v.
-    for (int i = tid; i < kC * V; i += kThreads) {
-      const int t = i / V, j = i % V;
+    for (int i = tid; i < kC * W; i += kThreads) {
+      const int t = i / W, j = i % W;
       float acc = 0.f;
-      for (int d = 0; d < K; ++d) acc += ks[t * kKs + d] * state[d * V + j];
+      for (int d = 0; d < K; ++d) acc += ks[t * kKs + d] * state[d * W + j];
       w[i] = beta[t] * (w[i] - expf(b[t]) * acc);
     }
     __syncthreads();
     // Forward substitution, one thread per value column (columns are independent).
-    for (int j = tid; j < V; j += kThreads) {
+    for (int j = tid; j < W; j += kThreads) {
       for (int t = 1; t < kC; ++t) {
         float acc = 0.f;
-        for (int s = 0; s < t; ++s) acc += lower[t * kCs + s] * w[s * V + j];
-        w[t * V + j] -= acc;
+        for (int s = 0; s < t; ++s) acc += lower[t * kCs + s] * w[s * W + j];
+        w[t * W + j] -= acc;
       }
     }
     __syncthreads();
     // Outputs of the chunk's valid tokens.
-    for (int i = tid; i < len * V; i += kThreads) {
-      const int t = i / V, j = i % V;
+    for (int i = tid; i < len * W; i += kThreads) {
+      const int t = i / W, j = i % W;
       float inter = 0.f, intra = 0.f;
-      for (int d = 0; d < K; ++d) inter += qs[t * kKs + d] * state[d * V + j];
-      for (int s = 0; s <= t; ++s) intra += scores[t * kCs + s] * w[s * V + j];
-      o[t0 * V + i] = __float2bfloat16_rn(a.scale * (gamma[t] * inter + intra));
+      for (int d = 0; d < K; ++d) inter += qs[t * kKs + d] * state[d * W + j];
+      for (int s = 0; s <= t; ++s) intra += scores[t * kCs + s] * w[s * W + j];
+      o[(t0 + t) * V + j] = __float2bfloat16_rn(a.scale * (gamma[t] * inter + intra));
     }
     __syncthreads();
     // State at the chunk's end.
     const float decay_all = gamma[kC - 1];
-    for (int i = tid; i < K * V; i += kThreads) {
-      const int d = i / V, j = i % V;
+    for (int i = tid; i < K * W; i += kThreads) {
+      const int d = i / W, j = i % W;
       float acc = 0.f;
-      for (int s = 0; s < kC; ++s) acc += ks[s * kKs + d] * to_end[s] * w[s * V + j];
+      for (int s = 0; s < kC; ++s) acc += ks[s * kKs + d] * to_end[s] * w[s * W + j];
       state[i] = decay_all * state[i] + acc;
     }
     __syncthreads();
   }
-  for (int i = tid; i < K * V; i += kThreads) a.final_state[bh * K * V + i] = state[i];
+  for (int i = tid; i < K * W; i += kThreads) s1[(i / W) * V + i % W] = state[i];
+}
+
+template <int K, int V, int W>
+cudaError_t LaunchSlices(const GatedDeltaArgs& a, int64_t batch_heads, cudaStream_t stream) {
+  using L = GatedDeltaLayout<K, W>;
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkKernel<K, V, W>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+  GatedDeltaChunkKernel<K, V, W>
+      <<<static_cast<unsigned>(batch_heads * (V / W)), kThreads, L::kBytes, stream>>>(a);
+  HYB_CUDA_TRY(cudaGetLastError());
+  return cudaSuccess;
 }
 
 template <int K, int V>
 cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
-  using L = GatedDeltaLayout<K, V>;
   GatedDeltaArgs a{};
   a.q = static_cast<const __nv_bfloat16*>(p.q);
   a.k = static_cast<const __nv_bfloat16*>(p.k);
@@ -186,12 +204,11 @@ cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
   a.final_state = p.final_state;
   a.tokens = p.tokens;
   a.scale = p.scale;
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkKernel<K, V>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
-  GatedDeltaChunkKernel<K, V>
-      <<<static_cast<unsigned>(p.batch * p.heads), kThreads, L::kBytes, stream>>>(a);
-  HYB_CUDA_TRY(cudaGetLastError());
-  return cudaSuccess;
+  const int64_t bh = p.batch * p.heads;
+  if (GatedDeltaColumnSlices(bh, V, p.num_sms) > 1) {
+    return LaunchSlices<K, V, kGatedDeltaSliceColumns>(a, bh, stream);
+  }
+  return LaunchSlices<K, V, V>(a, bh, stream);
 }
 
 }  // namespace
@@ -200,10 +217,14 @@ bool GatedDeltaChunkedSupportsDims(int key_dim, int value_dim) {
   return (key_dim == 64 || key_dim == 128) && (value_dim == 64 || value_dim == 128);
 }
 
+int GatedDeltaColumnSlices(int64_t batch_heads, int value_dim, int num_sms) {
+  return batch_heads < num_sms ? value_dim / kGatedDeltaSliceColumns : 1;
+}
+
 cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
   if (!GatedDeltaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
-  if (p.batch * p.heads > 0x7fffffff) return cudaErrorInvalidValue;
+  if (p.batch * p.heads > kGatedDeltaMaxBatchHeads) return cudaErrorInvalidValue;
   if (p.tokens == 0) {
     // No tokens: the final state is the initial one.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;

@@ -245,7 +245,7 @@ bool GatedDeltaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const 
   if (!GatedDeltaChunkedSupportsDims(static_cast<int>(q.size(3)), static_cast<int>(v.size(3)))) {
     return false;
   }
-  if (q.size(0) * q.size(1) > 0x7fffffff) return false;
+  if (q.size(0) * q.size(1) > kGatedDeltaMaxBatchHeads) return false;
   if (initial_state.defined()) {
     if (!OnDevice(initial_state, dev) || !IsFloating(initial_state)) return false;
     if (initial_state.sizes() != at::IntArrayRef{q.size(0), q.size(1), q.size(3), v.size(3)}) {
@@ -284,6 +284,7 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
   p.key_dim = static_cast<int>(q.size(3));
   p.value_dim = static_cast<int>(v.size(3));
   p.scale = static_cast<float>(scale);
+  p.num_sms = NumSms(q.device());
   Check(LaunchGatedDeltaChunked(p, c10::cuda::getCurrentCUDAStream().stream()),
         "cuda GatedDeltaChunked");
   return {o, s1};

@@ -86,11 +86,15 @@ cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& params, cud
 
 // Tokens per chunk of the chunked Gated DeltaNet kernel (fixed: the result does not depend on it).
 inline constexpr int kGatedDeltaChunk = 64;
+// Value columns per block when the kernel splits the state's columns over several blocks.
+inline constexpr int kGatedDeltaSliceColumns = 32;
+// Most (batch, head) pairs one launch takes (the grid is at most 4 blocks per pair).
+inline constexpr int64_t kGatedDeltaMaxBatchHeads = 0x7fffffff / 4;
 
 // Chunked Gated DeltaNet forward (gated_delta_chunked.cu): o_t = scale * S_t^T q_t with
 // S_t = a_t S_{t-1} + k_t (beta_t (v_t - a_t S_{t-1}^T k_t))^T, a_t = exp(g_t). bf16 q/k/v/o,
-// fp32 g (log decay per head and token, <= 0), beta and states; fp32 SIMT arithmetic. One block
-// per (batch, head) walks its chunks in order.
+// fp32 g (log decay per head and token, <= 0), beta and states; fp32 SIMT arithmetic. Blocks walk
+// the chunks of one (batch, head) in order.
 struct GatedDeltaChunkedParams {
   const void* q = nullptr;               // [B, H, T, K] bf16 (k L2-normalised by the caller)
   const void* k = nullptr;               // [B, H, T, K] bf16
@@ -103,10 +107,16 @@ struct GatedDeltaChunkedParams {
   int64_t batch = 0, heads = 0, tokens = 0;
   int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
   float scale = 1.f;
+  int num_sms = 132;  // multiprocessors of the device, for GatedDeltaColumnSlices
 };
 
 // True when the kernel handles this key/value head size.
 bool GatedDeltaChunkedSupportsDims(int key_dim, int value_dim);
+
+// Blocks per (batch, head): the state's value columns are independent, so with fewer pairs than
+// multiprocessors each block takes kGatedDeltaSliceColumns of them (recomputing the chunk's
+// C x C matrices); otherwise one block takes all.
+int GatedDeltaColumnSlices(int64_t batch_heads, int value_dim, int num_sms);
 
 // Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success).
 // cudaErrorInvalidValue for unsupported dims.

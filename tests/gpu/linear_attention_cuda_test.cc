@@ -457,6 +457,22 @@ TEST(CudaGatedDeltaChunkedTest, MixedHeadDimsStrongGatesAndZeroTokens) {
     EXPECT_LT(err_o, 1e-2);
     EXPECT_LT(err_s, 1e-4);
   }
+  // Enough (batch, head) pairs to fill the device: one block takes all value columns (the
+  // cases above split them over blocks of 32).
+  for (const int64_t d : {64, 128}) {
+    const GatedDeltaInputs in = MakeGatedDelta(64, 4, 130, d, d, true, -1.0);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const auto got =
+        kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+    const auto ref = kernels::GatedDeltaChunked(D(in.q), D(in.k), D(in.v), D(in.g), D(in.beta),
+                                                scale, D(in.s0), 64);
+    const double err_o = RelErr(got.output, ref.output);
+    const double err_s = RelErr(got.final_state, ref.final_state);
+    std::cout << "[gdn fwd 256 heads] K=V=" << d << " err_o " << err_o << " err_s " << err_s
+              << "\n";
+    EXPECT_LT(err_o, 1e-2);
+    EXPECT_LT(err_s, 1e-4);
+  }
   // T = 0: output empty, final state = initial state.
   const GatedDeltaInputs e = MakeGatedDelta(2, 2, 0, 64, 64, true, -1.0);
   const auto got = kernels::cuda::GatedDeltaChunked(e.q, e.k, e.v, e.g, e.beta, 1.0, e.s0);
