@@ -172,12 +172,14 @@ class GlaChunkedFunction : public torch::autograd::Function<GlaChunkedFunction> 
                                                 const at::Tensor& q, const at::Tensor& k,
                                                 const at::Tensor& v, const at::Tensor& g,
                                                 const at::Tensor& initial_state, double scale) {
-    GlaForwardResult r = GlaForward(q, k, v, g, scale, initial_state, /*keep_chunk_states=*/true);
+    // An empty tensor stands for "no initial state" (see GlaChunkedWithGrad).
+    const at::Tensor s0 = initial_state.numel() == 0 ? at::Tensor() : initial_state;
+    GlaForwardResult r = GlaForward(q, k, v, g, scale, s0, /*keep_chunk_states=*/true);
     ctx->save_for_backward({q, k, v, g});
     ctx->saved_data["chunk_states"] = r.chunk_states;
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["state_type"] =
-        initial_state.defined() ? static_cast<int64_t>(initial_state.scalar_type()) : int64_t{-1};
+        s0.defined() ? static_cast<int64_t>(s0.scalar_type()) : int64_t{-1};
     return {r.output, r.final_state};
   }
 
@@ -212,8 +214,11 @@ LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const
 LinearAttentionOutput GlaChunkedWithGrad(const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const at::Tensor& g, double scale,
                                          const at::Tensor& initial_state) {
-  const torch::autograd::variable_list out =
-      GlaChunkedFunction::apply(q, k, v, g, initial_state, scale);
+  // LibTorch 2.x records every tensor input's device, which an undefined tensor lacks: an empty
+  // one on q's device means "no initial state".
+  const at::Tensor s0 =
+      initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+  const torch::autograd::variable_list out = GlaChunkedFunction::apply(q, k, v, g, s0, scale);
   return {out[0], out[1]};
 }
 
