@@ -8,7 +8,7 @@
 //   gpu_pipeline_bench --model DIR [--device cuda] [--dtype bf16] [--mixer gla] [--parts
 //     bld,eval,search,decode] [--bld-batch 8] [--bld-seq 2048] [--bld-steps 10]
 //     [--eval-examples 500] [--eval-seq 512] [--cache-gib 40] [--contexts 2048,16384,65536]
-//     [--batches 1,32] [--decode-new 64] [--work DIR] [--json FILE]
+//     [--batches 1,32] [--decode-new 64] [--search-rounds N] [--work DIR] [--json FILE]
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -175,7 +175,7 @@ std::vector<TaskExample> LmExamples(const Tokenizer& tok, int64_t n, int64_t seq
 StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
                              std::vector<std::shared_ptr<const TokenMixer>> linear,
                              std::shared_ptr<const Tokenizer> tok, int64_t n, int64_t seq,
-                             double cache_gib, bool search) {
+                             double cache_gib, bool search, int64_t search_rounds) {
   const at::Device device = model->placement().device;
   const int64_t layers = model->num_layers();
   auto examples = LmExamples(*tok, n, seq, model->config().vocab_size);
@@ -215,6 +215,7 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
   coordinator::SearchOptions so;
   so.tolerance = 1e9;
   so.bootstrap_samples = 0;
+  so.max_linear_layers = search_rounds;  // 0: every round
   so.higher_is_better = false;
   HYB_ASSIGN_OR_RETURN(auto gs, coordinator::GreedySearch::Create(layers, so));
   Sync(device);
@@ -276,7 +277,7 @@ int Main(int argc, char** argv) {
                  "[--mixer gla|gated_deltanet] [--parts bld,eval,search,decode] [--bld-batch 8] "
                  "[--bld-seq 2048] [--bld-steps 10] [--eval-examples 500] [--eval-seq 512] "
                  "[--cache-gib 40] [--contexts 2048,16384,65536] [--batches 1,32] "
-                 "[--decode-new 64] [--work DIR] [--json FILE]\n";
+                 "[--decode-new 64] [--search-rounds N (0: all)] [--work DIR] [--json FILE]\n";
     return 2;
   }
   const std::string parts = Arg(argc, argv, "parts", "bld,eval,search,decode");
@@ -321,7 +322,8 @@ int Main(int argc, char** argv) {
                            std::shared_ptr<const Tokenizer>(std::move(*tok)),
                            std::stoll(Arg(argc, argv, "eval-examples", "500")),
                            std::stoll(Arg(argc, argv, "eval-seq", "512")),
-                           std::stod(Arg(argc, argv, "cache-gib", "40")), Has(parts, "search"));
+                           std::stod(Arg(argc, argv, "cache-gib", "40")), Has(parts, "search"),
+                           std::stoll(Arg(argc, argv, "search-rounds", "0")));
     if (r.ok()) result.update(*r); else fail("eval", r.status());
     emit();
   }
