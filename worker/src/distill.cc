@@ -513,10 +513,15 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
   }
   const at::Tensor norm = at::stack(layer_norms);  // [active]
   {
-    std::vector<int64_t> idx;
-    for (size_t i : active) idx.push_back(static_cast<int64_t>(i));
-    const at::Tensor where = at::tensor(idx, at::kLong).to(device);
-    nonfinite_.index_put_({where}, nonfinite_.index({where}).logical_or(norm.isfinite().logical_not()));
+    // The active layers' device index is uploaded only when the set changes (a host-to-device
+    // copy would wait for the stream every step).
+    if (active != active_) {
+      std::vector<int64_t> idx(active.begin(), active.end());
+      active_index_ = at::tensor(idx, at::kLong).to(device);
+      active_ = active;
+    }
+    nonfinite_.index_put_({active_index_}, nonfinite_.index({active_index_})
+                                                .logical_or(norm.isfinite().logical_not()));
     nonfinite_step_ = step;
   }
   if (options_.grad_clip > 0) {

@@ -160,6 +160,8 @@ class BlockwiseDistiller {
   std::vector<std::vector<at::Tensor>> adam_m_, adam_v_;
   at::Tensor nonfinite_;  // bool [layers] on the device: a non-finite gradient norm was seen
   int64_t nonfinite_step_ = 0;  // the last step whose norms it includes
+  std::vector<size_t> active_;   // the layers TrainStep last updated, and their device index
+  at::Tensor active_index_;
   std::vector<LayerDistillState> states_;
   DistillParallel parallel_;
 };
