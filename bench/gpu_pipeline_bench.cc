@@ -8,10 +8,18 @@
 //   gpu_pipeline_bench --model DIR [--device cuda] [--dtype bf16] [--mixer gla] [--parts
 //     bld,eval,search,decode] [--bld-batch 8] [--bld-seq 2048] [--bld-steps 10]
 //     [--eval-examples 500] [--eval-seq 512] [--cache-gib 40] [--contexts 2048,16384,65536]
-//     [--batches 1,32] [--decode-new 64] [--search-rounds N] [--work DIR] [--json FILE]
+//     [--batches 1,32] [--decode-new 64] [--search-rounds N] [--profile-steps N] [--work DIR]
+//     [--json FILE]
+//
+// --profile-steps N records N distillation steps (after the timed ones) and one validation pass
+// with LibTorch's profiler (Kineto/CUPTI) and prints where the device time goes: GPU busy time
+// against wall time, and the kernels that take it, by name and by kind.
 #include <torch/torch.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
+#include <map>
+#include <set>
 #include <unistd.h>
 
 #include <chrono>
@@ -93,6 +101,83 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Where the device time goes over a stretch of work: LibTorch's profiler with CPU and CUDA
+// activities; the summary groups the device's events (kernels, copies) by name and by kind.
+class DeviceProfile {
+ public:
+  void Start() {
+    namespace prof = torch::autograd::profiler;
+    const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+    const std::set<torch::profiler::impl::ActivityType> activities = {
+        torch::profiler::impl::ActivityType::CPU, torch::profiler::impl::ActivityType::CUDA};
+    prof::prepareProfiler(config, activities);
+    prof::enableProfiler(config, activities);
+    start_ = Clock::now();
+  }
+
+  // Stops (after the caller synchronised the device) and summarises: wall seconds, the device's
+  // busy seconds (sum of its events' durations), and the `top` longest kernels by total time.
+  Json Stop(int top) {
+    const double wall = Seconds(start_);
+    auto result = torch::autograd::profiler::disableProfiler();
+    std::map<std::string, std::pair<double, int64_t>> by_name;  // seconds, count
+    std::map<std::string, double> by_kind;
+    double busy = 0;
+    for (const auto& e : result->events()) {
+      if (e.deviceType() != c10::DeviceType::CUDA) continue;
+      const double sec = DurationSeconds(e);
+      busy += sec;
+      auto& slot = by_name[e.name().substr(0, 110)];
+      slot.first += sec;
+      ++slot.second;
+      by_kind[Kind(e.name())] += sec;
+    }
+    std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(by_name.begin(),
+                                                                         by_name.end());
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    Json kernels = Json::array();
+    for (size_t i = 0; i < rows.size() && static_cast<int>(i) < top; ++i) {
+      kernels.push_back({{"name", rows[i].first},
+                         {"ms", 1000 * rows[i].second.first},
+                         {"calls", rows[i].second.second},
+                         {"share", busy > 0 ? rows[i].second.first / busy : 0}});
+    }
+    Json kinds = Json::object();
+    for (const auto& [k, sec] : by_kind) kinds[k] = 1000 * sec;
+    return Json{{"wall_ms", 1000 * wall}, {"device_busy_ms", 1000 * busy},
+                {"kernels", kernels}, {"ms_by_kind", kinds}};
+  }
+
+ private:
+  template <typename E>
+  static double DurationSeconds(const E& e) {
+    if constexpr (requires { e.durationNs(); }) {
+      return static_cast<double>(e.durationNs()) * 1e-9;
+    } else {
+      return static_cast<double>(e.durationUs()) * 1e-6;
+    }
+  }
+
+  static std::string Kind(const std::string& name) {
+    auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+    if (has("Memcpy") || has("Memset")) return "copy/set";
+    if (has("gla") || has("Gla") || has("gated_delta") || has("GatedDelta")) return "linear-attention";
+    if (has("flash") || has("fmha") || has("attention") || has("Attention")) return "softmax-attention";
+    if (has("gemm") || has("Gemm") || has("xmma") || has("nvjet") || has("cutlass") ||
+        has("matmul")) {
+      return "matmul";
+    }
+    if (has("multi_tensor_apply") || has("foreach") || has("Foreach")) return "foreach/optimizer";
+    if (has("reduce") || has("Reduce") || has("norm") || has("Norm")) return "reduce/norm";
+    if (has("softmax") || has("Softmax")) return "softmax";
+    if (has("elementwise") || has("vectorized") || has("Elementwise")) return "elementwise";
+    return "other";
+  }
+
+  Clock::time_point start_;
+};
+
 // Linear mixers for every layer, transferred from the teacher's attention (speed does not
 // depend on training).
 std::vector<std::shared_ptr<const TokenMixer>> TransferAll(const DecoderModel& model,
@@ -107,7 +192,7 @@ std::vector<std::shared_ptr<const TokenMixer>> TransferAll(const DecoderModel& m
 
 StatusOr<Json> Bld(const std::shared_ptr<const DecoderModel>& teacher, const LinearMixerOptions& mixer,
                    const std::string& work, int64_t batch, int64_t seq, int64_t steps,
-                   const std::string& dtype) {
+                   const std::string& dtype, int64_t profile_steps) {
   const at::Device device = teacher->placement().device;
   // Synthetic distillation data: uniform ids, enough for every step without a second epoch.
   const std::string data_dir = work + "/bld-data";
@@ -127,7 +212,7 @@ StatusOr<Json> Bld(const std::shared_ptr<const DecoderModel>& teacher, const Lin
   std::vector<int64_t> layers;
   for (int64_t l = 0; l < teacher->num_layers(); ++l) layers.push_back(l);
   DistillOptions o;
-  o.steps = steps + 3;
+  o.steps = steps + 3 + profile_steps;
   o.batch_size = batch;
   o.sequence_length = seq;
   o.warmup_steps = 1;
@@ -140,17 +225,29 @@ StatusOr<Json> Bld(const std::shared_ptr<const DecoderModel>& teacher, const Lin
                        BlockwiseDistiller::Create(teacher, layers, mixer, o, data, ckpt));
   ResetPeak(device);
   std::vector<double> step_seconds;
+  DeviceProfile profile;
+  Json profiled;
+  const int64_t timed_end = steps + 3;
   auto last = Clock::now();
   Status run = distiller->Run([&](int64_t step, const std::vector<LayerDistillState>&) {
     Sync(device);
     const auto now = Clock::now();
-    if (step > 3) step_seconds.push_back(std::chrono::duration<double>(now - last).count());
-    last = now;
+    if (step > 3 && step <= timed_end) {
+      step_seconds.push_back(std::chrono::duration<double>(now - last).count());
+    }
+    if (profile_steps > 0 && step == timed_end) profile.Start();
+    if (profile_steps > 0 && step == timed_end + profile_steps) {
+      profiled = profile.Stop(30);
+      profiled["steps"] = profile_steps;
+    }
+    last = Clock::now();
     return step < o.steps;  // the last step would write checkpoints: stop before it
   });
   if (!run.ok() && run.code() != StatusCode::kCancelled) return run;
   const double median = Median(step_seconds);
-  return Json{{"bld_tokens_per_s", static_cast<double>(batch * seq) / median},
+  if (!profiled.is_null()) std::cerr << "bld profile: " << profiled.dump(1) << std::endl;
+  return Json{{"bld_profile", profiled},
+              {"bld_tokens_per_s", static_cast<double>(batch * seq) / median},
               {"bld_step_s", median},
               {"bld_steps_timed", step_seconds.size()},
               {"bld_peak_gib", PeakGiB(device)},
@@ -175,7 +272,7 @@ std::vector<TaskExample> LmExamples(const Tokenizer& tok, int64_t n, int64_t seq
 StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
                              std::vector<std::shared_ptr<const TokenMixer>> linear,
                              std::shared_ptr<const Tokenizer> tok, int64_t n, int64_t seq,
-                             double cache_gib, bool search, int64_t search_rounds) {
+                             double cache_gib, bool search, int64_t search_rounds, bool profile) {
   const at::Device device = model->placement().device;
   const int64_t layers = model->num_layers();
   auto examples = LmExamples(*tok, n, seq, model->config().vocab_size);
@@ -205,6 +302,15 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
     out["eval_pass_s"] = Median(times);
     out["eval_tokens"] = tokens;
     out["eval_tokens_per_s"] = static_cast<double>(tokens) / Median(times);
+    if (profile) {
+      DeviceProfile p;
+      Sync(device);
+      p.Start();
+      HYB_RETURN_IF_ERROR(eval->Evaluate({}).status());
+      Sync(device);
+      out["eval_profile"] = p.Stop(20);
+      std::cerr << "eval profile: " << out["eval_profile"].dump(1) << std::endl;
+    }
   }
   if (!search) return out;
   // The whole greedy search (every round to the end: the tolerance never binds), prefix cache
@@ -277,7 +383,8 @@ int Main(int argc, char** argv) {
                  "[--mixer gla|gated_deltanet] [--parts bld,eval,search,decode] [--bld-batch 8] "
                  "[--bld-seq 2048] [--bld-steps 10] [--eval-examples 500] [--eval-seq 512] "
                  "[--cache-gib 40] [--contexts 2048,16384,65536] [--batches 1,32] "
-                 "[--decode-new 64] [--search-rounds N (0: all)] [--work DIR] [--json FILE]\n";
+                 "[--decode-new 64] [--search-rounds N (0: all)] [--profile-steps N] [--work DIR] "
+                 "[--json FILE]\n";
     return 2;
   }
   const std::string parts = Arg(argc, argv, "parts", "bld,eval,search,decode");
@@ -312,7 +419,8 @@ int Main(int argc, char** argv) {
   if (Has(parts, "bld")) {
     auto r = Bld(teacher, mixer, work, std::stoll(Arg(argc, argv, "bld-batch", "8")),
                  std::stoll(Arg(argc, argv, "bld-seq", "2048")),
-                 std::stoll(Arg(argc, argv, "bld-steps", "10")), dtype);
+                 std::stoll(Arg(argc, argv, "bld-steps", "10")), dtype,
+                 std::stoll(Arg(argc, argv, "profile-steps", "0")));
     if (r.ok()) result.update(*r); else fail("bld", r.status());
     emit();
   }
@@ -323,7 +431,8 @@ int Main(int argc, char** argv) {
                            std::stoll(Arg(argc, argv, "eval-examples", "500")),
                            std::stoll(Arg(argc, argv, "eval-seq", "512")),
                            std::stod(Arg(argc, argv, "cache-gib", "40")), Has(parts, "search"),
-                           std::stoll(Arg(argc, argv, "search-rounds", "0")));
+                           std::stoll(Arg(argc, argv, "search-rounds", "0")),
+                           std::stoll(Arg(argc, argv, "profile-steps", "0")) > 0);
     if (r.ok()) result.update(*r); else fail("eval", r.status());
     emit();
   }
