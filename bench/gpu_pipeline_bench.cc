@@ -120,7 +120,46 @@ class DeviceProfile {
   Json Stop(int top) {
     const double wall = Seconds(start_);
     auto result = torch::autograd::profiler::disableProfiler();
+    // Host-side operators: by correlation id (a device event's linked id names the operator that
+    // launched it), and each thread's outermost operators by start time, so that a kernel is
+    // charged to the operator the code called (aten::to, a backward function), not aten::copy_.
+    struct Op {
+      uint64_t start, end, thread;
+      std::string name;
+    };
+    std::map<uint64_t, Op> ops;
+    std::map<uint64_t, std::vector<Op>> outer;  // thread -> outermost operators, by start
+    for (const auto& e : result->events()) {
+      if (e.deviceType() != c10::DeviceType::CPU || e.correlationId() == 0) continue;
+      const uint64_t start = e.startUs();
+      const uint64_t end = start + static_cast<uint64_t>(DurationSeconds(e) * 1e6);
+      ops[e.correlationId()] = {start, end, e.startThreadId(), e.name()};
+    }
+    {
+      std::map<uint64_t, std::vector<Op>> by_thread;
+      for (const auto& [id, op] : ops) by_thread[op.thread].push_back(op);
+      for (auto& [thread, list] : by_thread) {
+        std::sort(list.begin(), list.end(), [](const Op& a, const Op& b) {
+          return a.start != b.start ? a.start < b.start : a.end > b.end;
+        });
+        auto& top_level = outer[thread];
+        for (const auto& op : list) {
+          if (top_level.empty() || op.start >= top_level.back().end) top_level.push_back(op);
+        }
+      }
+    }
+    auto outermost = [&](uint64_t linked) -> std::string {
+      auto it = ops.find(linked);
+      if (it == ops.end()) return "(no operator)";
+      const auto& list = outer[it->second.thread];
+      auto at = std::upper_bound(list.begin(), list.end(), it->second.start,
+                                 [](uint64_t t, const Op& o) { return t < o.start; });
+      if (at == list.begin()) return it->second.name;
+      --at;
+      return it->second.start < at->end ? at->name : it->second.name;
+    };
     std::map<std::string, std::pair<double, int64_t>> by_name;  // seconds, count
+    std::map<std::string, std::pair<double, int64_t>> by_op;
     std::map<std::string, double> by_kind;
     double busy = 0;
     for (const auto& e : result->events()) {
@@ -130,23 +169,29 @@ class DeviceProfile {
       auto& slot = by_name[e.name().substr(0, 110)];
       slot.first += sec;
       ++slot.second;
+      auto& op_slot = by_op[outermost(e.linkedCorrelationId()).substr(0, 110)];
+      op_slot.first += sec;
+      ++op_slot.second;
       by_kind[Kind(e.name())] += sec;
     }
-    std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(by_name.begin(),
-                                                                         by_name.end());
-    std::sort(rows.begin(), rows.end(),
-              [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-    Json kernels = Json::array();
-    for (size_t i = 0; i < rows.size() && static_cast<int>(i) < top; ++i) {
-      kernels.push_back({{"name", rows[i].first},
-                         {"ms", 1000 * rows[i].second.first},
-                         {"calls", rows[i].second.second},
-                         {"share", busy > 0 ? rows[i].second.first / busy : 0}});
-    }
+    auto table = [&](const std::map<std::string, std::pair<double, int64_t>>& m) {
+      std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(m.begin(), m.end());
+      std::sort(rows.begin(), rows.end(),
+                [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+      Json out = Json::array();
+      for (size_t i = 0; i < rows.size() && static_cast<int>(i) < top; ++i) {
+        out.push_back({{"name", rows[i].first},
+                       {"ms", 1000 * rows[i].second.first},
+                       {"calls", rows[i].second.second},
+                       {"share", busy > 0 ? rows[i].second.first / busy : 0}});
+      }
+      return out;
+    };
     Json kinds = Json::object();
     for (const auto& [k, sec] : by_kind) kinds[k] = 1000 * sec;
     return Json{{"wall_ms", 1000 * wall}, {"device_busy_ms", 1000 * busy},
-                {"kernels", kernels}, {"ms_by_kind", kinds}};
+                {"kernels", table(by_name)}, {"operators", table(by_op)},
+                {"ms_by_kind", kinds}};
   }
 
  private:
