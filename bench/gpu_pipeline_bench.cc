@@ -131,7 +131,7 @@ class DeviceProfile {
     std::map<uint64_t, std::vector<Op>> outer;  // thread -> outermost operators, by start
     for (const auto& e : result->events()) {
       if (e.deviceType() != c10::DeviceType::CPU || e.correlationId() == 0) continue;
-      const uint64_t start = e.startUs();
+      const uint64_t start = StartMicros(e);
       const uint64_t end = start + static_cast<uint64_t>(DurationSeconds(e) * 1e6);
       ops[e.correlationId()] = {start, end, e.startThreadId(), e.name()};
     }
@@ -201,6 +201,15 @@ class DeviceProfile {
       return static_cast<double>(e.durationNs()) * 1e-9;
     } else {
       return static_cast<double>(e.durationUs()) * 1e-6;
+    }
+  }
+
+  template <typename E>
+  static uint64_t StartMicros(const E& e) {
+    if constexpr (requires { e.startNs(); }) {
+      return static_cast<uint64_t>(e.startNs() / 1000);
+    } else {
+      return static_cast<uint64_t>(e.startUs());
     }
   }
 
