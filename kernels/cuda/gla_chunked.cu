@@ -104,6 +104,8 @@ struct KernelArgs {
   const float* g;
   const float* initial_state;  // per sequence, or null
   __nv_bfloat16* o;
+  GlaStrides qs, ks, vs, gs, os;  // resolved element strides
+  int64_t heads;
   float* final_state;
   float* chunk_states;  // [BH, nchunks + 1, K, V] or null: state at every chunk start, final
   float* seg_state;  // [BH, nseg, K, V]: pass 1 writes local states, the scan start states
@@ -115,10 +117,16 @@ struct KernelArgs {
   float scale;
 };
 
-// Copies rows [0, rows_valid) of a [kC][kCols] global tile into shared memory with row pitch
-// kPitch; rows past the end are zero-filled.
+// Element offset of token 0 of sequence bh = batch * heads + head.
+__device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, int64_t heads) {
+  return (bh / heads) * s.batch + (bh % heads) * s.head;
+}
+
+// Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
+// shared memory with row pitch kPitch; rows past the end are zero-filled.
 template <int kCols, int kElemBytes, int kPitch>
-__device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t rows_valid, int tid) {
+__device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
+                                         int64_t rows_valid, int tid) {
   constexpr int kVecPerRow = kCols * kElemBytes / 16;
   constexpr int kTotal = kC * kVecPerRow;
   static_assert(kTotal % kThreads == 0, "tile does not split evenly over the block");
@@ -127,7 +135,7 @@ __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t row
     const int i = tid + n * kThreads;
     const int row = i / kVecPerRow, cv = i % kVecPerRow;
     const bool ok = row < rows_valid;
-    const char* s = src + (static_cast<int64_t>(row) * kCols * kElemBytes + cv * 16);
+    const char* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 16);
     CpAsync16(dst + (row * kPitch * kElemBytes + cv * 16), ok ? s : src, ok);
   }
 }
@@ -193,19 +201,24 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   const int c_begin = seg * args.seg_chunks;
   const int c_end = min(c_begin + args.seg_chunks, nchunks);
 
-  const char* qg = reinterpret_cast<const char*>(args.q + bh * T * K);
-  const char* kg = reinterpret_cast<const char*>(args.k + bh * T * K);
-  const char* vg = reinterpret_cast<const char*>(args.v + bh * T * V);
-  const char* gg = reinterpret_cast<const char*>(args.g + bh * T * K);
+  const int64_t H = args.heads;
+  const char* qg = reinterpret_cast<const char*>(args.q + SeqOffset(args.qs, bh, H));
+  const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, bh, H));
+  const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, bh, H));
+  const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, bh, H));
+  const int64_t q_pitch = args.qs.token * 2, k_pitch = args.ks.token * 2;
+  const int64_t v_pitch = args.vs.token * 2, g_pitch = args.gs.token * 4;
 
   auto load_chunk = [&](int c, int stage) {
     char* base = smem + stage * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
     const int64_t rows = T - t0;
-    if (!kStateOnly) CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * K * 2, rows, tid);
-    CopyTile<K, 2, L::kKP>(base + L::kK, kg + t0 * K * 2, rows, tid);
-    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * V * 2, rows, tid);
-    CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * K * 4, rows, tid);
+    if (!kStateOnly) {
+      CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
+    }
+    CopyTile<K, 2, L::kKP>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
+    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
+    CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
     CpAsyncCommit();
   };
 
@@ -350,16 +363,17 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
             Mma(acc[2 * jp + 1], a, b[2], b[3]);
           }
         }
-        __nv_bfloat16* og = args.o + (bh * T + t0) * V;
+        const int64_t o_row = args.os.token;
+        __nv_bfloat16* og = args.o + SeqOffset(args.os, bh, H) + t0 * o_row;
 #pragma unroll
         for (int j = 0; j < kNT; ++j) {
           const int col = n_base + 8 * j + 2 * t4;
           if (t0 + r0 < T) {
-            *reinterpret_cast<uint32_t*>(og + r0 * V + col) =
+            *reinterpret_cast<uint32_t*>(og + r0 * o_row + col) =
                 PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
           }
           if (t0 + r1 < T) {
-            *reinterpret_cast<uint32_t*>(og + r1 * V + col) =
+            *reinterpret_cast<uint32_t*>(og + r1 * o_row + col) =
                 PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
           }
         }
@@ -456,6 +470,17 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   a.g = p.g;
   a.initial_state = p.initial_state;
   a.o = static_cast<__nv_bfloat16*>(p.o);
+  a.qs = GlaResolveStrides(p.q_strides, p.heads, p.tokens, K);
+  a.ks = GlaResolveStrides(p.k_strides, p.heads, p.tokens, K);
+  a.vs = GlaResolveStrides(p.v_strides, p.heads, p.tokens, V);
+  a.gs = GlaResolveStrides(p.g_strides, p.heads, p.tokens, K);
+  a.os = GlaResolveStrides(p.o_strides, p.heads, p.tokens, V);
+  if (!GlaStridesAligned(p.q, a.qs, 2) || !GlaStridesAligned(p.k, a.ks, 2) ||
+      !GlaStridesAligned(p.v, a.vs, 2) || !GlaStridesAligned(p.g, a.gs, 4) ||
+      !GlaStridesAligned(p.o, a.os, 2)) {
+    return cudaErrorInvalidValue;
+  }
+  a.heads = p.heads;
   a.final_state = p.final_state;
   a.chunk_states = p.chunk_states;
   a.tokens = p.tokens;
@@ -486,6 +511,21 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
 }
 
 }  // namespace
+
+GlaStrides GlaResolveStrides(GlaStrides s, int64_t heads, int64_t tokens, int64_t dim) {
+  if (s.batch == 0 && s.head == 0 && s.token == 0) {
+    s.token = dim;
+    s.head = tokens * dim;
+    s.batch = heads * tokens * dim;
+  }
+  return s;
+}
+
+bool GlaStridesAligned(const void* ptr, const GlaStrides& s, int elem_bytes) {
+  const int64_t vec = 16 / elem_bytes;  // elements per 16-byte vector
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && s.batch % vec == 0 && s.head % vec == 0 &&
+         s.token % vec == 0;
+}
 
 bool GlaChunkedSupportsDims(int key_dim, int value_dim) {
   return (key_dim == 64 || key_dim == 128) && (value_dim == 64 || value_dim == 128);

@@ -5,6 +5,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <array>
+#include <vector>
+
 #include "cuda_check.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "linear_attention_launch.h"
@@ -64,8 +68,58 @@ bool GlaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Ten
 
 namespace {
 
+// A GLA per-token operand as the kernels read it: `tensor` (the input itself, or a copy) and its
+// (batch, head, token) element strides.
+struct GlaOperand {
+  at::Tensor tensor;  // [B, H, T, D]
+  GlaStrides strides;
+};
+
+// Strides of a [B, H, T, D] tensor for the kernels: a dim of size 1 gets stride 0 (never
+// stepped over), so that only real strides decide alignment.
+GlaStrides GlaStridesOf(const at::Tensor& x) {
+  auto st = [&](int64_t d) { return x.size(d) == 1 ? int64_t{0} : x.stride(d); };
+  return {st(0), st(1), st(2)};
+}
+
+// True when the kernels can address `x` in place: last dim contiguous, 16-byte aligned pointer
+// and strides, and not all of (batch, head, token) broadcast (all-zero strides mean
+// "contiguous" to the launchers).
+bool GlaAddressable(const at::Tensor& x) {
+  if (x.stride(3) != 1) return false;
+  const GlaStrides s = GlaStridesOf(x);
+  if (s.batch == 0 && s.head == 0 && s.token == 0 && x.size(0) * x.size(1) * x.size(2) > 1) {
+    return false;
+  }
+  return GlaStridesAligned(x.data_ptr(), s, static_cast<int>(x.element_size()));
+}
+
+// `x` converted to `type`, read in place when the kernels can address it, else copied to a
+// contiguous tensor (the only copy the kernels still need).
+GlaOperand GlaOperandOf(const at::Tensor& x, at::ScalarType type) {
+  at::Tensor t = x.to(type);
+  if (!GlaAddressable(t)) t = t.contiguous();
+  return {t, GlaStridesOf(t)};
+}
+
+// An uninitialised [B, H, T, dim] tensor of `type` whose batch, head and token dims lie in
+// memory in the order of `like`'s: for a [B, H, T, D] view of a [B, T, H, D] buffer, a
+// [B, H, T, dim] view of a new [B, T, H, dim] buffer (so transpose(1, 2) of it is contiguous).
+at::Tensor GlaEmptyLike(const at::Tensor& like, int64_t dim, at::ScalarType type) {
+  std::array<int64_t, 3> order = {0, 1, 2};  // outermost first
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return like.stride(a) > like.stride(b); });
+  std::vector<int64_t> sizes, perm(4, 3);
+  for (int i = 0; i < 3; ++i) {
+    sizes.push_back(like.size(order[i]));
+    perm[order[i]] = i;
+  }
+  sizes.push_back(dim);
+  return at::empty(sizes, like.options().dtype(type)).permute(perm);
+}
+
 struct GlaForwardResult {
-  at::Tensor output;        // [B, H, T, V] bf16
+  at::Tensor output;        // [B, H, T, V] bf16, laid out as q (GlaEmptyLike)
   at::Tensor final_state;   // [B, H, K, V] fp32
   at::Tensor chunk_states;  // [B, H, N + 1, K, V] fp32, or undefined
 };
@@ -77,12 +131,12 @@ GlaForwardResult GlaForward(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(GlaChunkedSupported(q, k, v, g, initial_state),
               "cuda GlaChunked: unsupported inputs");
   const c10::cuda::CUDAGuard guard(q.device());
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor gc = g.to(at::kFloat).contiguous();
+  const GlaOperand qc = GlaOperandOf(q, at::kBFloat16), kc = GlaOperandOf(k, at::kBFloat16);
+  const GlaOperand vc = GlaOperandOf(v, at::kBFloat16), gc = GlaOperandOf(g, at::kFloat);
   at::Tensor s0;
   if (initial_state.defined()) s0 = initial_state.to(at::kFloat).contiguous();
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
-  at::Tensor o = at::empty({b, h, t, v.size(3)}, q.options());
+  at::Tensor o = GlaEmptyLike(qc.tensor, v.size(3), at::kBFloat16);
   at::Tensor s1 = at::empty({b, h, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
   at::Tensor chunk_states;
   if (keep_chunk_states) {
@@ -90,12 +144,17 @@ GlaForwardResult GlaForward(const at::Tensor& q, const at::Tensor& k, const at::
     chunk_states = at::empty({b, h, n + 1, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
   }
   GlaChunkedParams p;
-  p.q = qc.data_ptr();
-  p.k = kc.data_ptr();
-  p.v = vc.data_ptr();
-  p.g = gc.data_ptr<float>();
+  p.q = qc.tensor.data_ptr();
+  p.k = kc.tensor.data_ptr();
+  p.v = vc.tensor.data_ptr();
+  p.g = gc.tensor.data_ptr<float>();
   p.initial_state = s0.defined() ? s0.data_ptr<float>() : nullptr;
   p.o = o.data_ptr();
+  p.q_strides = qc.strides;
+  p.k_strides = kc.strides;
+  p.v_strides = vc.strides;
+  p.g_strides = gc.strides;
+  p.o_strides = GlaStridesOf(o);
   p.final_state = s1.data_ptr<float>();
   p.chunk_states = keep_chunk_states ? chunk_states.data_ptr<float>() : nullptr;
   p.batch = b;

@@ -1,6 +1,7 @@
 // Torch-free launchers of the linear-attention kernels (gla_chunked.cu, gla_chunked_bwd.cu,
-// gated_delta_chunked.cu, linear_attention_step.cu).
-// Every tensor is a raw, contiguous device pointer; shapes follow kernels/linear_attention.h:
+// gated_delta_chunked.cu, gated_delta_chunked_bwd.cu, linear_attention_step.cu).
+// Every tensor is a raw, contiguous device pointer (except the GLA kernels' per-token tensors,
+// which take strides: GlaStrides); shapes follow kernels/linear_attention.h:
 // B batch, H heads, T tokens, K key dim, V value dim, states [B, H, K, V] in fp32.
 #pragma once
 
@@ -14,16 +15,32 @@ namespace hyb::kernels::cuda {
 // Tokens per chunk of the chunked GLA kernel (fixed: the result does not depend on it).
 inline constexpr int kGlaChunk = 64;
 
+// Element strides of a GLA per-token tensor [B, H, T, D] whose last dim is contiguous. All zero
+// (the default) means contiguous [B, H, T, D]. The kernels move 16-byte vectors: the base
+// pointer and every stride times the element size must be multiples of 16 bytes
+// (GlaStridesAligned); a [B, H, T, D] view of a [B, T, H, D] buffer qualifies.
+struct GlaStrides {
+  int64_t batch = 0, head = 0, token = 0;
+};
+
+// `s` with zeros resolved to the contiguous strides of [B, H, T, `dim`].
+GlaStrides GlaResolveStrides(GlaStrides s, int64_t heads, int64_t tokens, int64_t dim);
+
+// True when the kernels can read or write a tensor at `ptr` with (resolved) strides `s` and
+// elements of `elem_bytes`.
+bool GlaStridesAligned(const void* ptr, const GlaStrides& s, int elem_bytes);
+
 // Chunked GLA forward: o_t = scale * S_t^T q_t with S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T.
 // bf16 q/k/v/o, fp32 g (log decay, natural log) and states; fp32 accumulation throughout
 // except that the inter-chunk product q S reads the chunk-start state rounded to bf16.
 struct GlaChunkedParams {
-  const void* q = nullptr;               // [B, H, T, K] bf16
-  const void* k = nullptr;               // [B, H, T, K] bf16
-  const void* v = nullptr;               // [B, H, T, V] bf16
-  const float* g = nullptr;              // [B, H, T, K] fp32, <= 0
+  const void* q = nullptr;               // [B, H, T, K] bf16 (strides q_strides)
+  const void* k = nullptr;               // [B, H, T, K] bf16 (k_strides)
+  const void* v = nullptr;               // [B, H, T, V] bf16 (v_strides)
+  const float* g = nullptr;              // [B, H, T, K] fp32, <= 0 (g_strides)
   const float* initial_state = nullptr;  // [B, H, K, V] or null (zeros)
-  void* o = nullptr;                     // [B, H, T, V] bf16
+  void* o = nullptr;                     // [B, H, T, V] bf16 (o_strides)
+  GlaStrides q_strides, k_strides, v_strides, g_strides, o_strides;  // default: contiguous
   float* final_state = nullptr;          // [B, H, K, V] (always written)
   // [B, H, N + 1, K, V] or null, N = ceil(T / kGlaChunk): when set, the state at the start of
   // every chunk (index N: the final state), in fp32, which the backward reads.
@@ -50,7 +67,7 @@ int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
 size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& params);
 
 // Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success).
-// cudaErrorInvalidValue for unsupported dims or a missing workspace.
+// cudaErrorInvalidValue for unsupported dims, misaligned strides or a missing workspace.
 cudaError_t LaunchGlaChunked(const GlaChunkedParams& params, cudaStream_t stream);
 
 // Chunked GLA backward (gla_chunked_bwd.cu): the gradients of a loss L with respect to q, k, v,
