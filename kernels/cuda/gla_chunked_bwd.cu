@@ -1,23 +1,42 @@
-// Chunked GLA backward for sm_80+ (sized for sm_90's shared memory): bf16 q/k/v/do, fp32 gates,
-// states, gradients and arithmetic (SIMT).
+// Chunked GLA backward for sm_80+ (sized for sm_90's shared memory): bf16 q/k/v/do, fp32 gates
+// and states, tensor-core products (mma.sync m16n8k16, bf16 operands, fp32 accumulation).
 //
-// Per chunk of C = 64 tokens, with b_t = cumulative log decay inside the chunk (b_t includes g_t),
-// S0 = state at the chunk start (written by the forward), dS = dL/dS at the chunk end:
+// Per chunk of C = 64 tokens, with b_t = cumulative log2 decay inside the chunk (b_t includes
+// g_t), S0 = state at the chunk start (written by the forward), dS = dL/dS at the chunk end:
 //   dA[t, s] = scale * do_t . v_s                                      (s <= t)
-//   A[t, s]  = scale * sum_d q_t[d] k_s[d] e^(b_t[d] - b_s[d])         (s <= t)
-//   dq_t = scale e^b_t (S0 do_t) + sum_{s<=t} dA[t, s] e^(b_t - b_s) k_s
-//   dk_s = sum_{t>=s} dA[t, s] e^(b_t - b_s) q_t + e^(b_C - b_s) (dS v_s)
-//   dv_s = sum_{t>=s} A[t, s] do_t + dS^T (e^(b_C - b_s) k_s)
+//   A[t, s]  = scale * sum_d q_t[d] k_s[d] 2^(b_t[d] - b_s[d])         (s <= t)
+//   dq_t = scale 2^b_t (S0 do_t) + sum_{s<=t} dA[t, s] 2^(b_t - b_s) k_s
+//   dk_s = sum_{t>=s} dA[t, s] 2^(b_t - b_s) q_t + 2^(b_C - b_s) (dS v_s)
+//   dv_s = sum_{t>=s} A[t, s] do_t + dS^T (2^(b_C - b_s) k_s)
 //   dg_t = sum_{u>=t in the chunk} (q_u dq_u - k_u dk_u) + rowsum(S_end * dS)
-// and the state gradient at the chunk start, dS0 = e^b_C dS + scale sum_t (e^b_t q_t) do_t^T.
+// and the state gradient at the chunk start, dS0 = 2^b_C dS + scale sum_t (2^b_t q_t) do_t^T.
 // The last line is the chunk-local form of dg: the gradient with respect to b_t of the chunk's
-// outputs and end state, summed over the positions whose cumulative decay includes g_t. Every
-// exponential is of a difference that is <= 0 on the causal part (clamped elsewhere): no
-// overflow, whatever the gates.
+// outputs and end state, summed over the positions whose cumulative decay includes g_t.
 //
-// Launches: (1) GlaStateGradKernel walks the chunks of each sequence in reverse and writes dS at
-// every chunk end (and dS at the start, the initial state's gradient); a block owns 32 state
-// columns. (2) GlaChunkGradKernel computes one chunk per block from S0, dS and the chunk's inputs.
+// Decays on tensor cores. A product over tokens with a weight 2^(b_t - b_s) is split as
+// 2^(b_t - r) * 2^(r - b_s) with a reference r between the two positions, so that both factors
+// are <= 1: the chunk's 16-token blocks i have scaled copies of q and k (shared memory, bf16)
+//   Qo = q 2^(b_t - b_16i)    (reference: the block's first token)
+//   Ko = k 2^(b_16i+15 - b_s) (reference: the block's last token)
+//   Qd = q 2^(b_t - b_16i+8), Kd = k 2^(b_16i+8 - b_s)  (diagonal blocks: the middle token)
+//   Kc = k 2^(b_C - b_s)      (the chunk end)
+// Gradients sum over blocks of different references: the accumulator moves from one reference to
+// the next by a per-column factor <= 1 (Horner), and the output is multiplied by its final
+// factor. Only inside a diagonal block do factors exceed 1, bounded by 8 tokens of decay: exact
+// for per-token log decays down to about -11 (the forward's bound; GLA's logsigmoid(x) / 16
+// gates are far above it).
+//
+// Rounded to bf16 (tensor-core operands): the scaled copies above (Ko once more after a factor
+// <= 1 for A's off-diagonal blocks), S0 and dS, A and dA, and in the reverse scan scale 2^b q.
+// fp32: cumulative decays and every exponential, accumulation, the Horner factors, the state
+// gradients carried from chunk to chunk and stored for the chunk pass, rowsum(S_end * dS) and the
+// reverse cumulative sum of dg. dq, dk, dv are written once each, in bf16 or fp32
+// (GlaChunkedBackwardParams::grads_bf16); dg in fp32.
+//
+// Launches: (1) GlaStateGradKernel walks the chunks of each sequence in reverse, the state
+// gradient in registers as the forward keeps its state, and writes dS at every chunk end (and at
+// the start: the initial state's gradient); with fewer sequences than multiprocessors a block
+// owns 32 state columns. (2) GlaChunkGradKernel computes one chunk per block.
 #include <cuda_bf16.h>
 
 #include "cuda_check.h"
@@ -27,8 +46,7 @@ namespace hyb::kernels::cuda {
 namespace {
 
 constexpr int kC = kGlaChunk;  // tokens per chunk
-constexpr int kThreads = 256;
-constexpr int kStateCols = 32;  // state columns per block of the reverse scan
+constexpr int kThreads = 256;  // 8 warps
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float Exp2(float x) {
@@ -37,134 +55,322 @@ __device__ __forceinline__ float Exp2(float x) {
   return y;
 }
 
-__device__ __forceinline__ float Ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
 
-// Rows [0, rows_valid) of a [kC][kCols] bf16 global tile into shared memory with row pitch
-// kCols + 2 (an odd number of words: column walks hit distinct banks); later rows zero.
-template <int kCols>
-__device__ __forceinline__ void LoadBf16Tile(__nv_bfloat16* dst, const __nv_bfloat16* src,
-                                             int64_t rows_valid, int tid) {
-  constexpr int kPairs = kCols / 2;
-  const __nv_bfloat162 zero = __floats2bfloat162_rn(0.f, 0.f);
-  for (int i = tid; i < kC * kPairs; i += kThreads) {
-    const int row = i / kPairs, cp = i % kPairs;
-    const __nv_bfloat162 x =
-        row < rows_valid ? reinterpret_cast<const __nv_bfloat162*>(src)[row * kPairs + cp] : zero;
-    *reinterpret_cast<__nv_bfloat162*>(dst + row * (kCols + 2) + 2 * cp) = x;
+__device__ __forceinline__ float2 UnpackBf16(uint32_t x) {
+  const __nv_bfloat162 p = *reinterpret_cast<const __nv_bfloat162*>(&x);
+  return __bfloat1622float2(p);
+}
+
+__device__ __forceinline__ uint32_t Ld32(const __nv_bfloat16* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// D += A (16x16, row-major) * B (16x8, column-major); bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* row_ptr) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row_ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Fragment loaders (lane = threadIdx.x % 32, g8 = lane / 4, t4 = lane % 4; pitches in elements).
+// A (16x16) at rows m0.., columns k0.. of a row-major [m][k] tile.
+__device__ __forceinline__ void LoadA(uint32_t (&a)[4], const __nv_bfloat16* base, int pitch,
+                                      int m0, int k0, int lane) {
+  const __nv_bfloat16* p = base + (m0 + lane / 4) * pitch + k0 + 2 * (lane % 4);
+  a[0] = Ld32(p);
+  a[1] = Ld32(p + 8 * pitch);
+  a[2] = Ld32(p + 8);
+  a[3] = Ld32(p + 8 * pitch + 8);
+}
+// A (16x16) = the transpose of the [k][m] tile stored at rows k0.., columns m0...
+__device__ __forceinline__ void LoadAFromTransposed(uint32_t (&a)[4], const __nv_bfloat16* base,
+                                                    int pitch, int k0, int m0, int lane) {
+  const int mat = lane / 8, r = lane % 8;
+  LdMatrixX4Trans(a, base + (k0 + r + 8 * (mat / 2)) * pitch + m0 + 8 * (mat % 2));
+}
+// B fragments of two n8 tiles (n0.., n0 + 8..) of a row-major [k][n] tile at rows k0..:
+// (b[0], b[1]) and (b[2], b[3]).
+__device__ __forceinline__ void LoadB2(uint32_t (&b)[4], const __nv_bfloat16* base, int pitch,
+                                       int k0, int n0, int lane) {
+  LdMatrixX4Trans(b, base + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * pitch + n0 +
+                         (lane >> 4) * 8);
+}
+// B fragment of one n8 tile from the transposed, row-major [n][k] tile (rows n0.., columns k0..).
+__device__ __forceinline__ void LoadBFromTransposed(uint32_t& b0, uint32_t& b1,
+                                                    const __nv_bfloat16* base, int pitch, int n0,
+                                                    int k0, int lane) {
+  const __nv_bfloat16* p = base + (n0 + lane / 4) * pitch + k0 + 2 * (lane % 4);
+  b0 = Ld32(p);
+  b1 = Ld32(p + 8);
+}
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_size = valid ? 16 : 0;  // 0: fill with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(src_size));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Element offset of token 0 of sequence bh = batch * heads + head.
+__device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, int64_t heads) {
+  return (bh / heads) * s.batch + (bh % heads) * s.head;
+}
+
+// Copies rows [0, rows_valid) of kCols columns (global rows `src_pitch` bytes apart) into shared
+// memory with row pitch kPitch elements; rows past the end (up to kC) are zero-filled.
+template <int kCols, int kElemBytes, int kPitch>
+__device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
+                                         int64_t rows_valid, int tid) {
+  constexpr int kVecPerRow = kCols * kElemBytes / 16;
+  constexpr int kTotal = kC * kVecPerRow;
+  static_assert(kTotal % kThreads == 0, "tile does not split evenly over the block");
+#pragma unroll
+  for (int n = 0; n < kTotal / kThreads; ++n) {
+    const int i = tid + n * kThreads;
+    const int row = i / kVecPerRow, cv = i % kVecPerRow;
+    const bool ok = row < rows_valid;
+    const char* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 16);
+    CpAsync16(dst + (row * kPitch * kElemBytes + cv * 16), ok ? s : src, ok);
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// (1) State gradients, reverse over chunks. Block = (sequence, 32 state columns); thread =
-// (column lane, key rows warp + 8 i).
+// In-place cumulative sum over the chunk's tokens of the gates (row pitch kBP floats), converted
+// to log2 units; `tot` is scratch of 4 K floats. Ends with a barrier.
+template <int K, int kBP>
+__device__ __forceinline__ void CumsumLog2(float* b, float* tot, int tid) {
+  constexpr int kParts = kThreads / K, kRows = kC / kParts;
+  const int d = tid % K, part = tid / K;
+  float x[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) x[r] = b[(part * kRows + r) * kBP + d];
+  float run = 0.f;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    run += x[r] * kLog2e;
+    x[r] = run;
+  }
+  tot[part * K + d] = run;
+  __syncthreads();
+  float off = 0.f;
+  for (int p = 0; p < part; ++p) off += tot[p * K + d];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * kBP + d] = x[r] + off;
+  __syncthreads();
+}
 
-template <int K>
+// Stores the pair (x, y) at columns (col, col + 1) of a gradient row.
+__device__ __forceinline__ void StorePair(float* p, float x, float y) {
+  *reinterpret_cast<float2*>(p) = make_float2(x, y);
+}
+__device__ __forceinline__ void StorePair(__nv_bfloat16* p, float x, float y) {
+  *reinterpret_cast<uint32_t*>(p) = PackBf16(x, y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (1) State gradients, reverse over chunks. Block = (sequence, slice of W state columns). The
+// slice's [K, W] gradient lives in registers: warp = (16 key rows) x (W / kCS columns).
+
+template <int K, int W>
 struct ScanLayout {
-  static constexpr int kQe = 0;                          // e^b q, fp32 [C][K]
-  static constexpr int kDo = kQe + kC * K * 4;           // do columns, fp32 [C][32]
-  static constexpr int kBc = kDo + kC * kStateCols * 4;  // b_C (log2), fp32 [K]
-  static constexpr int kBytes = kBc + K * 4;
+  static constexpr int kKP = K + 8;  // q and 2^b q row pitch (bf16)
+  static constexpr int kBP = K + 8;  // gates row pitch (fp32)
+  static constexpr int kWP = W + 8;  // do row pitch (bf16)
+  static constexpr int kQ = 0;
+  static constexpr int kB = kQ + kC * kKP * 2;
+  static constexpr int kDo = kB + kC * kBP * 4;
+  static constexpr int kStage = kDo + kC * kWP * 2;
+  static constexpr int kQe = 2 * kStage;          // scale 2^b q, bf16 [C][K]
+  static constexpr int kTot = kQe + kC * kKP * 2;  // cumsum partial totals, fp32 [4][K]
+  static constexpr int kBytes = kTot + 4 * K * 4;
 };
 
 struct ScanArgs {
   const __nv_bfloat16* q;
   const float* g;
   const __nv_bfloat16* d_output;
+  GlaStrides qs, gs, dos;
+  int64_t heads;
   const float* d_final_state;
   float* d_chunk_states;  // [BH, N, K, V]: dL/dS at every chunk end
   float* d_initial_state;
   int64_t tokens;
   int nchunks;
   int value_dim;
+  int slices;  // blocks per sequence (V / W)
   float scale;
 };
 
-template <int K>
+template <int K, int W>
 __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a) {
-  using L = ScanLayout<K>;
-  extern __shared__ __align__(16) char smem[];
-  float* qe = reinterpret_cast<float*>(smem + L::kQe);
-  float* dos = reinterpret_cast<float*>(smem + L::kDo);
-  float* bc = reinterpret_cast<float*>(smem + L::kBc);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
+#else
+  using L = ScanLayout<K, W>;
+  extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int V = a.value_dim, col_blocks = V / kStateCols;
-  const int64_t bh = blockIdx.x / col_blocks;
-  const int col = (blockIdx.x % col_blocks) * kStateCols + lane;
-  const int64_t T = a.tokens;
-  constexpr int kRows = K / 8;  // key rows d = warp + 8 i of this thread
+  const int g8 = lane / 4, t4 = lane % 4;
+  const int64_t bh = blockIdx.x / a.slices;
+  const int col_base = (blockIdx.x % a.slices) * W;  // first state column of this block
+  const int V = a.value_dim;
+  const int64_t T = a.tokens, H = a.heads;
 
-  float ds[kRows];
-#pragma unroll
-  for (int i = 0; i < kRows; ++i) {
-    const int64_t e = (bh * K + warp + 8 * i) * V + col;
-    ds[i] = a.d_final_state != nullptr ? a.d_final_state[e] : 0.f;
-  }
-  for (int c = a.nchunks - 1; c >= 0; --c) {
-    float* out = a.d_chunk_states + ((bh * a.nchunks + c) * K) * V + col;
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) out[(warp + 8 * i) * V] = ds[i];
+  constexpr int kRB = K / 16, kCS = 8 / kRB, kWC = W / kCS, kSN = kWC / 8;
+  static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
+  const int rb = warp % kRB, cs = warp / kRB;
+  const int d_lo = 16 * rb + g8, d_hi = d_lo + 8;
+  const int wcol0 = cs * kWC;                // first column of this warp inside the slice
+  const int col0 = col_base + wcol0 + 2 * t4;  // + 8 j: this lane's state columns
 
+  const char* qg = reinterpret_cast<const char*>(a.q + SeqOffset(a.qs, bh, H));
+  const char* gg = reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, bh, H));
+  const char* dog =
+      reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, bh, H) + col_base);
+  const int64_t q_pitch = a.qs.token * 2, g_pitch = a.gs.token * 4, do_pitch = a.dos.token * 2;
+  auto load_chunk = [&](int c, int stage) {
+    char* base = smem + stage * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
     const int64_t rows = T - t0;
-    if (tid < K) {
-      // Cumulative log2 decay down the column, and e^b q.
-      const float* gcol = a.g + (bh * T + t0) * K + tid;
-      const __nv_bfloat16* qcol = a.q + (bh * T + t0) * K + tid;
-      float run = 0.f;
-#pragma unroll 8
-      for (int t = 0; t < kC; ++t) {
-        const bool ok = t < rows;
-        run += ok ? gcol[t * K] * kLog2e : 0.f;
-        qe[t * K + tid] = ok ? Ld(qcol + t * K) * Exp2(run) : 0.f;
+    CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
+    CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
+    CopyTile<W, 2, L::kWP>(base + L::kDo, dog + t0 * do_pitch, do_pitch, rows, tid);
+    CpAsyncCommit();
+  };
+
+  float ds[kSN][4];
+  {
+    const float* s1 = a.d_final_state != nullptr ? a.d_final_state + bh * K * V : nullptr;
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      float2 lo = make_float2(0.f, 0.f), hi = lo;
+      if (s1 != nullptr) {
+        lo = *reinterpret_cast<const float2*>(s1 + d_lo * V + col0 + 8 * j);
+        hi = *reinterpret_cast<const float2*>(s1 + d_hi * V + col0 + 8 * j);
       }
-      bc[tid] = run;
+      ds[j][0] = lo.x;
+      ds[j][1] = lo.y;
+      ds[j][2] = hi.x;
+      ds[j][3] = hi.y;
     }
-    for (int i = tid; i < kC * kStateCols; i += kThreads) {
-      const int t = i / kStateCols, j = i % kStateCols;
-      const int64_t base = (bh * T + t0 + t) * V;
-      dos[i] = t < rows ? __bfloat162float(a.d_output[base + col - lane + j]) : 0.f;
+  }
+  auto write_state = [&](float* out) {  // out: [K, V] of this sequence
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      *reinterpret_cast<float2*>(out + d_lo * V + col0 + 8 * j) = make_float2(ds[j][0], ds[j][1]);
+      *reinterpret_cast<float2*>(out + d_hi * V + col0 + 8 * j) = make_float2(ds[j][2], ds[j][3]);
+    }
+  };
+
+  __nv_bfloat16* qe = reinterpret_cast<__nv_bfloat16*>(smem + L::kQe);
+  float* tot = reinterpret_cast<float*>(smem + L::kTot);
+  const int n = a.nchunks;
+  load_chunk(n - 1, 0);
+  for (int c = n - 1; c >= 0; --c) {
+    const int stage = (n - 1 - c) & 1;
+    write_state(a.d_chunk_states + (bh * n + c) * K * V);
+    if (c > 0) {
+      load_chunk(c - 1, stage ^ 1);  // that stage's last readers passed the previous barrier
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
     }
     __syncthreads();
-    float acc[kRows];
+    char* base = smem + stage * L::kStage;
+    const __nv_bfloat16* qs = reinterpret_cast<const __nv_bfloat16*>(base + L::kQ);
+    float* bs = reinterpret_cast<float*>(base + L::kB);
+    const __nv_bfloat16* dos = reinterpret_cast<const __nv_bfloat16*>(base + L::kDo);
+    CumsumLog2<K, L::kBP>(bs, tot, tid);
+    // qe = scale 2^b q (b <= 0), 8 elements per step.
+    for (int i = tid; i < kC * K / 8; i += kThreads) {
+      const int t = i / (K / 8), d = (i % (K / 8)) * 8;
+      const uint4 qv = *reinterpret_cast<const uint4*>(qs + t * L::kKP + d);
+      const uint32_t qw[4] = {qv.x, qv.y, qv.z, qv.w};
+      uint32_t out[4];
 #pragma unroll
-    for (int i = 0; i < kRows; ++i) acc[i] = 0.f;
-#pragma unroll 4
-    for (int t = 0; t < kC; ++t) {
-      const float d = dos[t * kStateCols + lane];
-#pragma unroll
-      for (int i = 0; i < kRows; ++i) acc[i] += qe[t * K + warp + 8 * i] * d;
+      for (int p = 0; p < 4; ++p) {
+        const float2 x = UnpackBf16(qw[p]);
+        const float2 bb = *reinterpret_cast<const float2*>(bs + t * L::kBP + d + 2 * p);
+        out[p] = PackBf16(a.scale * x.x * Exp2(bb.x), a.scale * x.y * Exp2(bb.y));
+      }
+      *reinterpret_cast<uint4*>(qe + t * L::kKP + d) = make_uint4(out[0], out[1], out[2], out[3]);
     }
+    __syncthreads();
+    // dS <- 2^b_C dS + (scale 2^b q)^T do.
+    {
+      const float e_lo = Exp2(bs[(kC - 1) * L::kBP + d_lo]);
+      const float e_hi = Exp2(bs[(kC - 1) * L::kBP + d_hi]);
 #pragma unroll
-    for (int i = 0; i < kRows; ++i) ds[i] = Exp2(bc[warp + 8 * i]) * ds[i] + a.scale * acc[i];
-    __syncthreads();  // the next chunk overwrites qe, dos and bc
+      for (int j = 0; j < kSN; ++j) {
+        ds[j][0] *= e_lo;
+        ds[j][1] *= e_lo;
+        ds[j][2] *= e_hi;
+        ds[j][3] *= e_hi;
+      }
+#pragma unroll
+      for (int kk = 0; kk < kC / 16; ++kk) {
+        uint32_t af[4];
+        LoadAFromTransposed(af, qe, L::kKP, 16 * kk, 16 * rb, lane);
+#pragma unroll
+        for (int jp = 0; jp < kSN / 2; ++jp) {
+          uint32_t bf[4];
+          LoadB2(bf, dos, L::kWP, 16 * kk, wcol0 + 16 * jp, lane);
+          Mma(ds[2 * jp], af, bf[0], bf[1]);
+          Mma(ds[2 * jp + 1], af, bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // every read of this stage and of qe is done
   }
-#pragma unroll
-  for (int i = 0; i < kRows; ++i) a.d_initial_state[(bh * K + warp + 8 * i) * V + col] = ds[i];
+  write_state(a.d_initial_state + bh * K * V);
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
-// (2) Per-chunk gradients. Block = one chunk of one sequence. An output tile [64][N] is spread
-// over 16 x 16 threads: rows rg + 16 i (i < 4), columns cg + 16 j (j < N / 16).
+// (2) Per-chunk gradients. Block = one chunk of one sequence; warp w owns the 16-token block
+// i = w % 4 and half h = w / 4 of the columns of dq, dk (key columns) and dv (value columns).
 
 template <int K, int V>
 struct ChunkLayout {
-  static constexpr int kKP = K + 2, kVP = V + 2;  // bf16 pitches (odd word counts)
-  static constexpr int kBP = K + 1;                // b pitch (fp32)
-  static constexpr int kAP = kC + 1;               // A / dA pitch (fp32)
-  static constexpr int kSP = V + 1;                // staged state pitch (fp32)
-  static constexpr int kQ = 0;
-  static constexpr int kK = kQ + kC * kKP * 2;
-  static constexpr int kV = kK + kC * kKP * 2;
+  static constexpr int kKP = K + 8;   // bf16 [C][K] tiles
+  static constexpr int kVP = V + 8;   // bf16 [C][V] tiles and [K][V] states
+  static constexpr int kBP = K + 8;   // cumulative decay, fp32
+  static constexpr int kAP = kC + 8;  // A, dA
+  static constexpr int kTile = kC * kKP * 2;
+  static constexpr int kV = 0;
   static constexpr int kDo = kV + kC * kVP * 2;
   static constexpr int kB = kDo + kC * kVP * 2;
-  static constexpr int kA = kB + kC * kBP * 4;
-  static constexpr int kDA = kA + kC * kAP * 4;
-  // S0, then dS ([K][V]), then q dq - k dk ([C][K + 1]); the larger of the two.
-  static constexpr int kSt = kDA + kC * kAP * 4;
-  static constexpr int kStFloats = (K * kSP > kC * kBP) ? (K * kSP) : (kC * kBP);
-  static constexpr int kBc = kSt + kStFloats * 4;  // b_C, fp32 [K]
-  static constexpr int kDgl = kBc + K * 4;         // rowsum(S_end * dS), fp32 [K]
+  static constexpr int kQo = kB + kC * kBP * 4;
+  static constexpr int kQd = kQo + kTile;
+  static constexpr int kKo = kQd + kTile;
+  static constexpr int kKd = kKo + kTile;
+  // S0 (bf16 [K][V]) until dq is done, then Kc (bf16 [C][K]).
+  static constexpr int kS0 = kKd + kTile;
+  static constexpr int kS0Bytes = (K * kVP * 2 > kTile) ? K * kVP * 2 : kTile;
+  static constexpr int kDs = kS0 + kS0Bytes;  // dS, bf16 [K][V]
+  static constexpr int kA = kDs + K * kVP * 2;
+  static constexpr int kDA = kA + kC * kAP * 2;
+  static constexpr int kTot = kDA + kC * kAP * 2;  // fp32 [4][K]: cumsum, then dg block sums
+  static constexpr int kDgl = kTot + 4 * K * 4;    // rowsum(S_end * dS), fp32 [K]
   static constexpr int kBytes = kDgl + K * 4;
+  static_assert(kBytes <= 232448, "exceeds sm_90's shared memory per block");
 };
 
 struct ChunkArgs {
@@ -173,278 +379,442 @@ struct ChunkArgs {
   const __nv_bfloat16* v;
   const float* g;
   const __nv_bfloat16* d_output;
+  GlaStrides qs, ks, vs, gs, dos;
   const float* chunk_states;    // [BH, N + 1, K, V]
   const float* d_chunk_states;  // [BH, N, K, V]
-  float* dq;
-  float* dk;
-  float* dv;
+  void* dq;
+  void* dk;
+  void* dv;
   float* dg;
+  GlaStrides dqs, dks, dvs, dgs;
+  int64_t heads;
   int64_t tokens;
   int nchunks;
   float scale;
 };
 
+// Blocks per multiprocessor the chunk kernel is built for (its shared memory allows two at
+// K = V = 64).
 template <int K, int V>
-__global__ void __launch_bounds__(kThreads, 1) GlaChunkGradKernel(const ChunkArgs a) {
+constexpr int ChunkMinBlocks() {
+  return ChunkLayout<K, V>::kBytes <= 115712 ? 2 : 1;
+}
+
+template <int K, int V, typename GradT>
+__global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
+    GlaChunkGradKernel(const ChunkArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
   using L = ChunkLayout<K, V>;
-  extern __shared__ __align__(16) char smem[];
-  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem + L::kQ);
-  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem + L::kK);
+  extern __shared__ __align__(128) char smem[];
   __nv_bfloat16* vs = reinterpret_cast<__nv_bfloat16*>(smem + L::kV);
   __nv_bfloat16* dos = reinterpret_cast<__nv_bfloat16*>(smem + L::kDo);
   float* bs = reinterpret_cast<float*>(smem + L::kB);
-  float* as = reinterpret_cast<float*>(smem + L::kA);
-  float* das = reinterpret_cast<float*>(smem + L::kDA);
-  float* st = reinterpret_cast<float*>(smem + L::kSt);
-  float* bcs = reinterpret_cast<float*>(smem + L::kBc);
+  __nv_bfloat16* qo = reinterpret_cast<__nv_bfloat16*>(smem + L::kQo);
+  __nv_bfloat16* qd = reinterpret_cast<__nv_bfloat16*>(smem + L::kQd);
+  __nv_bfloat16* ko = reinterpret_cast<__nv_bfloat16*>(smem + L::kKo);
+  __nv_bfloat16* kd = reinterpret_cast<__nv_bfloat16*>(smem + L::kKd);
+  __nv_bfloat16* s0s = reinterpret_cast<__nv_bfloat16*>(smem + L::kS0);
+  __nv_bfloat16* kcs = s0s;  // after dq
+  __nv_bfloat16* dss = reinterpret_cast<__nv_bfloat16*>(smem + L::kDs);
+  __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(smem + L::kA);
+  __nv_bfloat16* das = reinterpret_cast<__nv_bfloat16*>(smem + L::kDA);
+  float* tot = reinterpret_cast<float*>(smem + L::kTot);
   float* dgl = reinterpret_cast<float*>(smem + L::kDgl);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int rg = tid / 16, cg = tid % 16;
+  const int g8 = lane / 4, t4 = lane % 4;
   const int64_t bh = blockIdx.x / a.nchunks;
   const int c = static_cast<int>(blockIdx.x % a.nchunks);
-  const int64_t T = a.tokens, t0 = static_cast<int64_t>(c) * kC;
-  const int64_t rows = T - t0;
-  constexpr int kNK = K / 16, kNV = V / 16;
+  const int64_t T = a.tokens, H = a.heads, t0 = static_cast<int64_t>(c) * kC;
+  const int64_t rows = T - t0;  // valid tokens of this chunk (may exceed kC)
 
-  LoadBf16Tile<K>(qs, a.q + (bh * T + t0) * K, rows, tid);
-  LoadBf16Tile<K>(ks, a.k + (bh * T + t0) * K, rows, tid);
-  LoadBf16Tile<V>(vs, a.v + (bh * T + t0) * V, rows, tid);
-  LoadBf16Tile<V>(dos, a.d_output + (bh * T + t0) * V, rows, tid);
-  for (int i = tid; i < kC * K; i += kThreads) {
-    const int t = i / K, d = i % K;
-    bs[t * L::kBP + d] = t < rows ? a.g[(bh * T + t0) * K + i] * kLog2e : 0.f;
+  const __nv_bfloat16* qg = a.q + SeqOffset(a.qs, bh, H) + t0 * a.qs.token;
+  const __nv_bfloat16* kg = a.k + SeqOffset(a.ks, bh, H) + t0 * a.ks.token;
+
+  // Gates, v and do into shared memory (asynchronous) while the states are converted.
+  {
+    const char* gg = reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, bh, H) + t0 * a.gs.token);
+    const char* vg = reinterpret_cast<const char*>(a.v + SeqOffset(a.vs, bh, H) + t0 * a.vs.token);
+    const char* dg = reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, bh, H) +
+                                                   t0 * a.dos.token);
+    CopyTile<K, 4, L::kBP>(smem + L::kB, gg, a.gs.token * 4, rows, tid);
+    CopyTile<V, 2, L::kVP>(smem + L::kV, vg, a.vs.token * 2, rows, tid);
+    CopyTile<V, 2, L::kVP>(smem + L::kDo, dg, a.dos.token * 2, rows, tid);
+    CpAsyncCommit();
+  }
+  // S0 and dS to bf16; rowsum(S_end * dS) in fp32 (S_end: the next chunk's start state).
+  {
+    const int64_t n = a.nchunks;
+    const float4* s0g =
+        reinterpret_cast<const float4*>(a.chunk_states + (bh * (n + 1) + c) * K * V);
+    const float4* s1g = s0g + K * V / 4;
+    const float4* dsg = reinterpret_cast<const float4*>(a.d_chunk_states + (bh * n + c) * K * V);
+    constexpr int kRowVec = V / 4;  // float4 per state row: the lanes that share a row
+    constexpr int kLanes = kRowVec;
+    static_assert(kLanes <= 32 && 32 % kLanes == 0, "a state row must fit in one warp");
+#pragma unroll 2
+    for (int i = tid; i < K * V / 4; i += kThreads) {
+      const int d = i / kRowVec, e = (i % kRowVec) * 4;
+      const float4 x = s0g[i], y = dsg[i], z = s1g[i];
+      *reinterpret_cast<uint2*>(s0s + d * L::kVP + e) =
+          make_uint2(PackBf16(x.x, x.y), PackBf16(x.z, x.w));
+      *reinterpret_cast<uint2*>(dss + d * L::kVP + e) =
+          make_uint2(PackBf16(y.x, y.y), PackBf16(y.z, y.w));
+      float sum = z.x * y.x + z.y * y.y + z.z * y.z + z.w * y.w;
+#pragma unroll
+      for (int off = kLanes / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      if (lane % kLanes == 0) dgl[d] = sum;
+    }
+  }
+  CpAsyncWait<0>();
+  __syncthreads();
+  CumsumLog2<K, L::kBP>(bs, tot, tid);
+
+  // Scaled copies of q and k (8 elements per step; tokens past T read as zeros).
+  for (int i = tid; i < kC * K / 8; i += kThreads) {
+    const int t = i / (K / 8), d = (i % (K / 8)) * 8;
+    const int blk = t / 16;
+    uint4 qv = make_uint4(0, 0, 0, 0), kv = qv;
+    if (t < rows) {
+      qv = *reinterpret_cast<const uint4*>(qg + t * a.qs.token + d);
+      kv = *reinterpret_cast<const uint4*>(kg + t * a.ks.token + d);
+    }
+    const uint32_t qw[4] = {qv.x, qv.y, qv.z, qv.w}, kw[4] = {kv.x, kv.y, kv.z, kv.w};
+    const float* bt = bs + t * L::kBP + d;
+    const float* b_first = bs + (16 * blk) * L::kBP + d;
+    const float* b_mid = bs + (16 * blk + 8) * L::kBP + d;
+    const float* b_last = bs + (16 * blk + 15) * L::kBP + d;
+    uint32_t o_qo[4], o_qd[4], o_ko[4], o_kd[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const float2 x = UnpackBf16(qw[p]), y = UnpackBf16(kw[p]);
+      const float2 b = *reinterpret_cast<const float2*>(bt + 2 * p);
+      const float2 rf = *reinterpret_cast<const float2*>(b_first + 2 * p);
+      const float2 rm = *reinterpret_cast<const float2*>(b_mid + 2 * p);
+      const float2 rl = *reinterpret_cast<const float2*>(b_last + 2 * p);
+      o_qo[p] = PackBf16(x.x * Exp2(b.x - rf.x), x.y * Exp2(b.y - rf.y));
+      o_qd[p] = PackBf16(x.x * Exp2(b.x - rm.x), x.y * Exp2(b.y - rm.y));
+      o_ko[p] = PackBf16(y.x * Exp2(rl.x - b.x), y.y * Exp2(rl.y - b.y));
+      o_kd[p] = PackBf16(y.x * Exp2(rm.x - b.x), y.y * Exp2(rm.y - b.y));
+    }
+    const int off = t * L::kKP + d;
+    *reinterpret_cast<uint4*>(qo + off) = make_uint4(o_qo[0], o_qo[1], o_qo[2], o_qo[3]);
+    *reinterpret_cast<uint4*>(qd + off) = make_uint4(o_qd[0], o_qd[1], o_qd[2], o_qd[3]);
+    *reinterpret_cast<uint4*>(ko + off) = make_uint4(o_ko[0], o_ko[1], o_ko[2], o_ko[3]);
+    *reinterpret_cast<uint4*>(kd + off) = make_uint4(o_kd[0], o_kd[1], o_kd[2], o_kd[3]);
   }
   __syncthreads();
-  if (tid < K) {
-    float run = 0.f;
-    for (int t = 0; t < kC; ++t) {
-      run += bs[t * L::kBP + tid];
-      bs[t * L::kBP + tid] = run;
+
+  // A and dA (scaled, zero above the diagonal, bf16): 20 causal tiles of 16 rows x 8 columns
+  // each, 40 tasks over 8 warps.
+  for (int task = warp; task < 40; task += 8) {
+    const bool is_da = task >= 20;
+    const int idx = is_da ? task - 20 : task;
+    const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
+    const int ct = idx - i * (i + 1), j = ct / 2;
+    const int r0 = 16 * i + g8, r1 = r0 + 8;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    if (is_da) {
+#pragma unroll
+      for (int kk = 0; kk < V / 16; ++kk) {
+        uint32_t af[4], b0, b1;
+        LoadA(af, dos, L::kVP, 16 * i, 16 * kk, lane);
+        LoadBFromTransposed(b0, b1, vs, L::kVP, 8 * ct, 16 * kk, lane);
+        Mma(acc, af, b0, b1);
+      }
+    } else if (i == j) {
+#pragma unroll
+      for (int kk = 0; kk < K / 16; ++kk) {
+        uint32_t af[4], b0, b1;
+        LoadA(af, qd, L::kKP, 16 * i, 16 * kk, lane);
+        LoadBFromTransposed(b0, b1, kd, L::kKP, 8 * ct, 16 * kk, lane);
+        Mma(acc, af, b0, b1);
+      }
+    } else {
+      // Qo (reference b_16i) times Ko (reference b_16j+15) times 2^(b_16i - b_16j+15) <= 1.
+      const float* r_i = bs + (16 * i) * L::kBP;
+      const float* r_j = bs + (16 * j + 15) * L::kBP;
+#pragma unroll
+      for (int kk = 0; kk < K / 16; ++kk) {
+        const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
+        uint32_t af[4], b0, b1;
+        LoadA(af, qo, L::kKP, 16 * i, 16 * kk, lane);
+        LoadBFromTransposed(b0, b1, ko, L::kKP, 8 * ct, 16 * kk, lane);
+        const float2 x0 = UnpackBf16(b0), x1 = UnpackBf16(b1);
+        b0 = PackBf16(x0.x * Exp2(r_i[d0] - r_j[d0]), x0.y * Exp2(r_i[d0 + 1] - r_j[d0 + 1]));
+        b1 = PackBf16(x1.x * Exp2(r_i[d1] - r_j[d1]), x1.y * Exp2(r_i[d1 + 1] - r_j[d1 + 1]));
+        Mma(acc, af, b0, b1);
+      }
     }
-    bcs[tid] = run;
+    const int col = 8 * ct + 2 * t4;
+    __nv_bfloat16* out = is_da ? das : as;
+    *reinterpret_cast<uint32_t*>(out + r0 * L::kAP + col) =
+        PackBf16(col <= r0 ? a.scale * acc[0] : 0.f, col + 1 <= r0 ? a.scale * acc[1] : 0.f);
+    *reinterpret_cast<uint32_t*>(out + r1 * L::kAP + col) =
+        PackBf16(col <= r1 ? a.scale * acc[2] : 0.f, col + 1 <= r1 ? a.scale * acc[3] : 0.f);
   }
   __syncthreads();
 
-  // Scores A and dA (both scaled, zero above the diagonal).
-  {
-    float acc_a[4][4] = {}, acc_d[4][4] = {};
-    for (int d = 0; d < K; ++d) {
-      float qa[4], ba[4], kb[4], bb[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        qa[i] = Ld(qs + (rg + 16 * i) * L::kKP + d);
-        ba[i] = bs[(rg + 16 * i) * L::kBP + d];
-        kb[i] = Ld(ks + (cg + 16 * i) * L::kKP + d);
-        bb[i] = bs[(cg + 16 * i) * L::kBP + d];
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc_a[i][j] += qa[i] * kb[j] * Exp2(fminf(ba[i] - bb[j], 0.f));
-      }
-    }
-    for (int e = 0; e < V; ++e) {
-      float da[4], vb[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        da[i] = Ld(dos + (rg + 16 * i) * L::kVP + e);
-        vb[i] = Ld(vs + (cg + 16 * i) * L::kVP + e);
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc_d[i][j] += da[i] * vb[j];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int t = rg + 16 * i, s = cg + 16 * j;
-        as[t * L::kAP + s] = s <= t ? a.scale * acc_a[i][j] : 0.f;
-        das[t * L::kAP + s] = s <= t ? a.scale * acc_d[i][j] : 0.f;
-      }
-    }
-  }
-  // Chunk-start state, fp32 [K][V + 1].
-  const float* s0 = a.chunk_states + (bh * (a.nchunks + 1) + c) * K * V;
-  for (int i = tid; i < K * V; i += kThreads) st[(i / V) * L::kSP + i % V] = s0[i];
-  __syncthreads();
+  const int i = warp % 4, half = warp / 4;
+  const int r0 = 16 * i + g8, r1 = r0 + 8;  // this lane's rows (tokens) of the block
+  constexpr int kNK = K / 16;               // n8 tiles of the warp's K / 2 key columns
+  const int kbase = half * (K / 2);
+  auto key_col = [&](int j) { return kbase + 8 * j + 2 * t4; };  // + 0, + 1
+  const float* b_mid = bs + (16 * i + 8) * L::kBP;
 
-  // This thread's (row, key column) elements: rows rg + 16 i, columns cg + 16 j.
-  float b_own[4][kNK];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-#pragma unroll
-    for (int j = 0; j < kNK; ++j) b_own[i][j] = bs[(rg + 16 * i) * L::kBP + cg + 16 * j];
-  }
-
-  // dq.
-  float dq[4][kNK] = {};
-  {
-    for (int e = 0; e < V; ++e) {
-      float da[4], sb[kNK];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) da[i] = Ld(dos + (rg + 16 * i) * L::kVP + e);
-#pragma unroll
-      for (int j = 0; j < kNK; ++j) sb[j] = st[(cg + 16 * j) * L::kSP + e];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < kNK; ++j) dq[i][j] += da[i] * sb[j];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < kNK; ++j) dq[i][j] *= a.scale * Exp2(b_own[i][j]);
-    }
-    const int s_max = rg + 48;  // dA[t][s] = 0 for s > t
-    for (int s = 0; s <= s_max; ++s) {
-      float da[4], kb[kNK], bb[kNK];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) da[i] = das[(rg + 16 * i) * L::kAP + s];
-#pragma unroll
-      for (int j = 0; j < kNK; ++j) {
-        kb[j] = Ld(ks + s * L::kKP + cg + 16 * j);
-        bb[j] = bs[s * L::kBP + cg + 16 * j];
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < kNK; ++j) {
-          dq[i][j] += da[i] * kb[j] * Exp2(fminf(b_own[i][j] - bb[j], 0.f));
-        }
-      }
-    }
-  }
-  __syncthreads();  // every read of S0 is done
-
-  // dS at the chunk end, and rowsum(S_end * dS) for dg (S_end: the next chunk's start state).
-  {
-    const float* dsg = a.d_chunk_states + (bh * a.nchunks + c) * K * V;
-    for (int i = tid; i < K * V; i += kThreads) st[(i / V) * L::kSP + i % V] = dsg[i];
-    __syncthreads();
-    const float* s_end = a.chunk_states + (bh * (a.nchunks + 1) + c + 1) * K * V;
-    for (int d = warp; d < K; d += kThreads / 32) {
-      float sum = 0.f;
-      for (int e = lane; e < V; e += 32) sum += s_end[d * V + e] * st[d * L::kSP + e];
-#pragma unroll
-      for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      if (lane == 0) dgl[d] = sum;
-    }
-  }
-
-  // dk.
-  float dk[4][kNK] = {};
-  {
-    for (int e = 0; e < V; ++e) {
-      float vb[4], sb[kNK];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) vb[i] = Ld(vs + (rg + 16 * i) * L::kVP + e);
-#pragma unroll
-      for (int j = 0; j < kNK; ++j) sb[j] = st[(cg + 16 * j) * L::kSP + e];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < kNK; ++j) dk[i][j] += vb[i] * sb[j];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < kNK; ++j) dk[i][j] *= Exp2(bcs[cg + 16 * j] - b_own[i][j]);
-    }
-    for (int t = rg; t < kC; ++t) {  // dA[t][s] = 0 for t < s
-      float da[4], qb[kNK], bb[kNK];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) da[i] = das[t * L::kAP + rg + 16 * i];
-#pragma unroll
-      for (int j = 0; j < kNK; ++j) {
-        qb[j] = Ld(qs + t * L::kKP + cg + 16 * j);
-        bb[j] = bs[t * L::kBP + cg + 16 * j];
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < kNK; ++j) {
-          dk[i][j] += da[i] * qb[j] * Exp2(fminf(bb[j] - b_own[i][j], 0.f));
-        }
-      }
-    }
-  }
-
-  // dv: rows s = rg + 16 i, value columns cg + 16 j.
-  {
-    float dv[4][kNV] = {};
-    for (int t = rg; t < kC; ++t) {  // A[t][s] = 0 for t < s
-      float at[4], db[kNV];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) at[i] = as[t * L::kAP + rg + 16 * i];
-#pragma unroll
-      for (int j = 0; j < kNV; ++j) db[j] = Ld(dos + t * L::kVP + cg + 16 * j);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < kNV; ++j) dv[i][j] += at[i] * db[j];
-      }
-    }
-    for (int d = 0; d < K; ++d) {
-      float kd[4], sb[kNV];
-      const float bc = bcs[d];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int s = rg + 16 * i;
-        kd[i] = Ld(ks + s * L::kKP + d) * Exp2(bc - bs[s * L::kBP + d]);
-      }
-#pragma unroll
-      for (int j = 0; j < kNV; ++j) sb[j] = st[d * L::kSP + cg + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < kNV; ++j) dv[i][j] += kd[i] * sb[j];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int s = rg + 16 * i;
-      if (s >= rows) continue;
-      float* out = a.dv + (bh * T + t0 + s) * V + cg;
-#pragma unroll
-      for (int j = 0; j < kNV; ++j) out[16 * j] = dv[i][j];
-    }
-  }
-
-  // dq, dk out; q dq - k dk into shared memory for the reverse cumulative sum.
-  __syncthreads();  // every read of dS is done
-  float* dbs = st;  // [C][K + 1]
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int t = rg + 16 * i;
+  // Multiplies accumulator columns by 2^(to[d] - from[d]) (rows of bs, or null for b = 0).
+  auto rescale = [&](float (&acc)[kNK][4], const float* to, const float* from) {
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
-      const int d = cg + 16 * j;
-      dbs[t * L::kBP + d] =
-          Ld(qs + t * L::kKP + d) * dq[i][j] - Ld(ks + t * L::kKP + d) * dk[i][j];
+      const int d = key_col(j);
+      const float f0 = Exp2((to ? to[d] : 0.f) - (from ? from[d] : 0.f));
+      const float f1 = Exp2((to ? to[d + 1] : 0.f) - (from ? from[d + 1] : 0.f));
+      acc[j][0] *= f0;
+      acc[j][1] *= f1;
+      acc[j][2] *= f0;
+      acc[j][3] *= f1;
     }
-    if (t >= rows) continue;
-    float* oq = a.dq + (bh * T + t0 + t) * K + cg;
-    float* ok = a.dk + (bh * T + t0 + t) * K + cg;
+  };
+
+  float db[kNK][4];  // q dq - k dk at this lane's elements
+  // dq = 2^(b_t - b_mid) [2^(b_mid - e_{i-1}) [... [2^(e_0) scale X + P_0] ...] + P_diag].
+  {
+    float acc[kNK][4];
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < V / 16; ++kk) {  // X = do S0^T
+      uint32_t af[4];
+      LoadA(af, dos, L::kVP, 16 * i, 16 * kk, lane);
+#pragma unroll
+      for (int j = 0; j < kNK; ++j) {
+        uint32_t b0, b1;
+        LoadBFromTransposed(b0, b1, s0s, L::kVP, kbase + 8 * j, 16 * kk, lane);
+        Mma(acc[j], af, b0, b1);
+      }
+    }
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
-      oq[16 * j] = dq[i][j];
-      ok[16 * j] = dk[i][j];
+      acc[j][0] *= a.scale;
+      acc[j][1] *= a.scale;
+      acc[j][2] *= a.scale;
+      acc[j][3] *= a.scale;
+    }
+    const float* ref = nullptr;  // reference of acc: b = 0 (the chunk start)
+    for (int jb = 0; jb <= i; ++jb) {
+      const bool diag = jb == i;
+      const float* next = diag ? b_mid : bs + (16 * jb + 15) * L::kBP;
+      rescale(acc, next, ref);
+      ref = next;
+      uint32_t af[4];
+      LoadA(af, das, L::kAP, 16 * i, 16 * jb, lane);
+      const __nv_bfloat16* kt = diag ? kd : ko;
+#pragma unroll
+      for (int jp = 0; jp < kNK / 2; ++jp) {
+        uint32_t bf[4];
+        LoadB2(bf, kt, L::kKP, 16 * jb, kbase + 16 * jp, lane);
+        Mma(acc[2 * jp], af, bf[0], bf[1]);
+        Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
+      }
+    }
+    GradT* out = static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, bh, H) + t0 * a.dqs.token;
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) {
+      const int d = key_col(j);
+      const float2 q0 = r0 < rows ? UnpackBf16(Ld32(qg + r0 * a.qs.token + d)) : float2{0.f, 0.f};
+      const float2 q1 = r1 < rows ? UnpackBf16(Ld32(qg + r1 * a.qs.token + d)) : float2{0.f, 0.f};
+      const float x0 = acc[j][0] * Exp2(bs[r0 * L::kBP + d] - b_mid[d]);
+      const float x1 = acc[j][1] * Exp2(bs[r0 * L::kBP + d + 1] - b_mid[d + 1]);
+      const float x2 = acc[j][2] * Exp2(bs[r1 * L::kBP + d] - b_mid[d]);
+      const float x3 = acc[j][3] * Exp2(bs[r1 * L::kBP + d + 1] - b_mid[d + 1]);
+      if (r0 < rows) StorePair(out + r0 * a.dqs.token + d, x0, x1);
+      if (r1 < rows) StorePair(out + r1 * a.dqs.token + d, x2, x3);
+      db[j][0] = q0.x * x0;
+      db[j][1] = q0.y * x1;
+      db[j][2] = q1.x * x2;
+      db[j][3] = q1.y * x3;
     }
   }
-  __syncthreads();
-  if (tid < K) {
-    float run = dgl[tid];
-    for (int t = kC - 1; t >= 0; --t) {
-      run += dbs[t * L::kBP + tid];
-      if (t < rows) a.dg[(bh * T + t0 + t) * K + tid] = run;
+
+  // dk = 2^(b_mid - b_s) [2^(b_16(i+1) - b_mid) [... [2^(b_48 - b_C) Y + P_3] ...] + P_diag].
+  {
+    float acc[kNK][4];
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < V / 16; ++kk) {  // Y = v dS^T
+      uint32_t af[4];
+      LoadA(af, vs, L::kVP, 16 * i, 16 * kk, lane);
+#pragma unroll
+      for (int j = 0; j < kNK; ++j) {
+        uint32_t b0, b1;
+        LoadBFromTransposed(b0, b1, dss, L::kVP, kbase + 8 * j, 16 * kk, lane);
+        Mma(acc[j], af, b0, b1);
+      }
+    }
+    const float* ref = bs + (kC - 1) * L::kBP;  // b_C
+    for (int ib = 3; ib >= i; --ib) {
+      const bool diag = ib == i;
+      const float* next = diag ? b_mid : bs + (16 * ib) * L::kBP;
+      rescale(acc, ref, next);  // reference moves up to an earlier token: factor <= 1
+      ref = next;
+      uint32_t af[4];
+      LoadAFromTransposed(af, das, L::kAP, 16 * ib, 16 * i, lane);  // dA^T rows s, columns t
+      const __nv_bfloat16* qt = diag ? qd : qo;
+#pragma unroll
+      for (int jp = 0; jp < kNK / 2; ++jp) {
+        uint32_t bf[4];
+        LoadB2(bf, qt, L::kKP, 16 * ib, kbase + 16 * jp, lane);
+        Mma(acc[2 * jp], af, bf[0], bf[1]);
+        Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
+      }
+    }
+    GradT* out = static_cast<GradT*>(a.dk) + SeqOffset(a.dks, bh, H) + t0 * a.dks.token;
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) {
+      const int d = key_col(j);
+      const float2 k0 = r0 < rows ? UnpackBf16(Ld32(kg + r0 * a.ks.token + d)) : float2{0.f, 0.f};
+      const float2 k1 = r1 < rows ? UnpackBf16(Ld32(kg + r1 * a.ks.token + d)) : float2{0.f, 0.f};
+      const float x0 = acc[j][0] * Exp2(b_mid[d] - bs[r0 * L::kBP + d]);
+      const float x1 = acc[j][1] * Exp2(b_mid[d + 1] - bs[r0 * L::kBP + d + 1]);
+      const float x2 = acc[j][2] * Exp2(b_mid[d] - bs[r1 * L::kBP + d]);
+      const float x3 = acc[j][3] * Exp2(b_mid[d + 1] - bs[r1 * L::kBP + d + 1]);
+      if (r0 < rows) StorePair(out + r0 * a.dks.token + d, x0, x1);
+      if (r1 < rows) StorePair(out + r1 * a.dks.token + d, x2, x3);
+      db[j][0] -= k0.x * x0;
+      db[j][1] -= k0.y * x1;
+      db[j][2] -= k1.x * x2;
+      db[j][3] -= k1.y * x3;
     }
   }
+
+  // dg, first half: suffix sums of q dq - k dk over this block's 16 rows (rows g8 in db[.][0..1],
+  // g8 + 8 in db[.][2..3]; lanes 4 apart hold consecutive rows), block totals to shared memory.
+#pragma unroll
+  for (int j = 0; j < kNK; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float lo = db[j][e], hi = db[j][2 + e];
+#pragma unroll
+      for (int off = 1; off < 8; off *= 2) {
+        const float ylo = __shfl_down_sync(0xffffffffu, lo, 4 * off);
+        const float yhi = __shfl_down_sync(0xffffffffu, hi, 4 * off);
+        if (g8 + off < 8) {
+          lo += ylo;
+          hi += yhi;
+        }
+      }
+      lo += __shfl_sync(0xffffffffu, hi, t4);  // the upper 8 rows' total
+      db[j][e] = lo;
+      db[j][2 + e] = hi;
+      const float block_total = __shfl_sync(0xffffffffu, lo, t4);
+      if (g8 == 0) tot[i * K + key_col(j) + e] = block_total;
+    }
+  }
+  __syncthreads();  // S0 and the cumsum scratch are free; block totals are in place
+
+  // Kc = k 2^(b_C - b_s) where S0 was.
+  for (int idx = tid; idx < kC * K / 8; idx += kThreads) {
+    const int t = idx / (K / 8), d = (idx % (K / 8)) * 8;
+    uint4 kv = make_uint4(0, 0, 0, 0);
+    if (t < rows) kv = *reinterpret_cast<const uint4*>(kg + t * a.ks.token + d);
+    const uint32_t kw[4] = {kv.x, kv.y, kv.z, kv.w};
+    uint32_t o[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const float2 y = UnpackBf16(kw[p]);
+      const float2 b = *reinterpret_cast<const float2*>(bs + t * L::kBP + d + 2 * p);
+      const float2 bc = *reinterpret_cast<const float2*>(bs + (kC - 1) * L::kBP + d + 2 * p);
+      o[p] = PackBf16(y.x * Exp2(bc.x - b.x), y.y * Exp2(bc.y - b.y));
+    }
+    *reinterpret_cast<uint4*>(kcs + t * L::kKP + d) = make_uint4(o[0], o[1], o[2], o[3]);
+  }
+
+  // dg, second half: add the later blocks' totals and rowsum(S_end * dS).
+  {
+    float* out = a.dg + SeqOffset(a.dgs, bh, H) + t0 * a.dgs.token;
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) {
+      const int d = key_col(j);
+      float add0 = dgl[d], add1 = dgl[d + 1];
+      for (int ib = i + 1; ib < 4; ++ib) {
+        add0 += tot[ib * K + d];
+        add1 += tot[ib * K + d + 1];
+      }
+      if (r0 < rows) StorePair(out + r0 * a.dgs.token + d, db[j][0] + add0, db[j][1] + add1);
+      if (r1 < rows) StorePair(out + r1 * a.dgs.token + d, db[j][2] + add0, db[j][3] + add1);
+    }
+  }
+  __syncthreads();  // Kc is in place
+
+  // dv = A^T do + Kc dS: rows s of block i, value columns of half `half`.
+  {
+    constexpr int kNV = V / 16;
+    const int vbase = half * (V / 2);
+    float acc[kNV][4];
+#pragma unroll
+    for (int j = 0; j < kNV; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int ib = i; ib < 4; ++ib) {
+      uint32_t af[4];
+      LoadAFromTransposed(af, as, L::kAP, 16 * ib, 16 * i, lane);  // A^T rows s, columns t
+#pragma unroll
+      for (int jp = 0; jp < kNV / 2; ++jp) {
+        uint32_t bf[4];
+        LoadB2(bf, dos, L::kVP, 16 * ib, vbase + 16 * jp, lane);
+        Mma(acc[2 * jp], af, bf[0], bf[1]);
+        Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+      uint32_t af[4];
+      LoadA(af, kcs, L::kKP, 16 * i, 16 * kk, lane);
+#pragma unroll
+      for (int jp = 0; jp < kNV / 2; ++jp) {
+        uint32_t bf[4];
+        LoadB2(bf, dss, L::kVP, 16 * kk, vbase + 16 * jp, lane);
+        Mma(acc[2 * jp], af, bf[0], bf[1]);
+        Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
+      }
+    }
+    GradT* out = static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, bh, H) + t0 * a.dvs.token;
+#pragma unroll
+    for (int j = 0; j < kNV; ++j) {
+      const int e = vbase + 8 * j + 2 * t4;
+      if (r0 < rows) StorePair(out + r0 * a.dvs.token + e, acc[j][0], acc[j][1]);
+      if (r1 < rows) StorePair(out + r1 * a.dvs.token + e, acc[j][2], acc[j][3]);
+    }
+  }
+#endif
+}
+
+// State columns per block of the reverse scan: all of them when the sequences fill the device,
+// else 32 (more blocks, each repeating the chunk's 2^b q).
+int GlaScanColumns(int64_t batch_heads, int value_dim, int num_sms) {
+  return batch_heads >= num_sms ? value_dim : 32;
+}
+
+template <int K, int W>
+cudaError_t LaunchScan(const ScanArgs& s, int64_t bh, cudaStream_t stream) {
+  using SL = ScanLayout<K, W>;
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStateGradKernel<K, W>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, SL::kBytes));
+  GlaStateGradKernel<K, W><<<static_cast<unsigned>(bh * s.slices), kThreads, SL::kBytes, stream>>>(s);
+  HYB_CUDA_TRY(cudaGetLastError());
+  return cudaSuccess;
+}
+
+template <int K, int V, typename GradT>
+cudaError_t LaunchChunks(const ChunkArgs& c, int64_t bh, cudaStream_t stream) {
+  using CL = ChunkLayout<K, V>;
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkGradKernel<K, V, GradT>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
+  GlaChunkGradKernel<K, V, GradT>
+      <<<static_cast<unsigned>(bh * c.nchunks), kThreads, CL::kBytes, stream>>>(c);
+  HYB_CUDA_TRY(cudaGetLastError());
+  return cudaSuccess;
 }
 
 template <int K, int V>
@@ -455,6 +825,10 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   s.q = static_cast<const __nv_bfloat16*>(p.q);
   s.g = p.g;
   s.d_output = static_cast<const __nv_bfloat16*>(p.d_output);
+  s.qs = GlaResolveStrides(p.q_strides, p.heads, p.tokens, K);
+  s.gs = GlaResolveStrides(p.g_strides, p.heads, p.tokens, K);
+  s.dos = GlaResolveStrides(p.d_output_strides, p.heads, p.tokens, V);
+  s.heads = p.heads;
   s.d_final_state = p.d_final_state;
   s.d_chunk_states = static_cast<float*>(p.workspace);
   s.d_initial_state = p.d_initial_state;
@@ -462,12 +836,6 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   s.nchunks = nchunks;
   s.value_dim = V;
   s.scale = p.scale;
-  using SL = ScanLayout<K>;
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStateGradKernel<K>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, SL::kBytes));
-  GlaStateGradKernel<K>
-      <<<static_cast<unsigned>(bh * (V / kStateCols)), kThreads, SL::kBytes, stream>>>(s);
-  HYB_CUDA_TRY(cudaGetLastError());
 
   ChunkArgs c{};
   c.q = s.q;
@@ -475,22 +843,40 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   c.v = static_cast<const __nv_bfloat16*>(p.v);
   c.g = p.g;
   c.d_output = s.d_output;
+  c.qs = s.qs;
+  c.ks = GlaResolveStrides(p.k_strides, p.heads, p.tokens, K);
+  c.vs = GlaResolveStrides(p.v_strides, p.heads, p.tokens, V);
+  c.gs = s.gs;
+  c.dos = s.dos;
   c.chunk_states = p.chunk_states;
   c.d_chunk_states = s.d_chunk_states;
   c.dq = p.dq;
   c.dk = p.dk;
   c.dv = p.dv;
   c.dg = p.dg;
+  c.dqs = GlaResolveStrides(p.dq_strides, p.heads, p.tokens, K);
+  c.dks = GlaResolveStrides(p.dk_strides, p.heads, p.tokens, K);
+  c.dvs = GlaResolveStrides(p.dv_strides, p.heads, p.tokens, V);
+  c.dgs = GlaResolveStrides(p.dg_strides, p.heads, p.tokens, K);
+  c.heads = p.heads;
   c.tokens = p.tokens;
   c.nchunks = nchunks;
   c.scale = p.scale;
-  using CL = ChunkLayout<K, V>;
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkGradKernel<K, V>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
-  GlaChunkGradKernel<K, V>
-      <<<static_cast<unsigned>(bh * nchunks), kThreads, CL::kBytes, stream>>>(c);
-  HYB_CUDA_TRY(cudaGetLastError());
-  return cudaSuccess;
+  const int grad_bytes = p.grads_bf16 ? 2 : 4;
+  if (!GlaStridesAligned(p.q, c.qs, 2) || !GlaStridesAligned(p.k, c.ks, 2) ||
+      !GlaStridesAligned(p.v, c.vs, 2) || !GlaStridesAligned(p.g, c.gs, 4) ||
+      !GlaStridesAligned(p.d_output, c.dos, 2) || !GlaStridesAligned(p.dq, c.dqs, grad_bytes) ||
+      !GlaStridesAligned(p.dk, c.dks, grad_bytes) || !GlaStridesAligned(p.dv, c.dvs, grad_bytes) ||
+      !GlaStridesAligned(p.dg, c.dgs, 4)) {
+    return cudaErrorInvalidValue;
+  }
+
+  const int w = GlaScanColumns(bh, V, p.num_sms);
+  s.slices = V / w;
+  const cudaError_t err = w == V ? LaunchScan<K, V>(s, bh, stream) : LaunchScan<K, 32>(s, bh, stream);
+  if (err != cudaSuccess) return err;
+  return p.grads_bf16 ? LaunchChunks<K, V, __nv_bfloat16>(c, bh, stream)
+                      : LaunchChunks<K, V, float>(c, bh, stream);
 }
 
 }  // namespace

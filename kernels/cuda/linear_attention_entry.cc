@@ -173,39 +173,55 @@ GlaForwardResult GlaForward(const at::Tensor& q, const at::Tensor& k, const at::
   return {o, s1, chunk_states};
 }
 
-// The backward kernels from the forward's chunk states; fp32 gradients.
+// The backward kernels from the forward's chunk states. dq, dk, dv come back in bf16 when
+// `bf16_grads` (else fp32), each in its input's layout (GlaEmptyLike); dg in fp32 in g's layout;
+// the initial state's gradient in fp32.
 GlaChunkedGradients GlaBackward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const at::Tensor& g, double scale, const at::Tensor& chunk_states,
-                                const at::Tensor& d_output, const at::Tensor& d_final_state) {
+                                const at::Tensor& d_output, const at::Tensor& d_final_state,
+                                bool bf16_grads) {
   const c10::cuda::CUDAGuard guard(q.device());
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor gc = g.to(at::kFloat).contiguous();
+  const GlaOperand qc = GlaOperandOf(q, at::kBFloat16), kc = GlaOperandOf(k, at::kBFloat16);
+  const GlaOperand vc = GlaOperandOf(v, at::kBFloat16), gc = GlaOperandOf(g, at::kFloat);
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), dk = q.size(3), dv = v.size(3);
-  at::Tensor d_o = d_output.defined() ? d_output.to(at::kBFloat16).contiguous()
-                                      : at::zeros({b, h, t, dv}, q.options());
-  TORCH_CHECK(d_o.sizes() == at::IntArrayRef({b, h, t, dv}), "cuda GlaChunked backward: bad do");
+  TORCH_CHECK(!d_output.defined() || d_output.sizes() == at::IntArrayRef({b, h, t, dv}),
+              "cuda GlaChunked backward: bad do");
+  const GlaOperand d_o = GlaOperandOf(
+      d_output.defined() ? d_output : at::zeros({b, h, t, dv}, q.options()), at::kBFloat16);
   at::Tensor d_s1;
   if (d_final_state.defined()) {
     d_s1 = d_final_state.to(at::kFloat).contiguous();
     TORCH_CHECK(d_s1.sizes() == at::IntArrayRef({b, h, dk, dv}),
                 "cuda GlaChunked backward: bad final state gradient");
   }
-  const auto f32 = q.options().dtype(at::kFloat);
-  GlaChunkedGradients out{at::empty({b, h, t, dk}, f32), at::empty({b, h, t, dk}, f32),
-                          at::empty({b, h, t, dv}, f32), at::empty({b, h, t, dk}, f32),
-                          at::empty({b, h, dk, dv}, f32)};
+  const at::ScalarType grad_type = bf16_grads ? at::kBFloat16 : at::kFloat;
+  GlaChunkedGradients out{GlaEmptyLike(qc.tensor, dk, grad_type),
+                          GlaEmptyLike(kc.tensor, dk, grad_type),
+                          GlaEmptyLike(vc.tensor, dv, grad_type),
+                          GlaEmptyLike(gc.tensor, dk, at::kFloat),
+                          at::empty({b, h, dk, dv}, q.options().dtype(at::kFloat))};
   GlaChunkedBackwardParams p;
-  p.q = qc.data_ptr();
-  p.k = kc.data_ptr();
-  p.v = vc.data_ptr();
-  p.g = gc.data_ptr<float>();
-  p.d_output = d_o.data_ptr();
+  p.q = qc.tensor.data_ptr();
+  p.k = kc.tensor.data_ptr();
+  p.v = vc.tensor.data_ptr();
+  p.g = gc.tensor.data_ptr<float>();
+  p.d_output = d_o.tensor.data_ptr();
+  p.q_strides = qc.strides;
+  p.k_strides = kc.strides;
+  p.v_strides = vc.strides;
+  p.g_strides = gc.strides;
+  p.d_output_strides = d_o.strides;
   p.d_final_state = d_s1.defined() ? d_s1.data_ptr<float>() : nullptr;
   p.chunk_states = chunk_states.data_ptr<float>();
-  p.dq = out.dq.data_ptr<float>();
-  p.dk = out.dk.data_ptr<float>();
-  p.dv = out.dv.data_ptr<float>();
+  p.dq = out.dq.data_ptr();
+  p.dk = out.dk.data_ptr();
+  p.dv = out.dv.data_ptr();
   p.dg = out.dg.data_ptr<float>();
+  p.dq_strides = GlaStridesOf(out.dq);
+  p.dk_strides = GlaStridesOf(out.dk);
+  p.dv_strides = GlaStridesOf(out.dv);
+  p.dg_strides = GlaStridesOf(out.dg);
+  p.grads_bf16 = bf16_grads;
   p.d_initial_state = out.d_initial_state.data_ptr<float>();
   p.batch = b;
   p.heads = h;
@@ -213,6 +229,7 @@ GlaChunkedGradients GlaBackward(const at::Tensor& q, const at::Tensor& k, const 
   p.key_dim = static_cast<int>(dk);
   p.value_dim = static_cast<int>(dv);
   p.scale = static_cast<float>(scale);
+  p.num_sms = NumSms(q.device());
   at::Tensor workspace;
   if (const size_t bytes = GlaChunkedBackwardWorkspaceBytes(p); bytes > 0) {
     workspace = at::empty({static_cast<int64_t>(bytes)}, q.options().dtype(at::kByte));
@@ -246,9 +263,12 @@ class GlaChunkedFunction : public torch::autograd::Function<GlaChunkedFunction> 
                                                  torch::autograd::variable_list grad_outputs) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &g = saved[3];
-    const GlaChunkedGradients d =
-        GlaBackward(q, k, v, g, ctx->saved_data["scale"].toDouble(),
-                    ctx->saved_data["chunk_states"].toTensor(), grad_outputs[0], grad_outputs[1]);
+    // q, k, v are bf16 (GlaChunkedSupported): their gradients come out of the kernel in bf16,
+    // in their layouts, with no conversion or copy here.
+    const GlaChunkedGradients d = GlaBackward(
+        q, k, v, g, ctx->saved_data["scale"].toDouble(),
+        ctx->saved_data["chunk_states"].toTensor(), grad_outputs[0], grad_outputs[1],
+        /*bf16_grads=*/true);
     const int64_t state_type = ctx->saved_data["state_type"].toInt();
     at::Tensor d_state;
     if (state_type >= 0) d_state = d.d_initial_state.to(static_cast<at::ScalarType>(state_type));
@@ -288,7 +308,8 @@ GlaChunkedGradients GlaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
   at::NoGradGuard no_grad;
   const GlaForwardResult r =
       GlaForward(q, k, v, g, scale, initial_state, /*keep_chunk_states=*/true);
-  return GlaBackward(q, k, v, g, scale, r.chunk_states, d_output, d_final_state);
+  return GlaBackward(q, k, v, g, scale, r.chunk_states, d_output, d_final_state,
+                     /*bf16_grads=*/false);
 }
 
 bool GatedDeltaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
