@@ -37,6 +37,7 @@ struct GatedDeltaArgs {
   const float* initial_state;  // or null (zeros)
   __nv_bfloat16* o;
   float* final_state;
+  float* chunk_states;  // [BH, N + 1, K, V] or null
   int64_t tokens;
   float scale;
 };
@@ -96,9 +97,17 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const Gated
   for (int i = tid; i < K * W; i += kThreads) {
     state[i] = s0 != nullptr ? s0[(i / W) * V + i % W] : 0.f;
   }
+  __syncthreads();
   const int64_t nchunks = (tokens + kC - 1) / kC;
+  float* cs = a.chunk_states != nullptr ? a.chunk_states + bh * (nchunks + 1) * K * V + col0
+                                        : nullptr;
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t t0 = c * kC;
+    if (cs != nullptr) {
+      // The state at the chunk start, for the backward (complete: the last barrier of the
+      // previous chunk, or of the initial load below, is behind us).
+      for (int i = tid; i < K * W; i += kThreads) cs[c * K * V + (i / W) * V + i % W] = state[i];
+    }
     const int len = static_cast<int>(tokens - t0 < kC ? tokens - t0 : kC);
     // Load the chunk (zeros past the sequence's end).
     for (int i = tid; i < kC * K; i += kThreads) {
@@ -177,7 +186,10 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const Gated
     }
     __syncthreads();
   }
-  for (int i = tid; i < K * W; i += kThreads) s1[(i / W) * V + i % W] = state[i];
+  for (int i = tid; i < K * W; i += kThreads) {
+    s1[(i / W) * V + i % W] = state[i];
+    if (cs != nullptr) cs[nchunks * K * V + (i / W) * V + i % W] = state[i];
+  }
 }
 
 template <int K, int V, int W>
@@ -202,6 +214,7 @@ cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
   a.initial_state = p.initial_state;
   a.o = static_cast<__nv_bfloat16*>(p.o);
   a.final_state = p.final_state;
+  a.chunk_states = p.chunk_states;
   a.tokens = p.tokens;
   a.scale = p.scale;
   const int64_t bh = p.batch * p.heads;
@@ -228,11 +241,14 @@ cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& p, cudaStream
   if (p.tokens == 0) {
     // No tokens: the final state is the initial one.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;
-    if (p.initial_state != nullptr) {
-      HYB_CUDA_TRY(
-          cudaMemcpyAsync(p.final_state, p.initial_state, bytes, cudaMemcpyDeviceToDevice, stream));
-    } else {
-      HYB_CUDA_TRY(cudaMemsetAsync(p.final_state, 0, bytes, stream));
+    for (float* dst : {p.final_state, p.chunk_states}) {
+      if (dst == nullptr) continue;
+      if (p.initial_state != nullptr) {
+        HYB_CUDA_TRY(
+            cudaMemcpyAsync(dst, p.initial_state, bytes, cudaMemcpyDeviceToDevice, stream));
+      } else {
+        HYB_CUDA_TRY(cudaMemsetAsync(dst, 0, bytes, stream));
+      }
     }
     return cudaSuccess;
   }
