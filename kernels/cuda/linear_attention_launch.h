@@ -142,6 +142,42 @@ int GatedDeltaColumnSlices(int64_t batch_heads, int value_dim, int num_sms);
 // cudaErrorInvalidValue for unsupported dims.
 cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& params, cudaStream_t stream);
 
+// Chunked Gated DeltaNet backward (gated_delta_chunked_bwd.cu): the gradients of a loss L with
+// respect to q, k, v, g, beta and the initial state, given dL/do and dL/dS_T. Reads the
+// chunk-start states the forward wrote (GatedDeltaChunkedParams::chunk_states). Two launches:
+// the state gradient at every chunk end (a reverse scan over the chunks, one block per sequence
+// and slice of value columns, as the forward), then all chunks in parallel. fp32 SIMT arithmetic.
+struct GatedDeltaChunkedBackwardParams {
+  const void* q = nullptr;               // [B, H, T, K] bf16
+  const void* k = nullptr;               // [B, H, T, K] bf16
+  const void* v = nullptr;               // [B, H, T, V] bf16
+  const float* g = nullptr;              // [B, H, T] fp32, <= 0
+  const float* beta = nullptr;           // [B, H, T] fp32
+  const void* d_output = nullptr;        // [B, H, T, V] bf16
+  const float* d_final_state = nullptr;  // [B, H, K, V] or null (zeros)
+  const float* chunk_states = nullptr;   // [B, H, N + 1, K, V] from the forward
+  float* dq = nullptr;                   // [B, H, T, K]
+  float* dk = nullptr;                   // [B, H, T, K]
+  float* dv = nullptr;                   // [B, H, T, V]
+  float* dg = nullptr;                   // [B, H, T]
+  float* dbeta = nullptr;                // [B, H, T]
+  float* d_initial_state = nullptr;      // [B, H, K, V] (always written)
+  // Scratch of GatedDeltaChunkedBackwardWorkspaceBytes(*this) bytes: dL/dS at every chunk end.
+  void* workspace = nullptr;
+  int64_t batch = 0, heads = 0, tokens = 0;
+  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  float scale = 1.f;
+  int num_sms = 132;  // multiprocessors of the device, for GatedDeltaColumnSlices
+};
+
+// Scratch bytes the backward needs (4 B*H*N*K*V).
+size_t GatedDeltaChunkedBackwardWorkspaceBytes(const GatedDeltaChunkedBackwardParams& params);
+
+// Enqueues the backward on `stream`; returns the first launch error. cudaErrorInvalidValue for
+// unsupported dims, a missing workspace or chunk states, or more than 2^31 - 1 chunks in all.
+cudaError_t LaunchGatedDeltaChunkedBackward(const GatedDeltaChunkedBackwardParams& params,
+                                            cudaStream_t stream);
+
 // One decoding step for B*H independent heads. Elements of q/k/v/g/o are `float` or bf16
 // (`bf16` below); states fp32. `state` and `new_state` may be the same buffer (in place).
 struct LinearStepParams {
