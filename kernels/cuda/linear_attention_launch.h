@@ -72,33 +72,39 @@ cudaError_t LaunchGlaChunked(const GlaChunkedParams& params, cudaStream_t stream
 
 // Chunked GLA backward (gla_chunked_bwd.cu): the gradients of a loss L with respect to q, k, v,
 // g and the initial state, given dL/do and dL/dS_T. Reads the chunk-start states the forward
-// wrote (GlaChunkedParams::chunk_states). Three launches: the state gradient at every chunk end
-// (reverse scan), then all chunks in parallel. fp32 SIMT arithmetic throughout.
+// wrote (GlaChunkedParams::chunk_states). Two launches: the state gradient at every chunk end
+// (a reverse scan), then all chunks in parallel. Matrix products on tensor cores (bf16 operands,
+// fp32 accumulation); gates, decays, states and their gradients in fp32 (gla_chunked_bwd.cu
+// lists what is rounded to bf16).
 struct GlaChunkedBackwardParams {
-  const void* q = nullptr;               // [B, H, T, K] bf16
-  const void* k = nullptr;               // [B, H, T, K] bf16
-  const void* v = nullptr;               // [B, H, T, V] bf16
-  const float* g = nullptr;              // [B, H, T, K] fp32
-  const void* d_output = nullptr;        // [B, H, T, V] bf16
+  const void* q = nullptr;               // [B, H, T, K] bf16 (q_strides)
+  const void* k = nullptr;               // [B, H, T, K] bf16 (k_strides)
+  const void* v = nullptr;               // [B, H, T, V] bf16 (v_strides)
+  const float* g = nullptr;              // [B, H, T, K] fp32 (g_strides)
+  const void* d_output = nullptr;        // [B, H, T, V] bf16 (d_output_strides)
   const float* d_final_state = nullptr;  // [B, H, K, V] or null (zeros)
   const float* chunk_states = nullptr;   // [B, H, N + 1, K, V] from the forward
-  float* dq = nullptr;                   // [B, H, T, K]
-  float* dk = nullptr;                   // [B, H, T, K]
-  float* dv = nullptr;                   // [B, H, T, V]
-  float* dg = nullptr;                   // [B, H, T, K]
+  void* dq = nullptr;                    // [B, H, T, K] (dq_strides), bf16 or fp32: grads_bf16
+  void* dk = nullptr;                    // [B, H, T, K] (dk_strides), same type
+  void* dv = nullptr;                    // [B, H, T, V] (dv_strides), same type
+  float* dg = nullptr;                   // [B, H, T, K] fp32 (dg_strides)
   float* d_initial_state = nullptr;      // [B, H, K, V] (always written)
+  GlaStrides q_strides, k_strides, v_strides, g_strides, d_output_strides;  // default: contiguous
+  GlaStrides dq_strides, dk_strides, dv_strides, dg_strides;
+  bool grads_bf16 = false;  // element type of dq, dk and dv: bf16 (true) or fp32
   // Scratch of GlaChunkedBackwardWorkspaceBytes(*this) bytes: dL/dS at every chunk end.
   void* workspace = nullptr;
   int64_t batch = 0, heads = 0, tokens = 0;
   int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
   float scale = 1.f;
+  int num_sms = 132;  // multiprocessors of the device: the reverse scan's column split
 };
 
 // Scratch bytes the backward needs (4 B*H*N*K*V).
 size_t GlaChunkedBackwardWorkspaceBytes(const GlaChunkedBackwardParams& params);
 
 // Enqueues the backward on `stream`; returns the first launch error. cudaErrorInvalidValue for
-// unsupported dims or a missing workspace.
+// unsupported dims, misaligned strides, or a missing workspace or chunk states.
 cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& params, cudaStream_t stream);
 
 // Tokens per chunk of the chunked Gated DeltaNet kernel (fixed: the result does not depend on it).
