@@ -340,10 +340,20 @@ bool GatedDeltaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const 
   return true;
 }
 
-LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k,
-                                        const at::Tensor& v, const at::Tensor& g,
-                                        const at::Tensor& beta, double scale,
-                                        const at::Tensor& initial_state) {
+namespace {
+
+struct GatedDeltaForwardResult {
+  at::Tensor output;        // [B, H, T, V] bf16
+  at::Tensor final_state;   // [B, H, K, V] fp32
+  at::Tensor chunk_states;  // [B, H, N + 1, K, V] fp32, or undefined
+};
+
+// The forward kernel; with `keep_chunk_states` also the state at every chunk start.
+GatedDeltaForwardResult GatedDeltaForward(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g,
+                                          const at::Tensor& beta, double scale,
+                                          const at::Tensor& initial_state,
+                                          bool keep_chunk_states) {
   TORCH_CHECK(GatedDeltaChunkedSupported(q, k, v, g, beta, initial_state),
               "cuda GatedDeltaChunked: unsupported inputs");
   const c10::cuda::CUDAGuard guard(q.device());
@@ -354,6 +364,11 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
   at::Tensor o = at::empty({b, h, t, v.size(3)}, q.options());
   at::Tensor s1 = at::empty({b, h, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
+  at::Tensor chunk_states;
+  if (keep_chunk_states) {
+    const int64_t n = (t + kGatedDeltaChunk - 1) / kGatedDeltaChunk;
+    chunk_states = at::empty({b, h, n + 1, q.size(3), v.size(3)}, q.options().dtype(at::kFloat));
+  }
   GatedDeltaChunkedParams p;
   p.q = qc.data_ptr();
   p.k = kc.data_ptr();
@@ -363,6 +378,7 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
   p.initial_state = s0.defined() ? s0.data_ptr<float>() : nullptr;
   p.o = o.data_ptr();
   p.final_state = s1.data_ptr<float>();
+  p.chunk_states = keep_chunk_states ? chunk_states.data_ptr<float>() : nullptr;
   p.batch = b;
   p.heads = h;
   p.tokens = t;
@@ -372,7 +388,141 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
   p.num_sms = NumSms(q.device());
   Check(LaunchGatedDeltaChunked(p, c10::cuda::getCurrentCUDAStream().stream()),
         "cuda GatedDeltaChunked");
-  return {o, s1};
+  return {o, s1, chunk_states};
+}
+
+// The backward kernels from the forward's chunk states; fp32 gradients.
+GatedDeltaChunkedGradients GatedDeltaBackward(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& g,
+                                              const at::Tensor& beta, double scale,
+                                              const at::Tensor& chunk_states,
+                                              const at::Tensor& d_output,
+                                              const at::Tensor& d_final_state) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gc = g.to(at::kFloat).contiguous(), bc = beta.to(at::kFloat).contiguous();
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2), dk = q.size(3), dv = v.size(3);
+  const at::Tensor d_o = d_output.defined() ? d_output.to(at::kBFloat16).contiguous()
+                                            : at::zeros({b, h, t, dv}, q.options());
+  TORCH_CHECK(d_o.sizes() == at::IntArrayRef({b, h, t, dv}),
+              "cuda GatedDeltaChunked backward: bad output gradient");
+  at::Tensor d_s1;
+  if (d_final_state.defined()) {
+    d_s1 = d_final_state.to(at::kFloat).contiguous();
+    TORCH_CHECK(d_s1.sizes() == at::IntArrayRef({b, h, dk, dv}),
+                "cuda GatedDeltaChunked backward: bad final state gradient");
+  }
+  const auto f32 = q.options().dtype(at::kFloat);
+  GatedDeltaChunkedGradients out{at::empty({b, h, t, dk}, f32), at::empty({b, h, t, dk}, f32),
+                                 at::empty({b, h, t, dv}, f32), at::empty({b, h, t}, f32),
+                                 at::empty({b, h, t}, f32),     at::empty({b, h, dk, dv}, f32)};
+  GatedDeltaChunkedBackwardParams p;
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gc.data_ptr<float>();
+  p.beta = bc.data_ptr<float>();
+  p.d_output = d_o.data_ptr();
+  p.d_final_state = d_s1.defined() ? d_s1.data_ptr<float>() : nullptr;
+  p.chunk_states = chunk_states.data_ptr<float>();
+  p.dq = out.dq.data_ptr<float>();
+  p.dk = out.dk.data_ptr<float>();
+  p.dv = out.dv.data_ptr<float>();
+  p.dg = out.dg.data_ptr<float>();
+  p.dbeta = out.dbeta.data_ptr<float>();
+  p.d_initial_state = out.d_initial_state.data_ptr<float>();
+  p.batch = b;
+  p.heads = h;
+  p.tokens = t;
+  p.key_dim = static_cast<int>(dk);
+  p.value_dim = static_cast<int>(dv);
+  p.scale = static_cast<float>(scale);
+  p.num_sms = NumSms(q.device());
+  at::Tensor workspace;
+  if (const size_t bytes = GatedDeltaChunkedBackwardWorkspaceBytes(p); bytes > 0) {
+    workspace = at::empty({static_cast<int64_t>(bytes)}, q.options().dtype(at::kByte));
+    p.workspace = workspace.data_ptr();
+  }
+  Check(LaunchGatedDeltaChunkedBackward(p, c10::cuda::getCurrentCUDAStream().stream()),
+        "cuda GatedDeltaChunked backward");
+  return out;
+}
+
+// Autograd node of the CUDA path: the forward keeps the chunk-start states ([B, H, N + 1, K, V]
+// fp32, about K * V * 4 / 64 bytes per token and head) for the backward.
+class GatedDeltaChunkedFunction : public torch::autograd::Function<GatedDeltaChunkedFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                const at::Tensor& beta,
+                                                const at::Tensor& initial_state, double scale) {
+    // An empty tensor stands for "no initial state" (see GatedDeltaChunkedWithGrad).
+    const at::Tensor s0 = initial_state.numel() == 0 ? at::Tensor() : initial_state;
+    GatedDeltaForwardResult r =
+        GatedDeltaForward(q, k, v, g, beta, scale, s0, /*keep_chunk_states=*/true);
+    ctx->save_for_backward({q, k, v, g, beta});
+    ctx->saved_data["chunk_states"] = r.chunk_states;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["state_type"] =
+        s0.defined() ? static_cast<int64_t>(s0.scalar_type()) : int64_t{-1};
+    return {r.output, r.final_state};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &g = saved[3], &beta = saved[4];
+    const GatedDeltaChunkedGradients d = GatedDeltaBackward(
+        q, k, v, g, beta, ctx->saved_data["scale"].toDouble(),
+        ctx->saved_data["chunk_states"].toTensor(), grad_outputs[0], grad_outputs[1]);
+    const int64_t state_type = ctx->saved_data["state_type"].toInt();
+    at::Tensor d_state;
+    if (state_type >= 0) d_state = d.d_initial_state.to(static_cast<at::ScalarType>(state_type));
+    return {d.dq.to(q.scalar_type()),
+            d.dk.to(k.scalar_type()),
+            d.dv.to(v.scalar_type()),
+            d.dg.to(g.scalar_type()),
+            d.dbeta.to(beta.scalar_type()),
+            d_state,
+            at::Tensor()};
+  }
+};
+
+}  // namespace
+
+LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& g,
+                                        const at::Tensor& beta, double scale,
+                                        const at::Tensor& initial_state) {
+  GatedDeltaForwardResult r =
+      GatedDeltaForward(q, k, v, g, beta, scale, initial_state, /*keep_chunk_states=*/false);
+  return {r.output, r.final_state};
+}
+
+LinearAttentionOutput GatedDeltaChunkedWithGrad(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                const at::Tensor& beta, double scale,
+                                                const at::Tensor& initial_state) {
+  // LibTorch 2.x records every tensor input's device, which an undefined tensor lacks: an empty
+  // one on q's device means "no initial state".
+  const at::Tensor s0 =
+      initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+  const torch::autograd::variable_list out =
+      GatedDeltaChunkedFunction::apply(q, k, v, g, beta, s0, scale);
+  return {out[0], out[1]};
+}
+
+GatedDeltaChunkedGradients GatedDeltaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& v, const at::Tensor& g,
+                                                     const at::Tensor& beta, double scale,
+                                                     const at::Tensor& initial_state,
+                                                     const at::Tensor& d_output,
+                                                     const at::Tensor& d_final_state) {
+  at::NoGradGuard no_grad;
+  const GatedDeltaForwardResult r =
+      GatedDeltaForward(q, k, v, g, beta, scale, initial_state, /*keep_chunk_states=*/true);
+  return GatedDeltaBackward(q, k, v, g, beta, scale, r.chunk_states, d_output, d_final_state);
 }
 
 bool LinearStepSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -248,6 +248,27 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
   TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
               "GatedDeltaChunked: g and beta must be [B, H, T]");
   TORCH_CHECK(chunk_size > 0, "GatedDeltaChunked: chunk_size must be positive");
+#ifdef HYB_WITH_CUDA
+  // The kernel's chunk length is its own (the result does not depend on it).
+  if (cuda::GatedDeltaChunkedSupported(q, k, v, g, beta, initial_state)) {
+    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
+      return cuda::GatedDeltaChunkedWithGrad(q, k, v, g, beta, scale, initial_state);
+    }
+    return cuda::GatedDeltaChunked(q, k, v, g, beta, scale, initial_state);
+  }
+#endif
+  return GatedDeltaChunkedReference(q, k, v, g, beta, scale, initial_state, chunk_size);
+}
+
+LinearAttentionOutput GatedDeltaChunkedReference(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor& g,
+                                                 const at::Tensor& beta, double scale,
+                                                 const at::Tensor& initial_state,
+                                                 int64_t chunk_size) {
+  CheckQkv(q, k, v, "GatedDeltaChunked");
+  TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
+              "GatedDeltaChunked: g and beta must be [B, H, T]");
+  TORCH_CHECK(chunk_size > 0, "GatedDeltaChunked: chunk_size must be positive");
   const int64_t t = q.size(2), c = chunk_size;
   const int64_t n = (t + c - 1) / c;
   // Padding with k = v = 0, beta = 0, g = 0 leaves outputs and state unchanged.
@@ -295,6 +316,112 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
     s = s * state_decay.select(2, i) + at::matmul(k_decayed_t.select(2, i), w);
   }
   return {(at::cat(outs, 2) * scale).narrow(2, 0, t), s};
+}
+
+GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    const at::Tensor& beta, double scale, const at::Tensor& initial_state,
+    const at::Tensor& d_output, const at::Tensor& d_final_state, int64_t chunk_size) {
+  CheckQkv(q, k, v, "GatedDeltaChunkedBackward");
+  TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
+              "GatedDeltaChunkedBackward: g and beta must be [B, H, T]");
+  TORCH_CHECK(d_output.sizes() == v.sizes(), "GatedDeltaChunkedBackward: d_output must match v");
+  TORCH_CHECK(chunk_size > 0, "GatedDeltaChunkedBackward: chunk_size must be positive");
+  const int64_t t = q.size(2), c = chunk_size, n = (t + c - 1) / c;
+  const int64_t bsz = q.size(0), h = q.size(1);
+  const at::Tensor zero_state = ZeroState(k, v);
+  if (n == 0) {
+    return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v), at::zeros_like(g),
+            at::zeros_like(beta), d_final_state.defined() ? d_final_state : zero_state};
+  }
+  // [B, H, N, C, D] views of the zero-padded inputs (k = v = 0, beta = g = 0 past the end: the
+  // padding changes no output, state or gradient of a real token).
+  auto chunks = [&](const at::Tensor& x) {
+    return PadTime(x, n * c).reshape({bsz, h, n, c, x.size(-1)});
+  };
+  const at::Tensor qc = chunks(q), kc = chunks(k), vc = chunks(v), dc = chunks(d_output);
+  const at::Tensor bt = chunks(beta.unsqueeze(-1));      // [B, H, N, C, 1]
+  const at::Tensor b = chunks(g.unsqueeze(-1)).cumsum(3);  // [B, H, N, C, 1] log decay since start
+  const at::Tensor b_last = b.narrow(3, c - 1, 1);       // [B, H, N, 1, 1]
+  const at::Tensor gamma = b.exp(), to_end = (b_last - b).exp(), decay = b_last.exp();
+  const auto bool_opts = q.options().dtype(at::kBool);
+  const at::Tensor causal = at::ones({c, c}, bool_opts).tril();    // s <= t
+  const at::Tensor strict = at::ones({c, c}, bool_opts).tril(-1);  // s < t
+  const at::Tensor m = (b - b.transpose(-1, -2))
+                           .masked_fill(causal.logical_not(),
+                                        -std::numeric_limits<double>::infinity())
+                           .exp();                                  // M [B, H, N, C, C]
+  const at::Tensor lm = (at::matmul(kc, kc.transpose(-1, -2)) * m).masked_fill(
+      strict.logical_not(), 0.0);                                   // Lm
+  const at::Tensor lower = bt * lm;                                 // L = diag(beta) Lm
+  const at::Tensor system = lower + at::eye(c, q.options());        // I + L
+  const at::Tensor a = at::matmul(qc, kc.transpose(-1, -2)) * m;    // A (0 above the diagonal)
+  const at::Tensor ke = kc * to_end;                                // diag(e) K
+  const at::Tensor qg = qc * gamma, kbg = kc * (bt * gamma);
+  // Tinv applied to the state-free parts: W = U - Wk S0.
+  const at::Tensor sol = at::linalg_solve_triangular(system, at::cat({bt * vc, kbg}, -1),
+                                                     /*upper=*/false, /*left=*/true,
+                                                     /*unitriangular=*/true);
+  const at::Tensor u = sol.narrow(-1, 0, v.size(-1)), wk = sol.narrow(-1, v.size(-1), k.size(-1));
+
+  // States at every chunk start, and the pseudo-values W of every chunk.
+  std::vector<at::Tensor> starts, ws;
+  at::Tensor s = initial_state.defined() ? initial_state : zero_state;
+  for (int64_t i = 0; i < n; ++i) {
+    starts.push_back(s);
+    ws.push_back(u.select(2, i) - at::matmul(wk.select(2, i), s));
+    s = s * decay.select(2, i) + at::matmul(ke.select(2, i).transpose(-1, -2), ws.back());
+  }
+  const at::Tensor s0 = at::stack(starts, 2), w = at::stack(ws, 2);  // [B,H,N,K,V], [B,H,N,C,V]
+
+  // State gradients at every chunk end, in reverse: dS0 = e^b_C dS + scale (gamma Q)^T dO
+  // - (beta gamma K)^T Tinv^T (scale A^T dO + diag(e) K dS), where (beta gamma K)^T Tinv^T = Wk^T.
+  const at::Tensor from_do =
+      at::matmul(qg.transpose(-1, -2), dc) * scale -
+      at::matmul(wk.transpose(-1, -2), at::matmul(a.transpose(-1, -2), dc)) * scale;
+  std::vector<at::Tensor> ends(n);
+  at::Tensor ds = d_final_state.defined() ? d_final_state : zero_state;
+  for (int64_t i = n - 1; i >= 0; --i) {
+    ends[i] = ds;
+    ds = ds * decay.select(2, i) + from_do.select(2, i) -
+         at::matmul(wk.select(2, i).transpose(-1, -2), at::matmul(ke.select(2, i), ds));
+  }
+  const at::Tensor ds_end = at::stack(ends, 2);  // [B, H, N, K, V]
+
+  // Every chunk's gradients at once.
+  const at::Tensor dw = at::matmul(a.transpose(-1, -2), dc) * scale + at::matmul(ke, ds_end);
+  const at::Tensor dr = at::linalg_solve_triangular(system.transpose(-1, -2), dw, /*upper=*/true,
+                                                    /*left=*/true, /*unitriangular=*/true);
+  const at::Tensor da =
+      (at::matmul(dc, w.transpose(-1, -2)) * scale).masked_fill(causal.logical_not(), 0.0);
+  const at::Tensor dl = (-at::matmul(dr, w.transpose(-1, -2))).masked_fill(strict.logical_not(), 0.0);
+  const at::Tensor e = gamma * at::matmul(dr, s0.transpose(-1, -2));           // [B,H,N,C,K]
+  const at::Tensor dq0 = gamma * at::matmul(dc, s0.transpose(-1, -2)) * scale;  // via S0
+  const at::Tensor dk0 = to_end * at::matmul(w, ds_end.transpose(-1, -2));      // via S_end
+  const at::Tensor dqk = da * m;                                               // dA * M
+  const at::Tensor dkk = dl * bt * m;                                          // D
+  const at::Tensor dq = dq0 + at::matmul(dqk, kc);
+  const at::Tensor dk = dk0 - bt * e + at::matmul(dqk.transpose(-1, -2), qc) +
+                        at::matmul(dkk + dkk.transpose(-1, -2), kc);
+  const at::Tensor dv = bt * dr;
+  const at::Tensor dbeta = (vc * dr).sum(-1) - (kc * e).sum(-1) + (dl * lm).sum(-1);  // [B,H,N,C]
+  // Gradient with respect to b_t (the decays' exponents), then dg by the reverse cumulative sum.
+  const at::Tensor z = (dl * lower + da * a).masked_fill(strict.logical_not(), 0.0);
+  const at::Tensor k_dk0 = (kc * dk0).sum(-1);  // [B, H, N, C]
+  at::Tensor db = (qc * dq0).sum(-1) - (bt.squeeze(-1) * (kc * e).sum(-1)) - k_dk0 + z.sum(-1) -
+                  z.sum(-2);
+  const at::Tensor at_end = k_dk0.sum(-1, true) +
+                            decay.squeeze(-1) * (s0 * ds_end).sum({-2, -1}).unsqueeze(-1);
+  db = db + at::cat({at::zeros_like(db.narrow(-1, 0, c - 1)), at_end}, -1);
+  const at::Tensor dg = db.flip(-1).cumsum(-1).flip(-1);
+  auto unchunk = [&](const at::Tensor& x) {
+    return x.reshape({bsz, h, n * c, x.size(-1)}).narrow(2, 0, t);
+  };
+  auto unchunk_head = [&](const at::Tensor& x) {
+    return x.reshape({bsz, h, n * c}).narrow(2, 0, t);
+  };
+  return {unchunk(dq),        unchunk(dk),          unchunk(dv), unchunk_head(dg),
+          unchunk_head(dbeta), ds};
 }
 
 }  // namespace hyb::kernels

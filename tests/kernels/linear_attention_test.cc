@@ -207,6 +207,86 @@ TEST(LinearAttentionTest, ChunkedBackwardAgreesAcrossChunkSizes) {
   }
 }
 
+TEST(LinearAttentionTest, GatedDeltaChunkedBackwardMatchesAutograd) {
+  // L = sum(o * R) + sum(S_T * R_T): the chunk formulas of GatedDeltaChunkedBackwardReference
+  // against autograd through the chunked reference (another chunk length) and through the
+  // token-by-token recurrence, in fp64. T from 1 to past several chunks, not multiples of the
+  // chunk; log decays down to -20 per token next to decays near 0.
+  for (const int64_t t : {1, 5, 8, 13, 29}) {
+    for (const bool with_state : {false, true}) {
+      for (const bool with_final_grad : {false, true}) {
+        for (const bool strong : {false, true}) {
+          Inputs in = MakeInputs(2, 2, t, 5, 3, at::kDouble, 300 + t);
+          if (strong) {
+            in.g_head = -20.0 * at::rand_like(in.g_head);
+            in.g_head.select(1, 1).mul_(1e-3);
+          }
+          const int64_t chunk = 8;
+          const double scale = 0.6;
+          auto leaf = [](const at::Tensor& x) { return x.clone().set_requires_grad(true); };
+          const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g_head);
+          const at::Tensor beta = leaf(in.beta);
+          const at::Tensor s0 = leaf(with_state ? in.s0 : at::zeros_like(in.s0));
+          const at::Tensor d_o = at::randn_like(in.v);
+          const at::Tensor d_s = with_final_grad ? at::randn_like(in.s0) : at::Tensor();
+          const auto got = GatedDeltaChunkedBackwardReference(
+              in.q, in.k, in.v, in.g_head, in.beta, scale, with_state ? in.s0 : at::Tensor(), d_o,
+              d_s, chunk);
+          for (const bool recurrent : {false, true}) {
+            const auto r = recurrent ? GatedDeltaRecurrent(q, k, v, g, beta, scale, s0)
+                                     : GatedDeltaChunkedReference(q, k, v, g, beta, scale, s0, 3);
+            at::Tensor loss = (r.output * d_o).sum();
+            if (with_final_grad) loss = loss + (r.final_state * d_s).sum();
+            const auto want = torch::autograd::grad({loss}, {q, k, v, g, beta, s0});
+            SCOPED_TRACE(::testing::Message()
+                         << "t=" << t << " state=" << with_state << " dS_T=" << with_final_grad
+                         << " strong=" << strong << " recurrent=" << recurrent);
+            // dg is exactly 0 when nothing decays (T = 1, no state): measured against the size
+            // of the terms it sums, q dq.
+            const double dg_scale =
+                (in.q * want[0]).abs().max().item<double>() + want[3].abs().max().item<double>();
+            const std::vector<std::pair<const char*, double>> errs = {
+                {"dq", MaxRel(got.dq, want[0])},
+                {"dk", MaxRel(got.dk, want[1])},
+                {"dv", MaxRel(got.dv, want[2])},
+                {"dg", (got.dg - want[3]).abs().max().item<double>() / dg_scale},
+                {"dbeta", MaxRel(got.dbeta, want[4])},
+                {"ds0", MaxRel(got.d_initial_state, want[5])}};
+            for (const auto& [name, err] : errs) {
+              EXPECT_LT(err, 1e-10) << name;
+            }
+          }
+          EXPECT_TRUE(at::isfinite(got.dg).all().item<bool>());
+        }
+      }
+    }
+  }
+}
+
+TEST(LinearAttentionTest, GatedDeltaChunkedBackwardAgreesAcrossChunkSizes) {
+  // The chunk length is an implementation detail: the same gradients for 1, 3, 16 and 64.
+  const Inputs in = MakeInputs(1, 3, 37, 6, 4, at::kDouble, 31);
+  const at::Tensor d_o = at::randn_like(in.v), d_s = at::randn_like(in.s0);
+  const auto ref = GatedDeltaChunkedBackwardReference(in.q, in.k, in.v, in.g_head, in.beta, 0.4,
+                                                      in.s0, d_o, d_s, 64);
+  for (const int64_t chunk : {1, 3, 16}) {
+    const auto got = GatedDeltaChunkedBackwardReference(in.q, in.k, in.v, in.g_head, in.beta, 0.4,
+                                                        in.s0, d_o, d_s, chunk);
+    EXPECT_LT(MaxRel(got.dq, ref.dq), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.dk, ref.dk), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.dv, ref.dv), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.dg, ref.dg), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.dbeta, ref.dbeta), 1e-12) << chunk;
+    EXPECT_LT(MaxRel(got.d_initial_state, ref.d_initial_state), 1e-12) << chunk;
+  }
+  // No tokens: the initial state's gradient is the final state's.
+  const auto empty = GatedDeltaChunkedBackwardReference(
+      in.q.narrow(2, 0, 0), in.k.narrow(2, 0, 0), in.v.narrow(2, 0, 0), in.g_head.narrow(2, 0, 0),
+      in.beta.narrow(2, 0, 0), 0.4, in.s0, d_o.narrow(2, 0, 0), d_s, 64);
+  EXPECT_TRUE(at::equal(empty.d_initial_state, d_s));
+  EXPECT_EQ(empty.dg.size(2), 0);
+}
+
 TEST(LinearAttentionTest, StepContinuesChunkedState) {
   // Prefill with the chunked form, then decode with single steps: equals the recurrence over all.
   const Inputs in = MakeInputs(1, 2, 12, 4, 3, at::kFloat, 8);

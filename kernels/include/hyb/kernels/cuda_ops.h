@@ -57,6 +57,24 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
                                         const at::Tensor& v, const at::Tensor& g,
                                         const at::Tensor& beta, double scale,
                                         const at::Tensor& initial_state);
+// The same forward as an autograd function (same support as above): the backward runs the CUDA
+// kernels of gated_delta_chunked_bwd.cu and returns gradients for q, k, v, g, beta and
+// initial_state in their dtypes. Keeps the state at every chunk start (fp32, K * V * 4 / 64
+// bytes per token and head) from the forward to the backward.
+LinearAttentionOutput GatedDeltaChunkedWithGrad(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                const at::Tensor& beta, double scale,
+                                                const at::Tensor& initial_state);
+// The backward alone (recomputes the forward's chunk states): gradients of a loss given
+// d_output = dL/do ([B, H, T, V], used as bf16; undefined = zeros) and d_final_state = dL/dS_T
+// ([B, H, K, V], used as fp32; undefined = zeros). Same support as GatedDeltaChunked; every
+// gradient in fp32, the initial state's one also when initial_state is undefined.
+GatedDeltaChunkedGradients GatedDeltaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& v, const at::Tensor& g,
+                                                     const at::Tensor& beta, double scale,
+                                                     const at::Tensor& initial_state,
+                                                     const at::Tensor& d_output,
+                                                     const at::Tensor& d_final_state);
 
 // Single-token decoding steps (kernels/cuda/linear_attention_step.cu). Supported: q, k, v
 // [B, H, K] / [B, H, V] all fp32 or all bf16 on one CUDA device, state fp32 [B, H, K, V],

@@ -5,10 +5,10 @@
 // backward; CUDA kernels plug in behind these functions without touching callers.
 //
 // With HYB_CUDA, calls go to a CUDA kernel when the tensors are on a GPU and the kernel supports
-// them (kernels/cuda_ops.h lists what): GlaChunked for bf16 q/k/v with K, V in {64, 128} (output
-// bf16, final state fp32; with a CUDA backward when gradients are needed), and, when no gradient
-// is needed, GlaStep / GatedDeltaStep for fp32 or bf16 q/k/v with an fp32 state. Everything else
-// runs the *Reference functions, which stay the oracle.
+// them (kernels/cuda_ops.h lists what): GlaChunked and GatedDeltaChunked for bf16 q/k/v with K, V
+// in {64, 128} (output bf16, final state fp32; with a CUDA backward when gradients are needed),
+// and, when no gradient is needed, GlaStep / GatedDeltaStep for fp32 or bf16 q/k/v with an fp32
+// state. Everything else runs the *Reference functions, which stay the oracle.
 //
 // Shapes: B batch, H heads, T tokens, K key dim, V value dim. States are [B, H, K, V] and the
 // output at step t is o_t = scale * S_t^T q_t. All math runs in the inputs' dtype; callers pass
@@ -73,6 +73,41 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
                                         const at::Tensor& v, const at::Tensor& g,
                                         const at::Tensor& beta, double scale,
                                         const at::Tensor& initial_state, int64_t chunk_size);
+LinearAttentionOutput GatedDeltaChunkedReference(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor& g,
+                                                 const at::Tensor& beta, double scale,
+                                                 const at::Tensor& initial_state,
+                                                 int64_t chunk_size);
+
+// Gradients of a loss L through GatedDeltaChunked, given d_output = dL/do and d_final_state =
+// dL/dS_T (undefined: zeros). d_initial_state is returned also when initial_state is undefined.
+struct GatedDeltaChunkedGradients {
+  at::Tensor dq, dk, dv;       // like q, k, v
+  at::Tensor dg, dbeta;        // [B, H, T]
+  at::Tensor d_initial_state;  // [B, H, K, V]
+};
+// The chunked backward written out with ATen ops (the CUDA kernel's formulas, in the inputs'
+// dtype; no autograd). Per chunk, with b_t the cumulative log decay inside it, gamma_t = e^b_t,
+// M[t, s] = e^(b_t - b_s) (s <= t), e_s = e^(b_C - b_s), S0 / dS the state / its gradient at the
+// chunk start / end, the forward is (UT / WY form)
+//   Lm[t, s] = M[t, s] (k_t . k_s) (s < t),  L = diag(beta) Lm,  Tinv = (I + L)^-1,
+//   W = Tinv diag(beta) (V - diag(gamma) K S0),  A = M * (Q K^T) (s <= t),
+//   O = scale (diag(gamma) Q S0 + A W),  S_end = e^b_C S0 + (diag(e) K)^T W,
+// and the backward
+//   dW = scale A^T dO + diag(e) K dS,   dR = Tinv^T dW   (a back substitution),
+//   dS0 = e^b_C dS + scale (diag(gamma) Q)^T dO - (diag(beta gamma) K)^T dR   (reverse scan),
+//   dA = scale dO W^T (s <= t),  dL = -dR W^T (s < t),  E = diag(gamma) dR S0^T,
+//   dq = scale diag(gamma) dO S0^T + (dA * M) K,
+//   dk = diag(e) W dS^T - diag(beta) E + (dA * M)^T Q + (D + D^T) K,  D = diag(beta) (dL * M),
+//   dv = diag(beta) dR,   dbeta_t = v_t . dR_t - k_t . E_t + sum_s dL[t, s] Lm[t, s],
+//   db_t = q_t . dq0_t - beta_t k_t . E_t - k_t . dk0_t + sum_s Z[t, s] - sum_u Z[u, t]
+//          (+ sum_s k_s . dk0_s + e^b_C sum(S0 * dS) at t = C - 1),
+// with dq0 / dk0 the first terms of dq / dk and Z = dL * L + dA * A (s < t); dg is the reverse
+// cumulative sum of db inside the chunk.
+GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    const at::Tensor& beta, double scale, const at::Tensor& initial_state,
+    const at::Tensor& d_output, const at::Tensor& d_final_state, int64_t chunk_size);
 
 // One decoding step of each recurrence: q, k, g: [B, H, K]; v: [B, H, V]; beta, g (delta):
 // [B, H]; state [B, H, K, V] (not modified). Returns o [B, H, V] and the new state.
