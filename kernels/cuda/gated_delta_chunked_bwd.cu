@@ -85,8 +85,8 @@ __device__ __forceinline__ float SumWarp(float x) {
 
 // acc[i][j] += sum_{kk in [k0, k1)} a(rg + 16 i, kk) * b(kk, cg + 16 j).
 template <int NI, int NJ, typename FA, typename FB>
-__device__ __forceinline__ void MulAcc(float (&acc)[NI][NJ], int rg, int cg, int k0, int k1,
-                                       FA a, FB b) {
+__device__ __forceinline__ void MulAcc(float (&acc)[NI][NJ], int rg, int cg, int k0, int k1, FA a,
+                                       FB b) {
   for (int kk = k0; kk < k1; ++kk) {
     float av[NI], bv[NJ];
 #pragma unroll
@@ -114,8 +114,8 @@ __device__ __forceinline__ void Zero(float (&acc)[NI][NJ]) {
 // to_end = e^(b_C - b); zeros past rows_valid (g = beta = 0 there). g and beta point at the
 // chunk's first token.
 __device__ __forceinline__ void LoadChunkScalars(const float* g, const float* beta_in,
-                                                 int64_t rows_valid, int tid, float* b,
-                                                 float* beta, float* gamma, float* to_end) {
+                                                 int64_t rows_valid, int tid, float* b, float* beta,
+                                                 float* gamma, float* to_end) {
   if (tid >= 32) return;
   const int t0 = tid, t1 = tid + 32;
   float x0 = t0 < rows_valid ? g[t0] : 0.f, x1 = t1 < rows_valid ? g[t1] : 0.f;
@@ -143,8 +143,7 @@ __device__ __forceinline__ void LoadChunkScalars(const float* g, const float* be
 // [C][C + 1], from bf16 q and k with row pitch K + 2.
 template <int K>
 __device__ __forceinline__ void ChunkScores(const __nv_bfloat16* qs, const __nv_bfloat16* ks,
-                                            const float* b, float* lm, float* am, int rg,
-                                            int cg) {
+                                            const float* b, float* lm, float* am, int rg, int cg) {
   constexpr int kKP = K + 2;
   float kk[4][4], qk[4][4];
   Zero(kk);
@@ -226,7 +225,7 @@ struct ScanLayout {
   static constexpr int kWP = kW + 1;  // fp32 pitch of the column slices
   static constexpr int kQ = 0;
   static constexpr int kK = kQ + kC * kKP * 2;
-  static constexpr int kDo = kK + kC * kKP * 2;  // do columns, then scale gamma do   [C][kW]
+  static constexpr int kDo = kK + kC * kKP * 2;   // do columns, then scale gamma do   [C][kW]
   static constexpr int kDr = kDo + kC * kWP * 4;  // dW, then dR, then beta gamma dR  [C][kW]
   static constexpr int kDs = kDr + kC * kWP * 4;  // dS                               [K][kW]
   static constexpr int kLm = kDs + K * kWP * 4;
@@ -358,7 +357,7 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaStateGradKernel(const S
 template <int K, int V>
 struct ChunkLayout {
   static constexpr int kKP = K + 2, kVP = V + 2;  // bf16 pitches (odd word counts)
-  static constexpr int kSP = V + 1;                // fp32 pitch of [.][V] tiles
+  static constexpr int kSP = V + 1;               // fp32 pitch of [.][V] tiles
   static constexpr int kQ = 0;
   static constexpr int kK = kQ + kC * kKP * 2;
   static constexpr int kDo = kK + kC * kKP * 2;
@@ -707,8 +706,7 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
 
 size_t GatedDeltaChunkedBackwardWorkspaceBytes(const GatedDeltaChunkedBackwardParams& p) {
   const int64_t nchunks = (p.tokens + kC - 1) / kC;
-  return static_cast<size_t>(p.batch * p.heads * nchunks * p.key_dim * p.value_dim) *
-         sizeof(float);
+  return static_cast<size_t>(p.batch * p.heads * nchunks * p.key_dim * p.value_dim) * sizeof(float);
 }
 
 cudaError_t LaunchGatedDeltaChunkedBackward(const GatedDeltaChunkedBackwardParams& p,

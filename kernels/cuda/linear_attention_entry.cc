@@ -352,8 +352,7 @@ struct GatedDeltaForwardResult {
 GatedDeltaForwardResult GatedDeltaForward(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& g,
                                           const at::Tensor& beta, double scale,
-                                          const at::Tensor& initial_state,
-                                          bool keep_chunk_states) {
+                                          const at::Tensor& initial_state, bool keep_chunk_states) {
   TORCH_CHECK(GatedDeltaChunkedSupported(q, k, v, g, beta, initial_state),
               "cuda GatedDeltaChunked: unsupported inputs");
   const c10::cuda::CUDAGuard guard(q.device());

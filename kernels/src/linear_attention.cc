@@ -331,7 +331,8 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
   const int64_t bsz = q.size(0), h = q.size(1);
   const at::Tensor zero_state = ZeroState(k, v);
   if (n == 0) {
-    return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v), at::zeros_like(g),
+    return {at::zeros_like(q),    at::zeros_like(k),
+            at::zeros_like(v),    at::zeros_like(g),
             at::zeros_like(beta), d_final_state.defined() ? d_final_state : zero_state};
   }
   // [B, H, N, C, D] views of the zero-padded inputs (k = v = 0, beta = g = 0 past the end: the
@@ -340,9 +341,9 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
     return PadTime(x, n * c).reshape({bsz, h, n, c, x.size(-1)});
   };
   const at::Tensor qc = chunks(q), kc = chunks(k), vc = chunks(v), dc = chunks(d_output);
-  const at::Tensor bt = chunks(beta.unsqueeze(-1));      // [B, H, N, C, 1]
+  const at::Tensor bt = chunks(beta.unsqueeze(-1));        // [B, H, N, C, 1]
   const at::Tensor b = chunks(g.unsqueeze(-1)).cumsum(3);  // [B, H, N, C, 1] log decay since start
-  const at::Tensor b_last = b.narrow(3, c - 1, 1);       // [B, H, N, 1, 1]
+  const at::Tensor b_last = b.narrow(3, c - 1, 1);         // [B, H, N, 1, 1]
   const at::Tensor gamma = b.exp(), to_end = (b_last - b).exp(), decay = b_last.exp();
   const auto bool_opts = q.options().dtype(at::kBool);
   const at::Tensor causal = at::ones({c, c}, bool_opts).tril();    // s <= t
@@ -350,13 +351,13 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
   const at::Tensor m = (b - b.transpose(-1, -2))
                            .masked_fill(causal.logical_not(),
                                         -std::numeric_limits<double>::infinity())
-                           .exp();                                  // M [B, H, N, C, C]
-  const at::Tensor lm = (at::matmul(kc, kc.transpose(-1, -2)) * m).masked_fill(
-      strict.logical_not(), 0.0);                                   // Lm
-  const at::Tensor lower = bt * lm;                                 // L = diag(beta) Lm
-  const at::Tensor system = lower + at::eye(c, q.options());        // I + L
-  const at::Tensor a = at::matmul(qc, kc.transpose(-1, -2)) * m;    // A (0 above the diagonal)
-  const at::Tensor ke = kc * to_end;                                // diag(e) K
+                           .exp();  // M [B, H, N, C, C]
+  const at::Tensor lm =
+      (at::matmul(kc, kc.transpose(-1, -2)) * m).masked_fill(strict.logical_not(), 0.0);  // Lm
+  const at::Tensor lower = bt * lm;                               // L = diag(beta) Lm
+  const at::Tensor system = lower + at::eye(c, q.options());      // I + L
+  const at::Tensor a = at::matmul(qc, kc.transpose(-1, -2)) * m;  // A (0 above the diagonal)
+  const at::Tensor ke = kc * to_end;                              // diag(e) K
   const at::Tensor qg = qc * gamma, kbg = kc * (bt * gamma);
   // Tinv applied to the state-free parts: W = U - Wk S0.
   const at::Tensor sol = at::linalg_solve_triangular(system, at::cat({bt * vc, kbg}, -1),
@@ -394,12 +395,13 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
                                                     /*left=*/true, /*unitriangular=*/true);
   const at::Tensor da =
       (at::matmul(dc, w.transpose(-1, -2)) * scale).masked_fill(causal.logical_not(), 0.0);
-  const at::Tensor dl = (-at::matmul(dr, w.transpose(-1, -2))).masked_fill(strict.logical_not(), 0.0);
-  const at::Tensor e = gamma * at::matmul(dr, s0.transpose(-1, -2));           // [B,H,N,C,K]
+  const at::Tensor dl =
+      (-at::matmul(dr, w.transpose(-1, -2))).masked_fill(strict.logical_not(), 0.0);
+  const at::Tensor e = gamma * at::matmul(dr, s0.transpose(-1, -2));            // [B,H,N,C,K]
   const at::Tensor dq0 = gamma * at::matmul(dc, s0.transpose(-1, -2)) * scale;  // via S0
   const at::Tensor dk0 = to_end * at::matmul(w, ds_end.transpose(-1, -2));      // via S_end
-  const at::Tensor dqk = da * m;                                               // dA * M
-  const at::Tensor dkk = dl * bt * m;                                          // D
+  const at::Tensor dqk = da * m;                                                // dA * M
+  const at::Tensor dkk = dl * bt * m;                                           // D
   const at::Tensor dq = dq0 + at::matmul(dqk, kc);
   const at::Tensor dk = dk0 - bt * e + at::matmul(dqk.transpose(-1, -2), qc) +
                         at::matmul(dkk + dkk.transpose(-1, -2), kc);
@@ -408,10 +410,10 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
   // Gradient with respect to b_t (the decays' exponents), then dg by the reverse cumulative sum.
   const at::Tensor z = (dl * lower + da * a).masked_fill(strict.logical_not(), 0.0);
   const at::Tensor k_dk0 = (kc * dk0).sum(-1);  // [B, H, N, C]
-  at::Tensor db = (qc * dq0).sum(-1) - (bt.squeeze(-1) * (kc * e).sum(-1)) - k_dk0 + z.sum(-1) -
-                  z.sum(-2);
-  const at::Tensor at_end = k_dk0.sum(-1, true) +
-                            decay.squeeze(-1) * (s0 * ds_end).sum({-2, -1}).unsqueeze(-1);
+  at::Tensor db =
+      (qc * dq0).sum(-1) - (bt.squeeze(-1) * (kc * e).sum(-1)) - k_dk0 + z.sum(-1) - z.sum(-2);
+  const at::Tensor at_end =
+      k_dk0.sum(-1, true) + decay.squeeze(-1) * (s0 * ds_end).sum({-2, -1}).unsqueeze(-1);
   db = db + at::cat({at::zeros_like(db.narrow(-1, 0, c - 1)), at_end}, -1);
   const at::Tensor dg = db.flip(-1).cumsum(-1).flip(-1);
   auto unchunk = [&](const at::Tensor& x) {
@@ -420,8 +422,7 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
   auto unchunk_head = [&](const at::Tensor& x) {
     return x.reshape({bsz, h, n * c}).narrow(2, 0, t);
   };
-  return {unchunk(dq),        unchunk(dk),          unchunk(dv), unchunk_head(dg),
-          unchunk_head(dbeta), ds};
+  return {unchunk(dq), unchunk(dk), unchunk(dv), unchunk_head(dg), unchunk_head(dbeta), ds};
 }
 
 }  // namespace hyb::kernels
