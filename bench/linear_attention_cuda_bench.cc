@@ -1,8 +1,9 @@
 // GPU speed of the linear-attention kernels at the shapes of issue 11, beside LibTorch's fused
 // causal SDPA measured in the same process: bf16, 32K tokens per batch, 16 heads, head dim 128,
 // T in {2K, 8K, 32K} (batch = 32K / T), forward, and forward + backward of our GLA (gradients
-// for q, k, v, g from a random output gradient), and the forward of the chunked Gated DeltaNet
-// kernel (per-head log decays and betas, fp32 SIMT); and batched decoding steps (state fp32)
+// for q, k, v, g from a random output gradient), and forward, and forward + backward, of the
+// chunked Gated DeltaNet kernels (per-head log decays and betas, fp32 SIMT; gradients for q, k,
+// v, g, beta); and batched decoding steps (state fp32)
 // against SDPA decoding one token over a bf16 KV cache. fla's numbers come from
 // ../shared/reference/linear_attention_ops.py run in the same session.
 //
@@ -95,15 +96,21 @@ int main(int argc, char** argv) {
           torch::autograd::grad({r.output}, {qg, kg, vg, gg}, {d_o});
         },
         5);
-    // Gated DeltaNet: per-head log decays and betas [B, H, T] in fp32, the CUDA kernel called
-    // directly (kernels::GatedDeltaChunked does not dispatch to it yet).
+    // Gated DeltaNet: per-head log decays and betas [B, H, T] in fp32, through the dispatch
+    // point (the CUDA kernels; with autograd for forward + backward, as GLA's row).
     const at::Tensor gh = at::log_sigmoid(at::randn({b, kHeads, t}, f32));
     const at::Tensor beta = at::sigmoid(at::randn({b, kHeads, t}, f32));
-    double gdn_ms = 0;
-#ifdef HYB_WITH_CUDA
-    gdn_ms =
-        TimeMs([&] { hyb::kernels::cuda::GatedDeltaChunked(q, k, v, gh, beta, scale, {}); }, 3);
-#endif
+    const double gdn_ms =
+        TimeMs([&] { hyb::kernels::GatedDeltaChunked(q, k, v, gh, beta, scale, {}, 64); }, 3);
+    const at::Tensor ghg = gh.detach().requires_grad_(true);
+    const at::Tensor betag = beta.detach().requires_grad_(true);
+    const double gdn_fwd_bwd_ms = TimeMs(
+        [&] {
+          const at::AutoGradMode grad_mode(true);
+          const auto r = hyb::kernels::GatedDeltaChunked(qg, kg, vg, ghg, betag, scale, {}, 64);
+          torch::autograd::grad({r.output}, {qg, kg, vg, ghg, betag}, {d_o});
+        },
+        2);
     // q, k, v, o in bf16, g and beta in fp32.
     const double gdn_bytes = static_cast<double>(b * kHeads * t) * (kDim * 2 * 4 + 2 * 4);
     hyb::kernels::AttentionOptions ao;
@@ -128,17 +135,16 @@ int main(int argc, char** argv) {
     row("gla_chunked_cuda fwd", gla_ms, true);
     row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);
     row("sdpa_causal fwd", sdpa_ms, false);
-    if (gdn_ms > 0) {
-      std::cout << "| gated_delta_chunked_cuda fwd | " << t << " | " << b << " | " << std::fixed
-                << std::setprecision(3) << gdn_ms << " | " << std::setprecision(0)
-                << gdn_bytes / (gdn_ms * 1e-3) / 1e9 << " | " << std::setprecision(3)
-                << gdn_bytes / (hbm_tbps * 1e12) * 1e3 << " |\n";
-      rows.push_back({{"op", "gated_delta_chunked_cuda fwd"},
-                      {"T", t},
-                      {"B", b},
-                      {"fwd_ms", gdn_ms},
-                      {"hbm_bound_ms", gdn_bytes / (hbm_tbps * 1e12) * 1e3}});
-    }
+    std::cout << "| gated_delta_chunked_cuda fwd | " << t << " | " << b << " | " << std::fixed
+              << std::setprecision(3) << gdn_ms << " | " << std::setprecision(0)
+              << gdn_bytes / (gdn_ms * 1e-3) / 1e9 << " | " << std::setprecision(3)
+              << gdn_bytes / (hbm_tbps * 1e12) * 1e3 << " |\n";
+    rows.push_back({{"op", "gated_delta_chunked_cuda fwd"},
+                    {"T", t},
+                    {"B", b},
+                    {"fwd_ms", gdn_ms},
+                    {"hbm_bound_ms", gdn_bytes / (hbm_tbps * 1e12) * 1e3}});
+    row("gated_delta_chunked_cuda fwd+bwd", gdn_fwd_bwd_ms, false);
   }
 
   // Decoding: one token for B sequences, 16 heads, K = V = 128, fp32 state read and written.
