@@ -208,6 +208,92 @@ TEST(CandidateEvaluatorTest, MatchesHandBuiltHybrid) {
   }
 }
 
+// The examples (and the KL tie-break's texts) are encoded once, in Create: across a search's
+// worth of evaluations, cached and uncached, the tokenizer's Encode runs once per text. Every
+// evaluation's scores equal the scorers' own from the examples (which encode them afresh) on a
+// hand-built hybrid with the same batches, bit for bit.
+TEST(CandidateEvaluatorTest, EncodesTheExamplesOnce) {
+  at::set_num_threads(1);
+  for (TaskKind kind :
+       {TaskKind::kLm, TaskKind::kMultipleChoice, TaskKind::kGenerate, TaskKind::kKlToTeacher}) {
+    const std::string name = TaskKindName(kind);
+    TempDir dir;
+    auto eval = Make(dir, kind, true);
+    // 8 examples; multiple_choice: the template's prefix, 8 contexts, 24 (context, choice)
+    // texts and the 6 KL contexts; the other kinds' KL texts are their encoded examples.
+    const int64_t encodes = kind == TaskKind::kMultipleChoice ? 1 + 8 + 24 + 6 : 8;
+    EXPECT_EQ(eval->tokenizer_calls(), encodes) << name;
+    TempDir other;
+    auto teacher = LoadTeacher(other);
+    const auto examples = Examples(kind, *teacher);
+    const auto mixers = Mixers(*teacher);
+    ScoringOptions so;
+    so.max_new_tokens = 3;
+    so.batch_tokens = 20;
+    so.logits_chunk_bytes = 5 * 6 * 8;
+    TempDir third;
+    auto hybrid = LoadTeacher(third);
+    int evaluations = 0;
+    // Two greedy rounds: base {}, its candidates, base {1}, its candidates.
+    for (const std::vector<int64_t>& base : {std::vector<int64_t>{}, std::vector<int64_t>{1}}) {
+      std::vector<std::vector<int64_t>> models = {base};
+      for (int64_t l = 0; l < kLayers; ++l) {
+        if (std::count(base.begin(), base.end(), l)) continue;
+        std::vector<int64_t> cand = base;
+        cand.push_back(l);
+        std::sort(cand.begin(), cand.end());
+        models.push_back(cand);
+      }
+      for (size_t m = 0; m < models.size(); ++m) {
+        auto got = m == 0 ? eval->EvaluateAndCache(models[m])
+                          : eval->Evaluate(models[m], /*keep_recording=*/true);
+        ASSERT_TRUE(got.ok()) << got.status().ToString();
+        ++evaluations;
+        for (int64_t l = 0; l < kLayers; ++l) {
+          const bool linear = std::count(models[m].begin(), models[m].end(), l) > 0;
+          hybrid->SetMixer(l, linear ? mixers[static_cast<size_t>(l)] : teacher->shared_mixer(l));
+        }
+        StatusOr<TaskScore> want = InvalidArgument("unset");
+        switch (kind) {
+          case TaskKind::kLm:
+            want = ScoreLm(LogitsOf(*hybrid), *CharTokenizer(), examples, so);
+            break;
+          case TaskKind::kMultipleChoice:
+            want = ScoreMultipleChoice(LogitsOf(*hybrid), *CharTokenizer(), examples, so);
+            break;
+          case TaskKind::kGenerate:
+            want = ScoreGenerate(BatchGreedyOf(*hybrid), *CharTokenizer(), examples, so);
+            break;
+          case TaskKind::kKlToTeacher:
+            want = ScoreKlToTeacher(LogitsOf(*hybrid), LogitsOf(*teacher), *CharTokenizer(),
+                                    examples, so);
+            break;
+        }
+        ASSERT_TRUE(want.ok()) << want.status().ToString();
+        EXPECT_EQ(got->score.value, want->value) << name << " model " << m;
+        EXPECT_EQ(got->score.per_example, want->per_example) << name << " model " << m;
+        EXPECT_EQ(got->score.details, want->details) << name << " model " << m;
+      }
+    }
+    EXPECT_EQ(evaluations, 2 + kLayers + kLayers - 1);
+    EXPECT_EQ(eval->tokenizer_calls(), encodes) << name << ": encoded again";
+  }
+}
+
+// An example the scorers cannot score fails Create, naming it, before any evaluation.
+TEST(CandidateEvaluatorTest, UnscorableExamplesFailCreate) {
+  TempDir dir;
+  auto teacher = LoadTeacher(dir);
+  auto mixers = Mixers(*teacher);
+  auto examples = Examples(TaskKind::kLm, *teacher);
+  examples[3].text = "";  // <s> alone: nothing to predict
+  auto e = CandidateEvaluator::Create(std::move(teacher), std::move(mixers), CharTokenizer(),
+                                      examples, {TaskKind::kLm});
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("lm example 3 has fewer than two tokens"), std::string::npos)
+      << e.status().ToString();
+}
+
 TEST(CandidateEvaluatorTest, BadCandidatesAreRejected) {
   TempDir dir;
   auto teacher = LoadTeacher(dir);
@@ -224,3 +310,5 @@ TEST(CandidateEvaluatorTest, BadCandidatesAreRejected) {
 
 }  // namespace
 }  // namespace hyb::worker
+
+

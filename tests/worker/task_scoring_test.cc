@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -453,6 +454,148 @@ TEST(TaskScoringTest, BatchedGenerationEqualsPerExample) {
   EXPECT_EQ(s->per_example, s_one->per_example);
   EXPECT_EQ(s->details, s_one->details);
   EXPECT_GT(s->details["exact_match"].get<double>(), 0);
+}
+
+}  // namespace
+}  // namespace hyb::worker
+
+namespace hyb::worker {
+namespace {
+
+// A causal stand-in for a model over a real tokenizer's vocabulary: each position's logits are
+// a fixed row of a seeded table chosen by its own token, [B, T, vocab] in double.
+LogitsFn TableModel(int64_t vocab, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const at::Tensor table =
+      at::normal(0.0, 3.0, {61, vocab}, gen, at::TensorOptions().dtype(at::kDouble));  // [61, V]
+  return [table](const at::Tensor& ids) -> StatusOr<at::Tensor> {
+    return table.index_select(0, ids.reshape({-1}).remainder(61))
+        .view({ids.size(0), ids.size(1), table.size(1)});
+  };
+}
+
+// Texts of the llama3-style tokenizer's fixtures (code, prose, Unicode).
+std::vector<std::string> FixtureTexts(size_t n) {
+  std::ifstream in(std::string(HYB_TEST_DATA_DIR) + "/tokenizers/llama3_style/fixtures.jsonl");
+  std::vector<std::string> texts;
+  std::string line;
+  while (texts.size() < n && std::getline(in, line)) {
+    const std::string t = Json::parse(line)["text"];
+    if (t.size() > 8) texts.push_back(t);
+  }
+  return texts;
+}
+
+void ExpectIdentical(const StatusOr<TaskScore>& a, const StatusOr<TaskScore>& b,
+                     const std::string& what) {
+  ASSERT_TRUE(a.ok() && b.ok()) << what << ": " << a.status().ToString() << b.status().ToString();
+  EXPECT_EQ(a->metric, b->metric) << what;
+  EXPECT_EQ(a->value, b->value) << what;
+  EXPECT_EQ(a->per_example, b->per_example) << what;
+  EXPECT_EQ(a->details, b->details) << what;
+}
+
+// EncodeExamples holds exactly the ids the scorers score (each text with the template; a
+// multiple-choice sequence is the template, then context + choice, scored from the end of the
+// context without its trailing whitespace), costs one Encode per text, and the scorers give
+// bit-identical scores from it, however often it is reused, for every task type.
+TEST(TaskScoringTest, EncodedExamplesScoreLikeTheExamples) {
+  at::set_num_threads(1);
+  auto tok = *Tokenizer::FromFile(std::string(HYB_TEST_DATA_DIR) +
+                                  "/tokenizers/llama3_style/tokenizer.json");
+  const auto texts = FixtureTexts(12);
+  ASSERT_EQ(texts.size(), 12u);
+  std::vector<TaskExample> lm, mc, gen;
+  int64_t n_choices = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    TaskExample t;
+    t.text = texts[i];
+    lm.push_back(t);
+    TaskExample m;
+    const size_t cut = texts[i].size() / 2;
+    m.context = texts[i].substr(0, cut) + (i % 2 == 1 ? " " : "");
+    m.choices = {texts[i].substr(cut), texts[(i + 1) % texts.size()].substr(0, 7),
+                 " x" + std::to_string(i)};
+    m.label = static_cast<int64_t>(i % 3);
+    n_choices += 3;
+    mc.push_back(m);
+    TaskExample g;
+    g.prompt = texts[i];
+    g.answer = i % 4 == 0 ? "" : "abc";
+    g.stop = {"\n"};
+    gen.push_back(g);
+  }
+  const LogitsFn model = TableModel(tok->vocab_size(), 1);
+  const LogitsFn teacher = TableModel(tok->vocab_size(), 2);
+  ScoringOptions o;
+  o.batch_tokens = 300;  // several batches of several rows
+  o.max_new_tokens = 3;
+
+  auto text_enc = EncodeExamples(*tok, TaskKind::kLm, lm, o);
+  ASSERT_TRUE(text_enc.ok()) << text_enc.status().ToString();
+  EXPECT_EQ(text_enc->tokenizer_calls, 12);
+  for (size_t i = 0; i < lm.size(); ++i) {
+    EXPECT_EQ(text_enc->sequences[i], tok->Encode(lm[i].text, true)) << i;
+  }
+  for (int round = 0; round < 2; ++round) {  // reuse changes nothing
+    ExpectIdentical(ScoreLm(model, *text_enc, o), ScoreLm(model, *tok, lm, o), "lm");
+    ExpectIdentical(ScoreKlToTeacher(model, teacher, *text_enc, o),
+                    ScoreKlToTeacher(model, teacher, *tok, lm, o), "kl_to_teacher");
+  }
+
+  auto mc_enc = EncodeExamples(*tok, TaskKind::kMultipleChoice, mc, o);
+  ASSERT_TRUE(mc_enc.ok()) << mc_enc.status().ToString();
+  EXPECT_EQ(mc_enc->tokenizer_calls, 1 + 12 + n_choices);  // the template, contexts, texts
+  const std::vector<int64_t> prefix = tok->Encode("", true);
+  ASSERT_EQ(mc_enc->sequences.size(), static_cast<size_t>(n_choices));
+  size_t k = 0;
+  for (const TaskExample& e : mc) {
+    const size_t keep = e.context.find_last_not_of(" \t\n\r") + 1;  // npos + 1 = 0
+    std::vector<int64_t> ctx = prefix, whole = prefix;
+    for (int64_t id : tok->Encode(e.context.substr(0, keep))) ctx.push_back(id);
+    for (const std::string& choice : e.choices) {
+      whole.resize(prefix.size());
+      for (int64_t id : tok->Encode(e.context + choice)) whole.push_back(id);
+      EXPECT_EQ(mc_enc->sequences[k], whole) << k;
+      EXPECT_EQ(mc_enc->from[k], static_cast<int64_t>(ctx.size())) << k;
+      ++k;
+    }
+  }
+  for (const std::string metric : {"acc", "acc_norm"}) {
+    ScoringOptions m = o;
+    m.metric = metric;
+    for (int round = 0; round < 2; ++round) {
+      ExpectIdentical(ScoreMultipleChoice(model, mc, *mc_enc, m),
+                      ScoreMultipleChoice(model, *tok, mc, m), metric);
+    }
+  }
+
+  auto gen_enc = EncodeExamples(*tok, TaskKind::kGenerate, gen, o);
+  ASSERT_TRUE(gen_enc.ok()) << gen_enc.status().ToString();
+  EXPECT_EQ(gen_enc->tokenizer_calls, 12);
+  const BatchGenerateFn greedy = RowByRow(GreedyByFullForward(model));
+  for (int round = 0; round < 2; ++round) {
+    ExpectIdentical(ScoreGenerate(greedy, *tok, gen, *gen_enc, o),
+                    ScoreGenerate(greedy, *tok, gen, o), "generate");
+  }
+
+  // An encoding of another kind, or of other examples, is refused.
+  EXPECT_EQ(ScoreLm(model, *mc_enc, o).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ScoreGenerate(greedy, *tok, gen, *text_enc, o).status().code(),
+            StatusCode::kInvalidArgument);
+  const std::vector<TaskExample> fewer(mc.begin(), mc.begin() + 5);  // 15 choices
+  auto wrong = ScoreMultipleChoice(model, fewer, *mc_enc, o);
+  EXPECT_EQ(wrong.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong.status().message().find("36 encoded sequences for examples that make 15"),
+            std::string::npos)
+      << wrong.status().ToString();
+  // What the scorers reject at encoding, EncodeExamples rejects, naming the example.
+  std::vector<TaskExample> short_text(2);
+  short_text[0].text = "hello world";
+  auto bad = EncodeExamples(*tok, TaskKind::kKlToTeacher, short_text, o);
+  EXPECT_NE(bad.status().message().find("kl_to_teacher example 1 has fewer than two tokens"),
+            std::string::npos)
+      << bad.status().ToString();
 }
 
 }  // namespace

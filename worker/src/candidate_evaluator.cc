@@ -56,18 +56,30 @@ StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
   e->tok_ = std::move(tokenizer);
   e->examples_ = std::move(examples);
   e->options_ = std::move(options);
+  const ScoringOptions& so = e->options_.scoring;
+  HYB_ASSIGN_OR_RETURN(e->encoded_,
+                       EncodeExamples(*e->tok_, e->options_.kind, e->examples_, so));
+  e->tokenizer_calls_ += e->encoded_.tokenizer_calls;
+  e->kl_encoded_.kind = TaskKind::kKlToTeacher;
   const auto n_kl =
       std::min<int64_t>(e->options_.kl_examples, static_cast<int64_t>(e->examples_.size()));
   for (int64_t i = 0; i < n_kl; ++i) {
-    TaskExample text;
-    text.text = KlText(e->examples_[static_cast<size_t>(i)], e->options_.kind);
-    if (e->tok_->Encode(text.text, e->options_.scoring.add_special_tokens).size() < 2) continue;
-    e->kl_texts_.push_back(std::move(text));
+    const auto ui = static_cast<size_t>(i);
+    std::vector<int64_t> ids;
+    if (e->options_.kind == TaskKind::kMultipleChoice) {
+      ids = e->tok_->Encode(KlText(e->examples_[ui], e->options_.kind), so.add_special_tokens);
+      ++e->tokenizer_calls_;
+    } else {
+      // A text's or prompt's sequence is exactly the KL text's encoding.
+      ids = e->encoded_.sequences[ui];
+    }
+    if (ids.size() < 2) continue;
+    e->kl_encoded_.sequences.push_back(std::move(ids));
   }
   try {
-    HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->kl_texts_));
+    HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->kl_encoded_));
     if (e->options_.kind == TaskKind::kKlToTeacher) {
-      HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->examples_));
+      HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->encoded_));
     }
   } catch (const c10::Error& err) {
     return Internal(std::string("evaluator: teacher pass failed: ") + err.what_without_backtrace());
@@ -75,15 +87,11 @@ StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
   return e;
 }
 
-Status CandidateEvaluator::RecordTeacherLogits(const std::vector<TaskExample>& texts) {
+Status CandidateEvaluator::RecordTeacherLogits(const EncodedExamples& texts) {
   at::NoGradGuard no_grad;
-  const auto sequences = TextSequences(*tok_, texts, options_.scoring);
+  const auto& sequences = texts.sequences;
   std::vector<int64_t> lengths;
-  for (const auto& s : sequences) {
-    // ScoreKlToTeacher refuses such a text before it asks for the teacher's logits.
-    if (s.size() < 2) return Status::Ok();
-    lengths.push_back(static_cast<int64_t>(s.size()));
-  }
+  for (const auto& s : sequences) lengths.push_back(static_cast<int64_t>(s.size()));
   for (const auto& rows : PlanBatches(lengths, options_.scoring)) {
     const at::Tensor ids = PaddedIds(sequences, rows);
     std::vector<int64_t> key = BatchKey(ids);
@@ -249,12 +257,12 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
     };
     switch (options_.kind) {
       case TaskKind::kLm: {
-        HYB_ASSIGN_OR_RETURN(ev.score, ScoreLm(logits, *tok_, examples_, options_.scoring));
+        HYB_ASSIGN_OR_RETURN(ev.score, ScoreLm(logits, encoded_, options_.scoring));
         break;
       }
       case TaskKind::kMultipleChoice: {
-        HYB_ASSIGN_OR_RETURN(ev.score,
-                             ScoreMultipleChoice(logits, *tok_, examples_, options_.scoring));
+        HYB_ASSIGN_OR_RETURN(
+            ev.score, ScoreMultipleChoice(logits, examples_, encoded_, options_.scoring));
         break;
       }
       case TaskKind::kGenerate: {
@@ -263,18 +271,20 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
                                                           const std::vector<int64_t>& stop_ids) {
           return Generate(prompts, max_new, stop_ids, first_layer, record);
         };
-        HYB_ASSIGN_OR_RETURN(ev.score, ScoreGenerate(gen, *tok_, examples_, options_.scoring));
+        // The tokenizer decodes the outputs; the prompts come encoded.
+        HYB_ASSIGN_OR_RETURN(ev.score,
+                             ScoreGenerate(gen, *tok_, examples_, encoded_, options_.scoring));
         break;
       }
       case TaskKind::kKlToTeacher: {
         HYB_ASSIGN_OR_RETURN(ev.score,
-                             ScoreKlToTeacher(logits, teacher, *tok_, examples_, options_.scoring));
+                             ScoreKlToTeacher(logits, teacher, encoded_, options_.scoring));
         break;
       }
     }
-    if (!kl_texts_.empty()) {
+    if (!kl_encoded_.sequences.empty()) {
       HYB_ASSIGN_OR_RETURN(TaskScore kl,
-                           ScoreKlToTeacher(logits, teacher, *tok_, kl_texts_, options_.scoring));
+                           ScoreKlToTeacher(logits, teacher, kl_encoded_, options_.scoring));
       ev.kl = kl.value;
     }
   } catch (const c10::Error& err) {

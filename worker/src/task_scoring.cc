@@ -341,21 +341,6 @@ std::vector<std::vector<int64_t>> TextSequences(const Tokenizer& tok,
 
 namespace {
 
-// TextSequences, InvalidArgument naming the first example with nothing to predict.
-StatusOr<std::vector<std::vector<int64_t>>> ScoredTexts(const Tokenizer& tok,
-                                                        const std::vector<TaskExample>& examples,
-                                                        const ScoringOptions& options,
-                                                        const std::string& task) {
-  auto sequences = TextSequences(tok, examples, options);
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    if (sequences[i].size() < 2) {
-      return InvalidArgument(task + " example " + std::to_string(i) +
-                             " has fewer than two tokens: nothing to predict");
-    }
-  }
-  return sequences;
-}
-
 // Token-weighted mean of a per-position quantity over text examples (lm loss, KL): `sums[i]`
 // is the quantity summed over sequence i's positions that predict a token (all but the last).
 TaskScore TokenWeightedScore(const std::vector<std::vector<int64_t>>& sequences,
@@ -376,13 +361,114 @@ TaskScore TokenWeightedScore(const std::vector<std::vector<int64_t>>& sequences,
   return score;
 }
 
+// lm and kl_to_teacher encode their texts alike: either encoding serves both scorers.
+bool IsTextKind(TaskKind kind) { return kind == TaskKind::kLm || kind == TaskKind::kKlToTeacher; }
+
+// InvalidArgument unless `encoded` is of a kind `task`'s scorer takes and holds `sequences`
+// sequences (-1: any number).
+Status CheckEncoded(const EncodedExamples& encoded, const std::string& task, bool kind_ok,
+                    int64_t sequences) {
+  if (!kind_ok) {
+    return InvalidArgument(task + " scoring was given examples encoded for " +
+                           TaskKindName(encoded.kind) + " tasks");
+  }
+  if (sequences >= 0 && static_cast<int64_t>(encoded.sequences.size()) != sequences) {
+    return InvalidArgument(task + " scoring was given " +
+                           std::to_string(encoded.sequences.size()) +
+                           " encoded sequences for examples that make " +
+                           std::to_string(sequences));
+  }
+  return Status::Ok();
+}
+
+// Each (example, choice) of multiple_choice as one sequence, scored from the end of its
+// context (lm-evaluation-harness semantics).
+StatusOr<EncodedExamples> EncodeChoices(const Tokenizer& tok,
+                                        const std::vector<TaskExample>& examples,
+                                        const ScoringOptions& options) {
+  EncodedExamples enc;
+  enc.kind = TaskKind::kMultipleChoice;
+  std::vector<int64_t> prefix;
+  if (options.add_special_tokens) {
+    prefix = tok.Encode("", true);
+    ++enc.tokenizer_calls;
+  }
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const TaskExample& e = examples[i];
+    // lm-evaluation-harness: trailing whitespace of the context moves to the continuation;
+    // the continuation's tokens are those of context+continuation beyond the context's.
+    const size_t last = e.context.find_last_not_of(" \t\n\r");
+    const size_t keep = last == std::string::npos ? 0 : last + 1;
+    const std::string context = e.context.substr(0, keep);
+    std::vector<int64_t> ctx = prefix;
+    if (!e.choices.empty()) {
+      const auto c = tok.Encode(context, false);
+      ++enc.tokenizer_calls;
+      ctx.insert(ctx.end(), c.begin(), c.end());
+    }
+    for (const std::string& choice : e.choices) {
+      // The whole text: the stripped context, its trailing whitespace, the choice.
+      std::vector<int64_t> whole = prefix, from_ctx = ctx;
+      const auto w = tok.Encode(e.context + choice, false);
+      ++enc.tokenizer_calls;
+      whole.insert(whole.end(), w.begin(), w.end());
+      if (from_ctx.empty()) {
+        if (!options.empty_context_token) {
+          return InvalidArgument("multiple_choice example " + std::to_string(i) +
+                                 " has an empty context and no BOS/EOS token to condition on");
+        }
+        from_ctx.push_back(*options.empty_context_token);
+        whole.insert(whole.begin(), *options.empty_context_token);
+      }
+      if (whole.size() <= from_ctx.size()) {
+        return InvalidArgument("multiple_choice example " + std::to_string(i) + ": choice '" +
+                               choice + "' adds no tokens");
+      }
+      enc.from.push_back(static_cast<int64_t>(from_ctx.size()));
+      enc.sequences.push_back(std::move(whole));
+    }
+  }
+  return enc;
+}
+
 }  // namespace
+
+StatusOr<EncodedExamples> EncodeExamples(const Tokenizer& tok, TaskKind kind,
+                                         const std::vector<TaskExample>& examples,
+                                         const ScoringOptions& options) {
+  if (kind == TaskKind::kMultipleChoice) return EncodeChoices(tok, examples, options);
+  EncodedExamples enc;
+  enc.kind = kind;
+  enc.sequences.reserve(examples.size());
+  for (const TaskExample& e : examples) {
+    enc.sequences.push_back(
+        EncodeFor(tok, kind == TaskKind::kGenerate ? e.prompt : e.text, options));
+    ++enc.tokenizer_calls;
+  }
+  if (IsTextKind(kind)) {
+    for (size_t i = 0; i < enc.sequences.size(); ++i) {
+      if (enc.sequences[i].size() < 2) {
+        return InvalidArgument(TaskKindName(kind) + " example " + std::to_string(i) +
+                               " has fewer than two tokens: nothing to predict");
+      }
+    }
+  }
+  return enc;
+}
 
 StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
                             const std::vector<TaskExample>& examples,
                             const ScoringOptions& options) {
+  HYB_ASSIGN_OR_RETURN(const EncodedExamples encoded,
+                       EncodeExamples(tok, TaskKind::kLm, examples, options));
+  return ScoreLm(model, encoded, options);
+}
+
+StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const EncodedExamples& encoded,
+                            const ScoringOptions& options) {
+  HYB_RETURN_IF_ERROR(CheckEncoded(encoded, "lm", IsTextKind(encoded.kind), -1));
   return Guarded("lm", [&]() -> StatusOr<TaskScore> {
-    HYB_ASSIGN_OR_RETURN(auto sequences, ScoredTexts(tok, examples, options, "lm"));
+    const auto& sequences = encoded.sequences;
     HYB_ASSIGN_OR_RETURN(
         std::vector<double> sums,
         SumLogProbs(model, sequences, std::vector<int64_t>(sequences.size(), 1), options));
@@ -396,48 +482,29 @@ StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
 StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& tok,
                                         const std::vector<TaskExample>& examples,
                                         const ScoringOptions& options) {
+  // The metric first: a bad one is the error reported even when an example is bad too.
+  HYB_RETURN_IF_ERROR(PickMetric(options, {"acc", "acc_norm"}, "multiple_choice").status());
+  HYB_ASSIGN_OR_RETURN(const EncodedExamples encoded,
+                       EncodeExamples(tok, TaskKind::kMultipleChoice, examples, options));
+  return ScoreMultipleChoice(model, examples, encoded, options);
+}
+
+StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model,
+                                        const std::vector<TaskExample>& examples,
+                                        const EncodedExamples& encoded,
+                                        const ScoringOptions& options) {
+  int64_t n_choices = 0;
+  for (const TaskExample& e : examples) n_choices += static_cast<int64_t>(e.choices.size());
+  HYB_RETURN_IF_ERROR(CheckEncoded(encoded, "multiple_choice",
+                                   encoded.kind == TaskKind::kMultipleChoice &&
+                                       encoded.from.size() == encoded.sequences.size(),
+                                   n_choices));
   return Guarded("multiple_choice", [&]() -> StatusOr<TaskScore> {
     TaskScore score;
     HYB_ASSIGN_OR_RETURN(score.metric, PickMetric(options, {"acc", "acc_norm"}, "multiple_choice"));
     const bool use_norm = score.metric == "acc_norm";
-    const std::vector<int64_t> prefix =
-        options.add_special_tokens ? tok.Encode("", true) : std::vector<int64_t>{};
-    // Every (example, choice) is one sequence, scored from the end of its context.
-    std::vector<std::vector<int64_t>> sequences;
-    std::vector<int64_t> from;
-    for (size_t i = 0; i < examples.size(); ++i) {
-      const TaskExample& e = examples[i];
-      for (const std::string& choice : e.choices) {
-        // lm-evaluation-harness: trailing whitespace of the context moves to the continuation;
-        // the continuation's tokens are those of context+continuation beyond the context's.
-        std::string context = e.context, continuation = choice;
-        const size_t keep = context.find_last_not_of(" \t\n\r") == std::string::npos
-                                ? 0
-                                : context.find_last_not_of(" \t\n\r") + 1;
-        continuation = context.substr(keep) + continuation;
-        context = context.substr(0, keep);
-        std::vector<int64_t> ctx = prefix, whole = prefix;
-        const auto c = tok.Encode(context, false), w = tok.Encode(context + continuation, false);
-        ctx.insert(ctx.end(), c.begin(), c.end());
-        whole.insert(whole.end(), w.begin(), w.end());
-        if (ctx.empty()) {
-          if (!options.empty_context_token) {
-            return InvalidArgument("multiple_choice example " + std::to_string(i) +
-                                   " has an empty context and no BOS/EOS token to condition on");
-          }
-          ctx.push_back(*options.empty_context_token);
-          whole.insert(whole.begin(), *options.empty_context_token);
-        }
-        if (whole.size() <= ctx.size()) {
-          return InvalidArgument("multiple_choice example " + std::to_string(i) + ": choice '" +
-                                 choice + "' adds no tokens");
-        }
-        from.push_back(static_cast<int64_t>(ctx.size()));
-        sequences.push_back(std::move(whole));
-      }
-    }
     HYB_ASSIGN_OR_RETURN(const std::vector<double> sums,
-                         SumLogProbs(model, sequences, from, options));
+                         SumLogProbs(model, encoded.sequences, encoded.from, options));
     double correct = 0, correct_norm = 0;
     size_t k = 0;  // the sequence of examples[i].choices[j]
     for (const TaskExample& e : examples) {
@@ -494,14 +561,26 @@ std::vector<int64_t> StopStringTokens(const Tokenizer& tok,
 StatusOr<TaskScore> ScoreGenerate(const BatchGenerateFn& model, const Tokenizer& tok,
                                   const std::vector<TaskExample>& examples,
                                   const ScoringOptions& options) {
+  HYB_RETURN_IF_ERROR(
+      PickMetric(options, {"exact_match", "contains", "f1"}, "generate").status());
+  HYB_ASSIGN_OR_RETURN(const EncodedExamples encoded,
+                       EncodeExamples(tok, TaskKind::kGenerate, examples, options));
+  return ScoreGenerate(model, tok, examples, encoded, options);
+}
+
+StatusOr<TaskScore> ScoreGenerate(const BatchGenerateFn& model, const Tokenizer& tok,
+                                  const std::vector<TaskExample>& examples,
+                                  const EncodedExamples& encoded,
+                                  const ScoringOptions& options) {
+  HYB_RETURN_IF_ERROR(CheckEncoded(encoded, "generate", encoded.kind == TaskKind::kGenerate,
+                                   static_cast<int64_t>(examples.size())));
   return Guarded("generate", [&]() -> StatusOr<TaskScore> {
     TaskScore score;
     HYB_ASSIGN_OR_RETURN(score.metric,
                          PickMetric(options, {"exact_match", "contains", "f1"}, "generate"));
     std::vector<int64_t> end_ids = options.stop_ids;
     end_ids.insert(end_ids.end(), options.cut_ids.begin(), options.cut_ids.end());
-    std::vector<std::vector<int64_t>> prompts;
-    for (const TaskExample& e : examples) prompts.push_back(EncodeFor(tok, e.prompt, options));
+    const std::vector<std::vector<int64_t>>& prompts = encoded.sequences;
     // Prompts of one token length decode together; each row is cut after its first end id,
     // as decoding it alone would have stopped there.
     std::vector<std::vector<int64_t>> outputs(examples.size());
@@ -567,8 +646,17 @@ StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teac
                                      const Tokenizer& tok,
                                      const std::vector<TaskExample>& examples,
                                      const ScoringOptions& options) {
+  HYB_ASSIGN_OR_RETURN(const EncodedExamples encoded,
+                       EncodeExamples(tok, TaskKind::kKlToTeacher, examples, options));
+  return ScoreKlToTeacher(model, teacher, encoded, options);
+}
+
+StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,
+                                     const EncodedExamples& encoded,
+                                     const ScoringOptions& options) {
+  HYB_RETURN_IF_ERROR(CheckEncoded(encoded, "kl_to_teacher", IsTextKind(encoded.kind), -1));
   return Guarded("kl_to_teacher", [&]() -> StatusOr<TaskScore> {
-    HYB_ASSIGN_OR_RETURN(auto sequences, ScoredTexts(tok, examples, options, "kl_to_teacher"));
+    const auto& sequences = encoded.sequences;
     const std::vector<int64_t> lengths = Lengths(sequences);
     std::vector<double> sums(sequences.size());
     for (const auto& rows : PlanBatches(lengths, options)) {

@@ -15,6 +15,10 @@
 // (base plus one layer l) from layer l while recording it; the round's winner's recording then
 // becomes the next base without another pass.
 //
+// Encoding: Create tokenises the examples (and the KL tie-break's texts) once
+// (EncodeExamples); every evaluation scores the same token ids, so a search of many candidates
+// pays for encoding once.
+//
 // Not thread-safe: one evaluator per worker thread.
 #pragma once
 
@@ -83,6 +87,9 @@ class CandidateEvaluator {
   Status Export(const std::vector<int64_t>& linear_layers, const std::string& dir);
 
   int64_t cache_bytes() const { return cache_bytes_; }
+  // Tokenizer::Encode calls this evaluator has made. All happen in Create: evaluations reuse
+  // the encoded examples and never call the tokenizer's Encode.
+  int64_t tokenizer_calls() const { return tokenizer_calls_; }
   const std::vector<int64_t>& cache_base() const { return cache_base_; }
   // Whether cache_base() holds a recording (false before the first EvaluateAndCache).
   bool cache_valid() const { return cache_valid_; }
@@ -108,8 +115,9 @@ class CandidateEvaluator {
   StatusOr<at::Tensor> Generate(const at::Tensor& prompts, int64_t max_new,
                                 const std::vector<int64_t>& stop_ids, int64_t first_layer,
                                 PrefixCache* record_into);
-  // Runs the teacher (the model as loaded) on the batches the scorers form from `texts`.
-  Status RecordTeacherLogits(const std::vector<TaskExample>& texts);
+  // Runs the teacher (the model as loaded) on the batches the scorers form from `texts`
+  // (text sequences of two tokens or more).
+  Status RecordTeacherLogits(const EncodedExamples& texts);
   bool MayRecord(const PrefixCache* into, const std::vector<int64_t>& key);
   void Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
              int64_t shared_below);
@@ -121,7 +129,9 @@ class CandidateEvaluator {
   std::shared_ptr<const Tokenizer> tok_;
   std::vector<TaskExample> examples_;
   EvaluatorOptions options_;
-  std::vector<TaskExample> kl_texts_;  // the KL tie-break's texts (two tokens or more)
+  EncodedExamples encoded_;     // examples_, encoded once by Create
+  EncodedExamples kl_encoded_;  // the KL tie-break's texts (two tokens or more), encoded
+  int64_t tokenizer_calls_ = 0;
   // The teacher's logits [B, T, V] per batch (by BatchKey), model device and dtype: the KL
   // tie-break's and kl_to_teacher tasks'.
   std::map<std::vector<int64_t>, at::Tensor> teacher_logits_;

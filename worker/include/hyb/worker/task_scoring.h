@@ -124,21 +124,67 @@ std::vector<std::vector<int64_t>> TextSequences(const Tokenizer& tok,
                                                 const std::vector<TaskExample>& examples,
                                                 const ScoringOptions& options);
 
+// A split's token ids as the scorers consume them. EncodeExamples tokenises a split once; the
+// scorers' overloads that take it never call the tokenizer's Encode, so one encoding serves
+// every model scored on the split (the greedy search scores every candidate of every round on
+// the same validation split). Valid only with the examples and the ScoringOptions
+// (add_special_tokens, empty_context_token) it was encoded from.
+struct EncodedExamples {
+  TaskKind kind = TaskKind::kLm;
+  // lm, kl_to_teacher: each example's text (with the template when add_special_tokens);
+  // multiple_choice: each (example, choice), examples in order and each example's choices in
+  // order, as context plus continuation (see ScoreMultipleChoice); generate: each prompt.
+  std::vector<std::vector<int64_t>> sequences;
+  // multiple_choice: per sequence, the position of the first continuation token (the first
+  // scored one). Empty for the other kinds.
+  std::vector<int64_t> from;
+  // Tokenizer::Encode calls the encoding took: tests read it to show that a split is encoded
+  // once however many models are scored on it.
+  int64_t tokenizer_calls = 0;
+};
+
+// Encodes `examples` of `kind` as the scorers do. InvalidArgument, naming the example, for
+// what the scorers reject at encoding: an lm or kl_to_teacher text of fewer than two tokens
+// (nothing to predict); a multiple-choice example with an empty context and neither the
+// template's prefix nor options.empty_context_token to condition on, or a choice that adds no
+// tokens to its context.
+StatusOr<EncodedExamples> EncodeExamples(const Tokenizer& tok, TaskKind kind,
+                                         const std::vector<TaskExample>& examples,
+                                         const ScoringOptions& options);
+
 // The scorers. Every batch is one call of `model`; only per-sequence results (and generated
 // ids) come back to the host. ScoreKlToTeacher calls `teacher` with exactly the batches it
 // gives `model`: PlanBatches over TextSequences, padded by PaddedIds.
+//
+// Each scorer comes twice: from the examples (EncodeExamples, then the other form) and from
+// an EncodedExamples of the scorer's kind (InvalidArgument for another kind, or for examples
+// other than those encoded, by count). Both give bit-identical scores; the second never
+// encodes (ScoreGenerate decodes the outputs with `tok`).
 StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
                             const std::vector<TaskExample>& examples,
+                            const ScoringOptions& options = {});
+StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const EncodedExamples& encoded,
                             const ScoringOptions& options = {});
 StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& tok,
                                         const std::vector<TaskExample>& examples,
                                         const ScoringOptions& options = {});
+StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model,
+                                        const std::vector<TaskExample>& examples,
+                                        const EncodedExamples& encoded,
+                                        const ScoringOptions& options = {});
 StatusOr<TaskScore> ScoreGenerate(const BatchGenerateFn& model, const Tokenizer& tok,
                                   const std::vector<TaskExample>& examples,
+                                  const ScoringOptions& options = {});
+StatusOr<TaskScore> ScoreGenerate(const BatchGenerateFn& model, const Tokenizer& tok,
+                                  const std::vector<TaskExample>& examples,
+                                  const EncodedExamples& encoded,
                                   const ScoringOptions& options = {});
 StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,
                                      const Tokenizer& tok,
                                      const std::vector<TaskExample>& examples,
+                                     const ScoringOptions& options = {});
+StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,
+                                     const EncodedExamples& encoded,
                                      const ScoringOptions& options = {});
 
 }  // namespace hyb::worker
