@@ -110,9 +110,13 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
   s.search.bootstrap_samples = r["bootstrap_samples"];
   s.search.seed = r["seed"].get<uint64_t>();
   s.search.prefix_cache = r["prefix_cache"];
-  s.search.prefix_cache_max_mb = r["prefix_cache_max_mb"];
+  if (r["prefix_cache_max_mb"].is_number_integer()) {
+    s.search.prefix_cache_max_mb = r["prefix_cache_max_mb"].get<int64_t>();
+  }  // else "auto"
   s.search.kl_examples = r["kl_examples"];
   s.search.criterion = r["criterion"];
+  s.search.eval_batch_tokens = r["eval_batch_tokens"];
+  s.search.eval_max_batch_size = r["eval_max_batch_size"];
   if (j.contains("compare_placements")) {
     s.compare_placements.enabled = true;
     s.compare_placements.random = j["compare_placements"]["random"];
@@ -133,6 +137,12 @@ JobSpec ResolvePaths(JobSpec spec, const std::string& root) {
 Json JobIdentity(const Json& resolved) {
   Json j = resolved;
   if (j.contains("distill") && j["distill"].is_object()) j["distill"].erase("parallel");
+  if (j.contains("search") && j["search"].is_object()) {
+    for (const char* field :
+         {"prefix_cache", "prefix_cache_max_mb", "eval_batch_tokens", "eval_max_batch_size"}) {
+      j["search"].erase(field);
+    }
+  }
   return j;
 }
 

@@ -73,13 +73,15 @@ std::vector<TaskExample> Examples(TaskKind kind, const DecoderModel& teacher) {
 // (24 sequences for multiple_choice) need several, and padding is exercised. `batch_tokens` 0:
 // one sequence at a time (the per-example path).
 std::unique_ptr<CandidateEvaluator> Make(const TempDir& dir, TaskKind kind, bool cache,
-                                         int64_t batch_tokens = 20) {
+                                         int64_t batch_tokens = 20,
+                                         int64_t cache_bytes = kAutoPrefixCacheBytes) {
   auto teacher = LoadTeacher(dir);
   auto mixers = Mixers(*teacher);
   auto examples = Examples(kind, *teacher);
   EvaluatorOptions o;
   o.kind = kind;
   o.prefix_cache = cache;
+  o.prefix_cache_max_bytes = cache_bytes;
   o.kl_examples = 6;
   o.scoring.max_new_tokens = 3;
   o.scoring.batch_tokens = batch_tokens;
@@ -292,6 +294,31 @@ TEST(CandidateEvaluatorTest, UnscorableExamplesFailCreate) {
   ASSERT_FALSE(e.ok());
   EXPECT_NE(e.status().message().find("lm example 3 has fewer than two tokens"), std::string::npos)
       << e.status().ToString();
+}
+
+// The prefix cache's budget: "auto" is 2 GiB on the CPU and half the free memory of a CUDA
+// device; an explicit budget is kept, and 0 records nothing without changing any score.
+TEST(CandidateEvaluatorTest, PrefixCacheBudget) {
+  EXPECT_EQ(AutoPrefixCacheBytes(std::nullopt), int64_t{2} << 30);
+  EXPECT_EQ(AutoPrefixCacheBytes(int64_t{100} << 30), int64_t{50} << 30);
+  EXPECT_EQ(AutoPrefixCacheBytes(0), 0);
+  TempDir dir;
+  auto automatic = Make(dir, TaskKind::kLm, true);
+  EXPECT_EQ(automatic->prefix_cache_budget(), int64_t{2} << 30);  // this build runs on the CPU
+  auto none = Make(dir, TaskKind::kLm, true, 20, /*cache_bytes=*/0);
+  EXPECT_EQ(none->prefix_cache_budget(), 0);
+  auto a = automatic->EvaluateAndCache({});
+  auto b = none->EvaluateAndCache({});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_GT(automatic->cache_bytes(), 0);
+  EXPECT_EQ(none->cache_bytes(), 0);
+  auto ca = automatic->Evaluate({2});
+  auto cb = none->Evaluate({2});
+  ASSERT_TRUE(ca.ok() && cb.ok());
+  EXPECT_EQ(ca->first_layer, 2);
+  EXPECT_EQ(cb->first_layer, 2);  // an empty cache: every batch runs from layer 0
+  EXPECT_GT(cb->layer_passes, ca->layer_passes);
+  ExpectSame(*ca, *cb, "budget 0");
 }
 
 TEST(CandidateEvaluatorTest, BadCandidatesAreRejected) {

@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <chrono>
 
+#if HYB_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
 namespace hyb::worker {
 namespace {
 
@@ -31,7 +35,30 @@ const std::string& KlText(const TaskExample& e, TaskKind kind) {
   }
 }
 
+// Free memory of `device` in bytes; nullopt for the CPU, or when CUDA cannot say.
+std::optional<int64_t> FreeDeviceBytes(const at::Device& device) {
+#if HYB_WITH_CUDA
+  if (device.is_cuda()) {
+    int previous = 0;
+    if (cudaGetDevice(&previous) != cudaSuccess) return std::nullopt;
+    size_t free_bytes = 0, total = 0;
+    const bool ok = cudaSetDevice(device.has_index() ? device.index() : previous) == cudaSuccess &&
+                    cudaMemGetInfo(&free_bytes, &total) == cudaSuccess;
+    (void)cudaSetDevice(previous);  // the caller's current device, as it was
+    if (ok) return static_cast<int64_t>(free_bytes);
+    return std::nullopt;
+  }
+#endif
+  (void)device;
+  return std::nullopt;
+}
+
 }  // namespace
+
+int64_t AutoPrefixCacheBytes(std::optional<int64_t> free_device_bytes) {
+  if (!free_device_bytes) return int64_t{2} << 30;
+  return std::max<int64_t>(0, *free_device_bytes / 2);
+}
 
 StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
     std::unique_ptr<DecoderModel> model, std::vector<std::shared_ptr<const TokenMixer>> linear,
@@ -83,6 +110,10 @@ StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
     }
   } catch (const c10::Error& err) {
     return Internal(std::string("evaluator: teacher pass failed: ") + err.what_without_backtrace());
+  }
+  if (e->options_.prefix_cache_max_bytes == kAutoPrefixCacheBytes) {
+    e->options_.prefix_cache_max_bytes =
+        AutoPrefixCacheBytes(FreeDeviceBytes(e->model_->placement().device));
   }
   return e;
 }

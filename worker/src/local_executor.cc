@@ -176,7 +176,11 @@ StatusOr<CandidateEvaluator*> LocalExecutor::EvaluatorFor(const std::string& spl
   if (model->config().bos_token_id) o.scoring.empty_context_token = *model->config().bos_token_id;
   if (kind_ == TaskKind::kGenerate) o.scoring.cut_ids = StopStringTokens(*tokenizer_, examples);
   o.prefix_cache = split == "validation" && spec_.search.prefix_cache;
-  o.prefix_cache_max_bytes = spec_.search.prefix_cache_max_mb << 20;
+  o.prefix_cache_max_bytes = spec_.search.prefix_cache_max_mb
+                                 ? *spec_.search.prefix_cache_max_mb << 20
+                                 : kAutoPrefixCacheBytes;
+  o.scoring.batch_tokens = spec_.search.eval_batch_tokens;
+  o.scoring.max_batch_size = spec_.search.eval_max_batch_size;
   o.kl_examples = split == "validation" ? spec_.search.kl_examples : 0;
   HYB_ASSIGN_OR_RETURN(auto evaluator,
                        CandidateEvaluator::Create(std::move(model), std::move(linear), tokenizer_,

@@ -56,9 +56,16 @@ struct SearchSpec {
   int64_t bootstrap_samples = 1000;
   uint64_t seed = 0;
   bool prefix_cache = true;
-  int64_t prefix_cache_max_mb = 2048;
+  // The prefix cache's budget in MiB. nullopt ("auto", the default): half of the free memory of
+  // the model's CUDA device once the teacher is loaded, 2048 on the CPU
+  // (worker::AutoPrefixCacheBytes).
+  std::optional<int64_t> prefix_cache_max_mb;
   int64_t kl_examples = 32;
   std::string criterion = "point";  // "point" (the paper's rule) or "confident"
+  // How every evaluation of the job (validation and test splits) batches its sequences:
+  // worker::ScoringOptions::batch_tokens and max_batch_size.
+  int64_t eval_batch_tokens = 16384;
+  int64_t eval_max_batch_size = 256;
 };
 
 struct PlacementSpec {
@@ -104,7 +111,11 @@ StatusOr<JobSpec> ParseJobSpec(std::string_view text, const std::string& source,
 JobSpec ResolvePaths(JobSpec spec, const std::string& root);
 
 // The part of a resolved spec that decides a job's results: everything but how its ranks share
-// the work (distill.parallel). A stored job resumes under a spec whose identity equals its own.
+// the work (distill.parallel) and how its evaluations use memory (search.prefix_cache,
+// prefix_cache_max_mb: scores are identical with and without the cache; search.eval_batch_tokens,
+// eval_max_batch_size: batching changes scores by floating-point reassociation at most). A
+// stored job resumes under a spec whose identity equals its own, so a job that ran out of
+// memory resumes with smaller budgets, and one stored before these fields existed resumes.
 Json JobIdentity(const Json& resolved);
 
 }  // namespace hyb

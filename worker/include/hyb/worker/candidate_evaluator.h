@@ -38,12 +38,23 @@
 
 namespace hyb::worker {
 
+// EvaluatorOptions::prefix_cache_max_bytes: chosen by Create for the model's device
+// (AutoPrefixCacheBytes).
+inline constexpr int64_t kAutoPrefixCacheBytes = -1;
+
+// The prefix cache's budget when none is given: half of `free_device_bytes`, the free memory of
+// the model's CUDA device once the teacher's weights and logits are resident (the other half
+// stays for a batch's activations and logits, and for the test split's evaluator); 2 GiB when
+// the free memory is unknown (the CPU, whose memory other processes share).
+int64_t AutoPrefixCacheBytes(std::optional<int64_t> free_device_bytes);
+
 struct EvaluatorOptions {
   TaskKind kind = TaskKind::kGenerate;
   ScoringOptions scoring;
   bool prefix_cache = true;
   // Recording stops (later sequences are scored uncached) once the cache holds this much.
-  int64_t prefix_cache_max_bytes = int64_t{2} << 30;
+  // kAutoPrefixCacheBytes: AutoPrefixCacheBytes of the model's device, measured in Create.
+  int64_t prefix_cache_max_bytes = kAutoPrefixCacheBytes;
   // The first this-many examples' texts (prompt, context or text) measure the candidate's mean
   // per-token KL(teacher || candidate), the search's tie-break. 0: no KL. The teacher's logits
   // on them (and on every example of a kl_to_teacher task) stay on the model's device in its
@@ -87,6 +98,8 @@ class CandidateEvaluator {
   Status Export(const std::vector<int64_t>& linear_layers, const std::string& dir);
 
   int64_t cache_bytes() const { return cache_bytes_; }
+  // The prefix cache's budget in bytes: EvaluatorOptions::prefix_cache_max_bytes as resolved.
+  int64_t prefix_cache_budget() const { return options_.prefix_cache_max_bytes; }
   // Tokenizer::Encode calls this evaluator has made. All happen in Create: evaluations reuse
   // the encoded examples and never call the tokenizer's Encode.
   int64_t tokenizer_calls() const { return tokenizer_calls_; }
