@@ -19,6 +19,9 @@
 //
 // With GlaChunkedParams::chunk_states set, pass 2 also writes the fp32 state at every chunk start
 // (and the final state after them): what the backward (gla_chunked_bwd.cu) reads.
+//
+// q, k, v, g and o are addressed through (batch, head, token) strides (GlaStrides): tiles move
+// as 16-byte rows, so [B, H, T, D] views of [B, T, H, D] buffers are read and written in place.
 #include <cuda_bf16.h>
 
 #include <algorithm>
