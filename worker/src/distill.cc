@@ -429,32 +429,48 @@ Status BlockwiseDistiller::TrainStep(int64_t step, const LayerTaps& taps,
   std::vector<at::Tensor> mse(layers_.size()), ref(layers_.size());
   for (size_t i : active) {
     const auto l = static_cast<size_t>(layers_[i]);
-    const at::Tensor y = taps.mixer_output[l].to(device, at::kFloat);  // [B, T, hidden]
     LinearMixer& mixer = *mixers_[i];
     const auto named = mixer.NamedTensors();
     for (const auto& [name, t] : named) params[i].push_back(t);
-    at::Tensor out;
     if (compute_dtype_ == at::kFloat) {
-      out = mixer.Forward(taps.mixer_input[l].to(at::kFloat), {}, nullptr);
-    } else {
-      // Autocast by hand: differentiable casts of the fp32 masters feed a bf16 mixer.
-      std::map<std::string, at::Tensor> cast;
-      for (const auto& [name, t] : named) cast[name] = t.to(compute_dtype_);
-      auto low = LinearMixer::FromTensors(
-          mixer.shape(), mixer_options_,
-          [&cast](const std::string& name, std::vector<int64_t>) -> StatusOr<at::Tensor> {
-            return cast.at(name);
-          },
-          [&cast](const std::string& name) { return cast.count(name) > 0; });
-      HYB_RETURN_IF_ERROR(low.status());
-      out = (*low)->Forward(taps.mixer_input[l].to(compute_dtype_), {}, nullptr).to(at::kFloat);
+      const at::Tensor y = taps.mixer_output[l].to(device, at::kFloat);  // [B, T, hidden]
+      const at::Tensor out = mixer.Forward(taps.mixer_input[l].to(at::kFloat), {}, nullptr);
+      const at::Tensor loss = (out - y).pow(2).mean();
+      grads[i] = torch::autograd::grad({loss}, params[i]);
+      mse[i] = loss.detach();
+      if (logs) {
+        at::NoGradGuard no_grad;
+        ref[i] = y.pow(2).mean();
+      }
+      continue;
     }
-    const at::Tensor loss = (out - y).pow(2).mean();
-    grads[i] = torch::autograd::grad({loss}, params[i]);
-    mse[i] = loss.detach();
+    // Autocast by hand: differentiable casts of the fp32 masters feed a low-precision mixer.
+    std::map<std::string, at::Tensor> cast;
+    for (const auto& [name, t] : named) cast[name] = t.to(compute_dtype_);
+    auto low = LinearMixer::FromTensors(
+        mixer.shape(), mixer_options_,
+        [&cast](const std::string& name, std::vector<int64_t>) -> StatusOr<at::Tensor> {
+          return cast.at(name);
+        },
+        [&cast](const std::string& name) { return cast.count(name) > 0; });
+    HYB_RETURN_IF_ERROR(low.status());
+    const at::Tensor y = taps.mixer_output[l].to(device, compute_dtype_);
+    const at::Tensor out = (*low)->Forward(taps.mixer_input[l].to(compute_dtype_), {}, nullptr);
+    // The mean square error and its gradient without fp32 copies of the [B, T, hidden] output
+    // and target: one difference in the mixer's dtype (each element's difference computed in
+    // fp32, rounded once), its square summed in fp32, and d loss / d out = 2 (out - y) / n fed
+    // to the backward directly.
+    at::Tensor diff;
+    {
+      at::NoGradGuard no_grad;
+      diff = at::sub(out.detach(), y);
+    }
+    const double n = static_cast<double>(out.numel());
+    mse[i] = at::linalg_vector_norm(diff, 2, c10::nullopt, false, at::kFloat).square() / n;
+    grads[i] = torch::autograd::grad({out}, params[i], {diff.mul_(2.0 / n)});
     if (logs) {
       at::NoGradGuard no_grad;
-      ref[i] = y.pow(2).mean();
+      ref[i] = at::linalg_vector_norm(y, 2, c10::nullopt, false, at::kFloat).square() / n;
     }
   }
   at::NoGradGuard no_grad;
