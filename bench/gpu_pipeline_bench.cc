@@ -336,7 +336,7 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
   o.prefix_cache_max_bytes = static_cast<int64_t>(cache_gib * (1 << 30));
   Json out;
   {
-    // What encoding the texts costs inside each pass (the scorers encode per evaluation).
+    // What encoding the texts costs: once per evaluator (Create), not per evaluation.
     const auto t_enc = Clock::now();
     (void)TextSequences(*tok, examples, o.scoring);
     out["eval_encode_s"] = Seconds(t_enc);
