@@ -7,6 +7,8 @@
 #include <map>
 #include <numeric>
 
+#include "hyb/kernels/logits.h"
+
 namespace hyb::worker {
 namespace {
 
@@ -63,9 +65,11 @@ std::vector<double> RowLogProbSums(const at::Tensor& logits, const at::Tensor& i
   const int64_t chunk = ChunkRows(v, math, o);
   for (int64_t r0 = 0; r0 < b * t; r0 += chunk) {
     const int64_t n = std::min(chunk, b * t - r0);
-    const at::Tensor x = flat.narrow(0, r0, n).to(math);  // [n, V]
-    logp.narrow(0, r0, n).copy_(x.gather(1, target.narrow(0, r0, n).unsqueeze(1)).squeeze(1) -
-                                x.logsumexp(1));
+    // fp32/fp64 models keep fp64 math (rows as doubles); half-precision rows go to the fused
+    // kernel as they are (read once, fp32 math).
+    const at::Tensor rows = flat.narrow(0, r0, n);  // [n, V]
+    logp.narrow(0, r0, n).copy_(kernels::TokenLogProbs(
+        math == at::kDouble ? rows.to(math) : rows, target.narrow(0, r0, n)));
   }
   const at::Tensor sums =
       (logp.view({b, t}) * weight.to(logits.device(), math)).sum(1).to(at::kCPU, at::kDouble);
@@ -92,9 +96,9 @@ std::vector<double> RowKlSums(const at::Tensor& logits, const at::Tensor& teache
   const int64_t chunk = ChunkRows(v, math, o);
   for (int64_t r0 = 0; r0 < b * t; r0 += chunk) {
     const int64_t n = std::min(chunk, b * t - r0);
-    const at::Tensor q = at::log_softmax(q_flat.narrow(0, r0, n).to(math), 1);  // [n, V]
-    const at::Tensor p = at::log_softmax(p_flat.narrow(0, r0, n).to(math), 1);
-    kl.narrow(0, r0, n).copy_((p.exp() * (p - q)).sum(1));
+    const at::Tensor q = q_flat.narrow(0, r0, n), p = p_flat.narrow(0, r0, n);  // [n, V]
+    kl.narrow(0, r0, n).copy_(math == at::kDouble ? kernels::RowKl(p.to(math), q.to(math))
+                                                  : kernels::RowKl(p, q));
   }
   const at::Tensor sums =
       (kl.view({b, t}) * weight.to(logits.device(), math)).sum(1).to(at::kCPU, at::kDouble);
