@@ -5,6 +5,10 @@
 
 #include <optional>
 
+#ifdef HYB_WITH_CUDA
+#include "hyb/kernels/cuda_attention.h"
+#endif
+
 namespace hyb::kernels {
 namespace {
 
@@ -52,10 +56,17 @@ at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::
               "attention: query heads must be a multiple of key/value heads");
   const int64_t tq = q.size(2), tk = k.size(2);
   const int64_t n_rep = q.size(1) / k.size(1);
+  TORCH_CHECK(!(options.key_mask.defined() && options.key_end.defined()),
+              "attention: key_mask and key_end are alternatives, both were given");
   if (options.key_mask.defined()) {
     TORCH_CHECK(tq == 1, "attention: a key mask needs a single query, got ", tq);
     TORCH_CHECK(options.key_mask.dim() == 1 && options.key_mask.size(0) == tk,
                 "attention: key mask must be [", tk, "]");
+  } else if (options.key_end.defined()) {
+    TORCH_CHECK(tq == 1, "attention: a key end needs a single query, got ", tq);
+    TORCH_CHECK(options.key_end.numel() == 1 && options.key_end.scalar_type() == at::kLong &&
+                    options.key_end.device() == k.device(),
+                "attention: key_end must be one int64 on ", k.device());
   } else {
     TORCH_CHECK(options.q_offset + tq == tk, "attention: q_offset + Tq must equal Tk");
   }
@@ -65,10 +76,34 @@ at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::
     // rows, so every key/value head is read where it lies (no repeated copy of the cache). The
     // rows of a group see the same keys, so a mask over keys applies to all of them.
     const int64_t b = q.size(0), hkv = k.size(1), d = q.size(3);
+#ifdef HYB_WITH_CUDA
+    // The split-KV kernel reads only the visible keys, spread over the whole device. Forward
+    // only: with a gradient to compute the ATen path below runs.
+    const bool needs_grad = at::GradMode::is_enabled() &&
+                            (q.requires_grad() || k.requires_grad() || v.requires_grad());
+    if (!options.force_math && !needs_grad && !options.key_mask.defined() && q.is_cuda() &&
+        cuda::AttentionDecodeSupported(q, k, v)) {
+      if (options.key_end.defined()) {
+        return cuda::AttentionDecodeAt(q, k, v, options.key_end, options.sliding_window,
+                                       options.scale);
+      }
+      return cuda::AttentionDecode(q, k, v, options.sliding_window, options.scale);
+    }
+#endif
     const at::Tensor qg = q.reshape({b, hkv, n_rep, d});
     at::Tensor mask;
     if (options.key_mask.defined()) {
       mask = options.key_mask.view({1, 1, 1, tk});
+    } else if (options.key_end.defined()) {
+      // Keys at or before the end (and inside the window), computed on the keys' device.
+      const at::Tensor key_pos =
+          at::arange(tk, at::TensorOptions().dtype(at::kLong).device(k.device()));
+      const at::Tensor end = options.key_end.reshape({1});
+      at::Tensor visible = key_pos.le(end);
+      if (options.sliding_window > 0) {
+        visible = visible.logical_and(key_pos.gt(end - options.sliding_window));
+      }
+      mask = visible.view({1, 1, 1, tk});
     } else if (!window_inactive) {
       mask = AttentionMask(1, tk, options, q.device()).view({1, 1, 1, tk});
     }

@@ -98,16 +98,11 @@ at::Tensor SoftmaxAttentionMixer::Forward(const at::Tensor& x, const MixerContex
     TORCH_CHECK(cache != nullptr, "softmax attention was given a state that is not a KvCache");
     if (ctx.position.defined()) {
       // Positioned step (a captured graph replays it): write at the device position and attend
-      // over the whole buffer, the keys after the position masked out.
+      // over the buffer up to it (and inside the sliding window), the position read on the
+      // device.
       TORCH_CHECK(t == 1, "a positioned attention step takes one token, got ", t);
       cache->WriteAt(ctx.position, k, v);
-      const at::Tensor key_pos =
-          at::arange(cache->capacity(), at::TensorOptions().dtype(at::kLong).device(k.device()));
-      at::Tensor visible = key_pos.le(ctx.position);
-      if (shape_.sliding_window > 0) {
-        visible = visible.logical_and(key_pos.gt(ctx.position - shape_.sliding_window));
-      }
-      options.key_mask = visible;
+      options.key_end = ctx.position;
       o = kernels::SoftmaxAttention(q, cache->key_buffer(), cache->value_buffer(), options);
     } else {
       TORCH_CHECK(cache->length() == ctx.position_offset, "KV cache holds ", cache->length(),

@@ -25,12 +25,21 @@ struct AttentionOptions {
   // q_offset and sliding_window are ignored (the mask says everything) and Tk may exceed the
   // query's position + 1.
   at::Tensor key_mask;
+  // The positioned alternative to key_mask: int64, one element on the keys' device, the last
+  // visible key (inclusive). Tq must be 1 and q_offset is ignored; the query sees the keys
+  // key_end - sliding_window + 1 .. key_end (sliding_window 0: 0 .. key_end) of a buffer whose Tk
+  // may exceed key_end + 1. On CUDA the split-KV kernel reads it on the device (a captured graph
+  // replays the same launch while it advances); elsewhere a key mask is built from it. At most
+  // one of key_mask and key_end is defined.
+  at::Tensor key_end;
 };
 
 // q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D] with Hq % Hkv == 0 (query head h reads key/value
 // head h / (Hq / Hkv)). Returns [B, Hq, Tq, D] in q's dtype. Softmax is computed in fp32.
 // A single query (Tq = 1) reads the shared key/value heads in place (the query heads of a group
-// become that group's rows) instead of repeating them Hq / Hkv times.
+// become that group's rows) instead of repeating them Hq / Hkv times; on CUDA (HYB_WITH_CUDA, no
+// force_math, no gradient needed, no key_mask, inputs kernels::cuda::AttentionDecodeSupported)
+// it runs the split-KV decoding kernel, which reads only the visible keys.
 // Throws c10::Error on inconsistent shapes (the caller's task boundary converts it).
 at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const AttentionOptions& options);
