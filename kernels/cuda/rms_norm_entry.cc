@@ -80,6 +80,7 @@ struct Prepared {
   RmsNormGatedParams params;
   RowInput x;
   at::Tensor weight, gate;
+  int num_sms = 1;
 };
 
 Prepared Prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& gate,
@@ -95,8 +96,8 @@ Prepared Prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
   p.type = TypeOf(x);
   TORCH_CHECK(PlanRmsNormTile(p.cols, static_cast<int>(x.element_size()), &p.tile),
               "cuda RmsNormGated: no tile for rows of ", p.cols);
-  const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.blocks = RmsNormGridBlocks(p.tile, p.rows, num_sms);
+  pr.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  p.blocks = RmsNormGridBlocks(p.tile, p.rows, pr.num_sms, kRmsNormForwardThreadsPerSm);
   pr.x = PrepareRows(x, p.tile.vec);
   pr.weight = ContiguousAligned(weight);
   if (gate.defined()) pr.gate = ContiguousAligned(gate);
@@ -135,6 +136,8 @@ RmsNormGatedGradients Backward(const at::Tensor& x, const at::Tensor& weight,
     d.d_weight.zero_();
     return d;
   }
+  pr.params.blocks = RmsNormGridBlocks(pr.params.tile, pr.params.rows, pr.num_sms,
+                                       kRmsNormBackwardThreadsPerSm);
   const at::Tensor dy = ContiguousAligned(d_y.to(x.scalar_type()));
   const at::Tensor partial = at::empty({pr.params.blocks, pr.params.cols},
                                        x.options().dtype(at::kFloat));

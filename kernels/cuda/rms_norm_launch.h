@@ -73,12 +73,20 @@ inline bool PlanRmsNormTile(int64_t cols, int elem_bytes, RmsNormTile* tile) {
   return true;
 }
 
-// Blocks of a launch over `rows` rows: one row group each, up to about one wave of resident
-// blocks (2048 threads per multiprocessor); the blocks then stride over the rows. The backward
-// writes one partial weight gradient per block, so this also sizes its workspace.
-inline int64_t RmsNormGridBlocks(const RmsNormTile& tile, int64_t rows, int num_sms) {
+// Resident threads per multiprocessor the launches aim at: the forward keeps few registers (at
+// most about 120) and takes the full 2048; the backward about twice as many, and the fewer
+// blocks also mean fewer partial weight-gradient rows to write and sum.
+inline constexpr int kRmsNormForwardThreadsPerSm = 2048;
+inline constexpr int kRmsNormBackwardThreadsPerSm = 1024;
+
+// Blocks of a launch over `rows` rows: one row group each, up to one wave of
+// `threads_per_sm` threads on each of `num_sms` multiprocessors; the blocks then stride over the
+// rows. The backward writes one partial weight gradient per block, so this also sizes its
+// workspace. At least 1.
+inline int64_t RmsNormGridBlocks(const RmsNormTile& tile, int64_t rows, int num_sms,
+                                 int threads_per_sm) {
   const int64_t needed = (rows + tile.rows_per_block - 1) / tile.rows_per_block;
-  int64_t per_sm = 2048 / tile.block_threads;
+  int64_t per_sm = threads_per_sm / tile.block_threads;
   if (per_sm < 1) per_sm = 1;
   const int64_t wave = (num_sms > 0 ? num_sms : 1) * per_sm;
   const int64_t blocks = needed < wave ? needed : wave;
@@ -184,8 +192,8 @@ struct RmsNormGatedParams {
   int64_t cols = 0;
   float eps = 1e-6f;
   ElemType type = ElemType::kF32;
-  RmsNormTile tile;  // from PlanRmsNormTile(cols, bytes of type)
-  int64_t blocks = 0;  // from RmsNormGridBlocks
+  RmsNormTile tile;    // from PlanRmsNormTile(cols, bytes of type)
+  int64_t blocks = 0;  // from RmsNormGridBlocks (the backward's: with its threads per SM)
 };
 
 // Enqueues the forward on `stream`; returns the launch error.
