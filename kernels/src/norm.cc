@@ -2,9 +2,30 @@
 
 #include <torch/torch.h>
 
+#ifdef HYB_WITH_CUDA
+#include "hyb/kernels/cuda_norm.h"
 #include "hyb/kernels/cuda_ops.h"
+#endif
 
 namespace hyb::kernels {
+namespace {
+
+void CheckShapes(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 1 && x.size(-1) == weight.size(0), op,
+              ": last dim of x ", x.sizes(), " does not match weight ", weight.sizes());
+}
+
+#ifdef HYB_WITH_CUDA
+bool NeedsGrad(std::initializer_list<at::Tensor> xs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor& x : xs) {
+    if (x.defined() && x.requires_grad()) return true;
+  }
+  return false;
+}
+#endif
+
+}  // namespace
 
 at::Tensor RmsNormReference(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const at::Tensor x32 = x.to(at::kFloat);
@@ -13,14 +34,35 @@ at::Tensor RmsNormReference(const at::Tensor& x, const at::Tensor& weight, doubl
 }
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(x.size(-1) == weight.size(0), "RmsNorm: last dim ", x.size(-1),
-              " does not match weight size ", weight.size(0));
+  CheckShapes(x, weight, "RmsNorm");
 #ifdef HYB_WITH_CUDA
-  // The fused kernel has no backward: use it only when no gradient is needed.
-  const bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
-  if (!needs_grad && cuda::RmsNormSupported(x, weight)) return cuda::RmsNorm(x, weight, eps);
+  if (!NeedsGrad({x, weight})) {
+    if (cuda::RmsNormSupported(x, weight)) return cuda::RmsNorm(x, weight, eps);
+  } else if (cuda::RmsNormGatedSupported(x, weight, at::Tensor())) {
+    return cuda::RmsNormWithGrad(x, weight, eps);
+  }
 #endif
   return RmsNormReference(x, weight, eps);
+}
+
+at::Tensor RmsNormGatedReference(const at::Tensor& x, const at::Tensor& weight,
+                                 const at::Tensor& gate, double eps) {
+  return RmsNormReference(x, weight, eps) * at::silu(gate.reshape(x.sizes()));
+}
+
+at::Tensor RmsNormGated(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& gate,
+                        double eps) {
+  CheckShapes(x, weight, "RmsNormGated");
+  TORCH_CHECK(gate.defined() && gate.numel() == x.numel(), "RmsNormGated: gate ",
+              gate.defined() ? gate.sizes() : at::IntArrayRef{}, " does not have the ",
+              x.numel(), " elements of x ", x.sizes());
+#ifdef HYB_WITH_CUDA
+  if (cuda::RmsNormGatedSupported(x, weight, gate)) {
+    return NeedsGrad({x, weight, gate}) ? cuda::RmsNormGatedWithGrad(x, weight, gate, eps)
+                                        : cuda::RmsNormGated(x, weight, gate, eps);
+  }
+#endif
+  return RmsNormGatedReference(x, weight, gate, eps);
 }
 
 }  // namespace hyb::kernels
