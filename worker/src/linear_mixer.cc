@@ -346,8 +346,7 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
   }
   o = o.transpose(1, 2).to(x.scalar_type());  // [B, T, H, D]
   if (options_.type != LinearMixerType::kLinearElu) {
-    o = kernels::RmsNorm(o, P("o_norm.weight"), options_.norm_eps) *
-        at::silu(Project(x, "g_proj")).view({b, t, h, d});
+    o = kernels::RmsNormGated(o, P("o_norm.weight"), Project(x, "g_proj"), options_.norm_eps);
   }
   return kernels::Linear(o.reshape({b, t, h * d}), P("o_proj.weight"), P("o_proj.bias"));
 }
