@@ -116,8 +116,9 @@ TEST(CudaLogitsTest, RowKlMatchesFp64ReferenceAndIsNonNegative) {
         EXPECT_LT(err, kTol);
         EXPECT_GE(got.min().item<double>(), -kTol);
         worst = std::max(worst, err);
-        // The same distribution gives exactly 0.
-        EXPECT_TRUE(at::equal(kernels::RowKl(teacher, teacher), at::zeros({n}, Cuda(at::kFloat))));
+        // The same distribution gives 0 up to fp32 rounding (the H200 does not give exact zeros:
+        // the kernel's sum and its two log-sum-exps round separately).
+        EXPECT_LT(kernels::RowKl(teacher, teacher).abs().max().item<double>(), kTol);
       }
     }
   }
