@@ -24,27 +24,13 @@
 #include "hyb/kernels/attention.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
+#include "cuda_timing.h"
 
 namespace {
 
 constexpr int64_t kHeads = 16, kDim = 128, kTokens = 32768;
 
-// Median over 7 batches of the mean time of `reps` back-to-back calls, after a warm-up batch.
-double TimeMs(const std::function<void()>& f, int reps) {
-  for (int i = 0; i < reps; ++i) f();
-  torch::cuda::synchronize();
-  std::vector<double> ms;
-  for (int batch = 0; batch < 7; ++batch) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) f();
-    torch::cuda::synchronize();
-    ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
-        reps);
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using hyb::bench::TimeMs;
 
 }  // namespace
 

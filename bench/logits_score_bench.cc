@@ -19,25 +19,11 @@
 
 #include "hyb/common/json_util.h"
 #include "hyb/kernels/logits.h"
+#include "cuda_timing.h"
 
 namespace {
 
-// Median over 7 batches of the mean time of `reps` back-to-back calls, after a warm-up batch.
-double TimeMs(const std::function<void()>& f, int reps) {
-  for (int i = 0; i < reps; ++i) f();
-  torch::cuda::synchronize();
-  std::vector<double> ms;
-  for (int batch = 0; batch < 7; ++batch) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) f();
-    torch::cuda::synchronize();
-    ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
-        reps);
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using hyb::bench::TimeMs;
 
 // Rows per chunk as ScoringOptions::logits_chunk_bytes (256 MiB) of fp32 gives them.
 int64_t ChunkRows(int64_t vocab) { return std::max<int64_t>(1, (int64_t{256} << 20) / (vocab * 4)); }
