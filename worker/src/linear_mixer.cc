@@ -276,11 +276,14 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
       v = at::silu(v);
     }
   }
-  // [B, T, H*D] -> [B, H, T, D], recurrences in fp32. In bf16 on CUDA, GLA's chunked form gets
-  // bf16 q/k/v instead (what the projections produced): its CUDA kernels (forward and backward)
-  // accumulate and keep their state in fp32 and take no fp32 q/k/v.
-  const bool bf16_chunked = options_.type == LinearMixerType::kGla && t > 1 && x.is_cuda() &&
-                            x.scalar_type() == at::kBFloat16 && (d == 64 || d == 128);
+  // [B, T, H*D] -> [B, H, T, D], recurrences in fp32. In bf16 on CUDA, the chunked forms of GLA
+  // and Gated DeltaNet get bf16 q/k/v instead (what the projections produced; Gated DeltaNet's q
+  // and k L2-normalised in fp32 first): their CUDA kernels (forward and backward) accumulate and
+  // keep their state in fp32 and take no fp32 q/k/v.
+  const bool bf16_chunked = (options_.type == LinearMixerType::kGla ||
+                             options_.type == LinearMixerType::kGatedDeltaNet) &&
+                            t > 1 && x.is_cuda() && x.scalar_type() == at::kBFloat16 &&
+                            (d == 64 || d == 128);
   auto heads = [&](const at::Tensor& u) {
     const at::Tensor r = u.view({b, t, h, -1}).transpose(1, 2);
     return bf16_chunked && r.scalar_type() == at::kBFloat16 ? r : r.to(at::kFloat);
@@ -293,14 +296,20 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   kernels::LinearAttentionOutput r;
   if (options_.type == LinearMixerType::kGatedDeltaNet) {
-    q = L2Normalize(q);
-    k = L2Normalize(k);
+    if (bf16_chunked) {
+      q = L2Normalize(q.to(at::kFloat)).to(at::kBFloat16);
+      k = L2Normalize(k.to(at::kFloat)).to(at::kBFloat16);
+    } else {
+      q = L2Normalize(q);
+      k = L2Normalize(k);
+    }
     const at::Tensor beta = at::sigmoid(Project(x, "b_proj")).transpose(1, 2).to(at::kFloat);
     const at::Tensor g = (-P("A_log").to(at::kFloat).exp() *
                           at::softplus(Project(x, "a_proj").to(at::kFloat) +
                                        P("dt_bias").to(at::kFloat)))
                              .transpose(1, 2);  // [B, H, T]
-    const at::Tensor s0 = initial.defined() ? initial : at::zeros({b, h, d, d}, q.options());
+    const at::Tensor s0 =
+        initial.defined() ? initial : at::zeros({b, h, d, d}, q.options().dtype(at::kFloat));
     r = step ? kernels::GatedDeltaStep(q.select(2, 0), k.select(2, 0), v.select(2, 0),
                                        g.select(2, 0), beta.select(2, 0), scale, s0)
              : kernels::GatedDeltaChunked(q, k, v, g, beta, scale, s0, options_.chunk_size);
