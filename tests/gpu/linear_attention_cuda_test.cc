@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <limits>
@@ -174,7 +175,9 @@ void ExpectGradsWithinBf16ReferenceError(const GlaGrads& got, const GlaGrads& re
     const double err = RelErr(g, r), err_bf16 = RelErr(rb, r);
     std::cout << " " << name << " " << err << " (bf16 ref " << err_bf16 << ")";
     EXPECT_TRUE(at::isfinite(g).all().item<bool>()) << label << " " << name;
-    EXPECT_LT(err, 1e-2) << label << " " << name;
+    // 1e-2 where bf16 itself is that good; under extreme gates (x80, decays to e^-320 within a
+    // chunk) the bf16 reference errs 0.29 on dg and the kernel's bf16 operands 0.065 (H200).
+    EXPECT_LT(err, std::max(1e-2, 0.5 * err_bf16)) << label << " " << name;
     EXPECT_LT(err, 2 * err_bf16) << label << " " << name;
     // The backward multiplies bf16-rounded operands (decay-scaled q and k, states, scores) with
     // fp32 accumulation, and reads the states the forward accumulated the same way: each
@@ -329,7 +332,7 @@ TEST(CudaGlaChunkedBackwardTest, StridedViewsEqualContiguousInputs) {
     const at::Tensor d_o = heads(at::randn({b, t, h, dv}, f32).to(at::kBFloat16));
     const at::Tensor s0 = with_state ? at::randn({b, h, dk, dv}, f32) : at::Tensor();
     const at::Tensor d_s = at::randn({b, h, dk, dv}, f32);
-    ASSERT_FALSE(q.is_contiguous());
+    if (t > 1) ASSERT_FALSE(q.is_contiguous());  // at T = 1 the view is contiguous by strides
     ASSERT_TRUE(kernels::cuda::GlaChunkedSupported(q, k, v, g, s0));
     const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
     auto c = [](const at::Tensor& x) { return x.contiguous(); };
