@@ -1,10 +1,11 @@
 // GPU speed of the linear-attention kernels at the shapes of issue 11, beside LibTorch's fused
 // causal SDPA measured in the same process: bf16, 32K tokens per batch, 16 heads, head dim 128,
-// T in {2K, 8K, 32K} (batch = 32K / T), forward, and forward + backward of our GLA (gradients
+// T in {1K, 2K, 4K, 8K, 32K} (batch = 32K / T), forward, and forward + backward of our GLA (gradients
 // for q, k, v, g from a random output gradient), and forward, and forward + backward, of the
 // chunked Gated DeltaNet kernels (per-head log decays and betas, fp32 SIMT; gradients for q, k,
 // v, g, beta); and batched decoding steps (state fp32)
-// against SDPA decoding one token over a bf16 KV cache. fla's numbers come from
+// against attention decoding one token over a bf16 KV cache (our split-KV kernel and LibTorch's
+// SDPA); SDPA forward and forward + backward give the crossover T. fla's numbers come from
 // ../shared/reference/linear_attention_ops.py run in the same session.
 //
 //   linear_attention_cuda_bench [--hbm-tbps 4.8] [--json FILE]
@@ -58,7 +59,7 @@ int main(int argc, char** argv) {
   at::NoGradGuard no_grad;
 
   std::cout << "| op | T | B | ms | GB/s | HBM bound ms |\n|---|---|---|---|---|---|\n";
-  for (const int64_t t : {2048, 8192, 32768}) {
+  for (const int64_t t : {1024, 2048, 4096, 8192, 32768}) {
     const int64_t b = kTokens / t;
     torch::manual_seed(0);
     const at::Tensor q = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16);
@@ -102,6 +103,14 @@ int main(int argc, char** argv) {
     hyb::kernels::AttentionOptions ao;
     ao.scale = scale;
     const double sdpa_ms = TimeMs([&] { hyb::kernels::SoftmaxAttention(q, k, v, ao); }, 10);
+    // SDPA forward + backward (causal, LibTorch's fused kernel), for the crossover T.
+    const double sdpa_fwd_bwd_ms = TimeMs(
+        [&] {
+          const at::AutoGradMode grad_mode(true);
+          const at::Tensor o = at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, true);
+          torch::autograd::grad({o}, {qg, kg, vg}, {d_o});
+        },
+        5);
     auto row = [&](const std::string& op, double ms, bool with_bw) {
       std::cout << "| " << op << " | " << t << " | " << b << " | " << std::fixed
                 << std::setprecision(3) << ms << " | ";
@@ -121,6 +130,7 @@ int main(int argc, char** argv) {
     row("gla_chunked_cuda fwd", gla_ms, true);
     row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);
     row("sdpa_causal fwd", sdpa_ms, false);
+    row("sdpa_causal fwd+bwd", sdpa_fwd_bwd_ms, false);
     std::cout << "| gated_delta_chunked_cuda fwd | " << t << " | " << b << " | " << std::fixed
               << std::setprecision(3) << gdn_ms << " | " << std::setprecision(0)
               << gdn_bytes / (gdn_ms * 1e-3) / 1e9 << " | " << std::setprecision(3)
@@ -166,7 +176,7 @@ int main(int argc, char** argv) {
     for (const int64_t ctx : {4096, 16384, 65536}) {
       const double kv_bytes = 2.0 * b * kHeads * ctx * kDim * 2;
       if (kv_bytes > 40e9) {
-        std::cout << "| sdpa_decode_kv_cache | " << b << " | " << ctx
+        std::cout << "| kv_cache decoding | " << b << " | " << ctx
                   << " | skipped: KV cache over 40 GB | | |\n";
         continue;
       }
@@ -176,8 +186,12 @@ int main(int argc, char** argv) {
       hyb::kernels::AttentionOptions ao;
       ao.scale = scale;
       ao.q_offset = ctx - 1;
-      decode_row("sdpa_decode_kv_cache", ctx,
+      // SoftmaxAttention with one query dispatches to our split-KV decoding kernel; the SDPA row
+      // is LibTorch's fused attention over the same cache (all keys visible to the last token).
+      decode_row("split_kv_decode_kv_cache", ctx,
                  TimeMs([&] { hyb::kernels::SoftmaxAttention(q1, kc, vc, ao); }, 20), kv_bytes);
+      decode_row("sdpa_decode_kv_cache", ctx,
+                 TimeMs([&] { at::scaled_dot_product_attention(q1, kc, vc); }, 20), kv_bytes);
     }
   }
   if (!json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
