@@ -21,6 +21,7 @@
 
 #include "cuda_check.h"
 #include "linear_attention_launch.h"
+#include "varlen_seqs.cuh"
 
 namespace hyb::kernels::cuda {
 namespace {
@@ -37,9 +38,11 @@ struct GatedDeltaArgs {
   const float* initial_state;  // or null (zeros)
   __nv_bfloat16* o;
   float* final_state;
-  float* chunk_states;  // [BH, N + 1, K, V] or null
+  float* chunk_states;  // [BH, N + 1, K, V] or null (packed: per sequence, VarlenSeqs)
   int64_t tokens;
+  int64_t heads;
   float scale;
+  VarlenSeqs varlen;  // packed sequences, or none
 };
 
 // Shared-memory layout (in floats). q and k rows, and the C x C matrices' rows, are padded by one
@@ -84,13 +87,15 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const Gated
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t bh = blockIdx.x / kSlices;
   const int col0 = static_cast<int>(blockIdx.x % kSlices) * W;  // first value column
-  const int64_t tokens = a.tokens;
-  const __nv_bfloat16* q = a.q + bh * tokens * K;
-  const __nv_bfloat16* k = a.k + bh * tokens * K;
-  const __nv_bfloat16* v = a.v + bh * tokens * V + col0;
-  const float* g = a.g + bh * tokens;
-  const float* bt = a.beta + bh * tokens;
-  __nv_bfloat16* o = a.o + bh * tokens * V + col0;
+  const SeqSpan sq = SeqOf(a.varlen, bh, a.heads, a.tokens, kC);
+  const int64_t tokens = sq.tokens;
+  const int64_t first = sq.row * a.tokens + sq.token0;  // token row of the sequence's token 0
+  const __nv_bfloat16* q = a.q + first * K;
+  const __nv_bfloat16* k = a.k + first * K;
+  const __nv_bfloat16* v = a.v + first * V + col0;
+  const float* g = a.g + first;
+  const float* bt = a.beta + first;
+  __nv_bfloat16* o = a.o + first * V + col0;
   const float* s0 = a.initial_state != nullptr ? a.initial_state + bh * K * V + col0 : nullptr;
   float* s1 = a.final_state + bh * K * V + col0;
 
@@ -98,9 +103,8 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkKernel(const Gated
     state[i] = s0 != nullptr ? s0[(i / W) * V + i % W] : 0.f;
   }
   __syncthreads();
-  const int64_t nchunks = (tokens + kC - 1) / kC;
-  float* cs = a.chunk_states != nullptr ? a.chunk_states + bh * (nchunks + 1) * K * V + col0
-                                        : nullptr;
+  const int64_t nchunks = sq.nchunks;
+  float* cs = a.chunk_states != nullptr ? a.chunk_states + sq.state_slot * K * V + col0 : nullptr;
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t t0 = c * kC;
     if (cs != nullptr) {
@@ -216,7 +220,9 @@ cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
   a.final_state = p.final_state;
   a.chunk_states = p.chunk_states;
   a.tokens = p.tokens;
+  a.heads = p.heads;
   a.scale = p.scale;
+  a.varlen = p.varlen;
   const int64_t bh = p.batch * p.heads;
   if (GatedDeltaColumnSlices(bh, V, p.num_sms) > 1) {
     return LaunchSlices<K, V, kGatedDeltaSliceColumns>(a, bh, stream);
@@ -238,6 +244,7 @@ cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& p, cudaStream
   if (!GatedDeltaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
   if (p.batch * p.heads > kGatedDeltaMaxBatchHeads) return cudaErrorInvalidValue;
+  if (p.varlen.cu_seqlens != nullptr && p.varlen.cu_chunks == nullptr) return cudaErrorInvalidValue;
   if (p.tokens == 0) {
     // No tokens: the final state is the initial one.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;

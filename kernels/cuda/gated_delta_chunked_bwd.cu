@@ -32,6 +32,7 @@
 
 #include "cuda_check.h"
 #include "linear_attention_launch.h"
+#include "varlen_seqs.cuh"
 
 namespace hyb::kernels::cuda {
 namespace {
@@ -244,8 +245,9 @@ struct ScanArgs {
   float* d_chunk_states;       // [BH, N, K, V]: dL/dS at every chunk end
   float* d_initial_state;
   int64_t tokens;
-  int64_t nchunks;
+  int64_t heads;
   float scale;
+  VarlenSeqs varlen;  // packed sequences, or none
 };
 
 template <int K, int V, int kW>
@@ -271,25 +273,27 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaStateGradKernel(const S
   constexpr int kSlices = V / kW;
   const int64_t bh = blockIdx.x / kSlices;
   const int col0 = static_cast<int>(blockIdx.x % kSlices) * kW;
-  const int64_t T = a.tokens;
+  const SeqSpan sq = SeqOf(a.varlen, bh, a.heads, a.tokens, kC);
+  const int64_t T = sq.tokens;
+  const int64_t first = sq.row * a.tokens + sq.token0;  // token row of the sequence's token 0
 
   for (int i = tid; i < K * kW; i += kThreads) {
     const int d = i / kW, j = i % kW;
     ds[d * kWP + j] =
         a.d_final_state != nullptr ? a.d_final_state[(bh * K + d) * V + col0 + j] : 0.f;
   }
-  for (int64_t c = a.nchunks - 1; c >= 0; --c) {
+  for (int64_t c = sq.nchunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kC, rows = T - t0;
     __syncthreads();  // ds complete (first chunk: loaded; later: updated)
-    float* out = a.d_chunk_states + (bh * a.nchunks + c) * K * V + col0;
+    float* out = a.d_chunk_states + (sq.dstate_slot + c) * K * V + col0;
     for (int i = tid; i < K * kW; i += kThreads) {
       const int d = i / kW, j = i % kW;
       out[d * V + j] = ds[d * kWP + j];
     }
-    LoadBf16Tile<K>(qs, a.q + (bh * T + t0) * K, rows, tid);
-    LoadBf16Tile<K>(ks, a.k + (bh * T + t0) * K, rows, tid);
-    LoadBf16Columns<kW>(dos, a.d_output + (bh * T + t0) * V, V, col0, rows, tid);
-    LoadChunkScalars(a.g + bh * T + t0, a.beta + bh * T + t0, rows, tid, b, beta, gamma, to_end);
+    LoadBf16Tile<K>(qs, a.q + (first + t0) * K, rows, tid);
+    LoadBf16Tile<K>(ks, a.k + (first + t0) * K, rows, tid);
+    LoadBf16Columns<kW>(dos, a.d_output + (first + t0) * V, V, col0, rows, tid);
+    LoadChunkScalars(a.g + first + t0, a.beta + first + t0, rows, tid, b, beta, gamma, to_end);
     __syncthreads();
     ChunkScores<K>(qs, ks, b, lm, am, rg, cg);
     __syncthreads();
@@ -387,8 +391,11 @@ struct ChunkArgs {
   float* dg;
   float* dbeta;
   int64_t tokens;
-  int64_t nchunks;
+  int64_t nchunks;  // per sequence (fixed-length)
+  int64_t heads;
   float scale;
+  VarlenSeqs varlen;  // packed sequences, or none
+  int64_t num_seqs;   // packed: N
 };
 
 template <int K, int V>
@@ -417,16 +424,19 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradKernel(const C
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int rg = tid / 16, cg = tid % 16;
-  const int64_t bh = blockIdx.x / a.nchunks, c = blockIdx.x % a.nchunks;
-  const int64_t T = a.tokens, t0 = c * kC, rows = T - t0;
-  const float* s0g = a.chunk_states + (bh * (a.nchunks + 1) + c) * K * V;
-  const float* dsg = a.d_chunk_states + (bh * a.nchunks + c) * K * V;
-  const __nv_bfloat16* vg = a.v + (bh * T + t0) * V;
+  int64_t bh = 0, c = 0;
+  ChunkOfBlock(a.varlen, a.num_seqs, a.heads, a.nchunks, blockIdx.x, &bh, &c);
+  const SeqSpan sq = SeqOf(a.varlen, bh, a.heads, a.tokens, kC);
+  const int64_t T = sq.tokens, t0 = c * kC, rows = T - t0;
+  const int64_t first = sq.row * a.tokens + sq.token0;  // token row of the sequence's token 0
+  const float* s0g = a.chunk_states + (sq.state_slot + c) * K * V;
+  const float* dsg = a.d_chunk_states + (sq.dstate_slot + c) * K * V;
+  const __nv_bfloat16* vg = a.v + (first + t0) * V;
 
-  LoadBf16Tile<K>(qs, a.q + (bh * T + t0) * K, rows, tid);
-  LoadBf16Tile<K>(ks, a.k + (bh * T + t0) * K, rows, tid);
-  LoadBf16Tile<V>(dos, a.d_output + (bh * T + t0) * V, rows, tid);
-  LoadChunkScalars(a.g + bh * T + t0, a.beta + bh * T + t0, rows, tid, b, beta, gamma, to_end);
+  LoadBf16Tile<K>(qs, a.q + (first + t0) * K, rows, tid);
+  LoadBf16Tile<K>(ks, a.k + (first + t0) * K, rows, tid);
+  LoadBf16Tile<V>(dos, a.d_output + (first + t0) * V, rows, tid);
+  LoadChunkScalars(a.g + first + t0, a.beta + first + t0, rows, tid, b, beta, gamma, to_end);
   if (tid < kC) {
     db[tid] = 0.f;
     dbeta[tid] = 0.f;
@@ -558,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradKernel(const C
       const float x = dr[t * kSP + j];
       if (t < rows) {
         sum += Bf(vg[t * V + j]) * x;
-        a.dv[(bh * T + t0 + t) * V + j] = beta[t] * x;
+        a.dv[(first + t0 + t) * V + j] = beta[t] * x;
       }
     }
     sum = SumWarp(sum);
@@ -620,8 +630,8 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradKernel(const C
   for (int i = 0; i < 4; ++i) {
     const int t = rg + 16 * i;
     if (t >= rows) continue;
-    float* oq = a.dq + (bh * T + t0 + t) * K + cg;
-    float* ok = a.dk + (bh * T + t0 + t) * K + cg;
+    float* oq = a.dq + (first + t0 + t) * K + cg;
+    float* ok = a.dk + (first + t0 + t) * K + cg;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
       oq[16 * j] = dq[i][j];
@@ -638,10 +648,10 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradKernel(const C
     float run = at_end;
     for (int t = kC - 1; t >= 0; --t) {
       run += db[t];
-      if (t < rows) a.dg[bh * T + t0 + t] = run;
+      if (t < rows) a.dg[first + t0 + t] = run;
     }
   }
-  if (tid < kC && tid < rows) a.dbeta[bh * T + t0 + tid] = dbeta[tid] + vdr[tid];
+  if (tid < kC && tid < rows) a.dbeta[first + t0 + tid] = dbeta[tid] + vdr[tid];
 }
 
 template <int K, int V, int kW>
@@ -669,8 +679,9 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
   s.d_chunk_states = static_cast<float*>(p.workspace);
   s.d_initial_state = p.d_initial_state;
   s.tokens = p.tokens;
-  s.nchunks = nchunks;
+  s.heads = p.heads;
   s.scale = p.scale;
+  s.varlen = p.varlen;
   const cudaError_t err = GatedDeltaColumnSlices(bh, V, p.num_sms) > 1
                               ? LaunchScan<K, V, kGatedDeltaSliceColumns>(s, bh, stream)
                               : LaunchScan<K, V, V>(s, bh, stream);
@@ -692,12 +703,19 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
   c.dbeta = p.dbeta;
   c.tokens = p.tokens;
   c.nchunks = nchunks;
+  c.heads = p.heads;
   c.scale = p.scale;
+  c.varlen = p.varlen;
+  c.num_seqs = p.batch;
+  // One block per chunk of every sequence and head (none for empty packed sequences).
+  const int64_t blocks =
+      p.varlen.cu_seqlens != nullptr ? p.varlen.total_chunks * p.heads : bh * nchunks;
+  if (blocks == 0) return cudaSuccess;
   using CL = ChunkLayout<K, V>;
   HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkGradKernel<K, V>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
   GatedDeltaChunkGradKernel<K, V>
-      <<<static_cast<unsigned>(bh * nchunks), kThreads, CL::kBytes, stream>>>(c);
+      <<<static_cast<unsigned>(blocks), kThreads, CL::kBytes, stream>>>(c);
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
@@ -705,6 +723,10 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
 }  // namespace
 
 size_t GatedDeltaChunkedBackwardWorkspaceBytes(const GatedDeltaChunkedBackwardParams& p) {
+  if (p.varlen.cu_seqlens != nullptr) {
+    return static_cast<size_t>(p.heads * p.varlen.total_chunks * p.key_dim * p.value_dim) *
+           sizeof(float);
+  }
   const int64_t nchunks = (p.tokens + kC - 1) / kC;
   return static_cast<size_t>(p.batch * p.heads * nchunks * p.key_dim * p.value_dim) * sizeof(float);
 }
@@ -713,6 +735,7 @@ cudaError_t LaunchGatedDeltaChunkedBackward(const GatedDeltaChunkedBackwardParam
                                             cudaStream_t stream) {
   if (!GatedDeltaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
+  if (p.varlen.cu_seqlens != nullptr && p.varlen.cu_chunks == nullptr) return cudaErrorInvalidValue;
   if (p.tokens == 0) {
     // No tokens: the initial state's gradient is the final state's.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;
@@ -725,8 +748,10 @@ cudaError_t LaunchGatedDeltaChunkedBackward(const GatedDeltaChunkedBackwardParam
     return cudaSuccess;
   }
   if (p.workspace == nullptr || p.chunk_states == nullptr) return cudaErrorInvalidValue;
-  const int64_t nchunks = (p.tokens + kC - 1) / kC;
-  if (p.batch * p.heads * nchunks > 0x7fffffff) return cudaErrorInvalidValue;
+  const int64_t blocks = p.varlen.cu_seqlens != nullptr
+                             ? p.heads * p.varlen.total_chunks
+                             : p.batch * p.heads * ((p.tokens + kC - 1) / kC);
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
   if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
   if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
   if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);

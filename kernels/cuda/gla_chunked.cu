@@ -17,6 +17,9 @@
 // start states, pass 2 produces outputs from them. Otherwise pass 2 alone runs, one segment per
 // sequence.
 //
+// Packed sequences (GlaChunkedParams::varlen): blocks map to (sequence, segment, head) through
+// the segment offsets, so sequences of any lengths share both passes and the scan.
+//
 // With GlaChunkedParams::chunk_states set, pass 2 also writes the fp32 state at every chunk start
 // (and the final state after them): what the backward (gla_chunked_bwd.cu) reads.
 //
@@ -28,6 +31,7 @@
 
 #include "cuda_check.h"
 #include "linear_attention_launch.h"
+#include "varlen_seqs.cuh"
 
 namespace hyb::kernels::cuda {
 namespace {
@@ -114,11 +118,37 @@ struct KernelArgs {
   float* seg_state;  // [BH, nseg, K, V]: pass 1 writes local states, the scan start states
   float* seg_decay;  // [BH, nseg, K]: log2 decay over each segment
   int64_t tokens;
-  int nseg;        // segments per sequence
-  int grid_segs;   // segments per sequence covered by this launch's grid
+  int nseg;        // segments per sequence (fixed-length)
+  int grid_segs;   // segments per sequence covered by this launch's grid (fixed-length)
   int seg_chunks;  // chunks per segment
   float scale;
+  VarlenSeqs varlen;           // packed sequences, or none
+  const int64_t* cu_segments;  // packed: [N + 1] segment offsets
+  int64_t num_seqs;            // packed: N
 };
+
+// Segment `seg` of sequence bh, and where its entries of seg_state / seg_decay lie.
+struct SegmentOfBlock {
+  int64_t bh;
+  int seg, nseg;  // this segment, and the sequence's segment count
+  int64_t slot;   // index of [K, V] in seg_state ([K] in seg_decay)
+};
+
+// Fixed-length: block x = bh * grid_segs + seg. Packed: x = (cu_segments[n] + seg) * H + h over
+// every segment of every sequence (pass 1's blocks of last segments return at once).
+__device__ __forceinline__ SegmentOfBlock SegmentOf(const KernelArgs& a, int64_t x) {
+  if (a.varlen.cu_seqlens == nullptr) {
+    const int64_t bh = x / a.grid_segs;
+    const int seg = static_cast<int>(x % a.grid_segs);
+    return {bh, seg, a.nseg, bh * a.nseg + seg};
+  }
+  const int64_t gs = x / a.heads, h = x % a.heads;
+  const int64_t n = FindSeq(a.cu_segments, a.num_seqs, gs);
+  const int64_t s0 = a.cu_segments[n];
+  const int nseg = static_cast<int>(a.cu_segments[n + 1] - s0);
+  const int seg = static_cast<int>(gs - s0);
+  return {n * a.heads + h, seg, nseg, s0 * a.heads + h * nseg + seg};
+}
 
 // Element offset of token 0 of sequence bh = batch * heads + head.
 __device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, int64_t heads) {
@@ -197,18 +227,26 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g8 = lane / 4, t4 = lane % 4;  // fragment row / column-pair of this lane
 
-  const int64_t bh = blockIdx.x / args.grid_segs;
-  const int seg = blockIdx.x % args.grid_segs;
-  const int64_t T = args.tokens;
-  const int nchunks = static_cast<int>((T + kC - 1) / kC);
+  const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
+  // Pass 1 covers every segment but the last of each sequence.
+  if (kStateOnly && sb.seg == sb.nseg - 1) return;
+  const int64_t bh = sb.bh;
+  const int seg = sb.seg;
+  const int64_t H = args.heads;
+  const SeqSpan sq = SeqOf(args.varlen, bh, H, args.tokens, kC);
+  const int64_t T = sq.tokens;
+  const int nchunks = static_cast<int>(sq.nchunks);
   const int c_begin = seg * args.seg_chunks;
   const int c_end = min(c_begin + args.seg_chunks, nchunks);
 
-  const int64_t H = args.heads;
-  const char* qg = reinterpret_cast<const char*>(args.q + SeqOffset(args.qs, bh, H));
-  const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, bh, H));
-  const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, bh, H));
-  const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, bh, H));
+  const char* qg = reinterpret_cast<const char*>(args.q + SeqOffset(args.qs, sq.row, H) +
+                                                 sq.token0 * args.qs.token);
+  const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, sq.row, H) +
+                                                 sq.token0 * args.ks.token);
+  const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, sq.row, H) +
+                                                 sq.token0 * args.vs.token);
+  const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, sq.row, H) +
+                                                 sq.token0 * args.gs.token);
   const int64_t q_pitch = args.qs.token * 2, k_pitch = args.ks.token * 2;
   const int64_t v_pitch = args.vs.token * 2, g_pitch = args.gs.token * 4;
 
@@ -236,8 +274,8 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     const float* s0 = nullptr;
     if (kStateOnly) {
       s0 = nullptr;
-    } else if (args.nseg > 1) {
-      s0 = args.seg_state + (bh * args.nseg + seg) * K * V;
+    } else if (sb.nseg > 1) {
+      s0 = args.seg_state + sb.slot * K * V;
     } else if (args.initial_state != nullptr) {
       s0 = args.initial_state + bh * K * V;
     }
@@ -280,10 +318,9 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
       *reinterpret_cast<float2*>(out + d_hi * V + col0 + 8 * j) = make_float2(S[j][2], S[j][3]);
     }
   };
-  float* const chunk_states =
-      kStateOnly || args.chunk_states == nullptr
-          ? nullptr
-          : args.chunk_states + bh * (static_cast<int64_t>(nchunks) + 1) * K * V;
+  float* const chunk_states = kStateOnly || args.chunk_states == nullptr
+                                  ? nullptr
+                                  : args.chunk_states + sq.state_slot * K * V;
 
   for (int c = c_begin; c < c_end; ++c) {
     const int stage = (c - c_begin) & 1;
@@ -367,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
           }
         }
         const int64_t o_row = args.os.token;
-        __nv_bfloat16* og = args.o + SeqOffset(args.os, bh, H) + t0 * o_row;
+        __nv_bfloat16* og = args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row;
 #pragma unroll
         for (int j = 0; j < kNT; ++j) {
           const int col = n_base + 8 * j + 2 * t4;
@@ -423,17 +460,17 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   // Results: pass 1 its segment's local state and log2 decay; pass 2's last segment the state.
   float* out = nullptr;
   if (kStateOnly) {
-    out = args.seg_state + (bh * args.nseg + seg) * K * V;
+    out = args.seg_state + sb.slot * K * V;
     if (cs == 0 && t4 == 0) {
-      float* dec = args.seg_decay + (bh * args.nseg + seg) * K;
+      float* dec = args.seg_decay + sb.slot * K;
       dec[d_lo] = log_decay_lo;
       dec[d_hi] = log_decay_hi;
     }
-  } else if (seg == args.nseg - 1) {
+  } else if (seg == sb.nseg - 1) {
     out = args.final_state + bh * K * V;
   }
   if (out != nullptr) write_state_f32(out);
-  if (chunk_states != nullptr && seg == args.nseg - 1) {
+  if (chunk_states != nullptr && seg == sb.nseg - 1) {
     write_state_f32(chunk_states + static_cast<int64_t>(nchunks) * K * V);
   }
 #endif
@@ -441,20 +478,28 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
 
 // Start state of every segment: S_0 = initial (or 0); S_{i+1} = 2^decay_i S_i + local_i.
 // One thread per state element; seg_state holds local states on entry, start states on exit.
+// Sequence bh = blockIdx.y; packed (cu_segments set), its nseg and its first slot come from the
+// segment offsets.
 __global__ void GlaSegmentScanKernel(float* seg_state, const float* seg_decay,
                                      const float* initial_state, int nseg, int key_dim,
-                                     int value_dim) {
+                                     int value_dim, const int64_t* cu_segments, int64_t heads) {
   const int64_t kv = static_cast<int64_t>(key_dim) * value_dim;
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (e >= kv) return;
   const int64_t bh = blockIdx.y;
+  int64_t slot0 = bh * nseg;
+  if (cu_segments != nullptr) {
+    const int64_t n = bh / heads, h = bh % heads;
+    nseg = static_cast<int>(cu_segments[n + 1] - cu_segments[n]);
+    slot0 = cu_segments[n] * heads + h * nseg;
+  }
   const int d = static_cast<int>(e / value_dim);
   float s = initial_state != nullptr ? initial_state[bh * kv + e] : 0.f;
   for (int i = 0; i < nseg; ++i) {
-    float* cell = seg_state + (bh * nseg + i) * kv + e;
+    float* cell = seg_state + (slot0 + i) * kv + e;
     const float local = *cell;
     *cell = s;
-    if (i + 1 < nseg) s = Exp2(seg_decay[(bh * nseg + i) * key_dim + d]) * s + local;
+    if (i + 1 < nseg) s = Exp2(seg_decay[(slot0 + i) * key_dim + d]) * s + local;
   }
 }
 
@@ -462,10 +507,16 @@ template <int K, int V>
 cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   using L = Layout<K, V>;
   const int64_t bh = p.batch * p.heads;
+  const bool packed = p.varlen.cu_seqlens != nullptr;
   const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
   const int seg_chunks =
       p.segment_chunks > 0 ? p.segment_chunks : GlaSegmentChunks(bh, p.tokens, p.num_sms);
-  const int nseg = (nchunks + seg_chunks - 1) / seg_chunks;
+  // Fixed-length: segments per sequence. Packed: 2 when any sequence has several (pass 1 and the
+  // scan run), else 1; the grids cover every segment of every sequence.
+  const int nseg =
+      packed ? (p.total_segments > p.batch ? 2 : 1) : (nchunks + seg_chunks - 1) / seg_chunks;
+  const int64_t blocks_pass1 = packed ? p.total_segments * p.heads : bh * (nseg - 1);
+  const int64_t blocks_pass2 = packed ? p.total_segments * p.heads : bh * nseg;
   KernelArgs a{};
   a.q = static_cast<const __nv_bfloat16*>(p.q);
   a.k = static_cast<const __nv_bfloat16*>(p.k);
@@ -490,25 +541,30 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   a.nseg = nseg;
   a.seg_chunks = seg_chunks;
   a.scale = p.scale;
+  a.varlen = p.varlen;
+  a.cu_segments = p.cu_segments;
+  a.num_seqs = p.batch;
   if (nseg > 1) {
     if (p.workspace == nullptr) return cudaErrorInvalidValue;
+    const int64_t slots = packed ? p.total_segments * p.heads : bh * nseg;
     a.seg_state = static_cast<float*>(p.workspace);
-    a.seg_decay = a.seg_state + bh * nseg * K * V;
+    a.seg_decay = a.seg_state + slots * K * V;
     HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, true>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
     a.grid_segs = nseg - 1;
     GlaChunkKernel<K, V, true>
-        <<<static_cast<unsigned>(bh * (nseg - 1)), kThreads, L::kBytes, stream>>>(a);
+        <<<static_cast<unsigned>(blocks_pass1), kThreads, L::kBytes, stream>>>(a);
     HYB_CUDA_TRY(cudaGetLastError());
     const dim3 grid(static_cast<unsigned>((K * V + 255) / 256), static_cast<unsigned>(bh));
     GlaSegmentScanKernel<<<grid, 256, 0, stream>>>(a.seg_state, a.seg_decay, p.initial_state, nseg,
-                                                   K, V);
+                                                   K, V, p.cu_segments, p.heads);
     HYB_CUDA_TRY(cudaGetLastError());
   }
   HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, false>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
   a.grid_segs = nseg;
-  GlaChunkKernel<K, V, false><<<static_cast<unsigned>(bh * nseg), kThreads, L::kBytes, stream>>>(a);
+  GlaChunkKernel<K, V, false>
+      <<<static_cast<unsigned>(blocks_pass2), kThreads, L::kBytes, stream>>>(a);
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
@@ -543,7 +599,44 @@ int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
   return static_cast<int>(std::min(per, nchunks));
 }
 
+std::vector<int64_t> VarlenChunks(const std::vector<int64_t>& cu_seqlens) {
+  std::vector<int64_t> cu_chunks(cu_seqlens.empty() ? 1 : cu_seqlens.size(), 0);
+  for (size_t n = 1; n < cu_seqlens.size(); ++n) {
+    cu_chunks[n] = cu_chunks[n - 1] + (cu_seqlens[n] - cu_seqlens[n - 1] + kC - 1) / kC;
+  }
+  return cu_chunks;
+}
+
+int GlaVarlenSegmentChunks(int64_t heads, const std::vector<int64_t>& cu_chunks, int num_sms) {
+  int64_t longest = 1;
+  for (size_t n = 1; n < cu_chunks.size(); ++n) {
+    longest = std::max(longest, cu_chunks[n] - cu_chunks[n - 1]);
+  }
+  // The segment scan's grid has one row per (sequence, head): at most 65535 of them.
+  if ((static_cast<int64_t>(cu_chunks.size()) - 1) * heads > 65535)
+    return static_cast<int>(longest);
+  const int64_t total = cu_chunks.back() * heads;
+  const int64_t want = 4 * static_cast<int64_t>(num_sms);
+  const int64_t per = std::max<int64_t>(4, (total + want - 1) / want);
+  return static_cast<int>(std::min(per, longest));
+}
+
+std::vector<int64_t> GlaVarlenSegments(const std::vector<int64_t>& cu_chunks, int segment_chunks) {
+  std::vector<int64_t> cu_segments(cu_chunks.size(), 0);
+  for (size_t n = 1; n < cu_chunks.size(); ++n) {
+    const int64_t chunks = cu_chunks[n] - cu_chunks[n - 1];
+    cu_segments[n] =
+        cu_segments[n - 1] + std::max<int64_t>(1, (chunks + segment_chunks - 1) / segment_chunks);
+  }
+  return cu_segments;
+}
+
 size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
+  if (p.varlen.cu_seqlens != nullptr) {
+    if (p.total_segments <= p.batch) return 0;
+    return static_cast<size_t>(p.total_segments * p.heads * p.key_dim * (p.value_dim + 1)) *
+           sizeof(float);
+  }
   const int64_t bh = p.batch * p.heads;
   const int64_t nchunks = (p.tokens + kC - 1) / kC;
   const int seg_chunks =
@@ -556,6 +649,12 @@ size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
 cudaError_t LaunchGlaChunked(const GlaChunkedParams& p, cudaStream_t stream) {
   if (!GlaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
+  if (p.varlen.cu_seqlens != nullptr &&
+      (p.varlen.cu_chunks == nullptr || p.cu_segments == nullptr || p.segment_chunks <= 0 ||
+       p.total_segments < p.batch)) {
+    return cudaErrorInvalidValue;
+  }
+  // (Packed, the chunk-state layout with no tokens is the same [N, H, 1, K, V].)
   if (p.tokens == 0) {
     // No tokens: the final state (and the one chunk state) is the initial one.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;

@@ -41,6 +41,7 @@
 
 #include "cuda_check.h"
 #include "linear_attention_launch.h"
+#include "varlen_seqs.cuh"
 
 namespace hyb::kernels::cuda {
 namespace {
@@ -217,6 +218,7 @@ struct ScanArgs {
   int value_dim;
   int slices;  // blocks per sequence (V / W)
   float scale;
+  VarlenSeqs varlen;  // packed sequences, or none
 };
 
 template <int K, int W>
@@ -231,7 +233,9 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
   const int64_t bh = blockIdx.x / a.slices;
   const int col_base = (blockIdx.x % a.slices) * W;  // first state column of this block
   const int V = a.value_dim;
-  const int64_t T = a.tokens, H = a.heads;
+  const int64_t H = a.heads;
+  const SeqSpan sq = SeqOf(a.varlen, bh, H, a.tokens, kC);
+  const int64_t T = sq.tokens;
 
   constexpr int kRB = K / 16, kCS = 8 / kRB, kWC = W / kCS, kSN = kWC / 8;
   static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
@@ -240,10 +244,12 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
   const int wcol0 = cs * kWC;                // first column of this warp inside the slice
   const int col0 = col_base + wcol0 + 2 * t4;  // + 8 j: this lane's state columns
 
-  const char* qg = reinterpret_cast<const char*>(a.q + SeqOffset(a.qs, bh, H));
-  const char* gg = reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, bh, H));
-  const char* dog =
-      reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, bh, H) + col_base);
+  const char* qg =
+      reinterpret_cast<const char*>(a.q + SeqOffset(a.qs, sq.row, H) + sq.token0 * a.qs.token);
+  const char* gg =
+      reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, sq.row, H) + sq.token0 * a.gs.token);
+  const char* dog = reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, sq.row, H) +
+                                                  sq.token0 * a.dos.token + col_base);
   const int64_t q_pitch = a.qs.token * 2, g_pitch = a.gs.token * 4, do_pitch = a.dos.token * 2;
   auto load_chunk = [&](int c, int stage) {
     char* base = smem + stage * L::kStage;
@@ -281,11 +287,11 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
 
   __nv_bfloat16* qe = reinterpret_cast<__nv_bfloat16*>(smem + L::kQe);
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
-  const int n = a.nchunks;
-  load_chunk(n - 1, 0);
+  const int n = static_cast<int>(sq.nchunks);
+  if (n > 0) load_chunk(n - 1, 0);  // (an empty packed sequence: dS0 = dS_T)
   for (int c = n - 1; c >= 0; --c) {
     const int stage = (n - 1 - c) & 1;
-    write_state(a.d_chunk_states + (bh * n + c) * K * V);
+    write_state(a.d_chunk_states + (sq.dstate_slot + c) * K * V);
     if (c > 0) {
       load_chunk(c - 1, stage ^ 1);  // that stage's last readers passed the previous barrier
       CpAsyncWait<1>();
@@ -389,8 +395,10 @@ struct ChunkArgs {
   GlaStrides dqs, dks, dvs, dgs;
   int64_t heads;
   int64_t tokens;
-  int nchunks;
+  int nchunks;  // per sequence (fixed-length)
   float scale;
+  VarlenSeqs varlen;  // packed sequences, or none
+  int64_t num_seqs;   // packed: N
 };
 
 // Blocks per multiprocessor the chunk kernel is built for (its shared memory allows two at
@@ -425,20 +433,27 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g8 = lane / 4, t4 = lane % 4;
-  const int64_t bh = blockIdx.x / a.nchunks;
-  const int c = static_cast<int>(blockIdx.x % a.nchunks);
-  const int64_t T = a.tokens, H = a.heads, t0 = static_cast<int64_t>(c) * kC;
+  int64_t bh = 0, c64 = 0;
+  ChunkOfBlock(a.varlen, a.num_seqs, a.heads, a.nchunks, blockIdx.x, &bh, &c64);
+  const int c = static_cast<int>(c64);
+  const int64_t H = a.heads;
+  const SeqSpan sq = SeqOf(a.varlen, bh, H, a.tokens, kC);
+  // t0: this chunk's first token in the sequence; tt0: in its row of the per-token tensors.
+  const int64_t T = sq.tokens, t0 = static_cast<int64_t>(c) * kC, tt0 = sq.token0 + t0;
   const int64_t rows = T - t0;  // valid tokens of this chunk (may exceed kC)
+  const int64_t row = sq.row;
 
-  const __nv_bfloat16* qg = a.q + SeqOffset(a.qs, bh, H) + t0 * a.qs.token;
-  const __nv_bfloat16* kg = a.k + SeqOffset(a.ks, bh, H) + t0 * a.ks.token;
+  const __nv_bfloat16* qg = a.q + SeqOffset(a.qs, row, H) + tt0 * a.qs.token;
+  const __nv_bfloat16* kg = a.k + SeqOffset(a.ks, row, H) + tt0 * a.ks.token;
 
   // Gates, v and do into shared memory (asynchronous) while the states are converted.
   {
-    const char* gg = reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, bh, H) + t0 * a.gs.token);
-    const char* vg = reinterpret_cast<const char*>(a.v + SeqOffset(a.vs, bh, H) + t0 * a.vs.token);
-    const char* dg = reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, bh, H) +
-                                                   t0 * a.dos.token);
+    const char* gg =
+        reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, row, H) + tt0 * a.gs.token);
+    const char* vg =
+        reinterpret_cast<const char*>(a.v + SeqOffset(a.vs, row, H) + tt0 * a.vs.token);
+    const char* dg =
+        reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, row, H) + tt0 * a.dos.token);
     CopyTile<K, 4, L::kBP>(smem + L::kB, gg, a.gs.token * 4, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kV, vg, a.vs.token * 2, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kDo, dg, a.dos.token * 2, rows, tid);
@@ -446,11 +461,11 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
   }
   // S0 and dS to bf16; rowsum(S_end * dS) in fp32 (S_end: the next chunk's start state).
   {
-    const int64_t n = a.nchunks;
     const float4* s0g =
-        reinterpret_cast<const float4*>(a.chunk_states + (bh * (n + 1) + c) * K * V);
+        reinterpret_cast<const float4*>(a.chunk_states + (sq.state_slot + c) * K * V);
     const float4* s1g = s0g + K * V / 4;
-    const float4* dsg = reinterpret_cast<const float4*>(a.d_chunk_states + (bh * n + c) * K * V);
+    const float4* dsg =
+        reinterpret_cast<const float4*>(a.d_chunk_states + (sq.dstate_slot + c) * K * V);
     constexpr int kRowVec = V / 4;  // float4 per state row: the lanes that share a row
     constexpr int kLanes = kRowVec;
     static_assert(kLanes <= 32 && 32 % kLanes == 0, "a state row must fit in one warp");
@@ -619,7 +634,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, bh, H) + t0 * a.dqs.token;
+    GradT* out = static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, row, H) + tt0 * a.dqs.token;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
       const int d = key_col(j);
@@ -671,7 +686,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dk) + SeqOffset(a.dks, bh, H) + t0 * a.dks.token;
+    GradT* out = static_cast<GradT*>(a.dk) + SeqOffset(a.dks, row, H) + tt0 * a.dks.token;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
       const int d = key_col(j);
@@ -734,7 +749,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
 
   // dg, second half: add the later blocks' totals and rowsum(S_end * dS).
   {
-    float* out = a.dg + SeqOffset(a.dgs, bh, H) + t0 * a.dgs.token;
+    float* out = a.dg + SeqOffset(a.dgs, row, H) + tt0 * a.dgs.token;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
       const int d = key_col(j);
@@ -779,7 +794,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, bh, H) + t0 * a.dvs.token;
+    GradT* out = static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, row, H) + tt0 * a.dvs.token;
 #pragma unroll
     for (int j = 0; j < kNV; ++j) {
       const int e = vbase + 8 * j + 2 * t4;
@@ -806,13 +821,15 @@ cudaError_t LaunchScan(const ScanArgs& s, int64_t bh, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+// `blocks`: one per chunk of every sequence and head.
 template <int K, int V, typename GradT>
-cudaError_t LaunchChunks(const ChunkArgs& c, int64_t bh, cudaStream_t stream) {
+cudaError_t LaunchChunks(const ChunkArgs& c, int64_t blocks, cudaStream_t stream) {
   using CL = ChunkLayout<K, V>;
+  if (blocks == 0) return cudaSuccess;  // only empty packed sequences
   HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkGradKernel<K, V, GradT>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
   GlaChunkGradKernel<K, V, GradT>
-      <<<static_cast<unsigned>(bh * c.nchunks), kThreads, CL::kBytes, stream>>>(c);
+      <<<static_cast<unsigned>(blocks), kThreads, CL::kBytes, stream>>>(c);
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
@@ -836,6 +853,7 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   s.nchunks = nchunks;
   s.value_dim = V;
   s.scale = p.scale;
+  s.varlen = p.varlen;
 
   ChunkArgs c{};
   c.q = s.q;
@@ -862,6 +880,8 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   c.tokens = p.tokens;
   c.nchunks = nchunks;
   c.scale = p.scale;
+  c.varlen = p.varlen;
+  c.num_seqs = p.batch;
   const int grad_bytes = p.grads_bf16 ? 2 : 4;
   if (!GlaStridesAligned(p.q, c.qs, 2) || !GlaStridesAligned(p.k, c.ks, 2) ||
       !GlaStridesAligned(p.v, c.vs, 2) || !GlaStridesAligned(p.g, c.gs, 4) ||
@@ -875,13 +895,19 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   s.slices = V / w;
   const cudaError_t err = w == V ? LaunchScan<K, V>(s, bh, stream) : LaunchScan<K, 32>(s, bh, stream);
   if (err != cudaSuccess) return err;
-  return p.grads_bf16 ? LaunchChunks<K, V, __nv_bfloat16>(c, bh, stream)
-                      : LaunchChunks<K, V, float>(c, bh, stream);
+  const int64_t blocks =
+      p.varlen.cu_seqlens != nullptr ? p.varlen.total_chunks * p.heads : bh * nchunks;
+  return p.grads_bf16 ? LaunchChunks<K, V, __nv_bfloat16>(c, blocks, stream)
+                      : LaunchChunks<K, V, float>(c, blocks, stream);
 }
 
 }  // namespace
 
 size_t GlaChunkedBackwardWorkspaceBytes(const GlaChunkedBackwardParams& p) {
+  if (p.varlen.cu_seqlens != nullptr) {
+    return static_cast<size_t>(p.heads * p.varlen.total_chunks * p.key_dim * p.value_dim) *
+           sizeof(float);
+  }
   const int64_t nchunks = (p.tokens + kC - 1) / kC;
   return static_cast<size_t>(p.batch * p.heads * nchunks * p.key_dim * p.value_dim) *
          sizeof(float);
@@ -890,6 +916,7 @@ size_t GlaChunkedBackwardWorkspaceBytes(const GlaChunkedBackwardParams& p) {
 cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   if (!GlaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
+  if (p.varlen.cu_seqlens != nullptr && p.varlen.cu_chunks == nullptr) return cudaErrorInvalidValue;
   if (p.tokens == 0) {
     // No tokens: the initial state's gradient is the final state's.
     const size_t bytes = static_cast<size_t>(p.batch * p.heads * p.key_dim * p.value_dim) * 4;

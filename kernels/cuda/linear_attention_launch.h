@@ -9,11 +9,31 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace hyb::kernels::cuda {
 
 // Tokens per chunk of the chunked GLA kernel (fixed: the result does not depend on it).
 inline constexpr int kGlaChunk = 64;
+
+// Packed sequences of different lengths in one launch (cumulative offsets, "cu_seqlens"). The
+// per-token tensors are [1, H, T, D] (gated delta's g and beta [1, H, T]) with T the packed
+// total, and sequence n holds tokens [cu_seqlens[n], cu_seqlens[n + 1]). With cu_seqlens set, a
+// params struct below reads `batch` as the number of sequences N and `tokens` as T: states are
+// [N, H, K, V], each sequence starts from its own, and nothing crosses a boundary. Chunk-start
+// states are stored per sequence, [H, N_n + 1, K, V] from element (cu_chunks[n] + n) * H * K * V
+// (N_n = cu_chunks[n + 1] - cu_chunks[n] chunks), and the backward's chunk-end state gradients
+// [H, N_n, K, V] from element cu_chunks[n] * H * K * V. Blocks map to (sequence, chunk or
+// segment, head) through these offsets, so one launch serves any mix of lengths.
+struct VarlenSeqs {
+  const int64_t* cu_seqlens = nullptr;  // [N + 1] device, or null: a fixed-length batch
+  const int64_t* cu_chunks = nullptr;   // [N + 1] device: ceil(length / 64) summed (VarlenChunks)
+  int64_t total_chunks = 0;             // cu_chunks[N]
+};
+
+// Chunk offsets of the sequences of host offsets `cu_seqlens` (ceil(length / 64) summed; the
+// same for the GLA and the gated-delta kernels, whose chunks are both 64 tokens).
+std::vector<int64_t> VarlenChunks(const std::vector<int64_t>& cu_seqlens);
 
 // Element strides of a GLA per-token tensor [B, H, T, D] whose last dim is contiguous. All zero
 // (the default) means contiguous [B, H, T, D]. The kernels move 16-byte vectors: the base
@@ -51,8 +71,14 @@ struct GlaChunkedParams {
   int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
   float scale = 1.f;
   // Chunks per segment; 0 picks one from the device's multiprocessor count (GlaSegmentChunks).
+  // Packed sequences need it set (GlaVarlenSegmentChunks) together with cu_segments.
   int segment_chunks = 0;
   int num_sms = 132;  // multiprocessors of the device, for the choice above
+  VarlenSeqs varlen;  // packed sequences, or none
+  // Packed sequences only: [N + 1] device segment offsets (GlaVarlenSegments), one segment at
+  // least per sequence (also for an empty one, whose block writes its final state).
+  const int64_t* cu_segments = nullptr;
+  int64_t total_segments = 0;  // cu_segments[N]
 };
 
 // True when the kernel handles this key/value head size.
@@ -62,6 +88,14 @@ bool GlaChunkedSupportsDims(int key_dim, int value_dim);
 // computes each segment's own state contribution, a scan joins them, a second pass produces the
 // outputs. With enough (batch x heads) to fill the device every sequence is one segment.
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
+
+// Chunks per segment for packed sequences with chunk offsets `cu_chunks` (VarlenChunks) and
+// `heads` heads: about four blocks per multiprocessor over all sequences, at least 4 chunks per
+// segment, so a long sequence among short ones is cut while a batch that fills the device is not
+// (nor one of more than 65535 (sequence, head) pairs: the segment scan's grid limit).
+int GlaVarlenSegmentChunks(int64_t heads, const std::vector<int64_t>& cu_chunks, int num_sms);
+// Segment offsets: max(1, ceil(chunks / segment_chunks)) per sequence, summed.
+std::vector<int64_t> GlaVarlenSegments(const std::vector<int64_t>& cu_chunks, int segment_chunks);
 
 // Scratch bytes the launch needs for these params (0 for one segment per sequence).
 size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& params);
@@ -98,9 +132,10 @@ struct GlaChunkedBackwardParams {
   int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
   float scale = 1.f;
   int num_sms = 132;  // multiprocessors of the device: the reverse scan's column split
+  VarlenSeqs varlen;  // packed sequences, or none
 };
 
-// Scratch bytes the backward needs (4 B*H*N*K*V).
+// Scratch bytes the backward needs (4 B*H*N*K*V; packed: 4 H*total_chunks*K*V).
 size_t GlaChunkedBackwardWorkspaceBytes(const GlaChunkedBackwardParams& params);
 
 // Enqueues the backward on `stream`; returns the first launch error. cudaErrorInvalidValue for
@@ -134,6 +169,7 @@ struct GatedDeltaChunkedParams {
   int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
   float scale = 1.f;
   int num_sms = 132;  // multiprocessors of the device, for GatedDeltaColumnSlices
+  VarlenSeqs varlen;  // packed sequences, or none
 };
 
 // True when the kernel handles this key/value head size.
@@ -174,9 +210,10 @@ struct GatedDeltaChunkedBackwardParams {
   int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
   float scale = 1.f;
   int num_sms = 132;  // multiprocessors of the device, for GatedDeltaColumnSlices
+  VarlenSeqs varlen;  // packed sequences, or none
 };
 
-// Scratch bytes the backward needs (4 B*H*N*K*V).
+// Scratch bytes the backward needs (4 B*H*N*K*V; packed: 4 H*total_chunks*K*V).
 size_t GatedDeltaChunkedBackwardWorkspaceBytes(const GatedDeltaChunkedBackwardParams& params);
 
 // Enqueues the backward on `stream`; returns the first launch error. cudaErrorInvalidValue for
