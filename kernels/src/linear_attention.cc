@@ -425,4 +425,217 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
   return {unchunk(dq), unchunk(dk), unchunk(dv), unchunk_head(dg), unchunk_head(dbeta), ds};
 }
 
+void CheckCuSeqlens(const std::vector<int64_t>& cu_seqlens, int64_t total_tokens, const char* op) {
+  TORCH_CHECK(cu_seqlens.size() >= 2, op, ": cu_seqlens must hold N + 1 >= 2 offsets (got ",
+              cu_seqlens.size(), ")");
+  TORCH_CHECK(cu_seqlens.front() == 0, op, ": cu_seqlens[0] must be 0 (got ", cu_seqlens.front(),
+              ")");
+  for (size_t i = 1; i < cu_seqlens.size(); ++i) {
+    TORCH_CHECK(cu_seqlens[i] >= cu_seqlens[i - 1], op,
+                ": cu_seqlens must not decrease (cu_seqlens[", i, "] = ", cu_seqlens[i],
+                " < cu_seqlens[", i - 1, "] = ", cu_seqlens[i - 1], ")");
+  }
+  TORCH_CHECK(cu_seqlens.back() == total_tokens, op, ": cu_seqlens[", cu_seqlens.size() - 1,
+              "] = ", cu_seqlens.back(), " must equal the packed length T = ", total_tokens);
+}
+
+namespace {
+
+// Checks of a packed batch beyond the per-operator ones: B = 1, valid offsets, and a state
+// argument (`name`) undefined or [N, H, K, V].
+void CheckVarlen(const at::Tensor& q, const at::Tensor& v, const at::Tensor& state,
+                 const char* name, const std::vector<int64_t>& cu_seqlens, const char* op) {
+  TORCH_CHECK(q.size(0) == 1, op, ": packed sequences need q, k, v of batch 1 (got ", q.size(0),
+              ")");
+  CheckCuSeqlens(cu_seqlens, q.size(2), op);
+  const int64_t n = static_cast<int64_t>(cu_seqlens.size()) - 1;
+  TORCH_CHECK(
+      !state.defined() || state.sizes() == at::IntArrayRef({n, q.size(1), q.size(3), v.size(3)}),
+      op, ": ", name, " must be [N, H, K, V] = [", n, ", ", q.size(1), ", ", q.size(3), ", ",
+      v.size(3), "] (got ", state.sizes(), ")");
+}
+
+// Sequence i's slice of [1, H, T, ...] tensors, or of [N, H, K, V] states (undefined stays so).
+at::Tensor SeqTokens(const at::Tensor& x, const std::vector<int64_t>& cu, size_t i) {
+  return x.narrow(2, cu[i], cu[i + 1] - cu[i]);
+}
+at::Tensor SeqState(const at::Tensor& s, size_t i) {
+  return s.defined() ? s.narrow(0, static_cast<int64_t>(i), 1) : at::Tensor();
+}
+// [1, H, 0, dim]: an empty sequence's slice.
+at::Tensor NoTokens(const at::Tensor& like, int64_t dim) {
+  return at::zeros({1, like.size(1), 0, dim}, like.options());
+}
+
+}  // namespace
+
+LinearAttentionOutput GlaChunkedVarlen(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& g, double scale,
+                                       const at::Tensor& initial_state,
+                                       const std::vector<int64_t>& cu_seqlens, int64_t chunk_size) {
+  CheckQkv(q, k, v, "GlaChunkedVarlen");
+  TORCH_CHECK(g.sizes() == k.sizes(), "GlaChunkedVarlen: g must match k");
+  TORCH_CHECK(chunk_size > 0, "GlaChunkedVarlen: chunk_size must be positive");
+  CheckVarlen(q, v, initial_state, "initial_state", cu_seqlens, "GlaChunkedVarlen");
+#ifdef HYB_WITH_CUDA
+  const int64_t n = static_cast<int64_t>(cu_seqlens.size()) - 1;
+  if (cuda::GlaChunkedVarlenSupported(q, k, v, g, initial_state, n)) {
+    if (NeedsGrad({q, k, v, g, initial_state})) {
+      return cuda::GlaChunkedVarlenWithGrad(q, k, v, g, scale, initial_state, cu_seqlens);
+    }
+    return cuda::GlaChunkedVarlen(q, k, v, g, scale, initial_state, cu_seqlens);
+  }
+#endif
+  return GlaChunkedVarlenReference(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size);
+}
+
+LinearAttentionOutput GlaChunkedVarlenReference(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                double scale, const at::Tensor& initial_state,
+                                                const std::vector<int64_t>& cu_seqlens,
+                                                int64_t chunk_size) {
+  CheckQkv(q, k, v, "GlaChunkedVarlen");
+  TORCH_CHECK(g.sizes() == k.sizes(), "GlaChunkedVarlen: g must match k");
+  CheckVarlen(q, v, initial_state, "initial_state", cu_seqlens, "GlaChunkedVarlen");
+  std::vector<at::Tensor> outs, finals;
+  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
+    const at::Tensor s0 = SeqState(initial_state, i);
+    if (cu_seqlens[i + 1] == cu_seqlens[i]) {
+      outs.push_back(NoTokens(v, v.size(3)));
+      finals.push_back(s0.defined() ? s0 : ZeroState(k, v));
+      continue;
+    }
+    LinearAttentionOutput r = GlaChunkedReference(
+        SeqTokens(q, cu_seqlens, i), SeqTokens(k, cu_seqlens, i), SeqTokens(v, cu_seqlens, i),
+        SeqTokens(g, cu_seqlens, i), scale, s0, chunk_size);
+    outs.push_back(r.output);
+    finals.push_back(r.final_state);
+  }
+  return {at::cat(outs, 2), at::cat(finals, 0)};
+}
+
+GlaChunkedGradients GlaChunkedVarlenBackwardReference(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    double scale, const at::Tensor& initial_state, const at::Tensor& d_output,
+    const at::Tensor& d_final_state, const std::vector<int64_t>& cu_seqlens, int64_t chunk_size) {
+  CheckQkv(q, k, v, "GlaChunkedVarlenBackward");
+  TORCH_CHECK(g.sizes() == k.sizes(), "GlaChunkedVarlenBackward: g must match k");
+  TORCH_CHECK(d_output.sizes() == v.sizes(), "GlaChunkedVarlenBackward: d_output must match v");
+  CheckVarlen(q, v, initial_state, "initial_state", cu_seqlens, "GlaChunkedVarlenBackward");
+  CheckVarlen(q, v, d_final_state, "d_final_state", cu_seqlens, "GlaChunkedVarlenBackward");
+  std::vector<at::Tensor> dq, dk, dv, dg, ds0;
+  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
+    const at::Tensor ds1 = SeqState(d_final_state, i);
+    if (cu_seqlens[i + 1] == cu_seqlens[i]) {
+      dq.push_back(NoTokens(q, q.size(3)));
+      dk.push_back(NoTokens(k, k.size(3)));
+      dv.push_back(NoTokens(v, v.size(3)));
+      dg.push_back(NoTokens(g, g.size(3)));
+      ds0.push_back(ds1.defined() ? ds1 : ZeroState(k, v));
+      continue;
+    }
+    GlaChunkedGradients r = GlaChunkedBackwardReference(
+        SeqTokens(q, cu_seqlens, i), SeqTokens(k, cu_seqlens, i), SeqTokens(v, cu_seqlens, i),
+        SeqTokens(g, cu_seqlens, i), scale, SeqState(initial_state, i),
+        SeqTokens(d_output, cu_seqlens, i), ds1, chunk_size);
+    dq.push_back(r.dq);
+    dk.push_back(r.dk);
+    dv.push_back(r.dv);
+    dg.push_back(r.dg);
+    ds0.push_back(r.d_initial_state);
+  }
+  return {at::cat(dq, 2), at::cat(dk, 2), at::cat(dv, 2), at::cat(dg, 2), at::cat(ds0, 0)};
+}
+
+LinearAttentionOutput GatedDeltaChunkedVarlen(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& g,
+                                              const at::Tensor& beta, double scale,
+                                              const at::Tensor& initial_state,
+                                              const std::vector<int64_t>& cu_seqlens,
+                                              int64_t chunk_size) {
+  CheckQkv(q, k, v, "GatedDeltaChunkedVarlen");
+  TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
+              "GatedDeltaChunkedVarlen: g and beta must be [1, H, T]");
+  TORCH_CHECK(chunk_size > 0, "GatedDeltaChunkedVarlen: chunk_size must be positive");
+  CheckVarlen(q, v, initial_state, "initial_state", cu_seqlens, "GatedDeltaChunkedVarlen");
+#ifdef HYB_WITH_CUDA
+  const int64_t n = static_cast<int64_t>(cu_seqlens.size()) - 1;
+  if (cuda::GatedDeltaChunkedVarlenSupported(q, k, v, g, beta, initial_state, n)) {
+    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
+      return cuda::GatedDeltaChunkedVarlenWithGrad(q, k, v, g, beta, scale, initial_state,
+                                                   cu_seqlens);
+    }
+    return cuda::GatedDeltaChunkedVarlen(q, k, v, g, beta, scale, initial_state, cu_seqlens);
+  }
+#endif
+  return GatedDeltaChunkedVarlenReference(q, k, v, g, beta, scale, initial_state, cu_seqlens,
+                                          chunk_size);
+}
+
+LinearAttentionOutput GatedDeltaChunkedVarlenReference(const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& v, const at::Tensor& g,
+                                                       const at::Tensor& beta, double scale,
+                                                       const at::Tensor& initial_state,
+                                                       const std::vector<int64_t>& cu_seqlens,
+                                                       int64_t chunk_size) {
+  CheckQkv(q, k, v, "GatedDeltaChunkedVarlen");
+  TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
+              "GatedDeltaChunkedVarlen: g and beta must be [1, H, T]");
+  CheckVarlen(q, v, initial_state, "initial_state", cu_seqlens, "GatedDeltaChunkedVarlen");
+  std::vector<at::Tensor> outs, finals;
+  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
+    const at::Tensor s0 = SeqState(initial_state, i);
+    if (cu_seqlens[i + 1] == cu_seqlens[i]) {
+      outs.push_back(NoTokens(v, v.size(3)));
+      finals.push_back(s0.defined() ? s0 : ZeroState(k, v));
+      continue;
+    }
+    LinearAttentionOutput r = GatedDeltaChunkedReference(
+        SeqTokens(q, cu_seqlens, i), SeqTokens(k, cu_seqlens, i), SeqTokens(v, cu_seqlens, i),
+        SeqTokens(g, cu_seqlens, i), SeqTokens(beta, cu_seqlens, i), scale, s0, chunk_size);
+    outs.push_back(r.output);
+    finals.push_back(r.final_state);
+  }
+  return {at::cat(outs, 2), at::cat(finals, 0)};
+}
+
+GatedDeltaChunkedGradients GatedDeltaChunkedVarlenBackwardReference(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    const at::Tensor& beta, double scale, const at::Tensor& initial_state,
+    const at::Tensor& d_output, const at::Tensor& d_final_state,
+    const std::vector<int64_t>& cu_seqlens, int64_t chunk_size) {
+  CheckQkv(q, k, v, "GatedDeltaChunkedVarlenBackward");
+  TORCH_CHECK(g.sizes() == q.sizes().slice(0, 3) && beta.sizes() == g.sizes(),
+              "GatedDeltaChunkedVarlenBackward: g and beta must be [1, H, T]");
+  TORCH_CHECK(d_output.sizes() == v.sizes(),
+              "GatedDeltaChunkedVarlenBackward: d_output must match v");
+  CheckVarlen(q, v, initial_state, "initial_state", cu_seqlens, "GatedDeltaChunkedVarlenBackward");
+  CheckVarlen(q, v, d_final_state, "d_final_state", cu_seqlens, "GatedDeltaChunkedVarlenBackward");
+  std::vector<at::Tensor> dq, dk, dv, dg, dbeta, ds0;
+  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
+    const at::Tensor ds1 = SeqState(d_final_state, i);
+    if (cu_seqlens[i + 1] == cu_seqlens[i]) {
+      dq.push_back(NoTokens(q, q.size(3)));
+      dk.push_back(NoTokens(k, k.size(3)));
+      dv.push_back(NoTokens(v, v.size(3)));
+      dg.push_back(at::zeros({1, g.size(1), 0}, g.options()));
+      dbeta.push_back(at::zeros({1, beta.size(1), 0}, beta.options()));
+      ds0.push_back(ds1.defined() ? ds1 : ZeroState(k, v));
+      continue;
+    }
+    GatedDeltaChunkedGradients r = GatedDeltaChunkedBackwardReference(
+        SeqTokens(q, cu_seqlens, i), SeqTokens(k, cu_seqlens, i), SeqTokens(v, cu_seqlens, i),
+        SeqTokens(g, cu_seqlens, i), SeqTokens(beta, cu_seqlens, i), scale,
+        SeqState(initial_state, i), SeqTokens(d_output, cu_seqlens, i), ds1, chunk_size);
+    dq.push_back(r.dq);
+    dk.push_back(r.dk);
+    dv.push_back(r.dv);
+    dg.push_back(r.dg);
+    dbeta.push_back(r.dbeta);
+    ds0.push_back(r.d_initial_state);
+  }
+  return {at::cat(dq, 2), at::cat(dk, 2),    at::cat(dv, 2),
+          at::cat(dg, 2), at::cat(dbeta, 2), at::cat(ds0, 0)};
+}
+
 }  // namespace hyb::kernels

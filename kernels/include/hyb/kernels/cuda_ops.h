@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "hyb/kernels/linear_attention.h"
 
@@ -41,6 +42,28 @@ GlaChunkedGradients GlaChunkedBackward(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& v, const at::Tensor& g, double scale,
                                        const at::Tensor& initial_state, const at::Tensor& d_output,
                                        const at::Tensor& d_final_state);
+// Packed sequences of different lengths (kernels::GlaChunkedVarlen's contract): q, k, v, g
+// [1, H, T, .] with T = cu_seqlens.back(), `cu_seqlens` the N + 1 host offsets (checked with
+// CheckCuSeqlens; on the host so that grid sizes need no device synchronisation), initial_state
+// undefined or [N, H, K, V]; final state [N, H, K, V]. One launch per kernel whatever the
+// lengths. Supported as GlaChunked above, with B = 1.
+bool GlaChunkedVarlenSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& g, const at::Tensor& initial_state,
+                               int64_t num_seqs);
+LinearAttentionOutput GlaChunkedVarlen(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& g, double scale,
+                                       const at::Tensor& initial_state,
+                                       const std::vector<int64_t>& cu_seqlens);
+LinearAttentionOutput GlaChunkedVarlenWithGrad(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const at::Tensor& g,
+                                               double scale, const at::Tensor& initial_state,
+                                               const std::vector<int64_t>& cu_seqlens);
+GlaChunkedGradients GlaChunkedVarlenBackward(const at::Tensor& q, const at::Tensor& k,
+                                             const at::Tensor& v, const at::Tensor& g, double scale,
+                                             const at::Tensor& initial_state,
+                                             const at::Tensor& d_output,
+                                             const at::Tensor& d_final_state,
+                                             const std::vector<int64_t>& cu_seqlens);
 // Chunks per parallel segment the GLA kernel uses for B*H sequences of `tokens` on a device
 // with `num_sms` multiprocessors (host-testable tile math; the whole sequence when B*H fills it).
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
@@ -75,6 +98,29 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackward(const at::Tensor& q, const 
                                                      const at::Tensor& initial_state,
                                                      const at::Tensor& d_output,
                                                      const at::Tensor& d_final_state);
+
+// Packed sequences (kernels::GatedDeltaChunkedVarlen's contract): as GlaChunkedVarlen above, g
+// and beta [1, H, T]. Supported as GatedDeltaChunked, with B = 1.
+bool GatedDeltaChunkedVarlenSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& g, const at::Tensor& beta,
+                                      const at::Tensor& initial_state, int64_t num_seqs);
+LinearAttentionOutput GatedDeltaChunkedVarlen(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& g,
+                                              const at::Tensor& beta, double scale,
+                                              const at::Tensor& initial_state,
+                                              const std::vector<int64_t>& cu_seqlens);
+LinearAttentionOutput GatedDeltaChunkedVarlenWithGrad(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& v, const at::Tensor& g,
+                                                      const at::Tensor& beta, double scale,
+                                                      const at::Tensor& initial_state,
+                                                      const std::vector<int64_t>& cu_seqlens);
+GatedDeltaChunkedGradients GatedDeltaChunkedVarlenBackward(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v, const at::Tensor& g,
+                                                           const at::Tensor& beta, double scale,
+                                                           const at::Tensor& initial_state,
+                                                           const at::Tensor& d_output,
+                                                           const at::Tensor& d_final_state,
+                                                           const std::vector<int64_t>& cu_seqlens);
 
 // Single-token decoding steps (kernels/cuda/linear_attention_step.cu). Supported: q, k, v
 // [B, H, K] / [B, H, V] all fp32 or all bf16 on one CUDA device, state fp32 [B, H, K, V],

@@ -18,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace hyb::kernels {
 
@@ -108,6 +109,54 @@ GatedDeltaChunkedGradients GatedDeltaChunkedBackwardReference(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
     const at::Tensor& beta, double scale, const at::Tensor& initial_state,
     const at::Tensor& d_output, const at::Tensor& d_final_state, int64_t chunk_size);
+
+// Packed variable-length batches ("cu_seqlens"). N sequences are concatenated along time into
+// one row of B = 1: q, k, v, g (and beta) are [1, H, T, .] with T = cu_seqlens.back(), and
+// sequence n holds tokens [cu_seqlens[n], cu_seqlens[n + 1]) (empty sequences allowed). Each
+// sequence starts from its own state, initial_state [N, H, K, V] or undefined (zeros), and
+// ends in its own final_state [N, H, K, V]; nothing crosses a boundary, so the result equals
+// N separate calls. The offsets are a host vector: the CUDA path sizes its grids from them
+// without waiting for the device (a device tensor would cost a synchronisation per call).
+// With HYB_CUDA the supported inputs (cuda_ops.h: GlaChunkedVarlenSupported,
+// GatedDeltaChunkedVarlenSupported) run in one launch per kernel, with a CUDA backward under
+// autograd; everything else runs the *VarlenReference functions (per sequence, the oracle).
+// Bad offsets throw c10::Error naming the function, cu_seqlens and the entry at fault.
+LinearAttentionOutput GlaChunkedVarlen(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& g, double scale,
+                                       const at::Tensor& initial_state,
+                                       const std::vector<int64_t>& cu_seqlens, int64_t chunk_size);
+LinearAttentionOutput GlaChunkedVarlenReference(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const at::Tensor& g,
+                                                double scale, const at::Tensor& initial_state,
+                                                const std::vector<int64_t>& cu_seqlens,
+                                                int64_t chunk_size);
+// GlaChunkedBackwardReference per sequence: d_output [1, H, T, V], d_final_state [N, H, K, V]
+// or undefined; gradients packed like the inputs, d_initial_state [N, H, K, V].
+GlaChunkedGradients GlaChunkedVarlenBackwardReference(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    double scale, const at::Tensor& initial_state, const at::Tensor& d_output,
+    const at::Tensor& d_final_state, const std::vector<int64_t>& cu_seqlens, int64_t chunk_size);
+LinearAttentionOutput GatedDeltaChunkedVarlen(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& g,
+                                              const at::Tensor& beta, double scale,
+                                              const at::Tensor& initial_state,
+                                              const std::vector<int64_t>& cu_seqlens,
+                                              int64_t chunk_size);
+LinearAttentionOutput GatedDeltaChunkedVarlenReference(const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& v, const at::Tensor& g,
+                                                       const at::Tensor& beta, double scale,
+                                                       const at::Tensor& initial_state,
+                                                       const std::vector<int64_t>& cu_seqlens,
+                                                       int64_t chunk_size);
+GatedDeltaChunkedGradients GatedDeltaChunkedVarlenBackwardReference(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    const at::Tensor& beta, double scale, const at::Tensor& initial_state,
+    const at::Tensor& d_output, const at::Tensor& d_final_state,
+    const std::vector<int64_t>& cu_seqlens, int64_t chunk_size);
+// Checks packed-sequence offsets for `total_tokens` packed tokens: at least two entries, the
+// first 0, none decreasing, the last `total_tokens`. Throws c10::Error naming `op`, cu_seqlens
+// and the entry at fault.
+void CheckCuSeqlens(const std::vector<int64_t>& cu_seqlens, int64_t total_tokens, const char* op);
 
 // One decoding step of each recurrence: q, k, g: [B, H, K]; v: [B, H, V]; beta, g (delta):
 // [B, H]; state [B, H, K, V] (not modified). Returns o [B, H, V] and the new state.
