@@ -17,6 +17,9 @@
 
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
+#ifdef HYB_WITH_CUDA
+#include "linear_attention_launch.h"
+#endif
 
 namespace hyb {
 namespace {
@@ -321,6 +324,32 @@ TEST(CudaVarlenTest, ManySequencesFillTheDevice) {
                               /*with_final_grad=*/true);
     ExpectPackedMatches(b, gla, 0.125, gla ? 2e-3 : 5e-4, "70 sequences H=2 K=V=64");
   }
+}
+
+// The host tables the launchers size their grids from (no device needed).
+TEST(CudaVarlenTest, HostTablesOfChunksAndSegments) {
+  using kernels::cuda::GlaVarlenSegmentChunks;
+  using kernels::cuda::GlaVarlenSegments;
+  using kernels::cuda::VarlenChunks;
+  const std::vector<int64_t> chunks = VarlenChunks(Offsets({1, 63, 0, 64, 65, 1000, 5000}));
+  EXPECT_EQ(chunks, (std::vector<int64_t>{0, 1, 2, 2, 3, 5, 21, 100}));
+  // 2 heads on 132 multiprocessors: 200 (chunk, head) pairs, segments of 4 chunks (at least one
+  // per sequence, the empty one included): the 5,000 tokens in 20 of them.
+  EXPECT_EQ(GlaVarlenSegmentChunks(2, chunks, 132), 4);
+  EXPECT_EQ(GlaVarlenSegments(chunks, 4), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 9, 29}));
+  // Sequences that fill the device run whole: 1,000 x 64 tokens, 16 heads.
+  const std::vector<int64_t> many = VarlenChunks(Offsets(std::vector<int64_t>(1000, 64)));
+  EXPECT_EQ(many.back(), 1000);
+  EXPECT_EQ(GlaVarlenSegmentChunks(16, many, 132), 1);
+  // A long sequence among short ones is cut: 127 x 64 tokens and one of 65,536, 16 heads.
+  std::vector<int64_t> mixed(127, 64);
+  mixed.push_back(65536);
+  const std::vector<int64_t> mixed_chunks = VarlenChunks(Offsets(mixed));
+  EXPECT_EQ(GlaVarlenSegmentChunks(16, mixed_chunks, 132), 35);  // ceil(16 * 1151 / 528)
+  // More (sequence, head) pairs than the segment scan's grid takes: no segments.
+  const std::vector<int64_t> huge = VarlenChunks(Offsets(std::vector<int64_t>(5000, 640)));
+  EXPECT_EQ(GlaVarlenSegmentChunks(16, huge, 132), 10);
+  EXPECT_EQ(VarlenChunks({0, 0}), (std::vector<int64_t>{0, 0}));
 }
 
 // Forward-only calls (no gradient needed) give what the autograd path gives, and the CUDA entry
