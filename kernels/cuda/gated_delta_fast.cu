@@ -1,0 +1,573 @@
+// Chunk-parallel Gated DeltaNet forward for sm_80+ (tuned for sm_90): bf16 q/k/v, fp32 gates,
+// betas and state, tensor-core products through mma.sync m16n8k16 (gated_delta_fast.cuh). The
+// three launches are described in gated_delta_fast_launch.h. Exponents are differences of
+// cumulative log decays taken in the direction that keeps them <= 0, so no gate strength
+// overflows.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "cuda_check.h"
+#include "gated_delta_fast.cuh"
+#include "gated_delta_fast_launch.h"
+
+namespace hyb::kernels::cuda {
+namespace {
+
+using gdn::kC;
+using gdn::kLog2e;
+using bf16 = __nv_bfloat16;
+
+constexpr int kThreads = 128;  // 4 warps; warp w owns the chunk's rows 16 w .. 16 w + 15
+
+// Real tokens of the chunk starting at token t0 (at most kC).
+__device__ __forceinline__ int RowsOf(int64_t tokens, int64_t t0) {
+  return tokens - t0 < kC ? static_cast<int>(tokens - t0) : kC;
+}
+
+// Cumulative log2 decay of a chunk's tokens into b[0..63] and the betas into beta_s[0..63]
+// (zeros past `rows`: padded tokens change nothing). Warps 0 and 1; the caller synchronises.
+__device__ __forceinline__ void LoadGates(const float* g, const float* beta, int rows, float* b,
+                                          float* beta_s, int tid) {
+  const int warp = tid >> 5, lane = tid & 31;
+  if (warp == 0) {
+    const int i = 2 * lane;
+    const float g0 = i < rows ? g[i] : 0.f, g1 = i + 1 < rows ? g[i + 1] : 0.f;
+    const float pair = g0 + g1;
+    float incl = pair;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const float x = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += x;
+    }
+    const float excl = incl - pair;
+    b[i] = (excl + g0) * kLog2e;
+    b[i + 1] = (excl + g0 + g1) * kLog2e;
+  } else if (warp == 1) {
+    const int i = 2 * lane;
+    beta_s[i] = i < rows ? beta[i] : 0.f;
+    beta_s[i + 1] = i + 1 < rows ? beta[i + 1] : 0.f;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (1) Per chunk: Tinv = (I + A)^-1 and w, u.
+
+template <int K, int V>
+struct PrepareLayout {
+  static constexpr int kKP = K + 8, kVP = V + 8, kTP = kC + 8, kAP = kC + 4;
+  static constexpr int kK = 0;                      // k, then beta e^b k (bf16 [C][kKP])
+  static constexpr int kV = kK + kC * kKP * 2;      // v, then beta v (bf16 [C][kVP])
+  static constexpr int kA = kV + kC * kVP * 2;      // A (fp32 [C][kAP], strictly lower part)
+  static constexpr int kT = kA + kC * kAP * 4;      // Tinv (bf16 [C][kTP])
+  static constexpr int kB = kT + kC * kTP * 2;      // b (fp32 [C])
+  static constexpr int kBeta = kB + kC * 4;         // beta (fp32 [C])
+  static constexpr int kBytes = kBeta + kC * 4;
+};
+
+// Rows 16 warp.. of Tinv (lower triangular: k steps 0..warp) times the [C][N] bf16 tile `rhs`,
+// stored as bf16 into out (row pitch N) rows 16 warp...
+template <int N, int kRhsPitch>
+__device__ __forceinline__ void TinvTimes(const bf16* tinv, int tinv_pitch, const bf16* rhs,
+                                          bf16* out, int warp, int lane) {
+  float acc[N / 8][4];
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk > warp) break;
+    uint32_t a[4];
+    gdn::LoadA(a, tinv, tinv_pitch, 16 * warp, 16 * kk, lane);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t b[4];
+      gdn::LoadB2(b, rhs, kRhsPitch, 16 * kk, 16 * np, lane);
+      gdn::Mma(acc[2 * np], a, b[0], b[1]);
+      gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+  const int r = 16 * warp + (lane >> 2), c = 2 * (lane & 3);
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j) {
+    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r) * N + 8 * j + c) =
+        gdn::PackBf16(acc[j][0], acc[j][1]);
+    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r + 8) * N + 8 * j + c) =
+        gdn::PackBf16(acc[j][2], acc[j][3]);
+  }
+}
+
+template <int K, int V>
+__global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p) {
+  using L = PrepareLayout<K, V>;
+  extern __shared__ __align__(16) char smem[];
+  bf16* ks = reinterpret_cast<bf16*>(smem + L::kK);
+  bf16* vs = reinterpret_cast<bf16*>(smem + L::kV);
+  float* as = reinterpret_cast<float*>(smem + L::kA);
+  bf16* ts = reinterpret_cast<bf16*>(smem + L::kT);
+  float* bs = reinterpret_cast<float*>(smem + L::kB);
+  float* betas = reinterpret_cast<float*>(smem + L::kBeta);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int chunk = blockIdx.x;
+  const int64_t bh = blockIdx.y;
+  const int64_t t0 = static_cast<int64_t>(chunk) * kC;
+  const int rows = RowsOf(p.tokens, t0);
+  const int64_t tok = bh * p.tokens + t0;  // first token's row
+  gdn::CopyTile<kC, K, L::kKP, kThreads>(ks, static_cast<const bf16*>(p.k) + tok * K, K, rows,
+                                         tid);
+  gdn::CopyTile<kC, V, L::kVP, kThreads>(vs, static_cast<const bf16*>(p.v) + tok * V, V, rows,
+                                         tid);
+  gdn::CpAsyncCommit();
+  LoadGates(p.g + tok, p.beta + tok, rows, bs, betas, tid);
+  gdn::CpAsyncWait<0>();
+  __syncthreads();
+
+  // A[t][s] = beta_t 2^(b_t - b_s) (k_t . k_s) for s < t: warp w computes rows 16 w.. and the
+  // column pairs up to the diagonal.
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t a[4];
+      gdn::LoadA(a, ks, L::kKP, 16 * warp, k0, lane);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        if (np > warp) break;
+        uint32_t b[4];
+        gdn::LoadBT2(b, ks, L::kKP, k0, 16 * np, lane);
+        gdn::Mma(acc[2 * np], a, b[0], b[1]);
+        gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+    const int r0 = 16 * warp + (lane >> 2), c0 = 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (j > 2 * warp + 1) break;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = r0 + (e >> 1) * 8, c = 8 * j + c0 + (e & 1);
+        if (c < r) as[r * L::kAP + c] = betas[r] * gdn::Exp2(bs[r] - bs[c]) * acc[j][e];
+      }
+    }
+  }
+  __syncthreads();
+
+  if (warp < 2) {
+    // Tinv column j = tid by forward substitution: x_i = [i == j] - sum_{m < i} A[i][m] x_m.
+    // Every read of A is a broadcast; four partial sums shorten the dependency chain.
+    const int j = tid;
+    float x[kC];
+#pragma unroll
+    for (int i = 0; i < kC; ++i) {
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+      const float* row = as + i * L::kAP;
+#pragma unroll
+      for (int m = 0; m + 3 < i; m += 4) {
+        const float4 a4 = *reinterpret_cast<const float4*>(row + m);
+        s0 = fmaf(a4.x, x[m], s0);
+        s1 = fmaf(a4.y, x[m + 1], s1);
+        s2 = fmaf(a4.z, x[m + 2], s2);
+        s3 = fmaf(a4.w, x[m + 3], s3);
+      }
+#pragma unroll
+      for (int m = i & ~3; m < i; ++m) s0 = fmaf(row[m], x[m], s0);
+      x[i] = (i == j ? 1.f : 0.f) - ((s0 + s1) + (s2 + s3));
+    }
+#pragma unroll
+    for (int i = 0; i < kC; ++i) ts[i * L::kTP + j] = __float2bfloat16_rn(x[i]);
+  } else {
+    // Meanwhile: k <- beta e^b k and v <- beta v in place (row r by threads tid - 64).
+    for (int i = tid - 64; i < kC * (K + V) / 2; i += 64) {
+      int r, c;
+      bf16* base;
+      float f;
+      if (i < kC * K / 2) {
+        r = i / (K / 2);
+        c = 2 * (i % (K / 2));
+        base = ks + r * L::kKP + c;
+        f = betas[r] * gdn::Exp2(bs[r]);
+      } else {
+        const int iv = i - kC * K / 2;
+        r = iv / (V / 2);
+        c = 2 * (iv % (V / 2));
+        base = vs + r * L::kVP + c;
+        f = betas[r];
+      }
+      const float2 x = gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(base));
+      *reinterpret_cast<uint32_t*>(base) = gdn::PackBf16(x.x * f, x.y * f);
+    }
+  }
+  __syncthreads();
+
+  const int64_t tp = static_cast<int64_t>(gridDim.x) * kC;  // padded tokens
+  const int64_t prow = bh * tp + t0;                        // first padded row of the chunk
+  TinvTimes<V, L::kVP>(ts, L::kTP, vs, static_cast<bf16*>(p.ws.u) + prow * V, warp, lane);
+  TinvTimes<K, L::kKP>(ts, L::kTP, ks, static_cast<bf16*>(p.ws.w) + prow * K, warp, lane);
+  if (tid < kC) p.ws.b[prow + tid] = bs[tid];
+  bf16* tg = static_cast<bf16*>(p.ws.tinv) + prow * kC;
+#pragma unroll
+  for (int n = 0; n < kC * kC / 8 / kThreads; ++n) {
+    const int i = tid + n * kThreads, r = i / (kC / 8), cv = i % (kC / 8);
+    *reinterpret_cast<uint4*>(tg + r * kC + 8 * cv) =
+        *reinterpret_cast<const uint4*>(ts + r * L::kTP + 8 * cv);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (2) The state recurrence over chunks. Block = (slice of S value columns, sequence); the
+// slice's [K][S] fp32 state lives in registers, warp w holding key rows w K / 4 ...
+
+template <int K, int S>
+struct RecurrenceLayout {
+  static constexpr int kKP = K + 8, kSP = S + 8;
+  // One stage: w, k (bf16 [C][kKP]), u (bf16 [C][kSP]), b (fp32 [C]).
+  static constexpr int kW = 0;
+  static constexpr int kK = kW + kC * kKP * 2;
+  static constexpr int kU = kK + kC * kKP * 2;
+  static constexpr int kB = kU + kC * kSP * 2;
+  static constexpr int kStage = kB + kC * 4;
+  static constexpr int kState = 2 * kStage;            // S in bf16 [K][kSP]
+  static constexpr int kVd = kState + K * kSP * 2;     // e^(b_C - b) v_new (bf16 [C][kSP])
+  static constexpr int kBytes = kVd + kC * kSP * 2;
+};
+
+template <int K, int V, int S>
+__global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParams p) {
+  using L = RecurrenceLayout<K, S>;
+  constexpr int kMT = K / 64;  // m16 tiles of state rows per warp
+  constexpr int kNT = S / 8;   // n8 tiles of state columns
+  extern __shared__ __align__(16) char smem[];
+  bf16* st = reinterpret_cast<bf16*>(smem + L::kState);
+  bf16* vd = reinterpret_cast<bf16*>(smem + L::kVd);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int col0 = blockIdx.x * S;  // first value column of the slice
+  const int64_t bh = blockIdx.y;
+  const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
+  const int64_t tp = static_cast<int64_t>(nchunks) * kC;
+  const bf16* wg = static_cast<const bf16*>(p.ws.w) + bh * tp * K;
+  const bf16* kg = static_cast<const bf16*>(p.k) + bh * p.tokens * K;
+  const bf16* ug = static_cast<const bf16*>(p.ws.u) + bh * tp * V + col0;
+  const float* bg = p.ws.b + bh * tp;
+  bf16* vng = static_cast<bf16*>(p.ws.v_new) + bh * tp * V + col0;
+  bf16* csg = static_cast<bf16*>(p.ws.chunk_states) + bh * nchunks * K * V + col0;
+
+  auto load_stage = [&](int c) {
+    char* base = smem + (c & 1) * L::kStage;
+    const int64_t t0 = static_cast<int64_t>(c) * kC;
+    const int rows = RowsOf(p.tokens, t0);
+    gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kW), wg + t0 * K, K,
+                                           kC, tid);
+    gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kK), kg + t0 * K, K,
+                                           rows, tid);
+    gdn::CopyTile<kC, S, L::kSP, kThreads>(reinterpret_cast<bf16*>(base + L::kU), ug + t0 * V, V,
+                                           kC, tid);
+    if (tid < kC / 4) {
+      gdn::CpAsync16(base + L::kB + 16 * tid, bg + t0 + 4 * tid, true);
+    }
+  };
+
+  // State rows of this thread's accumulators: warp w, m-tile mt, half e / 2.
+  const int srow0 = warp * (K / 4) + (lane >> 2), scol0 = 2 * (lane & 3);
+  float s[kMT][kNT][4];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = srow0 + 16 * mt + 8 * (e >> 1), c = 8 * nt + scol0 + (e & 1);
+        s[mt][nt][e] = p.initial_state != nullptr
+                           ? p.initial_state[(bh * K + r) * V + col0 + c]
+                           : 0.f;
+      }
+    }
+  }
+
+  load_stage(0);
+  gdn::CpAsyncCommit();
+  for (int c = 0; c < nchunks; ++c) {
+    gdn::CpAsyncWait<0>();
+    __syncthreads();  // stage c landed; every read of the other stage, st and vd is done
+    if (c + 1 < nchunks) load_stage(c + 1);
+    gdn::CpAsyncCommit();
+    const char* stage = smem + (c & 1) * L::kStage;
+    const bf16* ws = reinterpret_cast<const bf16*>(stage + L::kW);
+    const bf16* ks = reinterpret_cast<const bf16*>(stage + L::kK);
+    const bf16* us = reinterpret_cast<const bf16*>(stage + L::kU);
+    const float* bs = reinterpret_cast<const float*>(stage + L::kB);
+
+    // The chunk-start state in bf16: into shared memory and the chunk-state store.
+    bf16* cs = csg + static_cast<int64_t>(c) * K * V;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        const int r = srow0 + 16 * mt, col = 8 * nt + scol0;
+        const uint32_t lo = gdn::PackBf16(s[mt][nt][0], s[mt][nt][1]);
+        const uint32_t hi = gdn::PackBf16(s[mt][nt][2], s[mt][nt][3]);
+        *reinterpret_cast<uint32_t*>(st + r * L::kSP + col) = lo;
+        *reinterpret_cast<uint32_t*>(st + (r + 8) * L::kSP + col) = hi;
+        *reinterpret_cast<uint32_t*>(cs + static_cast<int64_t>(r) * V + col) = lo;
+        *reinterpret_cast<uint32_t*>(cs + static_cast<int64_t>(r + 8) * V + col) = hi;
+      }
+    }
+    __syncthreads();
+
+    // v_new = u - w S for rows 16 warp..; vd = e^(b_C - b_t) v_new.
+    {
+      float acc[kNT][4];
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+      for (int k0 = 0; k0 < K; k0 += 16) {
+        uint32_t a[4];
+        gdn::LoadA(a, ws, L::kKP, 16 * warp, k0, lane);
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t b[4];
+          gdn::LoadB2(b, st, L::kSP, k0, 16 * np, lane);
+          gdn::Mma(acc[2 * np], a, b[0], b[1]);
+          gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+        }
+      }
+      const float b_last = bs[kC - 1];
+      const int r = 16 * warp + (lane >> 2);
+      const float e_lo = gdn::Exp2(b_last - bs[r]), e_hi = gdn::Exp2(b_last - bs[r + 8]);
+      bf16* vn = vng + static_cast<int64_t>(c) * kC * V;
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        const int col = 8 * j + scol0;
+        const float2 u_lo = gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(us + r * L::kSP + col));
+        const float2 u_hi =
+            gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(us + (r + 8) * L::kSP + col));
+        const float x0 = u_lo.x - acc[j][0], x1 = u_lo.y - acc[j][1];
+        const float x2 = u_hi.x - acc[j][2], x3 = u_hi.y - acc[j][3];
+        *reinterpret_cast<uint32_t*>(vn + static_cast<int64_t>(r) * V + col) = gdn::PackBf16(x0, x1);
+        *reinterpret_cast<uint32_t*>(vn + static_cast<int64_t>(r + 8) * V + col) =
+            gdn::PackBf16(x2, x3);
+        *reinterpret_cast<uint32_t*>(vd + r * L::kSP + col) = gdn::PackBf16(x0 * e_lo, x1 * e_lo);
+        *reinterpret_cast<uint32_t*>(vd + (r + 8) * L::kSP + col) =
+            gdn::PackBf16(x2 * e_hi, x3 * e_hi);
+      }
+    }
+    __syncthreads();
+
+    // S <- e^(b_C) S + k^T vd.
+    const float decay = gdn::Exp2(bs[kC - 1]);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= decay;
+      }
+#pragma unroll
+      for (int k0 = 0; k0 < kC; k0 += 16) {
+        uint32_t a[4];
+        gdn::LoadAT(a, ks, L::kKP, warp * (K / 4) + 16 * mt, k0, lane);
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t b[4];
+          gdn::LoadB2(b, vd, L::kSP, k0, 16 * np, lane);
+          gdn::Mma(s[mt][2 * np], a, b[0], b[1]);
+          gdn::Mma(s[mt][2 * np + 1], a, b[2], b[3]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const int r = srow0 + 16 * mt, col = col0 + 8 * nt + scol0;
+      float* f = p.final_state + (bh * K + r) * V + col;
+      *reinterpret_cast<float2*>(f) = make_float2(s[mt][nt][0], s[mt][nt][1]);
+      *reinterpret_cast<float2*>(f + 8 * V) = make_float2(s[mt][nt][2], s[mt][nt][3]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (3) Outputs, per chunk: o = scale (diag(2^b) q S0 + P v_new), P = (2^(b_t - b_s) q_t.k_s)_{s<=t}.
+
+template <int K, int V>
+struct OutputLayout {
+  static constexpr int kKP = K + 8, kVP = V + 8;
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + kC * kKP * 2;
+  static constexpr int kVn = kK + kC * kKP * 2;
+  static constexpr int kS = kVn + kC * kVP * 2;  // S0 bf16 [K][kVP]
+  static constexpr int kB = kS + K * kVP * 2;
+  static constexpr int kBytes = kB + kC * 4;
+};
+
+template <int K, int V>
+__global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p) {
+  using L = OutputLayout<K, V>;
+  extern __shared__ __align__(16) char smem[];
+  bf16* qs = reinterpret_cast<bf16*>(smem + L::kQ);
+  bf16* ks = reinterpret_cast<bf16*>(smem + L::kK);
+  bf16* vn = reinterpret_cast<bf16*>(smem + L::kVn);
+  bf16* ss = reinterpret_cast<bf16*>(smem + L::kS);
+  float* bs = reinterpret_cast<float*>(smem + L::kB);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int chunk = blockIdx.x;
+  const int64_t bh = blockIdx.y;
+  const int64_t t0 = static_cast<int64_t>(chunk) * kC;
+  const int rows = RowsOf(p.tokens, t0);
+  const int64_t tok = bh * p.tokens + t0;
+  const int64_t tp = static_cast<int64_t>(gridDim.x) * kC;
+  const int64_t prow = bh * tp + t0;
+  gdn::CopyTile<kC, K, L::kKP, kThreads>(qs, static_cast<const bf16*>(p.q) + tok * K, K, rows,
+                                         tid);
+  gdn::CopyTile<kC, K, L::kKP, kThreads>(ks, static_cast<const bf16*>(p.k) + tok * K, K, rows,
+                                         tid);
+  gdn::CopyTile<kC, V, L::kVP, kThreads>(vn, static_cast<const bf16*>(p.ws.v_new) + prow * V, V,
+                                         kC, tid);
+  gdn::CopyTile<K, V, L::kVP, kThreads>(
+      ss, static_cast<const bf16*>(p.ws.chunk_states) + (bh * gridDim.x + chunk) * K * V, V, K,
+      tid);
+  if (tid < kC / 4) gdn::CpAsync16(bs + 4 * tid, p.ws.b + prow + 4 * tid, true);
+  gdn::CpAsyncCommit();
+  gdn::CpAsyncWait<0>();
+  __syncthreads();
+
+  const int r = 16 * warp + (lane >> 2), c0 = 2 * (lane & 3);
+  // P for rows 16 warp.., as A fragments of the k16 steps up to the diagonal.
+  uint32_t pa[4][4];
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t a[4];
+      gdn::LoadA(a, qs, L::kKP, 16 * warp, k0, lane);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        if (np > warp) break;
+        uint32_t b[4];
+        gdn::LoadBT2(b, ks, L::kKP, k0, 16 * np, lane);
+        gdn::Mma(acc[2 * np], a, b[0], b[1]);
+        gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+    const float b_lo = bs[r], b_hi = bs[r + 8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rr = r + 8 * (e >> 1), cc = 8 * j + c0 + (e & 1);
+        acc[j][e] = cc <= rr ? acc[j][e] * gdn::Exp2((e >> 1 ? b_hi : b_lo) - bs[cc]) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) gdn::AccToA(pa[kk], acc[2 * kk], acc[2 * kk + 1]);
+  }
+
+  float o[V / 8][4];
+#pragma unroll
+  for (int j = 0; j < V / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+#pragma unroll
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t a[4];
+    gdn::LoadA(a, qs, L::kKP, 16 * warp, k0, lane);
+#pragma unroll
+    for (int np = 0; np < V / 16; ++np) {
+      uint32_t b[4];
+      gdn::LoadB2(b, ss, L::kVP, k0, 16 * np, lane);
+      gdn::Mma(o[2 * np], a, b[0], b[1]);
+      gdn::Mma(o[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+  const float g_lo = gdn::Exp2(bs[r]), g_hi = gdn::Exp2(bs[r + 8]);
+#pragma unroll
+  for (int j = 0; j < V / 8; ++j) {
+    o[j][0] *= g_lo;
+    o[j][1] *= g_lo;
+    o[j][2] *= g_hi;
+    o[j][3] *= g_hi;
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk > warp) break;
+#pragma unroll
+    for (int np = 0; np < V / 16; ++np) {
+      uint32_t b[4];
+      gdn::LoadB2(b, vn, L::kVP, 16 * kk, 16 * np, lane);
+      gdn::Mma(o[2 * np], pa[kk], b[0], b[1]);
+      gdn::Mma(o[2 * np + 1], pa[kk], b[2], b[3]);
+    }
+  }
+  bf16* og = static_cast<bf16*>(p.o) + tok * V;
+#pragma unroll
+  for (int j = 0; j < V / 8; ++j) {
+    const int col = 8 * j + c0;
+    if (r < rows) {
+      *reinterpret_cast<uint32_t*>(og + static_cast<int64_t>(r) * V + col) =
+          gdn::PackBf16(p.scale * o[j][0], p.scale * o[j][1]);
+    }
+    if (r + 8 < rows) {
+      *reinterpret_cast<uint32_t*>(og + static_cast<int64_t>(r + 8) * V + col) =
+          gdn::PackBf16(p.scale * o[j][2], p.scale * o[j][3]);
+    }
+  }
+}
+
+template <typename Kernel>
+cudaError_t Launch(Kernel kernel, dim3 grid, int smem_bytes, const GatedDeltaFastParams& p,
+                   cudaStream_t stream) {
+  HYB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    smem_bytes));
+  kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
+  HYB_CUDA_TRY(cudaGetLastError());
+  return cudaSuccess;
+}
+
+template <int K, int V>
+cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
+  const int64_t nchunks = (p.tokens + kC - 1) / kC;
+  if (nchunks > 0x7fffffff || p.batch_heads > 65535) return cudaErrorInvalidValue;
+  const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(p.batch_heads));
+  HYB_CUDA_TRY(Launch(PrepareKernel<K, V>, per_chunk, PrepareLayout<K, V>::kBytes, p, stream));
+  const int slice = GatedDeltaFastSliceColumns(p.batch_heads, V, p.num_sms);
+  const dim3 slices(static_cast<unsigned>(V / slice), static_cast<unsigned>(p.batch_heads));
+  if (slice == 64) {
+    HYB_CUDA_TRY(
+        Launch(RecurrenceKernel<K, V, 64>, slices, RecurrenceLayout<K, 64>::kBytes, p, stream));
+  } else if (slice == 32) {
+    HYB_CUDA_TRY(
+        Launch(RecurrenceKernel<K, V, 32>, slices, RecurrenceLayout<K, 32>::kBytes, p, stream));
+  } else {
+    HYB_CUDA_TRY(
+        Launch(RecurrenceKernel<K, V, 16>, slices, RecurrenceLayout<K, 16>::kBytes, p, stream));
+  }
+  HYB_CUDA_TRY(Launch(OutputKernel<K, V>, per_chunk, OutputLayout<K, V>::kBytes, p, stream));
+  return cudaSuccess;
+}
+
+}  // namespace
+
+bool GatedDeltaFastSupportsDims(int key_dim, int value_dim) {
+  return key_dim == value_dim && (key_dim == 64 || key_dim == 128);
+}
+
+int GatedDeltaFastSliceColumns(int64_t batch_heads, int value_dim, int num_sms) {
+  for (int slice = 64; slice > 16; slice /= 2) {
+    if (slice <= value_dim && batch_heads * (value_dim / slice) >= num_sms) return slice;
+  }
+  return 16;
+}
+
+cudaError_t LaunchGatedDeltaFast(const GatedDeltaFastParams& p, cudaStream_t stream) {
+  if (!GatedDeltaFastSupportsDims(p.key_dim, p.value_dim) || p.tokens <= 0 ||
+      p.batch_heads <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.key_dim == 64) return LaunchDims<64, 64>(p, stream);
+  return LaunchDims<128, 128>(p, stream);
+}
+
+}  // namespace hyb::kernels::cuda

@@ -1,0 +1,127 @@
+// Device helpers shared by the chunk-parallel Gated DeltaNet kernels (gated_delta_fast.cu,
+// gated_delta_fast_bwd.cu): bf16 mma.sync m16n8k16 with fp32 accumulators, its fragment loaders
+// through ldmatrix, and cp.async tile copies. Fragment conventions (PTX ISA, m16n8k16 .bf16):
+// lane = threadIdx.x % 32, g = lane / 4, t = lane % 4; A fragment a[0..3] = A[g][2t..2t+1],
+// A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]; B fragment b0, b1 = B[2t..2t+1][g], B[2t+8..][g];
+// accumulators c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1].
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace hyb::kernels::cuda::gdn {
+
+constexpr int kC = 64;  // tokens per chunk
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
+
+__device__ __forceinline__ float2 UnpackBf16(uint32_t x) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+}
+
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// D += A (16x16, row-major) * B (16x8, column-major); bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* row_ptr) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row_ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* row_ptr) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row_ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Fragment loaders; pitches in elements, every row start 16-byte aligned.
+// A (16x16) at rows m0.., columns k0.. of a row-major [m][k] tile.
+__device__ __forceinline__ void LoadA(uint32_t (&a)[4], const __nv_bfloat16* base, int pitch,
+                                      int m0, int k0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4(a, base + (m0 + r + 8 * (mat & 1)) * pitch + k0 + 8 * (mat >> 1));
+}
+// A (16x16) = the transpose of a row-major [k][m] tile: A[m][k] = base[k][m], rows m0.., k0...
+__device__ __forceinline__ void LoadAT(uint32_t (&a)[4], const __nv_bfloat16* base, int pitch,
+                                       int m0, int k0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4Trans(a, base + (k0 + r + 8 * (mat >> 1)) * pitch + m0 + 8 * (mat & 1));
+}
+// B fragments of two n8 tiles (n0.., n0 + 8..) at rows k0.. of a row-major [k][n] tile:
+// (b[0], b[1]) and (b[2], b[3]).
+__device__ __forceinline__ void LoadB2(uint32_t (&b)[4], const __nv_bfloat16* base, int pitch,
+                                       int k0, int n0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4Trans(b, base + (k0 + r + 8 * (mat & 1)) * pitch + n0 + 8 * (mat >> 1));
+}
+// The same two n8 tiles of B when B is stored transposed, row-major [n][k]: B[k][n] = base[n][k].
+__device__ __forceinline__ void LoadBT2(uint32_t (&b)[4], const __nv_bfloat16* base, int pitch,
+                                        int k0, int n0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4(b, base + (n0 + r + 8 * (mat >> 1)) * pitch + k0 + 8 * (mat & 1));
+}
+
+// Accumulators of two adjacent n8 tiles (columns 16 kk..16 kk + 15) as the A fragment of a
+// k16 step: the output of one product feeds the next without shared memory.
+__device__ __forceinline__ void AccToA(uint32_t (&a)[4], const float (&lo)[4],
+                                       const float (&hi)[4]) {
+  a[0] = PackBf16(lo[0], lo[1]);
+  a[1] = PackBf16(lo[2], lo[3]);
+  a[2] = PackBf16(hi[0], hi[1]);
+  a[3] = PackBf16(hi[2], hi[3]);
+}
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_size = valid ? 16 : 0;  // 0: fill with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(src_size));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Copies rows [0, rows_valid) of a [kRows][kCols] bf16 tile (global rows `src_pitch` elements
+// apart) into shared memory with row pitch kPitch elements; rows past rows_valid are zero-filled.
+// kThreads threads, thread index tid.
+template <int kRows, int kCols, int kPitch, int kThreads>
+__device__ __forceinline__ void CopyTile(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                         int64_t src_pitch, int rows_valid, int tid) {
+  constexpr int kVecPerRow = kCols / 8;
+  constexpr int kTotal = kRows * kVecPerRow;
+  static_assert(kTotal % kThreads == 0, "tile does not split evenly over the block");
+#pragma unroll
+  for (int n = 0; n < kTotal / kThreads; ++n) {
+    const int i = tid + n * kThreads;
+    const int row = i / kVecPerRow, cv = i % kVecPerRow;
+    const bool ok = row < rows_valid;
+    const __nv_bfloat16* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 8);
+    CpAsync16(dst + row * kPitch + cv * 8, ok ? s : src, ok);
+  }
+}
+
+}  // namespace hyb::kernels::cuda::gdn

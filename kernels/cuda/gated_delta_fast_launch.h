@@ -1,0 +1,96 @@
+// Torch-free launchers of the chunk-parallel Gated DeltaNet kernels (gated_delta_fast.cu,
+// gated_delta_fast_bwd.cu). Every tensor is a raw, contiguous device pointer; B*H (batch x
+// heads) sequences of T tokens, K key dim, V value dim, chunks of kGatedDeltaFastChunk tokens,
+// N = ceil(T / 64) chunks, Tp = 64 N (per-chunk intermediates are stored padded to whole chunks).
+//
+// The forward in three launches (the same split as fla's chunk_gated_delta_rule):
+//  1. per chunk, all chunks in parallel: b = cumulative log2 decay, A = strictly-lower
+//     beta_t e^(b_t - b_s) (k_t . k_s), Tinv = (I + A)^-1, w = Tinv diag(beta e^b) k and
+//     u = Tinv diag(beta) v;
+//  2. the state recurrence, sequential over chunks, parallel over (sequence, slice of value
+//     columns): v_new = u - w S, S <- e^(b_C) S + k^T diag(e^(b_C - b)) v_new, keeping S at every
+//     chunk start (bf16);
+//  3. per chunk, all chunks in parallel: o = scale (diag(e^b) q S + (M * q k^T) v_new).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hyb::kernels::cuda {
+
+inline constexpr int kGatedDeltaFastChunk = 64;
+
+// Per-chunk intermediates of the forward, which the backward reads again. Device pointers.
+struct GatedDeltaFastWorkspace {
+  void* w = nullptr;             // [BH, Tp, K] bf16
+  void* u = nullptr;             // [BH, Tp, V] bf16
+  void* v_new = nullptr;         // [BH, Tp, V] bf16
+  float* b = nullptr;            // [BH, Tp] fp32: cumulative log2 decay inside each chunk
+  void* chunk_states = nullptr;  // [BH, N, K, V] bf16: the state at every chunk start
+  void* tinv = nullptr;          // [BH, Tp, 64] bf16: each chunk's Tinv (row t at row t)
+};
+
+struct GatedDeltaFastParams {
+  const void* q = nullptr;               // [BH, T, K] bf16
+  const void* k = nullptr;               // [BH, T, K] bf16 (L2-normalised by the caller)
+  const void* v = nullptr;               // [BH, T, V] bf16
+  const float* g = nullptr;              // [BH, T] log decay (natural log, <= 0)
+  const float* beta = nullptr;           // [BH, T]
+  const float* initial_state = nullptr;  // [BH, K, V] or null (zeros)
+  void* o = nullptr;                     // [BH, T, V] bf16
+  float* final_state = nullptr;          // [BH, K, V] (always written)
+  GatedDeltaFastWorkspace ws;
+  int64_t batch_heads = 0, tokens = 0;
+  int key_dim = 0, value_dim = 0;  // K = V in {64, 128}
+  float scale = 1.f;
+  int num_sms = 132;
+};
+
+// True when the kernels handle this key/value head size (K = V in {64, 128}).
+bool GatedDeltaFastSupportsDims(int key_dim, int value_dim);
+
+// Value columns per block of the state recurrence for `batch_heads` sequences (16, 32 or 64):
+// the widest slice that still gives every multiprocessor a block.
+int GatedDeltaFastSliceColumns(int64_t batch_heads, int value_dim, int num_sms);
+
+// Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success),
+// cudaErrorInvalidValue for unsupported dims. T must be > 0 (the caller handles T = 0).
+cudaError_t LaunchGatedDeltaFast(const GatedDeltaFastParams& params, cudaStream_t stream);
+
+// The backward: gradients of a loss L given dL/do and dL/dS_T, from the forward's workspace
+// (GatedDeltaFastParams::ws as LaunchGatedDeltaFast left it, for the same inputs).
+//  1. per chunk, all chunks in parallel: dv_local = scale (M * q k^T)^T do (bf16);
+//  2. the state gradient, in reverse over chunks, parallel over (sequence, slice of value
+//     columns): dW = dv_local + diag(e^(b_C - b)) k dS, dS <- e^(b_C) dS + scale (diag(e^b) q)^T
+//     do - w^T dW, keeping dS at every chunk end (bf16) and dW (fp32);
+//  3. per chunk, all chunks in parallel: every token's gradients.
+struct GatedDeltaFastBackwardParams {
+  const void* q = nullptr;               // [BH, T, K] bf16
+  const void* k = nullptr;               // [BH, T, K] bf16
+  const void* v = nullptr;               // [BH, T, V] bf16
+  const float* g = nullptr;              // [BH, T]
+  const float* beta = nullptr;           // [BH, T]
+  const void* d_output = nullptr;        // [BH, T, V] bf16
+  const float* d_final_state = nullptr;  // [BH, K, V] or null (zeros)
+  GatedDeltaFastWorkspace ws;            // from the forward
+  void* dv_local = nullptr;              // scratch [BH, Tp, V] bf16
+  float* d_w = nullptr;                  // scratch [BH, Tp, V] fp32: dL/d v_new
+  void* d_chunk_states = nullptr;        // scratch [BH, N, K, V] bf16: dL/dS at every chunk end
+  float* dq = nullptr;                   // [BH, T, K]
+  float* dk = nullptr;                   // [BH, T, K]
+  float* dv = nullptr;                   // [BH, T, V]
+  float* dg = nullptr;                   // [BH, T]
+  float* dbeta = nullptr;                // [BH, T]
+  float* d_initial_state = nullptr;      // [BH, K, V] (always written)
+  int64_t batch_heads = 0, tokens = 0;
+  int key_dim = 0, value_dim = 0;
+  float scale = 1.f;
+  int num_sms = 132;
+};
+
+cudaError_t LaunchGatedDeltaFastBackward(const GatedDeltaFastBackwardParams& params,
+                                         cudaStream_t stream);
+
+}  // namespace hyb::kernels::cuda
