@@ -1,0 +1,342 @@
+// GPU tests of the chunk-parallel Gated DeltaNet kernels (kernels/cuda/gated_delta_fast*.cu,
+// entry points in hyb/kernels/cuda_gated_delta.h; ctest label `gpu`): outputs, final state and
+// every gradient against the fp64 ATen reference. Tolerances follow flash-attention's rule: the
+// kernel's error against the fp64 reference must stay within a small multiple of the error the
+// same reference makes when run in bf16, under an absolute ceiling. These kernels keep their
+// per-chunk intermediates in bf16 (as fla's do), so their error is of bf16's order, unlike the
+// fp32 sequential kernels' (gated_delta_cuda_test.cc).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <iostream>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "hyb/kernels/cuda_gated_delta.h"
+#include "hyb/kernels/linear_attention.h"
+
+namespace hyb {
+namespace {
+
+#ifdef HYB_WITH_CUDA
+
+#define HYB_REQUIRE_CUDA_KERNELS() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
+
+double RelErr(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor w = want.to(at::kDouble);
+  return ((got.to(at::kDouble) - w).norm() / (w.norm() + 1e-30)).item<double>();
+}
+
+// Fills the caching allocator's free blocks with NaN so that an output element the kernels do
+// not write shows up as NaN instead of a stale value.
+void PoisonAllocator(int64_t bytes) {
+  at::full({bytes / 4 + 1024}, std::numeric_limits<float>::quiet_NaN(),
+           at::TensorOptions().device(at::kCUDA).dtype(at::kFloat));
+}
+
+at::Tensor Bf(const at::Tensor& x) { return x.defined() ? x.to(at::kBFloat16) : x; }
+at::Tensor D(const at::Tensor& x) { return x.defined() ? x.to(at::kDouble) : x; }
+
+struct GdnInputs {
+  at::Tensor q, k, v, g, beta, s0;  // q, k, v bf16; g, beta, s0 fp32 (s0 may be undefined)
+};
+
+// Inputs as the mixer makes them: keys L2-normalised, per-head log decays uniform in [g_min, 0],
+// betas sigmoid(x). g and beta are rounded to bf16 values (kept in fp32) so that the bf16
+// reference reads exactly what the kernels read.
+GdnInputs MakeInputs(int64_t b, int64_t h, int64_t t, int64_t d, bool with_state, double g_min) {
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  GdnInputs in;
+  in.q = at::randn({b, h, t, d}, f32).to(at::kBFloat16);
+  const at::Tensor k = at::randn({b, h, t, d}, f32);
+  in.k = (k / k.norm(2, -1, true)).to(at::kBFloat16);
+  in.v = at::randn({b, h, t, d}, f32).to(at::kBFloat16);
+  in.g = (at::rand({b, h, t}, f32) * g_min).to(at::kBFloat16).to(at::kFloat);
+  in.beta = at::sigmoid(at::randn({b, h, t}, f32)).to(at::kBFloat16).to(at::kFloat);
+  if (with_state) in.s0 = at::randn({b, h, d, d}, f32);
+  return in;
+}
+
+std::string Label(int64_t b, int64_t h, int64_t t, int64_t d, bool with_state) {
+  std::ostringstream s;
+  s << "B=" << b << " H=" << h << " T=" << t << " K=V=" << d << " state=" << with_state;
+  return s.str();
+}
+
+// The kernel's error against fp64 within `factor` times the bf16 reference's (when one was run:
+// ref_bf16 >= 0) and under `ceiling`.
+void ExpectWithin(const char* name, const at::Tensor& got, const at::Tensor& ref, double ref_bf16,
+                  double factor, double ceiling, const std::string& label) {
+  const double err = RelErr(got, ref);
+  std::cout << " " << name << " " << err;
+  if (ref_bf16 >= 0) std::cout << " (bf16 ref " << ref_bf16 << ")";
+  EXPECT_TRUE(at::isfinite(got).all().item<bool>()) << label << " " << name;
+  EXPECT_LT(err, ceiling) << label << " " << name;
+  if (ref_bf16 >= 0) {
+    EXPECT_LT(err, factor * ref_bf16) << label << " " << name;
+  }
+}
+
+TEST(CudaGatedDeltaFastTest, ForwardWithinTwiceReferenceBf16Error) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(51);
+  for (const int64_t t : {1, 63, 64, 65, 1000, 4096}) {
+    for (const int64_t d : {64, 128}) {
+      for (const bool with_state : {false, true}) {
+        const int64_t b = t <= 65 ? 2 : 1, h = t <= 65 ? 3 : 2;
+        const GdnInputs in = MakeInputs(b, h, t, d, with_state, -1.0);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+        ASSERT_TRUE(
+            kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta, in.s0));
+        PoisonAllocator(b * h * t * d * 16 + b * h * d * d * 4);
+        const auto got =
+            kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+        ASSERT_EQ(got.output.scalar_type(), at::kBFloat16);
+        ASSERT_EQ(got.final_state.scalar_type(), at::kFloat);
+        const auto ref = kernels::GatedDeltaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g),
+                                                             D(in.beta), scale, D(in.s0), 64);
+        const auto ref_bf16 =
+            kernels::GatedDeltaRecurrent(in.q, in.k, in.v, Bf(in.g), Bf(in.beta), scale, Bf(in.s0));
+        const std::string label = Label(b, h, t, d, with_state);
+        std::cout << "[gdn fast fwd] " << label;
+        ExpectWithin("o", got.output, ref.output, RelErr(ref_bf16.output, ref.output), 2.0, 1e-2,
+                     label);
+        ExpectWithin("S_T", got.final_state, ref.final_state,
+                     RelErr(ref_bf16.final_state, ref.final_state), 2.0, 1e-2, label);
+        std::cout << "\n";
+      }
+    }
+  }
+}
+
+TEST(CudaGatedDeltaFastTest, ForwardLongSequenceStrongGatesManyHeadsAndZeroTokens) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(52);
+  // (B, H, T, K = V, initial state, g_min): one head of 65,536 tokens (fp64 reference only: the
+  // bf16 recurrence would take minutes); log decays down to -5 per token (e^(b_t - b_s) spans
+  // e^-320 inside a chunk: exponentials of differences only, nothing overflows); enough
+  // (batch, head) pairs that the recurrence takes 32 and 64 value columns per block.
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, double>> cases = {
+      {1, 1, 65536, 128, true, -1.0}, {1, 2, 1000, 64, true, -5.0}, {1, 2, 1000, 128, true, -5.0},
+      {40, 1, 200, 128, true, -1.0},  {64, 4, 130, 128, true, -1.0}, {64, 4, 130, 64, false, -1.0}};
+  for (const auto& [b, h, t, d, with_state, g_min] : cases) {
+    const GdnInputs in = MakeInputs(b, h, t, d, with_state, g_min);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const auto got =
+        kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+    const auto ref = kernels::GatedDeltaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g),
+                                                         D(in.beta), scale, D(in.s0), 64);
+    const std::string label = Label(b, h, t, d, with_state) + " g_min=" + std::to_string(g_min);
+    std::cout << "[gdn fast fwd] " << label;
+    ExpectWithin("o", got.output, ref.output, -1, 0, 1e-2, label);
+    ExpectWithin("S_T", got.final_state, ref.final_state, -1, 0, 1e-2, label);
+    std::cout << "\n";
+  }
+  // T = 0: output empty, final state = initial state.
+  const GdnInputs e = MakeInputs(2, 2, 0, 64, true, -1.0);
+  const auto got = kernels::cuda::GatedDeltaChunkedFast(e.q, e.k, e.v, e.g, e.beta, 1.0, e.s0);
+  EXPECT_EQ(got.output.size(2), 0);
+  EXPECT_TRUE(at::equal(got.final_state, e.s0));
+  // Unsupported head dims and dtypes are refused, not run.
+  const GdnInputs odd = MakeInputs(1, 1, 8, 96, false, -1.0);
+  EXPECT_FALSE(kernels::cuda::GatedDeltaChunkedFastSupported(odd.q, odd.k, odd.v, odd.g, odd.beta,
+                                                             odd.s0));
+  const GdnInputs ok = MakeInputs(1, 1, 8, 64, false, -1.0);
+  EXPECT_TRUE(
+      kernels::cuda::GatedDeltaChunkedFastSupported(ok.q, ok.k, ok.v, ok.g, ok.beta, ok.s0));
+  EXPECT_FALSE(kernels::cuda::GatedDeltaChunkedFastSupported(ok.q.to(at::kFloat), ok.k, ok.v,
+                                                             ok.g, ok.beta, ok.s0));
+  const at::Tensor v128 = at::zeros({1, 1, 8, 128}, ok.v.options());
+  EXPECT_FALSE(
+      kernels::cuda::GatedDeltaChunkedFastSupported(ok.q, ok.k, v128, ok.g, ok.beta, ok.s0));
+}
+
+struct GdnGrads {
+  at::Tensor dq, dk, dv, dg, dbeta, ds0;
+};
+
+// Gradients of sum(o * d_o) + sum(S_T * d_s) by autograd through an ATen reference: in fp64
+// through the chunked form (the oracle), or in bf16 through the token-by-token recurrence (the
+// error a bf16 implementation makes). Without an initial state, ds0 is the gradient for a zero
+// state.
+GdnGrads ReferenceGrads(const GdnInputs& in, bool bf16, double scale, const at::Tensor& d_o,
+                        const at::Tensor& d_s) {
+  const at::ScalarType type = bf16 ? at::kBFloat16 : at::kDouble;
+  auto leaf = [&](const at::Tensor& x) { return x.to(type).detach().requires_grad_(true); };
+  const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g);
+  const at::Tensor beta = leaf(in.beta);
+  const at::Tensor s0 =
+      leaf(in.s0.defined() ? in.s0
+                           : at::zeros({in.q.size(0), in.q.size(1), in.q.size(3), in.v.size(3)},
+                                       in.g.options()));
+  const auto r = bf16 ? kernels::GatedDeltaRecurrent(q, k, v, g, beta, scale, s0)
+                      : kernels::GatedDeltaChunkedReference(q, k, v, g, beta, scale, s0, 64);
+  std::vector<at::Tensor> outs = {r.output}, grads = {d_o.to(type)};
+  if (d_s.defined()) {
+    outs.push_back(r.final_state);
+    grads.push_back(d_s.to(type));
+  }
+  const auto d = torch::autograd::grad(outs, {q, k, v, g, beta, s0}, grads);
+  return {d[0], d[1], d[2], d[3], d[4], d[5]};
+}
+
+// Every gradient within `factor` times the bf16 reference's error (when `ref_bf16` is given)
+// and under the ceiling; prints every error.
+void ExpectGrads(const GdnGrads& got, const GdnGrads& ref, const GdnGrads* ref_bf16,
+                 double factor, double ceiling, const std::string& label) {
+  const std::vector<std::tuple<const char*, at::Tensor, at::Tensor, at::Tensor>> parts = {
+      {"dq", got.dq, ref.dq, ref_bf16 ? ref_bf16->dq : at::Tensor()},
+      {"dk", got.dk, ref.dk, ref_bf16 ? ref_bf16->dk : at::Tensor()},
+      {"dv", got.dv, ref.dv, ref_bf16 ? ref_bf16->dv : at::Tensor()},
+      {"dg", got.dg, ref.dg, ref_bf16 ? ref_bf16->dg : at::Tensor()},
+      {"dbeta", got.dbeta, ref.dbeta, ref_bf16 ? ref_bf16->dbeta : at::Tensor()},
+      {"ds0", got.ds0, ref.ds0, ref_bf16 ? ref_bf16->ds0 : at::Tensor()}};
+  std::cout << "[gdn fast bwd] " << label;
+  for (const auto& [name, g, r, rb] : parts) {
+    ExpectWithin(name, g, r, rb.defined() ? RelErr(rb, r) : -1.0, factor, ceiling, label);
+  }
+  std::cout << "\n";
+}
+
+GdnGrads KernelGrads(const GdnInputs& in, double scale, const at::Tensor& d_o,
+                     const at::Tensor& d_s) {
+  const auto k = kernels::cuda::GatedDeltaChunkedFastBackward(in.q, in.k, in.v, in.g, in.beta,
+                                                              scale, in.s0, d_o, d_s);
+  return {k.dq, k.dk, k.dv, k.dg, k.dbeta, k.d_initial_state};
+}
+
+TEST(CudaGatedDeltaFastBackwardTest, GradientsWithinTwiceReferenceBf16Error) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(53);
+  // (B, H, T, K = V, initial state, final-state gradient): T around the chunk, long sequences;
+  // 40 and 256 (batch, head) pairs take the state-gradient recurrence's 32 and 64 value columns
+  // per block (the others 16). (T = 1 without an initial state has dg = 0 exactly: no relative
+  // error to measure, so the T = 1 cases carry one.)
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>> cases = {
+      {2, 2, 1, 64, true, true},      {2, 2, 1, 128, true, false},
+      {2, 2, 63, 64, false, true},    {1, 3, 63, 128, true, false},
+      {1, 3, 64, 128, true, true},    {2, 2, 64, 64, false, false},
+      {2, 2, 65, 64, true, true},     {1, 2, 65, 128, false, true},
+      {1, 2, 1000, 128, true, true},  {2, 2, 1000, 64, false, false},
+      {1, 2, 4096, 128, false, true}, {1, 2, 4096, 64, true, false},
+      {40, 1, 100, 128, true, true},  {64, 4, 130, 128, true, true}};
+  for (const auto& [b, h, t, d, with_state, with_final_grad] : cases) {
+    const GdnInputs in = MakeInputs(b, h, t, d, with_state, -1.0);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+    const at::Tensor d_o = at::randn({b, h, t, d}, f32).to(at::kBFloat16);
+    const at::Tensor d_s = with_final_grad ? at::randn({b, h, d, d}, f32) : at::Tensor();
+    PoisonAllocator(b * h * t * (8 * d + 2) * 4);
+    const GdnGrads got = KernelGrads(in, scale, d_o, d_s);
+    const GdnGrads ref = ReferenceGrads(in, /*bf16=*/false, scale, d_o, d_s);
+    const GdnGrads ref_bf16 = ReferenceGrads(in, /*bf16=*/true, scale, d_o, d_s);
+    ExpectGrads(got, ref, &ref_bf16, 2.0, 2e-2,
+                Label(b, h, t, d, with_state) + " dS_T=" + std::to_string(with_final_grad));
+  }
+}
+
+TEST(CudaGatedDeltaFastBackwardTest, LongSequenceStrongGatesAndZeroTokens) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(54);
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  // One head of 65,536 tokens against fp64 alone (the bf16 recurrence's autograd would take
+  // minutes): the absolute ceiling the short cases' bf16 references stay under.
+  {
+    const GdnInputs in = MakeInputs(1, 1, 65536, 64, true, -1.0);
+    const at::Tensor d_o = at::randn({1, 1, 65536, 64}, f32).to(at::kBFloat16);
+    const at::Tensor d_s = at::randn({1, 1, 64, 64}, f32);
+    const GdnGrads got = KernelGrads(in, 0.125, d_o, d_s);
+    const GdnGrads ref = ReferenceGrads(in, /*bf16=*/false, 0.125, d_o, d_s);
+    ExpectGrads(got, ref, nullptr, 0, 2e-2, Label(1, 1, 65536, 64, true));
+  }
+  // Log decays down to -5 per token.
+  for (const int64_t d : {64, 128}) {
+    const GdnInputs in = MakeInputs(1, 2, 300, d, true, -5.0);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const at::Tensor d_o = at::randn({1, 2, 300, d}, f32).to(at::kBFloat16);
+    const at::Tensor d_s = at::randn({1, 2, d, d}, f32);
+    const GdnGrads got = KernelGrads(in, scale, d_o, d_s);
+    const GdnGrads ref = ReferenceGrads(in, false, scale, d_o, d_s);
+    const GdnGrads ref_bf16 = ReferenceGrads(in, true, scale, d_o, d_s);
+    ExpectGrads(got, ref, &ref_bf16, 2.0, 2e-2, "strong gates K=V=" + std::to_string(d));
+  }
+  // T = 0: empty gradients, and the initial state's gradient is the final state's.
+  const GdnInputs e = MakeInputs(2, 2, 0, 64, true, -1.0);
+  const at::Tensor d_s = at::randn({2, 2, 64, 64}, f32);
+  const auto r = kernels::cuda::GatedDeltaChunkedFastBackward(e.q, e.k, e.v, e.g, e.beta, 1.0,
+                                                              e.s0, at::Tensor(), d_s);
+  EXPECT_EQ(r.dq.size(2), 0);
+  EXPECT_EQ(r.dg.size(2), 0);
+  EXPECT_TRUE(at::equal(r.d_initial_state, d_s));
+}
+
+TEST(CudaGatedDeltaFastBackwardTest, AutogradFunctionMatchesForwardAndBackward) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(55);
+  const int64_t b = 2, h = 2, t = 300, d = 64;
+  const GdnInputs in = MakeInputs(b, h, t, d, true, -1.0);
+  const double scale = 0.125;
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const at::Tensor d_o = at::randn({b, h, t, d}, f32).to(at::kBFloat16);
+  const at::Tensor d_s = at::randn({b, h, d, d}, f32);
+  auto leaf = [](const at::Tensor& x) { return x.detach().clone().requires_grad_(true); };
+  const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g);
+  const at::Tensor beta = leaf(in.beta), s0 = leaf(in.s0);
+  const auto r = kernels::cuda::GatedDeltaChunkedFastWithGrad(q, k, v, g, beta, scale, s0);
+  {
+    at::NoGradGuard no_grad;
+    const auto plain =
+        kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+    EXPECT_TRUE(at::equal(plain.output, r.output));
+    EXPECT_TRUE(at::equal(plain.final_state, r.final_state));
+  }
+  torch::autograd::backward({r.output, r.final_state}, {d_o, d_s});
+  EXPECT_EQ(q.grad().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(g.grad().scalar_type(), at::kFloat);
+  EXPECT_EQ(beta.grad().scalar_type(), at::kFloat);
+  EXPECT_EQ(s0.grad().scalar_type(), at::kFloat);
+  const auto want = kernels::cuda::GatedDeltaChunkedFastBackward(in.q, in.k, in.v, in.g, in.beta,
+                                                                 scale, in.s0, d_o, d_s);
+  // The autograd function's backward reads the forward's intermediates, the standalone one
+  // recomputes them: the same kernels on the same inputs. q, k, v gradients are rounded to bf16.
+  const std::vector<std::tuple<const char*, at::Tensor, at::Tensor, double>> parts = {
+      {"dq", q.grad(), want.dq, 8e-3},       {"dk", k.grad(), want.dk, 8e-3},
+      {"dv", v.grad(), want.dv, 8e-3},       {"dg", g.grad(), want.dg, 1e-6},
+      {"dbeta", beta.grad(), want.dbeta, 1e-6}, {"ds0", s0.grad(), want.d_initial_state, 1e-6}};
+  std::cout << "[gdn fast autograd]";
+  for (const auto& [name, x, kernel, tol] : parts) {
+    const double err = RelErr(x, kernel);
+    std::cout << " " << name << " " << err;
+    EXPECT_LT(err, tol) << name;
+  }
+  std::cout << "\n";
+
+  // No initial state, only the output used, g and beta in bf16: their gradients come back in
+  // bf16, finite and not all zero.
+  const at::Tensor g2 = leaf(Bf(in.g)), beta2 = leaf(Bf(in.beta));
+  const auto r2 =
+      kernels::cuda::GatedDeltaChunkedFastWithGrad(in.q, in.k, in.v, g2, beta2, scale, {});
+  r2.output.to(at::kFloat).pow(2).sum().backward();
+  ASSERT_TRUE(g2.grad().defined());
+  ASSERT_TRUE(beta2.grad().defined());
+  EXPECT_EQ(g2.grad().scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::isfinite(g2.grad()).all().item<bool>());
+  EXPECT_TRUE(at::isfinite(beta2.grad()).all().item<bool>());
+  EXPECT_GT(g2.grad().abs().sum().item<double>(), 0.0);
+}
+
+#else
+
+TEST(CudaGatedDeltaFastTest, SkippedWithoutCudaBuild) {
+  GTEST_SKIP() << "built without HYB_CUDA: the chunk-parallel Gated DeltaNet kernels are absent";
+}
+
+#endif  // HYB_WITH_CUDA
+
+}  // namespace
+}  // namespace hyb
