@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/linear_mixer.h"
@@ -23,10 +24,10 @@ std::shared_ptr<const Tokenizer> CharTokenizer() {
 
 constexpr int64_t kLayers = 4;
 
-std::unique_ptr<DecoderModel> LoadTeacher(const TempDir& dir) {
+std::unique_ptr<DecoderModel> LoadTeacher(const TempDir& dir, int64_t layers = kLayers) {
   hyb::testing::TinyModelSpec spec;
   spec.vocab = 6;
-  spec.layers = kLayers;
+  spec.layers = layers;
   hyb::testing::WriteTinyModel(dir.path(), spec, 21);
   auto m = DecoderModel::Load(dir.path(), {});
   EXPECT_TRUE(m.ok()) << m.status().ToString();
@@ -36,7 +37,7 @@ std::unique_ptr<DecoderModel> LoadTeacher(const TempDir& dir) {
 std::vector<std::shared_ptr<const TokenMixer>> Mixers(const DecoderModel& teacher) {
   std::vector<std::shared_ptr<const TokenMixer>> out;
   LinearMixerOptions o;
-  for (int64_t l = 0; l < kLayers; ++l) {
+  for (int64_t l = 0; l < teacher.num_layers(); ++l) {
     const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(teacher.mixer(l));
     out.push_back(LinearMixer::Transfer(att.shape(), att.weights(), o));
   }
@@ -74,8 +75,9 @@ std::vector<TaskExample> Examples(TaskKind kind, const DecoderModel& teacher) {
 // one sequence at a time (the per-example path).
 std::unique_ptr<CandidateEvaluator> Make(const TempDir& dir, TaskKind kind, bool cache,
                                          int64_t batch_tokens = 20,
-                                         int64_t cache_bytes = kAutoPrefixCacheBytes) {
-  auto teacher = LoadTeacher(dir);
+                                         int64_t cache_bytes = kAutoPrefixCacheBytes,
+                                         int64_t layers = kLayers) {
+  auto teacher = LoadTeacher(dir, layers);
   auto mixers = Mixers(*teacher);
   auto examples = Examples(kind, *teacher);
   EvaluatorOptions o;
@@ -165,7 +167,9 @@ TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) 
         } else {
           EXPECT_EQ(c2->layer_passes, c3->layer_passes) << name;
         }
-        EXPECT_EQ(c1->first_layer, l);
+        // Round 2 (base {1}): layer 0 on top of {1} equals round 1's candidate {0} below layer
+        // 1, whose recording it starts from.
+        EXPECT_EQ(c1->first_layer, !base.empty() && l < base[0] ? base[0] : l);
         EXPECT_EQ(c2->first_layer, 0);
         if (l > 0) {
           EXPECT_LT(c1->layer_passes, c2->layer_passes) << name << " layer " << l;
@@ -316,9 +320,82 @@ TEST(CandidateEvaluatorTest, PrefixCacheBudget) {
   auto cb = none->Evaluate({2});
   ASSERT_TRUE(ca.ok() && cb.ok());
   EXPECT_EQ(ca->first_layer, 2);
-  EXPECT_EQ(cb->first_layer, 2);  // an empty cache: every batch runs from layer 0
+  EXPECT_EQ(cb->first_layer, 0);  // an empty cache: every batch runs from layer 0
   EXPECT_GT(cb->layer_passes, ca->layer_passes);
   ExpectSame(*ca, *cb, "budget 0");
+}
+
+// A whole greedy search of six layers, winners in a fixed order, against the same evaluations
+// uncached: identical scores; each round's winner becomes the base without a pass; a candidate
+// below the last winner's layer starts at that layer (its previous round's recording equals it up
+// to there), any other at its own layer, so it runs exactly (rows of every batch) x (L - start)
+// fewer layer passes than uncached. With a budget that holds only part of the recordings the
+// scores stay identical and the search costs between the two.
+TEST(CandidateEvaluatorTest, GreedySearchReusesEarlierRoundsRecordings) {
+  at::set_num_threads(1);
+  constexpr int64_t kSix = 6;
+  const std::vector<int64_t> winners = {4, 1, 5, 0, 3, 2};
+  for (TaskKind kind : {TaskKind::kLm, TaskKind::kGenerate}) {
+    const std::string name = TaskKindName(kind);
+    TempDir dir;
+    auto plain = Make(dir, kind, false, 20, kAutoPrefixCacheBytes, kSix);
+    // Every forward's rows (main and KL batches), from the teacher's uncached prefill work: the
+    // candidate at layer 1 of round 1 saves exactly one layer per row.
+    auto search = [&](CandidateEvaluator& cached, bool exact) -> std::pair<int64_t, int64_t> {
+      int64_t with = 0, without = 0, rows = 0;
+      std::vector<int64_t> base;
+      int64_t last_winner = -1;
+      for (int64_t round = 0; round < kSix; ++round) {
+        auto b = cached.EvaluateAndCache(base);
+        EXPECT_TRUE(b.ok()) << b.status().ToString();
+        if (round > 0 && exact) EXPECT_EQ(b->layer_passes, 0) << name << " round " << round;
+        with += b->layer_passes;
+        without += plain->Evaluate(base)->layer_passes;
+        for (int64_t l = 0; l < kSix; ++l) {
+          if (std::count(base.begin(), base.end(), l)) continue;
+          std::vector<int64_t> cand = base;
+          cand.push_back(l);
+          std::sort(cand.begin(), cand.end());
+          auto c1 = cached.Evaluate(cand, /*keep_recording=*/true);
+          auto c2 = plain->Evaluate(cand);
+          EXPECT_TRUE(c1.ok() && c2.ok());
+          const std::string what = name + " round " + std::to_string(round) + " layer " +
+                                   std::to_string(l);
+          ExpectSame(*c1, *c2, what);
+          with += c1->layer_passes;
+          without += c2->layer_passes;
+          if (!exact) {
+            EXPECT_LE(c1->layer_passes, c2->layer_passes) << what;
+            continue;
+          }
+          const int64_t start = l < last_winner ? last_winner : l;
+          EXPECT_EQ(c1->first_layer, start) << what;
+          if (round == 0 && l == 1) rows = c2->layer_passes - c1->layer_passes;
+          if (rows > 0) EXPECT_EQ(c2->layer_passes - c1->layer_passes, rows * start) << what;
+        }
+        last_winner = winners[static_cast<size_t>(round)];
+        base.push_back(last_winner);
+        std::sort(base.begin(), base.end());
+      }
+      if (exact) EXPECT_GT(rows, 0) << name;
+      return {with, without};
+    };
+    auto full = Make(dir, kind, true, 20, kAutoPrefixCacheBytes, kSix);
+    const auto [with_full, without] = search(*full, true);
+    // A budget of two bases: the candidates share one base's worth of boundaries.
+    const int64_t base_bytes = [&] {
+      auto probe = Make(dir, kind, true, 20, kAutoPrefixCacheBytes, kSix);
+      EXPECT_TRUE(probe->EvaluateAndCache({}).ok());
+      return probe->cache_bytes();
+    }();
+    auto tight = Make(dir, kind, true, 20, 2 * base_bytes, kSix);
+    const auto [with_tight, without_again] = search(*tight, false);
+    EXPECT_EQ(without, without_again);
+    EXPECT_LT(with_full, with_tight) << name;
+    EXPECT_LT(with_tight, without) << name;
+    std::cout << "[search passes] " << name << " cached " << with_full << " tight budget "
+              << with_tight << " uncached " << without << "\n";
+  }
 }
 
 TEST(CandidateEvaluatorTest, BadCandidatesAreRejected) {

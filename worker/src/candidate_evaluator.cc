@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
+#include <set>
 
 #if HYB_WITH_CUDA
 #include <cuda_runtime.h>
@@ -150,113 +152,137 @@ Status CandidateEvaluator::Configure(const std::vector<int64_t>& linear_layers) 
     const auto ul = static_cast<size_t>(l);
     model_->SetMixer(l, is_linear[ul] ? linear_[ul] : full_[ul]);
   }
+  current_.clear();
+  for (int64_t l = 0; l < n_layers; ++l) {
+    if (is_linear[static_cast<size_t>(l)]) current_.push_back(l);
+  }
   return Status::Ok();
 }
 
 bool CandidateEvaluator::MayRecord(const PrefixCache* into, const std::vector<int64_t>& key) {
   if (into == nullptr || into->count(key) > 0) return false;
-  if (cache_bytes_ >= options_.prefix_cache_max_bytes) {
-    recording_complete_ = false;  // over budget: this recording will miss sequences
-    return false;
-  }
-  return true;
+  return cache_bytes_ < options_.prefix_cache_max_bytes;  // over budget: later batches unrecorded
 }
 
 void CandidateEvaluator::Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
-                               int64_t shared_below) {
-  // Residuals below `shared_below` are the base's own tensors (Compose): no new memory.
-  cache_bytes_ += entry.Bytes(shared_below);
+                               int64_t new_from) {
+  // Residuals below `new_from` are other recordings' tensors (shared): no new memory.
+  for (size_t j = static_cast<size_t>(new_from); j < entry.residual.size(); ++j) {
+    cache_bytes_ += TensorBytes(entry.residual[j]);
+  }
+  for (const auto& st : entry.states) cache_bytes_ += st ? st->Bytes() : 0;
   (*into)[key] = std::move(entry);
 }
 
-int64_t CandidateEvaluator::CacheEntry::Bytes(int64_t from_layer) const {
-  int64_t bytes = 0;
-  for (size_t j = static_cast<size_t>(from_layer); j < residual.size(); ++j) {
-    bytes += TensorBytes(residual[j]);
+int64_t CandidateEvaluator::FirstDifference(const std::vector<int64_t>& a,
+                                            const std::vector<int64_t>& b) const {
+  const int64_t n_layers = model_->num_layers();
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const bool in_a = std::find(a.begin(), a.end(), l) != a.end();
+    const bool in_b = std::find(b.begin(), b.end(), l) != b.end();
+    if (in_a != in_b) return l;
   }
-  for (const auto& s : states) bytes += s ? s->Bytes() : 0;
-  return bytes;
+  return n_layers;
 }
 
-// The residual streams of a model that equals the cached base below `first_layer`: the base's
-// below it (shared tensors, no copy), this pass's from it on.
-std::vector<at::Tensor> CandidateEvaluator::Compose(const CacheEntry& base, int64_t first_layer,
-                                                    std::vector<at::Tensor> from_taps) {
-  for (int64_t j = 0; j < first_layer; ++j) {
-    from_taps[static_cast<size_t>(j)] = base.residual[static_cast<size_t>(j)];
-  }
-  return from_taps;
-}
-
-StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, int64_t first_layer,
-                                                PrefixCache* record_into) {
-  const int64_t n_layers = model_->num_layers(), rows = ids.size(0);
-  std::vector<int64_t> key;
-  if (first_layer > 0 || record_into != nullptr) key = BatchKey(ids);
-  const bool keep = MayRecord(record_into, key);
-  LayerTaps taps;
-  if (first_layer > 0) {
-    auto it = cache_.find(key);
-    if (it != cache_.end() && !it->second.residual.empty()) {
-      passes_ += rows * (n_layers - first_layer);
-      HYB_ASSIGN_OR_RETURN(
-          at::Tensor logits,
-          model_->ForwardFrom(first_layer, it->second.residual[static_cast<size_t>(first_layer)],
-                              nullptr, keep ? &taps : nullptr));
-      if (keep) {
-        CacheEntry e;
-        e.residual = Compose(it->second, first_layer, std::move(taps.residual));
-        Store(record_into, key, std::move(e), first_layer);
+CandidateEvaluator::Start CandidateEvaluator::BestStart(const std::vector<int64_t>& key,
+                                                        bool need_states) const {
+  const int64_t n_layers = model_->num_layers();
+  Start best;
+  auto consider = [&](const PrefixCache& entries, const std::vector<int64_t>& layers) {
+    auto it = entries.find(key);
+    if (it == entries.end()) return;
+    const CacheEntry& e = it->second;
+    if (need_states && static_cast<int64_t>(e.states.size()) != n_layers) return;
+    // The recorded model runs the same layers as the configured one below `limit`.
+    const int64_t limit = std::min(FirstDifference(layers, current_), n_layers - 1);
+    for (int64_t b = std::min<int64_t>(limit, static_cast<int64_t>(e.residual.size()) - 1);
+         b > best.layer; --b) {
+      if (e.residual[static_cast<size_t>(b)].defined()) {
+        best = {&e, b};
+        return;
       }
-      return logits;
     }
+  };
+  if (cache_valid_) consider(cache_, cache_base_);
+  for (const Recording& r : carried_) consider(r.entries, r.layers);
+  return best;
+}
+
+std::vector<at::Tensor> CandidateEvaluator::Kept(const Start& start,
+                                                 std::vector<at::Tensor> taps) const {
+  const auto n = static_cast<size_t>(model_->num_layers());
+  std::vector<at::Tensor> out(n);
+  const auto first = static_cast<size_t>(start.layer);
+  for (size_t j = 0; j < first && start.entry != nullptr; ++j) out[j] = start.entry->residual[j];
+  for (size_t j = first; j < n && j < taps.size(); ++j) {
+    // The start's own residual is the source's tensor: kept at no cost.
+    if (record_keep_[j] || (start.entry != nullptr && j == first)) out[j] = std::move(taps[j]);
   }
-  HYB_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(ids, nullptr, keep ? &taps : nullptr));
-  passes_ += rows * n_layers;
+  return out;
+}
+
+StatusOr<at::Tensor> CandidateEvaluator::Logits(const at::Tensor& ids, PrefixCache* record_into) {
+  const int64_t n_layers = model_->num_layers(), rows = ids.size(0);
+  const bool caching = options_.prefix_cache && (record_into != nullptr || cache_valid_ ||
+                                                 !carried_.empty());
+  std::vector<int64_t> key;
+  if (caching) key = BatchKey(ids);
+  const bool keep = MayRecord(record_into, key);
+  const Start start = caching ? BestStart(key, /*need_states=*/false) : Start{};
+  min_start_ = std::min(min_start_, start.layer);
+  LayerTaps taps;
+  at::Tensor logits;
+  if (start.entry != nullptr) {
+    HYB_ASSIGN_OR_RETURN(
+        logits, model_->ForwardFrom(start.layer, start.entry->residual[static_cast<size_t>(start.layer)],
+                                    nullptr, keep ? &taps : nullptr));
+  } else {
+    HYB_ASSIGN_OR_RETURN(logits, model_->Forward(ids, nullptr, keep ? &taps : nullptr));
+  }
+  passes_ += rows * (n_layers - start.layer);
   if (keep) {
     CacheEntry e;
-    e.residual = std::move(taps.residual);
-    Store(record_into, key, std::move(e), 0);
+    e.residual = Kept(start, std::move(taps.residual));
+    Store(record_into, key, std::move(e), start.layer + (start.entry != nullptr ? 1 : 0));
   }
   return logits;
 }
 
 StatusOr<at::Tensor> CandidateEvaluator::Generate(const at::Tensor& prompts, int64_t max_new,
                                                   const std::vector<int64_t>& stop_ids,
-                                                  int64_t first_layer, PrefixCache* record_into) {
+                                                  PrefixCache* record_into) {
   at::Tensor out = prompts.to(at::kCPU, at::kLong);
   if (max_new <= 0) return out;
   const int64_t n_layers = model_->num_layers(), rows = prompts.size(0);
-  const std::vector<int64_t> key = BatchKey(prompts);
+  const bool caching = options_.prefix_cache && (record_into != nullptr || cache_valid_ ||
+                                                 !carried_.empty());
+  std::vector<int64_t> key;
+  if (caching) key = BatchKey(prompts);
   const bool keep = MayRecord(record_into, key);
+  // Starting at layer b takes the layers below b's decoding states from the same recording.
+  const Start start = caching ? BestStart(key, /*need_states=*/true) : Start{};
+  min_start_ = std::min(min_start_, start.layer);
   DecodeState state = model_->NewDecodeState();
   LayerTaps taps;
   at::Tensor logits;
-  int64_t shared_below = 0;
-  auto it = first_layer > 0 ? cache_.find(key) : cache_.end();
-  if (it != cache_.end() && static_cast<int64_t>(it->second.states.size()) == n_layers) {
-    for (int64_t j = 0; j < first_layer; ++j) {
+  if (start.entry != nullptr) {
+    for (int64_t j = 0; j < start.layer; ++j) {
       const auto uj = static_cast<size_t>(j);
-      state.layers[uj] = it->second.states[uj]->Clone();
+      state.layers[uj] = start.entry->states[uj]->Clone();
     }
     HYB_ASSIGN_OR_RETURN(
-        logits,
-        model_->ForwardFrom(first_layer, it->second.residual[static_cast<size_t>(first_layer)],
-                            &state, keep ? &taps : nullptr));
-    passes_ += rows * (n_layers - first_layer);
-    if (keep) {
-      taps.residual = Compose(it->second, first_layer, std::move(taps.residual));
-      shared_below = first_layer;
-    }
+        logits, model_->ForwardFrom(start.layer, start.entry->residual[static_cast<size_t>(start.layer)],
+                                    &state, keep ? &taps : nullptr));
   } else {
     HYB_ASSIGN_OR_RETURN(logits, model_->Forward(prompts, &state, keep ? &taps : nullptr));
-    passes_ += rows * n_layers;
   }
+  passes_ += rows * (n_layers - start.layer);
   if (keep) {
     CacheEntry e;
-    e.residual = std::move(taps.residual);
-    for (const auto& s : state.layers) e.states.push_back(s->Clone());
-    Store(record_into, key, std::move(e), shared_below);
+    e.residual = Kept(start, std::move(taps.residual));
+    for (const auto& st : state.layers) e.states.push_back(st->Clone());
+    Store(record_into, key, std::move(e), start.layer + (start.entry != nullptr ? 1 : 0));
   }
   // The new tokens: GenerateGreedy's positioned steps (one CUDA graph replay per token on a
   // GPU) from the prompt's state; a row that produced a stop id repeats it until every row has
@@ -269,17 +295,15 @@ StatusOr<at::Tensor> CandidateEvaluator::Generate(const at::Tensor& prompts, int
 }
 
 StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>& linear_layers,
-                                                      int64_t first_layer, PrefixCache* record) {
+                                                      PrefixCache* record) {
   const auto start = std::chrono::steady_clock::now();
   HYB_RETURN_IF_ERROR(Configure(linear_layers));
   passes_ = 0;
+  min_start_ = model_->num_layers();
   CandidateEvaluation ev;
-  ev.first_layer = first_layer;
   try {
     at::NoGradGuard no_grad;
-    LogitsFn logits = [this, first_layer, record](const at::Tensor& ids) {
-      return Logits(ids, first_layer, record);
-    };
+    LogitsFn logits = [this, record](const at::Tensor& ids) { return Logits(ids, record); };
     // Recorded by Create for every batch the scorers ask for.
     LogitsFn teacher = [this](const at::Tensor& ids) -> StatusOr<at::Tensor> {
       auto it = teacher_logits_.find(BatchKey(ids));
@@ -297,10 +321,9 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
         break;
       }
       case TaskKind::kGenerate: {
-        BatchGenerateFn gen = [this, first_layer, record](const at::Tensor& prompts,
-                                                          int64_t max_new,
-                                                          const std::vector<int64_t>& stop_ids) {
-          return Generate(prompts, max_new, stop_ids, first_layer, record);
+        BatchGenerateFn gen = [this, record](const at::Tensor& prompts, int64_t max_new,
+                                             const std::vector<int64_t>& stop_ids) {
+          return Generate(prompts, max_new, stop_ids, record);
         };
         // The tokenizer decodes the outputs; the prompts come encoded.
         HYB_ASSIGN_OR_RETURN(ev.score,
@@ -322,62 +345,170 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
     return Internal(std::string("evaluation failed: ") + err.what_without_backtrace());
   }
   ev.layer_passes = passes_;
+  ev.first_layer = min_start_ < model_->num_layers() ? min_start_ : 0;
   ev.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return ev;
 }
 
+std::vector<bool> CandidateEvaluator::CandidateBoundaries(
+    const std::vector<int64_t>& linear_layers) const {
+  const int64_t n_layers = model_->num_layers();
+  if (!cache_valid_) return std::vector<bool>(static_cast<size_t>(n_layers), true);
+  std::vector<bool> keep(static_cast<size_t>(n_layers), false);
+  // The candidate's own residuals differ from the base's above its first differing layer j:
+  // boundaries j + 1 .. L - 1, as many as its share of the free budget holds, evenly spaced.
+  const int64_t j = FirstDifference(cache_base_, linear_layers);
+  const int64_t m = n_layers - 1 - j;
+  if (m <= 0) return keep;
+  int64_t q = m;
+  if (boundary_bytes_ > 0) {
+    int64_t round_size = 0;
+    for (int64_t l = 0; l < n_layers; ++l) {
+      const bool in_base = std::find(cache_base_.begin(), cache_base_.end(), l) != cache_base_.end();
+      if (!in_base && linear_[static_cast<size_t>(l)] != nullptr) ++round_size;
+    }
+    const int64_t left =
+        std::max<int64_t>(1, round_size - static_cast<int64_t>(recordings_.size()));
+    const int64_t free = std::max<int64_t>(0, options_.prefix_cache_max_bytes - cache_bytes_);
+    q = std::min<int64_t>(m, free / (left * boundary_bytes_));
+  }
+  for (int64_t i = 1; i <= q; ++i) keep[static_cast<size_t>(j + (i * m + q - 1) / q)] = true;
+  return keep;
+}
+
+void CandidateEvaluator::RecountBytes() {
+  std::set<const void*> seen;
+  int64_t bytes = 0;
+  auto add_entries = [&](const PrefixCache& entries) {
+    for (const auto& [key, e] : entries) {
+      for (const at::Tensor& t : e.residual) {
+        if (t.defined() && seen.insert(t.storage().unsafeGetStorageImpl()).second) {
+          bytes += static_cast<int64_t>(t.storage().nbytes());
+        }
+      }
+      for (const auto& st : e.states) bytes += st ? st->Bytes() : 0;
+    }
+  };
+  add_entries(cache_);
+  for (const auto& [layers, r] : recordings_) add_entries(r.first);
+  for (const Recording& r : carried_) add_entries(r.entries);
+  cache_bytes_ = bytes;
+}
+
 StatusOr<CandidateEvaluation> CandidateEvaluator::Evaluate(
     const std::vector<int64_t>& linear_layers, bool keep_recording) {
-  int64_t first = 0;
-  if (options_.prefix_cache && cache_valid_) {
-    // The first layer where the candidate and the cached base differ.
-    const int64_t n_layers = model_->num_layers();
-    first = n_layers - 1;
-    for (int64_t l = 0; l < n_layers; ++l) {
-      const bool a = std::count(linear_layers.begin(), linear_layers.end(), l) > 0;
-      const bool b = std::count(cache_base_.begin(), cache_base_.end(), l) > 0;
-      if (a != b) {
-        first = l;
-        break;
-      }
-    }
+  std::vector<int64_t> sorted = linear_layers;
+  std::sort(sorted.begin(), sorted.end());
+  StatusOr<CandidateEvaluation> ev = InvalidArgument("unset");
+  if (keep_recording && options_.prefix_cache) {
+    record_keep_ = CandidateBoundaries(sorted);
+    PrefixCache recording;
+    ev = Run(linear_layers, &recording);
+    if (ev.ok() && !recording.empty()) recordings_[sorted] = {std::move(recording), *ev};
+  } else {
+    ev = Run(linear_layers, nullptr);
   }
-  if (!(keep_recording && options_.prefix_cache)) return Run(linear_layers, first, nullptr);
-  PrefixCache recording;
-  recording_complete_ = true;
-  auto ev = Run(linear_layers, first, &recording);
-  // Only a complete recording may become a base; a partial one would just cost memory.
-  if (ev.ok() && recording_complete_) recordings_[linear_layers] = {std::move(recording), *ev};
+  if (ev.ok()) {
+    // A carried recording serves one candidate, the base plus its own layer: this one, now.
+    carried_.erase(std::remove_if(carried_.begin(), carried_.end(),
+                                  [&](const Recording& r) {
+                                    std::vector<int64_t> u;
+                                    std::set_union(r.layers.begin(), r.layers.end(),
+                                                   cache_base_.begin(), cache_base_.end(),
+                                                   std::back_inserter(u));
+                                    return u == sorted;
+                                  }),
+                   carried_.end());
+    RecountBytes();
+  }
   return ev;
 }
 
 StatusOr<CandidateEvaluation> CandidateEvaluator::EvaluateAndCache(
     const std::vector<int64_t>& linear_layers) {
-  auto kept = recordings_.find(linear_layers);
+  const int64_t n_layers = model_->num_layers();
+  std::vector<int64_t> base = linear_layers;
+  std::sort(base.begin(), base.end());
+  PrefixCache fresh;
+  CandidateEvaluation ev;
+  auto kept = recordings_.find(base);
   if (kept != recordings_.end()) {
-    // Recorded while it was a candidate: promote it, nothing runs again.
-    cache_ = std::move(kept->second.first);
-    CandidateEvaluation ev = kept->second.second;
+    // Recorded while it was a candidate: promoted, nothing runs again.
+    fresh = std::move(kept->second.first);
+    ev = kept->second.second;
     ev.layer_passes = 0;
     ev.seconds = 0;
-    recordings_.clear();
-    cache_bytes_ = 0;
-    for (const auto& [key, e] : cache_) cache_bytes_ += e.Bytes();
-    cache_base_ = linear_layers;
-    cache_valid_ = true;
-    return ev;
+  } else {
+    // From the best recorded start (the old base below the first layer that differs), keeping
+    // every boundary.
+    record_keep_.assign(static_cast<size_t>(n_layers), true);
+    HYB_ASSIGN_OR_RETURN(ev, Run(linear_layers, options_.prefix_cache ? &fresh : nullptr));
   }
-  cache_.clear();
+  if (!options_.prefix_cache) return ev;
+  if (cache_valid_) {
+    // Below the first layer where they differ, the old base's residuals are the new base's:
+    // they fill what the recording skipped (and batches it could not record).
+    const int64_t f = std::min(FirstDifference(cache_base_, base), n_layers - 1);
+    for (const auto& [key, old] : cache_) {
+      auto it = fresh.find(key);
+      if (it == fresh.end()) {
+        CacheEntry e;
+        e.residual.assign(static_cast<size_t>(n_layers), at::Tensor());
+        it = fresh.emplace(key, std::move(e)).first;
+      }
+      for (int64_t j = 0; j <= f && j < static_cast<int64_t>(old.residual.size()); ++j) {
+        at::Tensor& r = it->second.residual[static_cast<size_t>(j)];
+        if (!r.defined()) r = old.residual[static_cast<size_t>(j)];
+      }
+    }
+  }
+  // What the next round can reuse from this round's other candidates: the next round scores
+  // base + l for each remaining layer l, and this round's recording of (old base + l) equals
+  // that model below the first layer where they differ (the new base's layer). Each keeps its
+  // residuals above l up to that layer (the latest is where base + l starts; the others fill
+  // that model's recording if it wins); the rest is dropped.
+  std::vector<Recording> carried;
+  for (auto& [layers, recording] : recordings_) {
+    if (layers == base) continue;
+    std::vector<int64_t> next;
+    std::set_union(layers.begin(), layers.end(), base.begin(), base.end(),
+                   std::back_inserter(next));
+    if (next.size() != base.size() + 1) continue;
+    const int64_t own = FirstDifference(base, next);
+    const int64_t limit = std::min(FirstDifference(layers, next), n_layers - 1);
+    Recording r{layers, {}};
+    for (auto& [key, e] : recording.first) {
+      CacheEntry k;
+      k.residual.assign(static_cast<size_t>(n_layers), at::Tensor());
+      bool any = false;
+      for (int64_t b = own + 1; b <= limit && b < static_cast<int64_t>(e.residual.size()); ++b) {
+        k.residual[static_cast<size_t>(b)] = e.residual[static_cast<size_t>(b)];
+        any = any || k.residual[static_cast<size_t>(b)].defined();
+      }
+      if (!any) continue;
+      k.states = std::move(e.states);
+      r.entries.emplace(key, std::move(k));
+    }
+    if (!r.entries.empty()) carried.push_back(std::move(r));
+  }
   recordings_.clear();
-  cache_bytes_ = 0;
-  cache_valid_ = false;
-  PrefixCache fresh;
-  auto ev = Run(linear_layers, 0, options_.prefix_cache ? &fresh : nullptr);
-  if (ev.ok() && options_.prefix_cache) {
-    cache_ = std::move(fresh);
-    cache_base_ = linear_layers;
-    cache_valid_ = true;
+  carried_ = std::move(carried);
+  cache_ = std::move(fresh);
+  cache_base_ = base;
+  cache_valid_ = true;
+  if (boundary_bytes_ == 0) {
+    // One boundary's bytes over every batch (the same batches every evaluation): measured on
+    // the first base recorded in full.
+    int64_t bytes = 0;
+    bool full = !cache_.empty();
+    for (const auto& [key, e] : cache_) {
+      const at::Tensor& last = e.residual.empty() ? at::Tensor() : e.residual.back();
+      full = full && last.defined();
+      bytes += TensorBytes(last);
+    }
+    if (full) boundary_bytes_ = bytes;
   }
+  RecountBytes();
   return ev;
 }
 

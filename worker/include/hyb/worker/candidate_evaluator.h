@@ -8,13 +8,16 @@
 //
 // Prefix-activation caching: EvaluateAndCache(base) records, for every batch it scores, the
 // residual stream entering each layer (and, for generation, every layer's decoding state after
-// the prompts). A later candidate that equals `base` below layer f starts from the recorded
-// residual at f and runs only layers f..L-1 (for generation: the prompts' prefill; the new
-// tokens run through the whole model). Scores are identical with and without the cache: the
-// same layers run on the same inputs. Each round of the greedy search scores every candidate
-// (base plus one layer l) from layer l while recording it; the round's winner's recording then
-// becomes the next base without another pass.
-//
+// the prompts). A later model that runs the same layers as a recorded one below layer b starts
+// from the recorded residual at b and runs only layers b..L-1 (for generation: the prompts'
+// prefill; the new tokens run through the whole model). Scores are identical with and without
+// the cache: the same layers run on the same inputs. Each round of the greedy search scores
+// every candidate (base plus one layer l) from layer l or later while recording its residuals at
+// some boundaries above l: all of them when the budget allows, else the candidate's share of
+// the free budget, evenly spaced. The round's winner's recording becomes the next base without
+// another pass (the old base fills in below the winner's layer). Every other candidate keeps its
+// residuals between its own layer and the winner's: next round, its layer on top of the new
+// base equals it up to the winner's layer and starts there instead of at its own layer.
 // Encoding: Create tokenises the examples (and the KL tie-break's texts) once
 // (EncodeExamples); every evaluation scores the same token ids, so a search of many candidates
 // pays for encoding once.
@@ -111,31 +114,52 @@ class CandidateEvaluator {
  private:
   // One batch's recording.
   struct CacheEntry {
-    std::vector<at::Tensor> residual;                 // [B, T, hidden] per layer
+    // The residual stream entering each layer, [B, T, hidden]; undefined where not kept.
+    std::vector<at::Tensor> residual;
     std::vector<std::unique_ptr<MixerState>> states;  // after the prompts (generation only)
-    // Memory held, counting residuals from layer `from_layer` on (those below may be shared).
-    int64_t Bytes(int64_t from_layer = 0) const;
   };
   // By batch: {B, T, the [B, T] padded ids row by row} (BatchKey).
   using PrefixCache = std::map<std::vector<int64_t>, CacheEntry>;
+  // A model's recorded activations: its linear layers (sorted) and its entries by batch.
+  struct Recording {
+    std::vector<int64_t> layers;
+    PrefixCache entries;
+  };
+  // Where a batch's forward starts: a recorded residual entering `layer` of a model that runs
+  // the same layers as the configured one below it (entry null: from the embeddings).
+  struct Start {
+    const CacheEntry* entry = nullptr;
+    int64_t layer = 0;
+  };
   CandidateEvaluator() = default;
   Status Configure(const std::vector<int64_t>& linear_layers);
-  // `record`, if not null, receives this model's activations.
-  StatusOr<CandidateEvaluation> Run(const std::vector<int64_t>& linear_layers, int64_t first_layer,
-                                    PrefixCache* record);
-  StatusOr<at::Tensor> Logits(const at::Tensor& ids, int64_t first_layer, PrefixCache* record_into);
+  // `record`, if not null, receives this model's activations at the boundaries record_keep_
+  // marks (plus what its start shares).
+  StatusOr<CandidateEvaluation> Run(const std::vector<int64_t>& linear_layers, PrefixCache* record);
+  StatusOr<at::Tensor> Logits(const at::Tensor& ids, PrefixCache* record_into);
   // A BatchGenerateFn: prompts [B, T] -> [B, T + n] on the CPU.
   StatusOr<at::Tensor> Generate(const at::Tensor& prompts, int64_t max_new,
-                                const std::vector<int64_t>& stop_ids, int64_t first_layer,
-                                PrefixCache* record_into);
+                                const std::vector<int64_t>& stop_ids, PrefixCache* record_into);
   // Runs the teacher (the model as loaded) on the batches the scorers form from `texts`
   // (text sequences of two tokens or more).
   Status RecordTeacherLogits(const EncodedExamples& texts);
   bool MayRecord(const PrefixCache* into, const std::vector<int64_t>& key);
+  // Counts the entry's residuals from `new_from` on (those below are shared) and its states.
   void Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
-             int64_t shared_below);
-  static std::vector<at::Tensor> Compose(const CacheEntry& base, int64_t first_layer,
-                                         std::vector<at::Tensor> from_taps);
+             int64_t new_from);
+  // The first layer at which models with linear layers `a` and `b` differ; L if none.
+  int64_t FirstDifference(const std::vector<int64_t>& a, const std::vector<int64_t>& b) const;
+  // The latest recorded start for batch `key` of the configured model, over the base and the
+  // carried recordings; `need_states`: only entries with every layer's decoding state.
+  Start BestStart(const std::vector<int64_t>& key, bool need_states) const;
+  // A recording's residuals: the start's below it (shared), this pass's kept ones from it on.
+  std::vector<at::Tensor> Kept(const Start& start, std::vector<at::Tensor> taps) const;
+  // The boundaries a candidate's recording keeps: above its first layer differing from the
+  // base, as many as its share of the free budget holds (the round's candidates not yet
+  // recorded share it), evenly spaced.
+  std::vector<bool> CandidateBoundaries(const std::vector<int64_t>& linear_layers) const;
+  // cache_bytes_ from what is held (tensors shared between recordings counted once).
+  void RecountBytes();
 
   std::unique_ptr<DecoderModel> model_;
   std::vector<std::shared_ptr<const TokenMixer>> full_, linear_;
@@ -148,14 +172,19 @@ class CandidateEvaluator {
   // The teacher's logits [B, T, V] per batch (by BatchKey), model device and dtype: the KL
   // tie-break's and kl_to_teacher tasks'.
   std::map<std::vector<int64_t>, at::Tensor> teacher_logits_;
-  PrefixCache cache_;                                          // the base's
+  PrefixCache cache_;  // the base's
   std::vector<int64_t> cache_base_;
+  std::vector<int64_t> current_;  // the configured model's linear layers, sorted
   // Candidates' recordings and evaluations of the round in progress, by linear layer set.
   std::map<std::vector<int64_t>, std::pair<PrefixCache, CandidateEvaluation>> recordings_;
+  // The previous round's candidates' recordings, trimmed to what the next round reuses.
+  std::vector<Recording> carried_;
+  std::vector<bool> record_keep_;  // the boundaries the recording in progress keeps
   bool cache_valid_ = false;
-  int64_t cache_bytes_ = 0;         // base and recordings together
-  bool recording_complete_ = true;  // the recording in progress stored every sequence
-  int64_t passes_ = 0;              // layer passes of the evaluation in progress
+  int64_t cache_bytes_ = 0;     // base, recordings and carried residuals together
+  int64_t boundary_bytes_ = 0;  // one boundary's residuals over every batch (0: not known yet)
+  int64_t passes_ = 0;          // layer passes of the evaluation in progress
+  int64_t min_start_ = 0;       // the earliest start of the evaluation in progress
 };
 
 }  // namespace hyb::worker
