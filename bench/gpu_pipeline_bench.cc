@@ -318,6 +318,17 @@ std::vector<TaskExample> LmExamples(const Tokenizer& tok, int64_t n, int64_t seq
     for (auto& x : ids) x = id(rng);
     TaskExample e;
     e.text = tok.Decode(ids, /*skip_special_tokens=*/true);
+    // Random ids decoded re-encode to ~1.3x as many tokens: cut the text until it encodes to at
+    // most `seq` tokens (with the template's specials), as the reference's 512-token sequences.
+    for (int attempt = 0; attempt < 16; ++attempt) {
+      const std::vector<int64_t> with_specials = tok.Encode(e.text, /*add_special_tokens=*/true);
+      const auto n_tokens = static_cast<int64_t>(with_specials.size());
+      if (n_tokens <= seq) break;
+      std::vector<int64_t> plain = tok.Encode(e.text);
+      plain.resize(static_cast<size_t>(
+          std::max<int64_t>(1, static_cast<int64_t>(plain.size()) - (n_tokens - seq))));
+      e.text = tok.Decode(plain, /*skip_special_tokens=*/true);
+    }
     out.push_back(std::move(e));
   }
   return out;
