@@ -25,11 +25,15 @@
 //
 // q, k, v, g and o are addressed through (batch, head, token) strides (GlaStrides): tiles move
 // as 16-byte rows, so [B, H, T, D] views of [B, T, H, D] buffers are read and written in place.
+//
+// Head dims of 256: blocks run the 128-dim kernel on slices of the key and value dims
+// (gla_slices.cuh); with K = 256 the output is the sum of two slices' outputs, added in fp32.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 
 #include "cuda_check.h"
+#include "gla_slices.cuh"
 #include "linear_attention_launch.h"
 #include "varlen_seqs.cuh"
 
@@ -115,6 +119,7 @@ struct KernelArgs {
   int64_t heads;
   float* final_state;
   float* chunk_states;  // [BH, nchunks + 1, K, V] or null: state at every chunk start, final
+  float* o_accum;       // K = 256: zeroed fp32 [rows, T, V] that the key slices add o into
   float* seg_state;  // [BH, nseg, K, V]: pass 1 writes local states, the scan start states
   float* seg_decay;  // [BH, nseg, K]: log2 decay over each segment
   int64_t tokens;
@@ -217,7 +222,9 @@ __device__ __forceinline__ uint32_t ScaledK(const __nv_bfloat16* ks, const float
   return PackBf16(__low2float(k) * Exp2(ref.x - b.x), __high2float(k) * Exp2(ref.y - b.y));
 }
 
-template <int K, int V, bool kStateOnly>
+// K x V: the block's slice of the state; KF x VF: the full head dims (equal to K x V except for
+// dims of 256: slice blockIdx.y = key slice * (VF / V) + value slice, gla_slices.cuh).
+template <int K, int V, int KF, int VF, bool kStateOnly>
 __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
@@ -226,6 +233,12 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g8 = lane / 4, t4 = lane % 4;  // fragment row / column-pair of this lane
+  // This block's first key and value column (0 and 0 unless the dims are sliced).
+  constexpr bool kSliced = K != KF || V != VF;
+  constexpr bool kSplitK = K != KF;  // o sums over key slices (in args.o_accum)
+  const int slice = kSliced ? static_cast<int>(blockIdx.y) : 0;
+  const int koff = kSliced ? (slice / (VF / V)) * K : 0;
+  const int voff = kSliced ? (slice % (VF / V)) * V : 0;
 
   const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
   // Pass 1 covers every segment but the last of each sequence.
@@ -240,13 +253,13 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   const int c_end = min(c_begin + args.seg_chunks, nchunks);
 
   const char* qg = reinterpret_cast<const char*>(args.q + SeqOffset(args.qs, sq.row, H) +
-                                                 sq.token0 * args.qs.token);
+                                                 sq.token0 * args.qs.token + koff);
   const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, sq.row, H) +
-                                                 sq.token0 * args.ks.token);
+                                                 sq.token0 * args.ks.token + koff);
   const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, sq.row, H) +
-                                                 sq.token0 * args.vs.token);
+                                                 sq.token0 * args.vs.token + voff);
   const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, sq.row, H) +
-                                                 sq.token0 * args.gs.token);
+                                                 sq.token0 * args.gs.token + koff);
   const int64_t q_pitch = args.qs.token * 2, k_pitch = args.ks.token * 2;
   const int64_t v_pitch = args.vs.token * 2, g_pitch = args.gs.token * 4;
 
@@ -269,22 +282,24 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   const int rb = warp % kRB, cs = warp / kRB;
   const int d_lo = 16 * rb + g8, d_hi = d_lo + 8;
   const int col0 = cs * (V / kCS) + 2 * t4;  // + 8 j
+  // Element offset of this lane's (d_lo, col0) in a full [KF, VF] state (+ 8 j; d_hi: + 8 VF).
+  const int state_lo = (koff + d_lo) * VF + voff + col0;
   float S[kSN][4];
   {
     const float* s0 = nullptr;
     if (kStateOnly) {
       s0 = nullptr;
     } else if (sb.nseg > 1) {
-      s0 = args.seg_state + sb.slot * K * V;
+      s0 = args.seg_state + sb.slot * KF * VF;
     } else if (args.initial_state != nullptr) {
-      s0 = args.initial_state + bh * K * V;
+      s0 = args.initial_state + bh * KF * VF;
     }
 #pragma unroll
     for (int j = 0; j < kSN; ++j) {
       float2 lo = make_float2(0.f, 0.f), hi = lo;
       if (s0 != nullptr) {
-        lo = *reinterpret_cast<const float2*>(s0 + d_lo * V + col0 + 8 * j);
-        hi = *reinterpret_cast<const float2*>(s0 + d_hi * V + col0 + 8 * j);
+        lo = *reinterpret_cast<const float2*>(s0 + state_lo + 8 * j);
+        hi = *reinterpret_cast<const float2*>(s0 + state_lo + 8 * VF + 8 * j);
       }
       S[j][0] = lo.x;
       S[j][1] = lo.y;
@@ -311,20 +326,20 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
 
   // Chunk-start states for the backward ([BH, nchunks + 1, K, V]; index nchunks: the final one).
-  auto write_state_f32 = [&](float* out) {
+  auto write_state_f32 = [&](float* out) {  // out: a full [KF, VF] state
 #pragma unroll
     for (int j = 0; j < kSN; ++j) {
-      *reinterpret_cast<float2*>(out + d_lo * V + col0 + 8 * j) = make_float2(S[j][0], S[j][1]);
-      *reinterpret_cast<float2*>(out + d_hi * V + col0 + 8 * j) = make_float2(S[j][2], S[j][3]);
+      *reinterpret_cast<float2*>(out + state_lo + 8 * j) = make_float2(S[j][0], S[j][1]);
+      *reinterpret_cast<float2*>(out + state_lo + 8 * VF + 8 * j) = make_float2(S[j][2], S[j][3]);
     }
   };
   float* const chunk_states = kStateOnly || args.chunk_states == nullptr
                                   ? nullptr
-                                  : args.chunk_states + sq.state_slot * K * V;
+                                  : args.chunk_states + sq.state_slot * KF * VF;
 
   for (int c = c_begin; c < c_end; ++c) {
     const int stage = (c - c_begin) & 1;
-    if (chunk_states != nullptr) write_state_f32(chunk_states + static_cast<int64_t>(c) * K * V);
+    if (chunk_states != nullptr) write_state_f32(chunk_states + static_cast<int64_t>(c) * KF * VF);
     if (c + 1 < c_end) {
       load_chunk(c + 1, stage ^ 1);  // that stage's last readers passed the previous barrier
       CpAsyncWait<1>();
@@ -403,18 +418,36 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
             Mma(acc[2 * jp + 1], a, b[2], b[3]);
           }
         }
-        const int64_t o_row = args.os.token;
-        __nv_bfloat16* og = args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row;
+        if constexpr (kSplitK) {
+          // This key slice's share of o, added in fp32 (gla_slices.cuh).
+          float* ow =
+              args.o_accum + (sq.row * args.tokens + sq.token0 + t0) * VF + voff + n_base + 2 * t4;
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const int col = n_base + 8 * j + 2 * t4;
-          if (t0 + r0 < T) {
-            *reinterpret_cast<uint32_t*>(og + r0 * o_row + col) =
-                PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
+          for (int j = 0; j < kNT; ++j) {
+            if (t0 + r0 < T) {
+              atomicAdd(ow + r0 * VF + 8 * j, acc[j][0] * args.scale);
+              atomicAdd(ow + r0 * VF + 8 * j + 1, acc[j][1] * args.scale);
+            }
+            if (t0 + r1 < T) {
+              atomicAdd(ow + r1 * VF + 8 * j, acc[j][2] * args.scale);
+              atomicAdd(ow + r1 * VF + 8 * j + 1, acc[j][3] * args.scale);
+            }
           }
-          if (t0 + r1 < T) {
-            *reinterpret_cast<uint32_t*>(og + r1 * o_row + col) =
-                PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
+        } else {
+          const int64_t o_row = args.os.token;
+          __nv_bfloat16* og =
+              args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row + voff;
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const int col = n_base + 8 * j + 2 * t4;
+            if (t0 + r0 < T) {
+              *reinterpret_cast<uint32_t*>(og + r0 * o_row + col) =
+                  PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
+            }
+            if (t0 + r1 < T) {
+              *reinterpret_cast<uint32_t*>(og + r1 * o_row + col) =
+                  PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
+            }
           }
         }
       }
@@ -460,18 +493,18 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   // Results: pass 1 its segment's local state and log2 decay; pass 2's last segment the state.
   float* out = nullptr;
   if (kStateOnly) {
-    out = args.seg_state + sb.slot * K * V;
-    if (cs == 0 && t4 == 0) {
-      float* dec = args.seg_decay + sb.slot * K;
+    out = args.seg_state + sb.slot * KF * VF;
+    if (cs == 0 && t4 == 0 && voff == 0) {  // (every value slice has the same decay)
+      float* dec = args.seg_decay + sb.slot * KF + koff;
       dec[d_lo] = log_decay_lo;
       dec[d_hi] = log_decay_hi;
     }
   } else if (seg == sb.nseg - 1) {
-    out = args.final_state + bh * K * V;
+    out = args.final_state + bh * KF * VF;
   }
   if (out != nullptr) write_state_f32(out);
   if (chunk_states != nullptr && seg == sb.nseg - 1) {
-    write_state_f32(chunk_states + static_cast<int64_t>(nchunks) * K * V);
+    write_state_f32(chunk_states + static_cast<int64_t>(nchunks) * KF * VF);
   }
 #endif
 }
@@ -503,14 +536,18 @@ __global__ void GlaSegmentScanKernel(float* seg_state, const float* seg_decay,
   }
 }
 
-template <int K, int V>
+// KF x VF: the head dims; blocks run slices of K x V = GlaSliceDim of them (gla_slices.cuh).
+template <int KF, int VF>
 cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
+  constexpr int K = GlaSliceDim(KF), V = GlaSliceDim(VF);
+  constexpr int kSlices = GlaSlices(KF) * GlaSlices(VF);
   using L = Layout<K, V>;
   const int64_t bh = p.batch * p.heads;
   const bool packed = p.varlen.cu_seqlens != nullptr;
   const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
-  const int seg_chunks =
-      p.segment_chunks > 0 ? p.segment_chunks : GlaSegmentChunks(bh, p.tokens, p.num_sms);
+  const int seg_chunks = p.segment_chunks > 0
+                             ? p.segment_chunks
+                             : GlaSegmentChunks(bh * kSlices, p.tokens, p.num_sms);
   // Fixed-length: segments per sequence. Packed: 2 when any sequence has several (pass 1 and the
   // scan run), else 1; the grids cover every segment of every sequence.
   const int nseg =
@@ -524,11 +561,11 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   a.g = p.g;
   a.initial_state = p.initial_state;
   a.o = static_cast<__nv_bfloat16*>(p.o);
-  a.qs = GlaResolveStrides(p.q_strides, p.heads, p.tokens, K);
-  a.ks = GlaResolveStrides(p.k_strides, p.heads, p.tokens, K);
-  a.vs = GlaResolveStrides(p.v_strides, p.heads, p.tokens, V);
-  a.gs = GlaResolveStrides(p.g_strides, p.heads, p.tokens, K);
-  a.os = GlaResolveStrides(p.o_strides, p.heads, p.tokens, V);
+  a.qs = GlaResolveStrides(p.q_strides, p.heads, p.tokens, KF);
+  a.ks = GlaResolveStrides(p.k_strides, p.heads, p.tokens, KF);
+  a.vs = GlaResolveStrides(p.v_strides, p.heads, p.tokens, VF);
+  a.gs = GlaResolveStrides(p.g_strides, p.heads, p.tokens, KF);
+  a.os = GlaResolveStrides(p.o_strides, p.heads, p.tokens, VF);
   if (!GlaStridesAligned(p.q, a.qs, 2) || !GlaStridesAligned(p.k, a.ks, 2) ||
       !GlaStridesAligned(p.v, a.vs, 2) || !GlaStridesAligned(p.g, a.gs, 4) ||
       !GlaStridesAligned(p.o, a.os, 2)) {
@@ -544,28 +581,40 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   a.varlen = p.varlen;
   a.cu_segments = p.cu_segments;
   a.num_seqs = p.batch;
-  if (nseg > 1) {
+  const int64_t slots = nseg > 1 ? (packed ? p.total_segments * p.heads : bh * nseg) : 0;
+  const int64_t token_rows = GlaTokenRows(packed, p.batch, p.heads);
+  if (nseg > 1 || KF != K) {
     if (p.workspace == nullptr) return cudaErrorInvalidValue;
-    const int64_t slots = packed ? p.total_segments * p.heads : bh * nseg;
     a.seg_state = static_cast<float*>(p.workspace);
-    a.seg_decay = a.seg_state + slots * K * V;
-    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, true>,
+    a.seg_decay = a.seg_state + slots * KF * VF;
+    a.o_accum = a.seg_decay + slots * KF;  // (GlaChunkedWorkspaceBytes's layout)
+  }
+  if (nseg > 1) {
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, true>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
     a.grid_segs = nseg - 1;
-    GlaChunkKernel<K, V, true>
-        <<<static_cast<unsigned>(blocks_pass1), kThreads, L::kBytes, stream>>>(a);
+    GlaChunkKernel<K, V, KF, VF, true>
+        <<<dim3(static_cast<unsigned>(blocks_pass1), kSlices), kThreads, L::kBytes, stream>>>(a);
     HYB_CUDA_TRY(cudaGetLastError());
-    const dim3 grid(static_cast<unsigned>((K * V + 255) / 256), static_cast<unsigned>(bh));
+    const dim3 grid(static_cast<unsigned>((KF * VF + 255) / 256), static_cast<unsigned>(bh));
     GlaSegmentScanKernel<<<grid, 256, 0, stream>>>(a.seg_state, a.seg_decay, p.initial_state, nseg,
-                                                   K, V, p.cu_segments, p.heads);
+                                                   KF, VF, p.cu_segments, p.heads);
     HYB_CUDA_TRY(cudaGetLastError());
   }
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, false>,
+  if constexpr (KF != K) {
+    HYB_CUDA_TRY(cudaMemsetAsync(a.o_accum, 0,
+                                 static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float),
+                                 stream));
+  }
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, false>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
   a.grid_segs = nseg;
-  GlaChunkKernel<K, V, false>
-      <<<static_cast<unsigned>(blocks_pass2), kThreads, L::kBytes, stream>>>(a);
+  GlaChunkKernel<K, V, KF, VF, false>
+      <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kThreads, L::kBytes, stream>>>(a);
   HYB_CUDA_TRY(cudaGetLastError());
+  if constexpr (KF != K) {
+    return GlaStoreAccumulated(a.o_accum, a.o, a.os, token_rows, p.heads, p.tokens, VF, stream);
+  }
   return cudaSuccess;
 }
 
@@ -587,7 +636,8 @@ bool GlaStridesAligned(const void* ptr, const GlaStrides& s, int elem_bytes) {
 }
 
 bool GlaChunkedSupportsDims(int key_dim, int value_dim) {
-  return (key_dim == 64 || key_dim == 128) && (value_dim == 64 || value_dim == 128);
+  auto ok = [](int d) { return d == 64 || d == 128 || d == 256; };
+  return ok(key_dim) && ok(value_dim);
 }
 
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
@@ -632,18 +682,26 @@ std::vector<int64_t> GlaVarlenSegments(const std::vector<int64_t>& cu_chunks, in
 }
 
 size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
-  if (p.varlen.cu_seqlens != nullptr) {
-    if (p.total_segments <= p.batch) return 0;
-    return static_cast<size_t>(p.total_segments * p.heads * p.key_dim * (p.value_dim + 1)) *
-           sizeof(float);
+  // [segment states, slots x K x V][segment decays, slots x K][K = 256: o in fp32, rows x T x V]
+  const bool packed = p.varlen.cu_seqlens != nullptr;
+  int64_t slots = 0;
+  if (packed) {
+    if (p.total_segments > p.batch) slots = p.total_segments * p.heads;
+  } else {
+    const int64_t bh = p.batch * p.heads;
+    const int64_t nchunks = (p.tokens + kC - 1) / kC;
+    const int64_t slices = GlaSlices(p.key_dim) * GlaSlices(p.value_dim);
+    const int seg_chunks = p.segment_chunks > 0
+                               ? p.segment_chunks
+                               : GlaSegmentChunks(bh * slices, p.tokens, p.num_sms);
+    const int64_t nseg = (nchunks + seg_chunks - 1) / seg_chunks;
+    if (nseg > 1) slots = bh * nseg;
   }
-  const int64_t bh = p.batch * p.heads;
-  const int64_t nchunks = (p.tokens + kC - 1) / kC;
-  const int seg_chunks =
-      p.segment_chunks > 0 ? p.segment_chunks : GlaSegmentChunks(bh, p.tokens, p.num_sms);
-  const int64_t nseg = (nchunks + seg_chunks - 1) / seg_chunks;
-  if (nseg <= 1) return 0;
-  return static_cast<size_t>(bh * nseg * p.key_dim * (p.value_dim + 1)) * sizeof(float);
+  int64_t floats = slots * p.key_dim * (p.value_dim + 1);
+  if (GlaSlices(p.key_dim) > 1) {
+    floats += GlaTokenRows(packed, p.batch, p.heads) * p.tokens * p.value_dim;
+  }
+  return static_cast<size_t>(floats) * sizeof(float);
 }
 
 cudaError_t LaunchGlaChunked(const GlaChunkedParams& p, cudaStream_t stream) {
@@ -669,10 +727,9 @@ cudaError_t LaunchGlaChunked(const GlaChunkedParams& p, cudaStream_t stream) {
     }
     return cudaSuccess;
   }
-  if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
-  if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
-  if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);
-  return LaunchDims<128, 128>(p, stream);
+  return GlaDispatchDims(p.key_dim, p.value_dim, [&](auto kf, auto vf) {
+    return LaunchDims<decltype(kf)::value, decltype(vf)::value>(p, stream);
+  });
 }
 
 }  // namespace hyb::kernels::cuda

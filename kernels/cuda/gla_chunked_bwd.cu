@@ -37,9 +37,15 @@
 // gradient in registers as the forward keeps its state, and writes dS at every chunk end (and at
 // the start: the initial state's gradient); with fewer sequences than multiprocessors a block
 // owns 32 state columns. (2) GlaChunkGradKernel computes one chunk per block.
+//
+// Head dims of 256: both kernels run on slices of the key and value dims (gla_slices.cuh); the
+// gradients that are sums over slices are added in fp32 and stored after the chunk pass.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+
 #include "cuda_check.h"
+#include "gla_slices.cuh"
 #include "linear_attention_launch.h"
 #include "varlen_seqs.cuh"
 
@@ -221,7 +227,10 @@ struct ScanArgs {
   VarlenSeqs varlen;  // packed sequences, or none
 };
 
-template <int K, int W>
+// K: the block's key rows (KF, the key dim, is K or a multiple of it: blocks then also cover
+// key slices, gla_slices.cuh). Block x = bh * slices + slice; slice = column slice * (KF / K) +
+// key slice.
+template <int K, int W, int KF>
 __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
@@ -231,7 +240,9 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g8 = lane / 4, t4 = lane % 4;
   const int64_t bh = blockIdx.x / a.slices;
-  const int col_base = (blockIdx.x % a.slices) * W;  // first state column of this block
+  const int slice = static_cast<int>(blockIdx.x % a.slices);
+  const int col_base = (KF == K ? slice : slice / (KF / K)) * W;  // first state column
+  const int koff = KF == K ? 0 : (slice % (KF / K)) * K;          // first key row
   const int V = a.value_dim;
   const int64_t H = a.heads;
   const SeqSpan sq = SeqOf(a.varlen, bh, H, a.tokens, kC);
@@ -244,10 +255,10 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
   const int wcol0 = cs * kWC;                // first column of this warp inside the slice
   const int col0 = col_base + wcol0 + 2 * t4;  // + 8 j: this lane's state columns
 
-  const char* qg =
-      reinterpret_cast<const char*>(a.q + SeqOffset(a.qs, sq.row, H) + sq.token0 * a.qs.token);
-  const char* gg =
-      reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, sq.row, H) + sq.token0 * a.gs.token);
+  const char* qg = reinterpret_cast<const char*>(a.q + SeqOffset(a.qs, sq.row, H) +
+                                                 sq.token0 * a.qs.token + koff);
+  const char* gg = reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, sq.row, H) +
+                                                 sq.token0 * a.gs.token + koff);
   const char* dog = reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, sq.row, H) +
                                                   sq.token0 * a.dos.token + col_base);
   const int64_t q_pitch = a.qs.token * 2, g_pitch = a.gs.token * 4, do_pitch = a.dos.token * 2;
@@ -263,13 +274,13 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
 
   float ds[kSN][4];
   {
-    const float* s1 = a.d_final_state != nullptr ? a.d_final_state + bh * K * V : nullptr;
+    const float* s1 = a.d_final_state != nullptr ? a.d_final_state + bh * KF * V : nullptr;
 #pragma unroll
     for (int j = 0; j < kSN; ++j) {
       float2 lo = make_float2(0.f, 0.f), hi = lo;
       if (s1 != nullptr) {
-        lo = *reinterpret_cast<const float2*>(s1 + d_lo * V + col0 + 8 * j);
-        hi = *reinterpret_cast<const float2*>(s1 + d_hi * V + col0 + 8 * j);
+        lo = *reinterpret_cast<const float2*>(s1 + (koff + d_lo) * V + col0 + 8 * j);
+        hi = *reinterpret_cast<const float2*>(s1 + (koff + d_hi) * V + col0 + 8 * j);
       }
       ds[j][0] = lo.x;
       ds[j][1] = lo.y;
@@ -277,11 +288,13 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
       ds[j][3] = hi.y;
     }
   }
-  auto write_state = [&](float* out) {  // out: [K, V] of this sequence
+  auto write_state = [&](float* out) {  // out: [KF, V] of this sequence
 #pragma unroll
     for (int j = 0; j < kSN; ++j) {
-      *reinterpret_cast<float2*>(out + d_lo * V + col0 + 8 * j) = make_float2(ds[j][0], ds[j][1]);
-      *reinterpret_cast<float2*>(out + d_hi * V + col0 + 8 * j) = make_float2(ds[j][2], ds[j][3]);
+      *reinterpret_cast<float2*>(out + (koff + d_lo) * V + col0 + 8 * j) =
+          make_float2(ds[j][0], ds[j][1]);
+      *reinterpret_cast<float2*>(out + (koff + d_hi) * V + col0 + 8 * j) =
+          make_float2(ds[j][2], ds[j][3]);
     }
   };
 
@@ -291,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
   if (n > 0) load_chunk(n - 1, 0);  // (an empty packed sequence: dS0 = dS_T)
   for (int c = n - 1; c >= 0; --c) {
     const int stage = (n - 1 - c) & 1;
-    write_state(a.d_chunk_states + (sq.dstate_slot + c) * K * V);
+    write_state(a.d_chunk_states + (sq.dstate_slot + c) * KF * V);
     if (c > 0) {
       load_chunk(c - 1, stage ^ 1);  // that stage's last readers passed the previous barrier
       CpAsyncWait<1>();
@@ -345,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
     }
     __syncthreads();  // every read of this stage and of qe is done
   }
-  write_state(a.d_initial_state + bh * K * V);
+  write_state(a.d_initial_state + bh * KF * V);
 #endif
 }
 
@@ -393,6 +406,12 @@ struct ChunkArgs {
   void* dv;
   float* dg;
   GlaStrides dqs, dks, dvs, dgs;
+  // Sliced head dims (gla_slices.cuh): zeroed fp32 sums [rows, T, K] (dq, dk, dg, when V = 256)
+  // and [rows, T, V] (dv, when K = 256) that the slices add into; else null.
+  float* dq_sum;
+  float* dk_sum;
+  float* dg_sum;
+  float* dv_sum;
   int64_t heads;
   int64_t tokens;
   int nchunks;  // per sequence (fixed-length)
@@ -408,7 +427,15 @@ constexpr int ChunkMinBlocks() {
   return ChunkLayout<K, V>::kBytes <= 115712 ? 2 : 1;
 }
 
-template <int K, int V, typename GradT>
+// Adds (x, y) into columns (col, col + 1) of a gradient's fp32 sum.
+__device__ __forceinline__ void AddPair(float* p, float x, float y) {
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+}
+
+// K x V: the block's slice; KF x VF: the head dims (equal to K x V except for dims of 256:
+// slice blockIdx.y = key slice * (VF / V) + value slice, gla_slices.cuh).
+template <int K, int V, int KF, int VF, typename GradT>
 __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
     GlaChunkGradKernel(const ChunkArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -433,6 +460,13 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g8 = lane / 4, t4 = lane % 4;
+  // This block's first key and value column, and which gradients are sums over slices.
+  constexpr bool kSliced = K != KF || V != VF;
+  constexpr bool kSumKeySide = V != VF;    // dq, dk, dg: over value slices
+  constexpr bool kSumValueSide = K != KF;  // dv: over key slices
+  const int slice = kSliced ? static_cast<int>(blockIdx.y) : 0;
+  const int koff = kSliced ? (slice / (VF / V)) * K : 0;
+  const int voff = kSliced ? (slice % (VF / V)) * V : 0;
   int64_t bh = 0, c64 = 0;
   ChunkOfBlock(a.varlen, a.num_seqs, a.heads, a.nchunks, blockIdx.x, &bh, &c64);
   const int c = static_cast<int>(c64);
@@ -442,37 +476,39 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
   const int64_t T = sq.tokens, t0 = static_cast<int64_t>(c) * kC, tt0 = sq.token0 + t0;
   const int64_t rows = T - t0;  // valid tokens of this chunk (may exceed kC)
   const int64_t row = sq.row;
+  const int64_t sum_row0 = row * a.tokens + tt0;  // this chunk's first row in the fp32 sums
 
-  const __nv_bfloat16* qg = a.q + SeqOffset(a.qs, row, H) + tt0 * a.qs.token;
-  const __nv_bfloat16* kg = a.k + SeqOffset(a.ks, row, H) + tt0 * a.ks.token;
+  const __nv_bfloat16* qg = a.q + SeqOffset(a.qs, row, H) + tt0 * a.qs.token + koff;
+  const __nv_bfloat16* kg = a.k + SeqOffset(a.ks, row, H) + tt0 * a.ks.token + koff;
 
   // Gates, v and do into shared memory (asynchronous) while the states are converted.
   {
     const char* gg =
-        reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, row, H) + tt0 * a.gs.token);
+        reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, row, H) + tt0 * a.gs.token + koff);
     const char* vg =
-        reinterpret_cast<const char*>(a.v + SeqOffset(a.vs, row, H) + tt0 * a.vs.token);
-    const char* dg =
-        reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, row, H) + tt0 * a.dos.token);
+        reinterpret_cast<const char*>(a.v + SeqOffset(a.vs, row, H) + tt0 * a.vs.token + voff);
+    const char* dg = reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, row, H) +
+                                                   tt0 * a.dos.token + voff);
     CopyTile<K, 4, L::kBP>(smem + L::kB, gg, a.gs.token * 4, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kV, vg, a.vs.token * 2, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kDo, dg, a.dos.token * 2, rows, tid);
     CpAsyncCommit();
   }
-  // S0 and dS to bf16; rowsum(S_end * dS) in fp32 (S_end: the next chunk's start state).
+  // S0 and dS to bf16; rowsum(S_end * dS) in fp32 (S_end: the next chunk's start state). The
+  // slice's [K, V] block of the full [KF, VF] states.
   {
-    const float4* s0g =
-        reinterpret_cast<const float4*>(a.chunk_states + (sq.state_slot + c) * K * V);
-    const float4* s1g = s0g + K * V / 4;
-    const float4* dsg =
-        reinterpret_cast<const float4*>(a.d_chunk_states + (sq.dstate_slot + c) * K * V);
+    const float* s0f = a.chunk_states + (sq.state_slot + c) * KF * VF + koff * VF + voff;
+    const float* dsf = a.d_chunk_states + (sq.dstate_slot + c) * KF * VF + koff * VF + voff;
     constexpr int kRowVec = V / 4;  // float4 per state row: the lanes that share a row
     constexpr int kLanes = kRowVec;
     static_assert(kLanes <= 32 && 32 % kLanes == 0, "a state row must fit in one warp");
 #pragma unroll 2
     for (int i = tid; i < K * V / 4; i += kThreads) {
       const int d = i / kRowVec, e = (i % kRowVec) * 4;
-      const float4 x = s0g[i], y = dsg[i], z = s1g[i];
+      const int gi = d * VF + e;  // (i * 4 unless sliced)
+      const float4 x = *reinterpret_cast<const float4*>(s0f + gi);
+      const float4 y = *reinterpret_cast<const float4*>(dsf + gi);
+      const float4 z = *reinterpret_cast<const float4*>(s0f + KF * VF + gi);
       *reinterpret_cast<uint2*>(s0s + d * L::kVP + e) =
           make_uint2(PackBf16(x.x, x.y), PackBf16(x.z, x.w));
       *reinterpret_cast<uint2*>(dss + d * L::kVP + e) =
@@ -634,7 +670,9 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, row, H) + tt0 * a.dqs.token;
+    GradT* out =
+        static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, row, H) + tt0 * a.dqs.token + koff;
+    float* sum = kSumKeySide ? a.dq_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
       const int d = key_col(j);
@@ -644,8 +682,13 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
       const float x1 = acc[j][1] * Exp2(bs[r0 * L::kBP + d + 1] - b_mid[d + 1]);
       const float x2 = acc[j][2] * Exp2(bs[r1 * L::kBP + d] - b_mid[d]);
       const float x3 = acc[j][3] * Exp2(bs[r1 * L::kBP + d + 1] - b_mid[d + 1]);
-      if (r0 < rows) StorePair(out + r0 * a.dqs.token + d, x0, x1);
-      if (r1 < rows) StorePair(out + r1 * a.dqs.token + d, x2, x3);
+      if constexpr (kSumKeySide) {
+        if (r0 < rows) AddPair(sum + r0 * KF + d, x0, x1);
+        if (r1 < rows) AddPair(sum + r1 * KF + d, x2, x3);
+      } else {
+        if (r0 < rows) StorePair(out + r0 * a.dqs.token + d, x0, x1);
+        if (r1 < rows) StorePair(out + r1 * a.dqs.token + d, x2, x3);
+      }
       db[j][0] = q0.x * x0;
       db[j][1] = q0.y * x1;
       db[j][2] = q1.x * x2;
@@ -686,7 +729,9 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dk) + SeqOffset(a.dks, row, H) + tt0 * a.dks.token;
+    GradT* out =
+        static_cast<GradT*>(a.dk) + SeqOffset(a.dks, row, H) + tt0 * a.dks.token + koff;
+    float* sum = kSumKeySide ? a.dk_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
       const int d = key_col(j);
@@ -696,8 +741,13 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
       const float x1 = acc[j][1] * Exp2(b_mid[d + 1] - bs[r0 * L::kBP + d + 1]);
       const float x2 = acc[j][2] * Exp2(b_mid[d] - bs[r1 * L::kBP + d]);
       const float x3 = acc[j][3] * Exp2(b_mid[d + 1] - bs[r1 * L::kBP + d + 1]);
-      if (r0 < rows) StorePair(out + r0 * a.dks.token + d, x0, x1);
-      if (r1 < rows) StorePair(out + r1 * a.dks.token + d, x2, x3);
+      if constexpr (kSumKeySide) {
+        if (r0 < rows) AddPair(sum + r0 * KF + d, x0, x1);
+        if (r1 < rows) AddPair(sum + r1 * KF + d, x2, x3);
+      } else {
+        if (r0 < rows) StorePair(out + r0 * a.dks.token + d, x0, x1);
+        if (r1 < rows) StorePair(out + r1 * a.dks.token + d, x2, x3);
+      }
       db[j][0] -= k0.x * x0;
       db[j][1] -= k0.y * x1;
       db[j][2] -= k1.x * x2;
@@ -749,7 +799,8 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
 
   // dg, second half: add the later blocks' totals and rowsum(S_end * dS).
   {
-    float* out = a.dg + SeqOffset(a.dgs, row, H) + tt0 * a.dgs.token;
+    float* out = a.dg + SeqOffset(a.dgs, row, H) + tt0 * a.dgs.token + koff;
+    float* sum = kSumKeySide ? a.dg_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
       const int d = key_col(j);
@@ -758,8 +809,13 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         add0 += tot[ib * K + d];
         add1 += tot[ib * K + d + 1];
       }
-      if (r0 < rows) StorePair(out + r0 * a.dgs.token + d, db[j][0] + add0, db[j][1] + add1);
-      if (r1 < rows) StorePair(out + r1 * a.dgs.token + d, db[j][2] + add0, db[j][3] + add1);
+      if constexpr (kSumKeySide) {
+        if (r0 < rows) AddPair(sum + r0 * KF + d, db[j][0] + add0, db[j][1] + add1);
+        if (r1 < rows) AddPair(sum + r1 * KF + d, db[j][2] + add0, db[j][3] + add1);
+      } else {
+        if (r0 < rows) StorePair(out + r0 * a.dgs.token + d, db[j][0] + add0, db[j][1] + add1);
+        if (r1 < rows) StorePair(out + r1 * a.dgs.token + d, db[j][2] + add0, db[j][3] + add1);
+      }
     }
   }
   __syncthreads();  // Kc is in place
@@ -794,64 +850,95 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, row, H) + tt0 * a.dvs.token;
+    GradT* out =
+        static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, row, H) + tt0 * a.dvs.token + voff;
+    float* sum = kSumValueSide ? a.dv_sum + sum_row0 * VF + voff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNV; ++j) {
       const int e = vbase + 8 * j + 2 * t4;
-      if (r0 < rows) StorePair(out + r0 * a.dvs.token + e, acc[j][0], acc[j][1]);
-      if (r1 < rows) StorePair(out + r1 * a.dvs.token + e, acc[j][2], acc[j][3]);
+      if constexpr (kSumValueSide) {
+        if (r0 < rows) AddPair(sum + r0 * VF + e, acc[j][0], acc[j][1]);
+        if (r1 < rows) AddPair(sum + r1 * VF + e, acc[j][2], acc[j][3]);
+      } else {
+        if (r0 < rows) StorePair(out + r0 * a.dvs.token + e, acc[j][0], acc[j][1]);
+        if (r1 < rows) StorePair(out + r1 * a.dvs.token + e, acc[j][2], acc[j][3]);
+      }
     }
   }
 #endif
 }
 
-// State columns per block of the reverse scan: all of them when the sequences fill the device,
-// else 32 (more blocks, each repeating the chunk's 2^b q).
-int GlaScanColumns(int64_t batch_heads, int value_dim, int num_sms) {
-  return batch_heads >= num_sms ? value_dim : 32;
+// State columns per block of the reverse scan (of `key_rows` state rows): all of them when the
+// sequences fill the device, else 32 (more blocks, each repeating the chunk's 2^b q); at most
+// 16384 / key_rows (64 fp32 registers of state per thread).
+int GlaScanColumns(int64_t batch_heads, int key_rows, int value_dim, int num_sms) {
+  return batch_heads >= num_sms ? std::min(value_dim, 16384 / key_rows) : 32;
 }
 
-template <int K, int W>
+template <int K, int W, int KF>
 cudaError_t LaunchScan(const ScanArgs& s, int64_t bh, cudaStream_t stream) {
   using SL = ScanLayout<K, W>;
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStateGradKernel<K, W>,
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStateGradKernel<K, W, KF>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, SL::kBytes));
-  GlaStateGradKernel<K, W><<<static_cast<unsigned>(bh * s.slices), kThreads, SL::kBytes, stream>>>(s);
+  GlaStateGradKernel<K, W, KF>
+      <<<static_cast<unsigned>(bh * s.slices), kThreads, SL::kBytes, stream>>>(s);
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
 
-// `blocks`: one per chunk of every sequence and head.
-template <int K, int V, typename GradT>
+// `blocks`: one per chunk of every sequence and head (times the slices: grid y).
+template <int K, int V, int KF, int VF, typename GradT>
 cudaError_t LaunchChunks(const ChunkArgs& c, int64_t blocks, cudaStream_t stream) {
   using CL = ChunkLayout<K, V>;
+  constexpr unsigned kSlices = (KF / K) * (VF / V);
   if (blocks == 0) return cudaSuccess;  // only empty packed sequences
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkGradKernel<K, V, GradT>,
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkGradKernel<K, V, KF, VF, GradT>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
-  GlaChunkGradKernel<K, V, GradT>
-      <<<static_cast<unsigned>(blocks), kThreads, CL::kBytes, stream>>>(c);
+  GlaChunkGradKernel<K, V, KF, VF, GradT>
+      <<<dim3(static_cast<unsigned>(blocks), kSlices), kThreads, CL::kBytes, stream>>>(c);
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
 
-template <int K, int V>
+// Stores the fp32 sums of sliced gradients (null: none) in their tensors.
+template <typename GradT>
+cudaError_t StoreSums(const GlaChunkedBackwardParams& p, const ChunkArgs& c, int64_t rows,
+                      cudaStream_t stream) {
+  const int64_t h = p.heads, t = p.tokens;
+  if (c.dq_sum != nullptr) {
+    HYB_CUDA_TRY(GlaStoreAccumulated(c.dq_sum, static_cast<GradT*>(p.dq), c.dqs, rows, h, t,
+                                     p.key_dim, stream));
+    HYB_CUDA_TRY(GlaStoreAccumulated(c.dk_sum, static_cast<GradT*>(p.dk), c.dks, rows, h, t,
+                                     p.key_dim, stream));
+    HYB_CUDA_TRY(GlaStoreAccumulated(c.dg_sum, p.dg, c.dgs, rows, h, t, p.key_dim, stream));
+  }
+  if (c.dv_sum != nullptr) {
+    HYB_CUDA_TRY(GlaStoreAccumulated(c.dv_sum, static_cast<GradT*>(p.dv), c.dvs, rows, h, t,
+                                     p.value_dim, stream));
+  }
+  return cudaSuccess;
+}
+
+// KF x VF: the head dims; the kernels run slices of K x V = GlaSliceDim of them.
+template <int KF, int VF>
 cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
+  constexpr int K = GlaSliceDim(KF), V = GlaSliceDim(VF);
   const int64_t bh = p.batch * p.heads;
   const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
   ScanArgs s{};
   s.q = static_cast<const __nv_bfloat16*>(p.q);
   s.g = p.g;
   s.d_output = static_cast<const __nv_bfloat16*>(p.d_output);
-  s.qs = GlaResolveStrides(p.q_strides, p.heads, p.tokens, K);
-  s.gs = GlaResolveStrides(p.g_strides, p.heads, p.tokens, K);
-  s.dos = GlaResolveStrides(p.d_output_strides, p.heads, p.tokens, V);
+  s.qs = GlaResolveStrides(p.q_strides, p.heads, p.tokens, KF);
+  s.gs = GlaResolveStrides(p.g_strides, p.heads, p.tokens, KF);
+  s.dos = GlaResolveStrides(p.d_output_strides, p.heads, p.tokens, VF);
   s.heads = p.heads;
   s.d_final_state = p.d_final_state;
   s.d_chunk_states = static_cast<float*>(p.workspace);
   s.d_initial_state = p.d_initial_state;
   s.tokens = p.tokens;
   s.nchunks = nchunks;
-  s.value_dim = V;
+  s.value_dim = VF;
   s.scale = p.scale;
   s.varlen = p.varlen;
 
@@ -862,8 +949,8 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   c.g = p.g;
   c.d_output = s.d_output;
   c.qs = s.qs;
-  c.ks = GlaResolveStrides(p.k_strides, p.heads, p.tokens, K);
-  c.vs = GlaResolveStrides(p.v_strides, p.heads, p.tokens, V);
+  c.ks = GlaResolveStrides(p.k_strides, p.heads, p.tokens, KF);
+  c.vs = GlaResolveStrides(p.v_strides, p.heads, p.tokens, VF);
   c.gs = s.gs;
   c.dos = s.dos;
   c.chunk_states = p.chunk_states;
@@ -872,10 +959,10 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   c.dk = p.dk;
   c.dv = p.dv;
   c.dg = p.dg;
-  c.dqs = GlaResolveStrides(p.dq_strides, p.heads, p.tokens, K);
-  c.dks = GlaResolveStrides(p.dk_strides, p.heads, p.tokens, K);
-  c.dvs = GlaResolveStrides(p.dv_strides, p.heads, p.tokens, V);
-  c.dgs = GlaResolveStrides(p.dg_strides, p.heads, p.tokens, K);
+  c.dqs = GlaResolveStrides(p.dq_strides, p.heads, p.tokens, KF);
+  c.dks = GlaResolveStrides(p.dk_strides, p.heads, p.tokens, KF);
+  c.dvs = GlaResolveStrides(p.dv_strides, p.heads, p.tokens, VF);
+  c.dgs = GlaResolveStrides(p.dg_strides, p.heads, p.tokens, KF);
   c.heads = p.heads;
   c.tokens = p.tokens;
   c.nchunks = nchunks;
@@ -891,26 +978,55 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
 
-  const int w = GlaScanColumns(bh, V, p.num_sms);
-  s.slices = V / w;
-  const cudaError_t err = w == V ? LaunchScan<K, V>(s, bh, stream) : LaunchScan<K, 32>(s, bh, stream);
+  constexpr int kScanW = VF < 16384 / K ? VF : 16384 / K;  // GlaScanColumns's first choice
+  const int w = GlaScanColumns(bh, K, VF, p.num_sms);
+  s.slices = (VF / w) * (KF / K);
+  const cudaError_t err = w == kScanW ? LaunchScan<K, kScanW, KF>(s, bh, stream)
+                                      : LaunchScan<K, 32, KF>(s, bh, stream);
   if (err != cudaSuccess) return err;
-  const int64_t blocks =
-      p.varlen.cu_seqlens != nullptr ? p.varlen.total_chunks * p.heads : bh * nchunks;
-  return p.grads_bf16 ? LaunchChunks<K, V, __nv_bfloat16>(c, blocks, stream)
-                      : LaunchChunks<K, V, float>(c, blocks, stream);
+
+  // Sums of gradients over slices after the state gradients (GlaChunkedBackwardWorkspaceBytes).
+  const bool packed = p.varlen.cu_seqlens != nullptr;
+  const int64_t rows = GlaTokenRows(packed, p.batch, p.heads);
+  float* sums = s.d_chunk_states + (packed ? p.heads * p.varlen.total_chunks : bh * nchunks) *
+                                       static_cast<int64_t>(KF) * VF;
+  const int64_t key_floats = rows * p.tokens * KF, value_floats = rows * p.tokens * VF;
+  int64_t sum_floats = 0;
+  if constexpr (VF != V) {
+    c.dq_sum = sums;
+    c.dk_sum = sums + key_floats;
+    c.dg_sum = sums + 2 * key_floats;
+    sum_floats += 3 * key_floats;
+  }
+  if constexpr (KF != K) {
+    c.dv_sum = sums + sum_floats;
+    sum_floats += value_floats;
+  }
+  if (sum_floats > 0) {
+    HYB_CUDA_TRY(
+        cudaMemsetAsync(sums, 0, static_cast<size_t>(sum_floats) * sizeof(float), stream));
+  }
+  const int64_t blocks = packed ? p.varlen.total_chunks * p.heads : bh * nchunks;
+  if (p.grads_bf16) {
+    const cudaError_t e = LaunchChunks<K, V, KF, VF, __nv_bfloat16>(c, blocks, stream);
+    return e != cudaSuccess ? e : StoreSums<__nv_bfloat16>(p, c, rows, stream);
+  }
+  const cudaError_t e = LaunchChunks<K, V, KF, VF, float>(c, blocks, stream);
+  return e != cudaSuccess ? e : StoreSums<float>(p, c, rows, stream);
 }
 
 }  // namespace
 
 size_t GlaChunkedBackwardWorkspaceBytes(const GlaChunkedBackwardParams& p) {
-  if (p.varlen.cu_seqlens != nullptr) {
-    return static_cast<size_t>(p.heads * p.varlen.total_chunks * p.key_dim * p.value_dim) *
-           sizeof(float);
-  }
-  const int64_t nchunks = (p.tokens + kC - 1) / kC;
-  return static_cast<size_t>(p.batch * p.heads * nchunks * p.key_dim * p.value_dim) *
-         sizeof(float);
+  // [dS at every chunk end][V = 256: dq, dk, dg sums, rows x T x K each][K = 256: dv's, x V]
+  const bool packed = p.varlen.cu_seqlens != nullptr;
+  const int64_t chunks =
+      packed ? p.heads * p.varlen.total_chunks : p.batch * p.heads * ((p.tokens + kC - 1) / kC);
+  int64_t floats = chunks * p.key_dim * p.value_dim;
+  const int64_t token_rows = GlaTokenRows(packed, p.batch, p.heads) * p.tokens;
+  if (GlaSlices(p.value_dim) > 1) floats += 3 * token_rows * p.key_dim;
+  if (GlaSlices(p.key_dim) > 1) floats += token_rows * p.value_dim;
+  return static_cast<size_t>(floats) * sizeof(float);
 }
 
 cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
@@ -929,10 +1045,9 @@ cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& p, cudaStre
     return cudaSuccess;
   }
   if (p.workspace == nullptr || p.chunk_states == nullptr) return cudaErrorInvalidValue;
-  if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
-  if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
-  if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);
-  return LaunchDims<128, 128>(p, stream);
+  return GlaDispatchDims(p.key_dim, p.value_dim, [&](auto kf, auto vf) {
+    return LaunchDims<decltype(kf)::value, decltype(vf)::value>(p, stream);
+  });
 }
 
 }  // namespace hyb::kernels::cuda

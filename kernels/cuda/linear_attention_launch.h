@@ -68,7 +68,7 @@ struct GlaChunkedParams {
   // Scratch of GlaChunkedWorkspaceBytes(*this) bytes (may be null when that is 0).
   void* workspace = nullptr;
   int64_t batch = 0, heads = 0, tokens = 0;
-  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  int key_dim = 0, value_dim = 0;  // (64 | 128 | 256) x (64 | 128 | 256)
   float scale = 1.f;
   // Chunks per segment; 0 picks one from the device's multiprocessor count (GlaSegmentChunks).
   // Packed sequences need it set (GlaVarlenSegmentChunks) together with cu_segments.
@@ -81,7 +81,8 @@ struct GlaChunkedParams {
   int64_t total_segments = 0;  // cu_segments[N]
 };
 
-// True when the kernel handles this key/value head size.
+// True when the kernel handles this key/value head size: each 64, 128 or 256 (dims of 256 run as
+// slices of 128, gla_slices.cuh).
 bool GlaChunkedSupportsDims(int key_dim, int value_dim);
 
 // Chunks per segment. Long sequences are cut into segments that run in parallel: a first pass
@@ -129,7 +130,7 @@ struct GlaChunkedBackwardParams {
   // Scratch of GlaChunkedBackwardWorkspaceBytes(*this) bytes: dL/dS at every chunk end.
   void* workspace = nullptr;
   int64_t batch = 0, heads = 0, tokens = 0;
-  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  int key_dim = 0, value_dim = 0;  // (64 | 128 | 256) x (64 | 128 | 256)
   float scale = 1.f;
   int num_sms = 132;  // multiprocessors of the device: the reverse scan's column split
   VarlenSeqs varlen;  // packed sequences, or none

@@ -19,7 +19,7 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 int RmsNormBlockSize(int64_t cols);
 
 // Chunked GLA forward (kernels/cuda/gla_chunked.cu). Supported: q, k, v bf16 on one CUDA device,
-// [B, H, T, K] / [B, H, T, V] with K, V in {64, 128}; g any float type (used as fp32);
+// [B, H, T, K] / [B, H, T, V] with K, V in {64, 128, 256}; g any float type (used as fp32);
 // initial_state undefined or [B, H, K, V] of any float type (used as fp32). Returns the output
 // in bf16 and the final state in fp32. Forward only (no autograd).
 bool GlaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
