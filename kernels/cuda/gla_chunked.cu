@@ -545,9 +545,8 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   const int64_t bh = p.batch * p.heads;
   const bool packed = p.varlen.cu_seqlens != nullptr;
   const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
-  const int seg_chunks = p.segment_chunks > 0
-                             ? p.segment_chunks
-                             : GlaSegmentChunks(bh * kSlices, p.tokens, p.num_sms);
+  const int seg_chunks =
+      p.segment_chunks > 0 ? p.segment_chunks : GlaSegmentChunks(bh * kSlices, p.tokens, p.num_sms);
   // Fixed-length: segments per sequence. Packed: 2 when any sequence has several (pass 1 and the
   // scan run), else 1; the grids cover every segment of every sequence.
   const int nseg =
@@ -602,9 +601,8 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     HYB_CUDA_TRY(cudaGetLastError());
   }
   if constexpr (KF != K) {
-    HYB_CUDA_TRY(cudaMemsetAsync(a.o_accum, 0,
-                                 static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float),
-                                 stream));
+    HYB_CUDA_TRY(cudaMemsetAsync(
+        a.o_accum, 0, static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float), stream));
   }
   HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, false>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));

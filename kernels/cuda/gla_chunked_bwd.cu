@@ -670,8 +670,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out =
-        static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, row, H) + tt0 * a.dqs.token + koff;
+    GradT* out = static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, row, H) + tt0 * a.dqs.token + koff;
     float* sum = kSumKeySide ? a.dq_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
@@ -729,8 +728,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out =
-        static_cast<GradT*>(a.dk) + SeqOffset(a.dks, row, H) + tt0 * a.dks.token + koff;
+    GradT* out = static_cast<GradT*>(a.dk) + SeqOffset(a.dks, row, H) + tt0 * a.dks.token + koff;
     float* sum = kSumKeySide ? a.dk_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
@@ -850,8 +848,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out =
-        static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, row, H) + tt0 * a.dvs.token + voff;
+    GradT* out = static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, row, H) + tt0 * a.dvs.token + voff;
     float* sum = kSumValueSide ? a.dv_sum + sum_row0 * VF + voff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNV; ++j) {
@@ -981,8 +978,8 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
   constexpr int kScanW = VF < 16384 / K ? VF : 16384 / K;  // GlaScanColumns's first choice
   const int w = GlaScanColumns(bh, K, VF, p.num_sms);
   s.slices = (VF / w) * (KF / K);
-  const cudaError_t err = w == kScanW ? LaunchScan<K, kScanW, KF>(s, bh, stream)
-                                      : LaunchScan<K, 32, KF>(s, bh, stream);
+  const cudaError_t err =
+      w == kScanW ? LaunchScan<K, kScanW, KF>(s, bh, stream) : LaunchScan<K, 32, KF>(s, bh, stream);
   if (err != cudaSuccess) return err;
 
   // Sums of gradients over slices after the state gradients (GlaChunkedBackwardWorkspaceBytes).
@@ -1003,8 +1000,7 @@ cudaError_t LaunchDims(const GlaChunkedBackwardParams& p, cudaStream_t stream) {
     sum_floats += value_floats;
   }
   if (sum_floats > 0) {
-    HYB_CUDA_TRY(
-        cudaMemsetAsync(sums, 0, static_cast<size_t>(sum_floats) * sizeof(float), stream));
+    HYB_CUDA_TRY(cudaMemsetAsync(sums, 0, static_cast<size_t>(sum_floats) * sizeof(float), stream));
   }
   const int64_t blocks = packed ? p.varlen.total_chunks * p.heads : bh * nchunks;
   if (p.grads_bf16) {

@@ -22,6 +22,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -57,22 +58,26 @@ cudaError_t GlaDispatchDims(int key_dim, int value_dim, F&& f) {
 
 namespace gla_slices_detail {
 
-__device__ __forceinline__ void StoreConverted(float* p, float x) { *p = x; }
-__device__ __forceinline__ void StoreConverted(__nv_bfloat16* p, float x) {
-  *p = __float2bfloat16_rn(x);
+__device__ __forceinline__ void StorePair(float* p, float2 x) { *reinterpret_cast<float2*>(p) = x; }
+__device__ __forceinline__ void StorePair(__nv_bfloat16* p, float2 x) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x.x, x.y);
 }
 
-// out[row, t, d] (strides s; row = batch * heads + head) = acc[(row * tokens + t) * dim + d].
+// out[row, t, :] (strides s; row = batch * heads + head) = acc[row * tokens + t, :] ([.., dim]
+// contiguous, dim even): one warp per token row, a pair of columns per lane and step.
 template <typename T>
 __global__ void GlaStoreAccumulatedKernel(const float* acc, T* out, GlaStrides s, int64_t heads,
-                                          int64_t tokens, int dim, int64_t total) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += stride) {
-    const int64_t d = i % dim, rt = i / dim;
+                                          int64_t tokens, int dim, int64_t token_rows) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t rt = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+       rt < token_rows; rt += warps) {
     const int64_t t = rt % tokens, row = rt / tokens;
-    StoreConverted(out + (row / heads) * s.batch + (row % heads) * s.head + t * s.token + d,
-                   acc[i]);
+    const float* src = acc + rt * dim;
+    T* dst = out + (row / heads) * s.batch + (row % heads) * s.head + t * s.token;
+    for (int d = 2 * lane; d < dim; d += 64) {
+      StorePair(dst + d, *reinterpret_cast<const float2*>(src + d));
+    }
   }
 }
 
@@ -83,12 +88,12 @@ __global__ void GlaStoreAccumulatedKernel(const float* acc, T* out, GlaStrides s
 template <typename T>
 cudaError_t GlaStoreAccumulated(const float* acc, T* out, const GlaStrides& s, int64_t rows,
                                 int64_t heads, int64_t tokens, int dim, cudaStream_t stream) {
-  const int64_t total = rows * tokens * dim;
-  if (total == 0) return cudaSuccess;
-  const int64_t blocks = (total + 255) / 256;
+  const int64_t token_rows = rows * tokens;
+  if (token_rows == 0) return cudaSuccess;
+  const int64_t blocks = std::min<int64_t>((token_rows + 7) / 8, 65536 * 8);  // 8 warps each
   gla_slices_detail::GlaStoreAccumulatedKernel<T>
-      <<<static_cast<unsigned>(blocks < 65536 * 8 ? blocks : 65536 * 8), 256, 0, stream>>>(
-          acc, out, s, heads, tokens, dim, total);
+      <<<static_cast<unsigned>(blocks), 256, 0, stream>>>(acc, out, s, heads, tokens, dim,
+                                                          token_rows);
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
