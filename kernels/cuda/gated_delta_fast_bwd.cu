@@ -792,7 +792,9 @@ cudaError_t LaunchDims(const GatedDeltaFastBackwardParams& p, cudaStream_t strea
   if (nchunks > 0x7fffffff || p.batch_heads > 65535) return cudaErrorInvalidValue;
   const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(p.batch_heads));
   HYB_CUDA_TRY(Launch(LocalDvKernel<K, V>, per_chunk, LocalLayout<K, V>::kBytes, p, stream));
-  const int slice = GatedDeltaFastSliceColumns(p.batch_heads, V, p.num_sms);
+  const int slice = p.slice_columns > 0 ? p.slice_columns
+                                         : GatedDeltaFastSliceColumns(p.batch_heads, V, p.num_sms);
+  if (slice != 16 && slice != 32 && slice != 64) return cudaErrorInvalidValue;
   const dim3 slices(static_cast<unsigned>(V / slice), static_cast<unsigned>(p.batch_heads));
   if (slice == 64) {
     HYB_CUDA_TRY(Launch(DStateKernel<K, V, 64>, slices, DStateLayout<K, 64>::kBytes, p, stream));

@@ -46,6 +46,7 @@ struct GatedDeltaFastParams {
   int key_dim = 0, value_dim = 0;  // K = V in {64, 128}
   float scale = 1.f;
   int num_sms = 132;
+  int slice_columns = 0;  // value columns per recurrence block (16, 32, 64); 0: chosen below
 };
 
 // True when the kernels handle this key/value head size (K = V in {64, 128}).
@@ -88,6 +89,7 @@ struct GatedDeltaFastBackwardParams {
   int key_dim = 0, value_dim = 0;
   float scale = 1.f;
   int num_sms = 132;
+  int slice_columns = 0;  // as GatedDeltaFastParams::slice_columns
 };
 
 cudaError_t LaunchGatedDeltaFastBackward(const GatedDeltaFastBackwardParams& params,
