@@ -418,6 +418,9 @@ __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardPar
   }
   gdn::CpAsyncWait<0>();
   __syncthreads();
+  // dr = dW + (Tinv - I)^T dW: the unit diagonal's term from the fp32 dW, not its bf16 copy.
+  if (tid < kC) tis[tid * L::kCP + tid] = __float2bfloat16_rn(0.f);
+  __syncthreads();
 
   const int r = 16 * warp + (lane >> 2), c0 = 2 * (lane & 3);
   const float b_lo = bs[r], b_hi = bs[r + 8], b_last = bs[kC - 1];
@@ -425,7 +428,8 @@ __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardPar
   // Per-row partial sums of this thread (rows r and r + 8), reduced over the quad at the end.
   float dbeta_lo = 0.f, dbeta_hi = 0.f, db_lo = 0.f, db_hi = 0.f;
 
-  // dr = Tinv^T dW for rows r: Tinv[t][s] != 0 only for t >= s. dv = beta dr; rowsum(V * dr).
+  // dr = Tinv^T dW for rows r: Tinv[t][s] != 0 only for t >= s (the diagonal added in fp32).
+  // dv = beta dr; rowsum(V * dr).
   {
     float acc[V / 8][4];
     Zero(acc);
@@ -444,9 +448,16 @@ __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardPar
     }
     const bf16* vg = static_cast<const bf16*>(p.v) + tok * V;
     float* dvg = p.dv + tok * V;
+    const float* dwg = p.d_w + prow * V;
 #pragma unroll
     for (int j = 0; j < V / 8; ++j) {
       const int col = 8 * j + c0;
+      const float2 w_lo = *reinterpret_cast<const float2*>(dwg + r * V + col);
+      const float2 w_hi = *reinterpret_cast<const float2*>(dwg + (r + 8) * V + col);
+      acc[j][0] += w_lo.x;
+      acc[j][1] += w_lo.y;
+      acc[j][2] += w_hi.x;
+      acc[j][3] += w_hi.y;
       if (r < rows) {
         const float2 x = gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(vg + r * V + col));
         dbeta_lo += x.x * acc[j][0] + x.y * acc[j][1];
