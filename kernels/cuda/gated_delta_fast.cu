@@ -114,11 +114,13 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p
   const int64_t tok = bh * p.tokens + t0;  // first token's row
   gdn::CopyTile<kC, K, L::kKP, kThreads>(ks, static_cast<const bf16*>(p.k) + tok * K, K, rows,
                                          tid);
+  gdn::CpAsyncCommit();
+  // v in a second group: it lands while A is computed.
   gdn::CopyTile<kC, V, L::kVP, kThreads>(vs, static_cast<const bf16*>(p.v) + tok * V, V, rows,
                                          tid);
   gdn::CpAsyncCommit();
   LoadGates(p.g + tok, p.beta + tok, rows, bs, betas, tid);
-  gdn::CpAsyncWait<0>();
+  gdn::CpAsyncWait<1>();
   __syncthreads();
 
   // A[t][s] = beta_t 2^(b_t - b_s) (k_t . k_s) for s < t: warp w computes rows 16 w.. and the
@@ -151,6 +153,7 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p
       }
     }
   }
+  gdn::CpAsyncWait<0>();
   __syncthreads();
 
   if (warp < 2) {
@@ -424,14 +427,16 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
                                          tid);
   gdn::CopyTile<kC, K, L::kKP, kThreads>(ks, static_cast<const bf16*>(p.k) + tok * K, K, rows,
                                          tid);
+  if (tid < kC / 4) gdn::CpAsync16(bs + 4 * tid, p.ws.b + prow + 4 * tid, true);
+  gdn::CpAsyncCommit();
+  // v_new and S0 in a second group: they land while the scores are computed.
   gdn::CopyTile<kC, V, L::kVP, kThreads>(vn, static_cast<const bf16*>(p.ws.v_new) + prow * V, V,
                                          kC, tid);
   gdn::CopyTile<K, V, L::kVP, kThreads>(
       ss, static_cast<const bf16*>(p.ws.chunk_states) + (bh * gridDim.x + chunk) * K * V, V, K,
       tid);
-  if (tid < kC / 4) gdn::CpAsync16(bs + 4 * tid, p.ws.b + prow + 4 * tid, true);
   gdn::CpAsyncCommit();
-  gdn::CpAsyncWait<0>();
+  gdn::CpAsyncWait<1>();
   __syncthreads();
 
   const int r = 16 * warp + (lane >> 2), c0 = 2 * (lane & 3);
@@ -467,6 +472,8 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
     for (int kk = 0; kk < 4; ++kk) gdn::AccToA(pa[kk], acc[2 * kk], acc[2 * kk + 1]);
   }
 
+  gdn::CpAsyncWait<0>();
+  __syncthreads();
   float o[V / 8][4];
 #pragma unroll
   for (int j = 0; j < V / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;

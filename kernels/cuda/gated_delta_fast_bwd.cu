@@ -398,13 +398,15 @@ __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardPar
                                          kC, tid);
   gdn::CopyTile<kC, V, L::kVP, kThreads>(dos, static_cast<const bf16*>(p.d_output) + tok * V, V,
                                          rows, tid);
+  gdn::CopyTile<kC, kC, L::kCP, kThreads>(tis, static_cast<const bf16*>(p.ws.tinv) + prow * kC,
+                                          kC, kC, tid);
+  if (tid < kC / 4) gdn::CpAsync16(bs + 4 * tid, p.ws.b + prow + 4 * tid, true);
+  gdn::CpAsyncCommit();
+  // The states in a second group: they land while the C x C matrices are computed.
   gdn::CopyTile<K, V, L::kVP, kThreads>(s0s, static_cast<const bf16*>(p.ws.chunk_states) + state,
                                         V, K, tid);
   gdn::CopyTile<K, V, L::kVP, kThreads>(dss, static_cast<const bf16*>(p.d_chunk_states) + state,
                                         V, K, tid);
-  gdn::CopyTile<kC, kC, L::kCP, kThreads>(tis, static_cast<const bf16*>(p.ws.tinv) + prow * kC,
-                                          kC, kC, tid);
-  if (tid < kC / 4) gdn::CpAsync16(bs + 4 * tid, p.ws.b + prow + 4 * tid, true);
   gdn::CpAsyncCommit();
   if (tid < kC) betas[tid] = tid < rows ? p.beta[tok + tid] : 0.f;
   {
@@ -416,7 +418,7 @@ __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardPar
           make_uint2(gdn::PackBf16(x.x, x.y), gdn::PackBf16(x.z, x.w));
     }
   }
-  gdn::CpAsyncWait<0>();
+  gdn::CpAsyncWait<1>();
   __syncthreads();
   // dr = dW + (Tinv - I)^T dW: the unit diagonal's term from the fp32 dW, not its bf16 copy.
   if (tid < kC) tis[tid * L::kCP + tid] = __float2bfloat16_rn(0.f);
@@ -588,6 +590,7 @@ __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardPar
       *reinterpret_cast<uint32_t*>(dqks + (r + 8) * L::kCP + col) = gdn::PackBf16(dqk[2], dqk[3]);
     }
   }
+  gdn::CpAsyncWait<0>();
   __syncthreads();
 
   // D + D^T; rowsum(Z) - colsum(Z); sum(S0 * dS).
