@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <cstdint>
+
 #include "cuda_check.h"
 #include "gated_delta_fast_launch.h"
 #include "hyb/kernels/cuda_gated_delta.h"
@@ -97,6 +99,14 @@ ForwardTensors Forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   return f;
 }
 
+// `x` contiguous with a 16-byte aligned start (the kernels move 16-byte vectors): a copy when a
+// contiguous view starts off alignment.
+at::Tensor Aligned(const at::Tensor& x) {
+  at::Tensor c = x.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
 // Inputs as the kernels read them.
 struct Inputs {
   at::Tensor q, k, v, g, beta, s0;
@@ -105,9 +115,9 @@ struct Inputs {
 Inputs Prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
   Inputs in;
-  in.q = q.contiguous();
-  in.k = k.contiguous();
-  in.v = v.contiguous();
+  in.q = Aligned(q);
+  in.k = Aligned(k);
+  in.v = Aligned(v);
   in.g = g.to(at::kFloat).contiguous();
   in.beta = beta.to(at::kFloat).contiguous();
   if (initial_state.defined()) in.s0 = initial_state.to(at::kFloat).contiguous();
@@ -137,7 +147,7 @@ GatedDeltaChunkedGradients Backward(const Inputs& in, double scale, const Forwar
             at::zeros({b, h, 0}, f32),  at::zeros({b, h, 0}, f32),
             d_s1.defined() ? d_s1 : at::zeros({b, h, dk, dv}, f32)};
   }
-  const at::Tensor d_o = d_output.defined() ? d_output.to(at::kBFloat16).contiguous()
+  const at::Tensor d_o = d_output.defined() ? Aligned(d_output.to(at::kBFloat16))
                                             : at::zeros({b, h, t, dv}, in.q.options());
   TORCH_CHECK(d_o.sizes() == at::IntArrayRef({b, h, t, dv}),
               "cuda GatedDeltaChunkedFast backward: d_output must be [B, H, T, V]");
