@@ -1,0 +1,122 @@
+// The per-thread work of the short convolution kernels (short_conv.cu): the forward and the
+// backward of one channel vector along one tile of time steps, with a sliding window of the last
+// K inputs in registers. Torch-free and free of the CUDA runtime, so that the host tests run the
+// same code over every tile (tests/kernels/short_conv_test.cc). Memory goes through `io`:
+//   io.Input(s, v)    v = inputs s of the vector (s < 0: the previous inputs, column K-1+s)
+//   io.Output(t, y)   y = the fp32 sums of step t (rounding and silu are io's)
+//   io.DOut(s, v)     v = the incoming gradient of step s (s < T)
+//   io.Sigmoid(v)     the logistic function
+//   io.DInput(t, v)   v = the gradient of input t
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define HYB_SHORT_CONV_HD __host__ __device__ __forceinline__
+#define HYB_SHORT_CONV_UNROLL _Pragma("unroll")
+#else
+#define HYB_SHORT_CONV_HD inline
+#define HYB_SHORT_CONV_UNROLL
+#endif
+
+namespace hyb::kernels::cuda {
+
+// win[i] = win[i + 1]: the window one step on.
+template <int K, int N, typename F>
+HYB_SHORT_CONV_HD void ShiftShortConvWindow(F (&win)[K][N]) {
+  HYB_SHORT_CONV_UNROLL
+  for (int i = 0; i + 1 < K; ++i) {
+    HYB_SHORT_CONV_UNROLL
+    for (int k = 0; k < N; ++k) win[i][k] = win[i + 1][k];
+  }
+}
+
+// y = sum_j w[j] * win[j]: w[j][k] is tap j of channel k; win[j] holds input t + j - (K-1) for
+// output t.
+template <int K, int N, typename F>
+HYB_SHORT_CONV_HD void ShortConvSums(const F (&w)[K][N], const F (&win)[K][N], F (&y)[N]) {
+  HYB_SHORT_CONV_UNROLL
+  for (int k = 0; k < N; ++k) {
+    F acc = 0;
+    HYB_SHORT_CONV_UNROLL
+    for (int j = 0; j < K; ++j) acc += w[j][k] * win[j][k];
+    y[k] = acc;
+  }
+}
+
+// Forward of steps [t0, t_end). On return win[0..K-2] holds inputs t_end-(K-1) .. t_end-1 (with
+// t_end = T: the new decoding cache).
+template <int K, int N, typename F, class Io>
+HYB_SHORT_CONV_HD void ShortConvForwardTile(const F (&w)[K][N], int64_t t0, int64_t t_end, Io& io,
+                                            F (&win)[K][N]) {
+  HYB_SHORT_CONV_UNROLL
+  for (int i = 0; i + 1 < K; ++i) io.Input(t0 - (K - 1) + i, win[i]);
+  for (int64_t t = t0; t < t_end; ++t) {
+    io.Input(t, win[K - 1]);
+    F y[N];
+    ShortConvSums<K, N, F>(w, win, y);
+    io.Output(t, y);
+    ShiftShortConvWindow<K, N, F>(win);
+  }
+}
+
+// Backward of steps [t0, t_end) of a sequence of `time` steps: writes d_input for those steps and
+// adds the steps' weight-gradient terms to d_w (d_w[j][k] += d_y[t] * input[t + j - (K-1)]).
+// Step s computes d_y[s] (zero past T; past the tile only for the d_input of the tile's last K-1
+// steps), adds its d_w terms when s is in the tile, and completes d_input[s - (K-1)]:
+//   d_input[t] = sum_j w[j] * d_y[t + K-1 - j].
+template <int K, int N, bool kSilu, typename F, class Io>
+HYB_SHORT_CONV_HD void ShortConvBackwardTile(const F (&w)[K][N], int64_t t0, int64_t t_end,
+                                             int64_t time, Io& io, F (&d_w)[K][N]) {
+  F win[K][N];  // inputs s - (K-1) .. s for step s
+  F dyw[K][N];  // d_y of steps s - (K-1) .. s
+  HYB_SHORT_CONV_UNROLL
+  for (int i = 0; i + 1 < K; ++i) {
+    io.Input(t0 - (K - 1) + i, win[i]);
+    HYB_SHORT_CONV_UNROLL
+    for (int k = 0; k < N; ++k) dyw[i][k] = 0;  // steps before the tile: never read
+  }
+  for (int64_t s = t0; s < t_end + K - 1; ++s) {
+    F dy[N] = {};
+    if (s < time) {
+      io.DOut(s, dy);
+      if (kSilu || s < t_end) {  // the inputs: for silu' and the tile's d_w terms
+        io.Input(s, win[K - 1]);
+        if constexpr (kSilu) {
+          F y[N];
+          ShortConvSums<K, N, F>(w, win, y);
+          HYB_SHORT_CONV_UNROLL
+          for (int k = 0; k < N; ++k) {
+            const F sig = io.Sigmoid(y[k]);
+            dy[k] *= sig * (1 + y[k] * (1 - sig));
+          }
+        }
+        if (s < t_end) {
+          HYB_SHORT_CONV_UNROLL
+          for (int j = 0; j < K; ++j) {
+            HYB_SHORT_CONV_UNROLL
+            for (int k = 0; k < N; ++k) d_w[j][k] += dy[k] * win[j][k];
+          }
+        }
+        ShiftShortConvWindow<K, N, F>(win);
+      }
+    }
+    HYB_SHORT_CONV_UNROLL
+    for (int k = 0; k < N; ++k) dyw[K - 1][k] = dy[k];
+    const int64_t t = s - (K - 1);
+    if (t >= t0) {
+      F du[N];
+      HYB_SHORT_CONV_UNROLL
+      for (int k = 0; k < N; ++k) {
+        F acc = 0;
+        HYB_SHORT_CONV_UNROLL
+        for (int j = 0; j < K; ++j) acc += w[j][k] * dyw[K - 1 - j][k];
+        du[k] = acc;
+      }
+      io.DInput(t, du);
+    }
+    ShiftShortConvWindow<K, N, F>(dyw);
+  }
+}
+
+}  // namespace hyb::kernels::cuda
