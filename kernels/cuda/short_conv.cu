@@ -160,7 +160,8 @@ __global__ void __launch_bounds__(kThreads) ShortConvForwardKernel(const ShortCo
     const int64_t t0 = (tile % p.grid.tiles_per_seq) * kShortConvTimeTile;
     ConvIo<T, K, kSilu> io{p, nullptr, nullptr, b, ct.c};
     float win[K][kN];
-    ShortConvForwardTile<K, kN, float>(w, t0, TileEnd(t0, p.time), io, win);
+    ShortConvForwardTile<K, kN, kShortConvForwardSteps, float>(w, t0, TileEnd(t0, p.time), io,
+                                                               win);
     // One tile per sequence: this thread alone read the sequence's previous inputs (in the
     // tile), and its window now holds the last K-1 inputs; longer sequences take the copy
     // launch.
@@ -215,7 +216,8 @@ __global__ void __launch_bounds__(kThreads) ShortConvBackwardKernel(
       const int64_t t0 = (tile % p.grid.tiles_per_seq) * kShortConvTimeTile;
       ConvIo<T, K, kSilu> io{p, static_cast<const T*>(bp.d_out), static_cast<T*>(bp.d_u), b,
                              ct.c};
-      ShortConvBackwardTile<K, kN, kSilu, float>(w, t0, TileEnd(t0, p.time), p.time, io, d_w);
+      ShortConvBackwardTile<K, kN, kShortConvBackwardSteps, kSilu, float>(
+          w, t0, TileEnd(t0, p.time), p.time, io, d_w);
     }
   }
   // The block's weight gradient, summed over its kShortConvBlockY rows of threads in a fixed

@@ -33,6 +33,12 @@ inline constexpr int kShortConvBlockX = 32;    // channel vectors per block
 inline constexpr int kShortConvBlockY = 8;     // tiles per block and pass
 inline constexpr int kShortConvMinK = 2;
 inline constexpr int kShortConvMaxK = 8;
+// Time steps whose loads a thread issues together before using any (forward, backward): more
+// bytes in flight per thread, at the price of registers (sm_90a, K = 4: about 128 registers per
+// thread for both, so two 256-thread blocks per multiprocessor; the backward at 4 steps takes
+// about 160). Not yet tuned on a GPU.
+inline constexpr int kShortConvForwardSteps = 8;
+inline constexpr int kShortConvBackwardSteps = 2;
 
 // The launch grid: blocks_x covers the channels, blocks_y strides over the tiles. Sized to about
 // `blocks_per_sm` resident blocks on each of `num_sms` multiprocessors, never more than the tiles

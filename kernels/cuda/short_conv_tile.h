@@ -44,19 +44,30 @@ HYB_SHORT_CONV_HD void ShortConvSums(const F (&w)[K][N], const F (&win)[K][N], F
   }
 }
 
-// Forward of steps [t0, t_end). On return win[0..K-2] holds inputs t_end-(K-1) .. t_end-1 (with
+// Forward of steps [t0, t_end). The inputs of kSteps steps are loaded before any is used (the
+// loads are in flight together). On return win[0..K-2] holds inputs t_end-(K-1) .. t_end-1 (with
 // t_end = T: the new decoding cache).
-template <int K, int N, typename F, class Io>
+template <int K, int N, int kSteps, typename F, class Io>
 HYB_SHORT_CONV_HD void ShortConvForwardTile(const F (&w)[K][N], int64_t t0, int64_t t_end, Io& io,
                                             F (&win)[K][N]) {
   HYB_SHORT_CONV_UNROLL
   for (int i = 0; i + 1 < K; ++i) io.Input(t0 - (K - 1) + i, win[i]);
-  for (int64_t t = t0; t < t_end; ++t) {
-    io.Input(t, win[K - 1]);
-    F y[N];
-    ShortConvSums<K, N, F>(w, win, y);
-    io.Output(t, y);
-    ShiftShortConvWindow<K, N, F>(win);
+  for (int64_t base = t0; base < t_end; base += kSteps) {
+    F in[kSteps][N];
+    HYB_SHORT_CONV_UNROLL
+    for (int i = 0; i < kSteps; ++i) {
+      if (base + i < t_end) io.Input(base + i, in[i]);
+    }
+    HYB_SHORT_CONV_UNROLL
+    for (int i = 0; i < kSteps; ++i) {
+      if (base + i >= t_end) break;
+      HYB_SHORT_CONV_UNROLL
+      for (int k = 0; k < N; ++k) win[K - 1][k] = in[i][k];
+      F y[N];
+      ShortConvSums<K, N, F>(w, win, y);
+      io.Output(base + i, y);
+      ShiftShortConvWindow<K, N, F>(win);
+    }
   }
 }
 
@@ -65,7 +76,8 @@ HYB_SHORT_CONV_HD void ShortConvForwardTile(const F (&w)[K][N], int64_t t0, int6
 // Step s computes d_y[s] (zero past T; past the tile only for the d_input of the tile's last K-1
 // steps), adds its d_w terms when s is in the tile, and completes d_input[s - (K-1)]:
 //   d_input[t] = sum_j w[j] * d_y[t + K-1 - j].
-template <int K, int N, bool kSilu, typename F, class Io>
+// The incoming gradients and inputs of kSteps steps are loaded before any is used.
+template <int K, int N, int kSteps, bool kSilu, typename F, class Io>
 HYB_SHORT_CONV_HD void ShortConvBackwardTile(const F (&w)[K][N], int64_t t0, int64_t t_end,
                                              int64_t time, Io& io, F (&d_w)[K][N]) {
   F win[K][N];  // inputs s - (K-1) .. s for step s
@@ -76,46 +88,63 @@ HYB_SHORT_CONV_HD void ShortConvBackwardTile(const F (&w)[K][N], int64_t t0, int
     HYB_SHORT_CONV_UNROLL
     for (int k = 0; k < N; ++k) dyw[i][k] = 0;  // steps before the tile: never read
   }
-  for (int64_t s = t0; s < t_end + K - 1; ++s) {
-    F dy[N] = {};
-    if (s < time) {
-      io.DOut(s, dy);
-      if (kSilu || s < t_end) {  // the inputs: for silu' and the tile's d_w terms
-        io.Input(s, win[K - 1]);
-        if constexpr (kSilu) {
-          F y[N];
-          ShortConvSums<K, N, F>(w, win, y);
-          HYB_SHORT_CONV_UNROLL
-          for (int k = 0; k < N; ++k) {
-            const F sig = io.Sigmoid(y[k]);
-            dy[k] *= sig * (1 + y[k] * (1 - sig));
-          }
-        }
-        if (s < t_end) {
-          HYB_SHORT_CONV_UNROLL
-          for (int j = 0; j < K; ++j) {
-            HYB_SHORT_CONV_UNROLL
-            for (int k = 0; k < N; ++k) d_w[j][k] += dy[k] * win[j][k];
-          }
-        }
-        ShiftShortConvWindow<K, N, F>(win);
+  const int64_t s_end = t_end + K - 1;
+  for (int64_t base = t0; base < s_end; base += kSteps) {
+    F d_outs[kSteps][N], ins[kSteps][N];
+    HYB_SHORT_CONV_UNROLL
+    for (int i = 0; i < kSteps; ++i) {
+      const int64_t s = base + i;
+      if (s < s_end && s < time) {
+        io.DOut(s, d_outs[i]);
+        if (kSilu || s < t_end) io.Input(s, ins[i]);  // for silu' and the tile's d_w terms
       }
     }
     HYB_SHORT_CONV_UNROLL
-    for (int k = 0; k < N; ++k) dyw[K - 1][k] = dy[k];
-    const int64_t t = s - (K - 1);
-    if (t >= t0) {
-      F du[N];
-      HYB_SHORT_CONV_UNROLL
-      for (int k = 0; k < N; ++k) {
-        F acc = 0;
+    for (int i = 0; i < kSteps; ++i) {
+      const int64_t s = base + i;
+      if (s >= s_end) break;
+      F dy[N] = {};
+      if (s < time) {
         HYB_SHORT_CONV_UNROLL
-        for (int j = 0; j < K; ++j) acc += w[j][k] * dyw[K - 1 - j][k];
-        du[k] = acc;
+        for (int k = 0; k < N; ++k) dy[k] = d_outs[i][k];
+        if (kSilu || s < t_end) {
+          HYB_SHORT_CONV_UNROLL
+          for (int k = 0; k < N; ++k) win[K - 1][k] = ins[i][k];
+          if constexpr (kSilu) {
+            F y[N];
+            ShortConvSums<K, N, F>(w, win, y);
+            HYB_SHORT_CONV_UNROLL
+            for (int k = 0; k < N; ++k) {
+              const F sig = io.Sigmoid(y[k]);
+              dy[k] *= sig * (1 + y[k] * (1 - sig));
+            }
+          }
+          if (s < t_end) {
+            HYB_SHORT_CONV_UNROLL
+            for (int j = 0; j < K; ++j) {
+              HYB_SHORT_CONV_UNROLL
+              for (int k = 0; k < N; ++k) d_w[j][k] += dy[k] * win[j][k];
+            }
+          }
+          ShiftShortConvWindow<K, N, F>(win);
+        }
       }
-      io.DInput(t, du);
+      HYB_SHORT_CONV_UNROLL
+      for (int k = 0; k < N; ++k) dyw[K - 1][k] = dy[k];
+      const int64_t t = s - (K - 1);
+      if (t >= t0) {
+        F du[N];
+        HYB_SHORT_CONV_UNROLL
+        for (int k = 0; k < N; ++k) {
+          F acc = 0;
+          HYB_SHORT_CONV_UNROLL
+          for (int j = 0; j < K; ++j) acc += w[j][k] * dyw[K - 1 - j][k];
+          du[k] = acc;
+        }
+        io.DInput(t, du);
+      }
+      ShiftShortConvWindow<K, N, F>(dyw);
     }
-    ShiftShortConvWindow<K, N, F>(dyw);
   }
 }
 

@@ -244,15 +244,16 @@ HostRun RunTilesOnHost(const at::Tensor& u, const at::Tensor& w, const at::Tenso
               const int64_t t_end = std::min(t0 + kShortConvTimeTile, t_n);
               if (forward) {
                 double win[K][kShortConvVec];
-                cuda::ShortConvForwardTile<K, kShortConvVec, double>(wr, t0, t_end, io, win);
+                cuda::ShortConvForwardTile<K, kShortConvVec, cuda::kShortConvForwardSteps, double>(
+                    wr, t0, t_end, io, win);
                 if (g.tiles_per_seq == 1) {
                   for (int i = 0; i < kShortConvVec; ++i) {
                     for (int s = 0; s + 1 < K; ++s) acc_cache[io.b][c + i][s] = win[s][i];
                   }
                 }
               } else {
-                cuda::ShortConvBackwardTile<K, kShortConvVec, kSilu, double>(wr, t0, t_end, t_n, io,
-                                                                             d_w);
+                cuda::ShortConvBackwardTile<K, kShortConvVec, cuda::kShortConvBackwardSteps, kSilu,
+                                            double>(wr, t0, t_end, t_n, io, d_w);
               }
             }
             for (int i = 0; i < kShortConvVec; ++i) {
