@@ -147,6 +147,9 @@ TEST(CudaShortConvTest, ForwardRoundsLikeTheReference) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(42);
   at::NoGradGuard no_grad;
+  // The fp32 reference in full fp32 (cuDNN may otherwise convolve in TF32); restored below.
+  const bool tf32 = at::globalContext().allowTF32CuDNN();
+  at::globalContext().setAllowTF32CuDNN(false);
   for (const at::ScalarType type : {at::kBFloat16, at::kHalf, at::kFloat}) {
     for (const bool silu : {true, false}) {
       const Inputs in = Make(3, 333, 512, 4, /*strided=*/true, type);
@@ -169,6 +172,7 @@ TEST(CudaShortConvTest, ForwardRoundsLikeTheReference) {
       }
     }
   }
+  at::globalContext().setAllowTF32CuDNN(tf32);
 }
 
 // The decoding cache: the previous inputs are read, the last K-1 inputs written into the same
