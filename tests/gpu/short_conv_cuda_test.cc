@@ -4,9 +4,6 @@
 // norm_cuda_test.cc; a floor of 1e-5 for fp32), strided inputs, the decoding cache updated in
 // place (also inside a captured CUDA graph), determinism, and the inputs left to the reference
 // (ctest label `gpu`).
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -18,6 +15,13 @@
 
 #include "hyb/kernels/cuda_conv.h"
 #include "hyb/kernels/short_conv.h"
+
+#ifdef HYB_WITH_CUDA
+// CUDA headers only in the CUDA build: Debian's CPU LibTorch lacks the CUDA runtime's.
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace hyb {
 namespace {
