@@ -9,35 +9,12 @@
 #include <cstdint>
 
 #include "cuda_check.h"
+#include "entry_util.h"
 #include "gated_delta_fast_launch.h"
 #include "hyb/kernels/cuda_gated_delta.h"
 
 namespace hyb::kernels::cuda {
 namespace {
-
-bool OnDevice(const at::Tensor& x, const at::Device& device) {
-  return x.defined() && x.is_cuda() && x.device() == device;
-}
-
-bool IsFloating(const at::Tensor& x) {
-  const auto t = x.scalar_type();
-  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
-}
-
-void Check(cudaError_t err, const char* op) {
-  if (err == cudaSuccess) return;
-  const CudaErrorSite& site = LastCudaErrorSite();
-  TORCH_CHECK(false, op, ": ", cudaGetErrorString(err), " at ", site.file, ":", site.line, " (",
-              site.statement, ")");
-}
-
-int NumSms(const at::Device& device) {
-  int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device.index()) != cudaSuccess) {
-    return 132;
-  }
-  return n;
-}
 
 // The forward's per-chunk intermediates (GatedDeltaFastWorkspace) as tensors, so that the
 // autograd function can keep them for the backward.

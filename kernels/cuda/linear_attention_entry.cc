@@ -10,35 +10,12 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "entry_util.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "linear_attention_launch.h"
 
 namespace hyb::kernels::cuda {
 namespace {
-
-bool OnDevice(const at::Tensor& x, const at::Device& device) {
-  return x.defined() && x.is_cuda() && x.device() == device;
-}
-
-bool IsFloating(const at::Tensor& x) {
-  const auto t = x.scalar_type();
-  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
-}
-
-void Check(cudaError_t err, const char* op) {
-  if (err == cudaSuccess) return;
-  const CudaErrorSite& site = LastCudaErrorSite();
-  TORCH_CHECK(false, op, ": ", cudaGetErrorString(err), " at ", site.file, ":", site.line, " (",
-              site.statement, ")");
-}
-
-int NumSms(const at::Device& device) {
-  int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device.index()) != cudaSuccess) {
-    return 132;
-  }
-  return n;
-}
 
 // Packed sequences as the launchers take them: the host offsets (for grid sizes) and their device
 // copy, made with one non-blocking copy from pinned memory (no synchronisation with the device).

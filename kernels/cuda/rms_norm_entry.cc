@@ -11,19 +11,13 @@
 #include <cstdint>
 
 #include "cuda_check.h"
+#include "entry_util.h"
 #include "hyb/kernels/cuda_norm.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "rms_norm_launch.h"
 
 namespace hyb::kernels::cuda {
 namespace {
-
-void Check(cudaError_t err, const char* op) {
-  if (err == cudaSuccess) return;
-  const CudaErrorSite& site = LastCudaErrorSite();
-  TORCH_CHECK(false, op, ": ", cudaGetErrorString(err), " at ", site.file, ":", site.line, " (",
-              site.statement, ")");
-}
 
 ElemType TypeOf(const at::Tensor& x) {
   switch (x.scalar_type()) {

@@ -10,18 +10,12 @@
 #include <cstdint>
 
 #include "cuda_check.h"
+#include "entry_util.h"
 #include "hyb/kernels/cuda_conv.h"
 #include "short_conv_launch.h"
 
 namespace hyb::kernels::cuda {
 namespace {
-
-void Check(cudaError_t err, const char* op) {
-  if (err == cudaSuccess) return;
-  const CudaErrorSite& site = LastCudaErrorSite();
-  TORCH_CHECK(false, op, ": ", cudaGetErrorString(err), " at ", site.file, ":", site.line, " (",
-              site.statement, ")");
-}
 
 ShortConvType TypeOf(const at::Tensor& x) {
   switch (x.scalar_type()) {
