@@ -35,6 +35,7 @@
 #include "cuda_check.h"
 #include "gla_slices.cuh"
 #include "linear_attention_launch.h"
+#include "mma_bf16.cuh"
 #include "varlen_seqs.cuh"
 
 namespace hyb::kernels::cuda {
@@ -44,37 +45,8 @@ constexpr int kC = kGlaChunk;  // tokens per chunk
 constexpr int kThreads = 256;  // 8 warps
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ float Exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  return *reinterpret_cast<const uint32_t*>(&p);
-}
-
 __device__ __forceinline__ float Bf16ToFloat(const __nv_bfloat16* p) {
   return __bfloat162float(*p);
-}
-
-// D += A (16x16, row-major) * B (16x8, column-major); bf16 inputs, fp32 accumulators.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Four 8x8 bf16 matrices, transposed: the B fragments of two n8 tiles of a row-major [k][n] tile.
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* row_ptr) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row_ptr));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
 }
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
