@@ -399,15 +399,11 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Evaluate(
     const std::vector<int64_t>& linear_layers, bool keep_recording) {
   std::vector<int64_t> sorted = linear_layers;
   std::sort(sorted.begin(), sorted.end());
-  StatusOr<CandidateEvaluation> ev = InvalidArgument("unset");
-  if (keep_recording && options_.prefix_cache) {
-    record_keep_ = CandidateBoundaries(sorted);
-    PrefixCache recording;
-    ev = Run(linear_layers, &recording);
-    if (ev.ok() && !recording.empty()) recordings_[sorted] = {std::move(recording), *ev};
-  } else {
-    ev = Run(linear_layers, nullptr);
-  }
+  const bool record = keep_recording && options_.prefix_cache;
+  if (record) record_keep_ = CandidateBoundaries(sorted);
+  PrefixCache recording;
+  auto ev = Run(linear_layers, record ? &recording : nullptr);
+  if (ev.ok() && !recording.empty()) recordings_[sorted] = {std::move(recording), *ev};
   if (ev.ok()) {
     // A carried recording serves one candidate, the base plus its own layer: this one, now.
     carried_.erase(std::remove_if(carried_.begin(), carried_.end(),
