@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "hyb/kernels/cuda_gated_delta.h"
 #include "hyb/kernels/cuda_ops.h"
 
 namespace hyb::kernels {
@@ -249,7 +250,14 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
               "GatedDeltaChunked: g and beta must be [B, H, T]");
   TORCH_CHECK(chunk_size > 0, "GatedDeltaChunked: chunk_size must be positive");
 #ifdef HYB_WITH_CUDA
-  // The kernel's chunk length is its own (the result does not depend on it).
+  // The kernels' chunk length is their own (the result does not depend on it). The
+  // chunk-parallel kernels where they apply, the sequential ones for the rest.
+  if (cuda::GatedDeltaChunkedFastSupported(q, k, v, g, beta, initial_state)) {
+    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
+      return cuda::GatedDeltaChunkedFastWithGrad(q, k, v, g, beta, scale, initial_state);
+    }
+    return cuda::GatedDeltaChunkedFast(q, k, v, g, beta, scale, initial_state);
+  }
   if (cuda::GatedDeltaChunkedSupported(q, k, v, g, beta, initial_state)) {
     if (NeedsGrad({q, k, v, g, beta, initial_state})) {
       return cuda::GatedDeltaChunkedWithGrad(q, k, v, g, beta, scale, initial_state);

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "hyb/kernels/cuda_gated_delta.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
 #include "hyb/worker/linear_mixer.h"
@@ -195,11 +196,15 @@ TEST(CudaGatedDeltaBackwardTest, AutogradThroughGatedDeltaChunked) {
   const auto r = kernels::GatedDeltaChunked(q, k, v, g, beta, scale, s0, 64);
   ASSERT_EQ(r.output.scalar_type(), at::kBFloat16) << "the CUDA path did not run";
   ASSERT_EQ(r.final_state.scalar_type(), at::kFloat);
+  // The dispatch runs the chunk-parallel kernels where they apply, else the sequential ones.
+  const bool fast =
+      kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta, in.s0);
   // The outputs equal the forward-only kernel's.
   {
     at::NoGradGuard no_grad;
     const auto plain =
-        kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+        fast ? kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0)
+             : kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
     EXPECT_TRUE(at::equal(plain.output, r.output));
     EXPECT_TRUE(at::equal(plain.final_state, r.final_state));
     // Without gradients, kernels::GatedDeltaChunked runs the forward-only kernel.
@@ -212,8 +217,11 @@ TEST(CudaGatedDeltaBackwardTest, AutogradThroughGatedDeltaChunked) {
   EXPECT_EQ(g.grad().scalar_type(), at::kFloat);
   EXPECT_EQ(beta.grad().scalar_type(), at::kFloat);
   EXPECT_EQ(s0.grad().scalar_type(), at::kFloat);
-  const auto want = kernels::cuda::GatedDeltaChunkedBackward(in.q, in.k, in.v, in.g, in.beta, scale,
-                                                             in.s0, d_o, d_s);
+  const auto want =
+      fast ? kernels::cuda::GatedDeltaChunkedFastBackward(in.q, in.k, in.v, in.g, in.beta, scale,
+                                                          in.s0, d_o, d_s)
+           : kernels::cuda::GatedDeltaChunkedBackward(in.q, in.k, in.v, in.g, in.beta, scale, in.s0,
+                                                      d_o, d_s);
   const GdnGrads ref = ReferenceGrads(in, false, scale, d_o, d_s);
   // q, k, v gradients are rounded to their bf16 dtype; the others are the kernel's fp32.
   const std::vector<std::tuple<const char*, at::Tensor, at::Tensor, at::Tensor, double>> parts = {

@@ -177,8 +177,10 @@ Result Separate(const Batch& b, bool gla, double scale) {
         one, at::kBFloat16, at::kFloat, /*zero_state_leaf=*/true,
         [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
             const at::Tensor& beta, const at::Tensor& s0) {
+          // Gated delta: the sequential kernels, which the packed path runs (the dispatch's
+          // chunk-parallel kernels take fixed-length batches only).
           auto out = gla ? kernels::GlaChunked(q, k, v, g, scale, s0, 64)
-                         : kernels::GatedDeltaChunked(q, k, v, g, beta, scale, s0, 64);
+                         : kernels::cuda::GatedDeltaChunkedWithGrad(q, k, v, g, beta, scale, s0);
           EXPECT_EQ(out.final_state.scalar_type(), at::kFloat) << "the CUDA kernel did not run";
           return out;
         });

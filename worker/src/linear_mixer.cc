@@ -7,6 +7,7 @@
 #include "hyb/kernels/linear.h"
 #include "hyb/kernels/linear_attention.h"
 #include "hyb/kernels/norm.h"
+#include "hyb/kernels/short_conv.h"
 
 namespace hyb::worker {
 namespace {
@@ -35,29 +36,6 @@ at::Tensor InverseSoftplus(const at::Tensor& y) { return y + at::log(-at::expm1(
 at::Tensor DecayRates(int64_t heads, const at::TensorOptions& o) {
   if (heads == 1) return at::full({1}, 1e-2, o);
   return at::exp(at::linspace(std::log(1e-3), std::log(1e-1), heads, o));
-}
-
-// Depthwise causal convolution of u [B, T, C] with w [C, K]; `cache` holds the previous K-1
-// inputs [B, C, K-1] and is updated when given.
-at::Tensor CausalConv(const at::Tensor& u, const at::Tensor& w, at::Tensor* cache) {
-  const int64_t b = u.size(0), c = u.size(2), k = w.size(1);
-  const at::Tensor ut = u.transpose(1, 2);  // [B, C, T]
-  at::Tensor prev = (cache != nullptr && cache->defined()) ? *cache
-                                                           : at::zeros({b, c, k - 1}, u.options());
-  const at::Tensor full = at::cat({prev, ut}, 2);  // [B, C, K-1+T]
-  const std::vector<int64_t> one = {1}, zero = {0};
-  const at::Tensor y = at::conv1d(full, w.unsqueeze(1), at::Tensor(), at::IntArrayRef(one),
-                                  at::IntArrayRef(zero), at::IntArrayRef(one), c);  // [B, C, T]
-  if (cache != nullptr) {
-    const at::Tensor last = full.narrow(2, full.size(2) - (k - 1), k - 1);
-    // In place when it fits: a captured decoding step must keep writing the same buffer.
-    if (cache->defined() && cache->sizes() == last.sizes()) {
-      cache->copy_(last);
-    } else {
-      *cache = last.clone();
-    }
-  }
-  return y.transpose(1, 2);
 }
 
 at::Tensor L2Normalize(const at::Tensor& x) {
@@ -267,14 +245,10 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
   }
   at::Tensor q = Project(x, "q_proj"), k = Project(x, "k_proj"), v = Project(x, "v_proj");
   if (options_.type == LinearMixerType::kGatedDeltaNet) {
-    q = CausalConv(q, P("q_conv1d.weight"), ls ? &ls->conv_q : nullptr);
-    k = CausalConv(k, P("k_conv1d.weight"), ls ? &ls->conv_k : nullptr);
-    v = CausalConv(v, P("v_conv1d.weight"), ls ? &ls->conv_v : nullptr);
-    if (options_.conv_silu) {
-      q = at::silu(q);
-      k = at::silu(k);
-      v = at::silu(v);
-    }
+    // Fused on CUDA (kernels/cuda/short_conv.cu), the ATen reference elsewhere.
+    q = kernels::ShortConv(q, P("q_conv1d.weight"), ls ? &ls->conv_q : nullptr, options_.conv_silu);
+    k = kernels::ShortConv(k, P("k_conv1d.weight"), ls ? &ls->conv_k : nullptr, options_.conv_silu);
+    v = kernels::ShortConv(v, P("v_conv1d.weight"), ls ? &ls->conv_v : nullptr, options_.conv_silu);
   }
   // [B, T, H*D] -> [B, H, T, D], recurrences in fp32. In bf16 on CUDA, the chunked forms of GLA
   // and Gated DeltaNet get bf16 q/k/v instead (what the projections produced; Gated DeltaNet's q
@@ -335,7 +309,7 @@ at::Tensor LinearMixer::Forward(const at::Tensor& x, const MixerContext& /*ctx*/
   if (ls != nullptr) {
     if (ls->state.defined() && ls->state.sizes() == r.final_state.sizes() &&
         ls->state.scalar_type() == r.final_state.scalar_type()) {
-      ls->state.copy_(r.final_state);  // in place: see CausalConv
+      ls->state.copy_(r.final_state);  // in place: a captured decoding step keeps its buffers
     } else {
       ls->state = r.final_state;
     }
