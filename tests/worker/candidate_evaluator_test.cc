@@ -214,6 +214,40 @@ TEST(CandidateEvaluatorTest, MatchesHandBuiltHybrid) {
   }
 }
 
+// lm and kl_to_teacher tasks take the KL tie-break from their own batches: it equals the KL
+// scorer's on the first kl_examples texts (a hand-built hybrid, other batches: within 1e-6
+// relative), and an uncached evaluation runs the task's sequences through every layer once,
+// with no batches for the KL texts.
+TEST(CandidateEvaluatorTest, KlTieBreakComesFromTheTaskPass) {
+  at::set_num_threads(1);
+  for (TaskKind kind : {TaskKind::kLm, TaskKind::kKlToTeacher}) {
+    const std::string name = TaskKindName(kind);
+    TempDir dir;
+    auto eval = Make(dir, kind, /*cache=*/false);
+    TempDir other;
+    auto teacher = LoadTeacher(other);
+    const auto mixers = Mixers(*teacher);
+    auto examples = Examples(kind, *teacher);
+    examples.resize(6);  // Make's kl_examples
+    TempDir third;
+    auto hybrid = LoadTeacher(third);
+    hybrid->SetMixer(1, mixers[1]);
+    hybrid->SetMixer(3, mixers[3]);
+    ScoringOptions so;
+    so.batch_tokens = 0;
+    const auto want = ScoreKlToTeacher(LogitsOf(*hybrid), LogitsOf(*teacher), *CharTokenizer(),
+                                       examples, so);
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    const auto got = eval->Evaluate({1, 3});
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_TRUE(got->kl.has_value()) << name;
+    EXPECT_GT(want->value, 1e-4) << name << ": the hybrid differs from the teacher";
+    EXPECT_NEAR(*got->kl, want->value, 1e-6 * want->value) << name;
+    EXPECT_EQ(got->layer_passes, 8 * kLayers) << name << ": 8 texts through every layer";
+    EXPECT_EQ(*eval->Evaluate({})->kl, 0.0) << name;
+  }
+}
+
 // The examples (and the KL tie-break's texts) are encoded once, in Create: across a search's
 // worth of evaluations, cached and uncached, the tokenizer's Encode runs once per text. Every
 // evaluation's scores equal the scorers' own from the examples (which encode them afresh) on a

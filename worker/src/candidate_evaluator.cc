@@ -55,6 +55,19 @@ std::optional<int64_t> FreeDeviceBytes(const at::Device& device) {
   return std::nullopt;
 }
 
+// sums[i]: a quantity summed over sequence i's positions that predict a token; its mean over
+// all those positions (the scorers' token-weighted scores).
+double TokenWeightedMean(const std::vector<std::vector<int64_t>>& sequences,
+                         const std::vector<double>& sums) {
+  double total = 0;
+  int64_t positions = 0;
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    total += sums[i];
+    positions += static_cast<int64_t>(sequences[i].size()) - 1;
+  }
+  return total / static_cast<double>(positions);
+}
+
 }  // namespace
 
 int64_t AutoPrefixCacheBytes(std::optional<int64_t> free_device_bytes) {
@@ -106,9 +119,17 @@ StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
     e->kl_encoded_.sequences.push_back(std::move(ids));
   }
   try {
-    HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->kl_encoded_));
-    if (e->options_.kind == TaskKind::kKlToTeacher) {
-      HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->encoded_));
+    switch (e->options_.kind) {
+      case TaskKind::kLm:
+        HYB_RETURN_IF_ERROR(e->RecordTeacherKlRows());
+        break;
+      case TaskKind::kKlToTeacher:
+        HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->encoded_));
+        break;
+      case TaskKind::kMultipleChoice:
+      case TaskKind::kGenerate:
+        HYB_RETURN_IF_ERROR(e->RecordTeacherLogits(e->kl_encoded_));
+        break;
     }
   } catch (const c10::Error& err) {
     return Internal(std::string("evaluator: teacher pass failed: ") + err.what_without_backtrace());
@@ -131,6 +152,33 @@ Status CandidateEvaluator::RecordTeacherLogits(const EncodedExamples& texts) {
     if (teacher_logits_.count(key) > 0) continue;
     HYB_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(ids));
     teacher_logits_.emplace(std::move(key), std::move(logits));
+  }
+  return Status::Ok();
+}
+
+Status CandidateEvaluator::RecordTeacherKlRows() {
+  at::NoGradGuard no_grad;
+  const auto& sequences = encoded_.sequences;
+  const size_t n_kl = kl_encoded_.sequences.size();
+  for (size_t i = 0; i < n_kl; ++i) {
+    if (kl_encoded_.sequences[i] != sequences[i]) {
+      return Internal("evaluator: KL text " + std::to_string(i) + " is not its lm sequence");
+    }
+  }
+  teacher_kl_rows_.assign(n_kl, at::Tensor());
+  if (n_kl == 0) return Status::Ok();
+  std::vector<int64_t> lengths;
+  for (const auto& s : sequences) lengths.push_back(static_cast<int64_t>(s.size()));
+  // The lm scorer's batches, so that the teacher itself scores a KL of exactly 0.
+  for (const auto& rows : PlanBatches(lengths, options_.scoring)) {
+    if (std::none_of(rows.begin(), rows.end(), [&](size_t r) { return r < n_kl; })) continue;
+    const at::Tensor ids = PaddedIds(sequences, rows);
+    HYB_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(ids));
+    for (size_t k = 0; k < rows.size(); ++k) {
+      if (rows[k] >= n_kl) continue;
+      teacher_kl_rows_[rows[k]] =
+          logits.select(0, static_cast<int64_t>(k)).narrow(0, 0, lengths[rows[k]]).clone();
+    }
   }
   return Status::Ok();
 }
@@ -312,7 +360,25 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
     };
     switch (options_.kind) {
       case TaskKind::kLm: {
-        HYB_ASSIGN_OR_RETURN(ev.score, ScoreLm(logits, encoded_, options_.scoring));
+        // The KL texts are the first sequences: their KL from the lm batches that hold them.
+        const size_t n_kl = teacher_kl_rows_.size();
+        std::vector<double> kl_sums(n_kl, 0.0);
+        BatchLogitsFn kl_rows;
+        if (n_kl > 0) {
+          kl_rows = [&](const std::vector<size_t>& rows, const at::Tensor& q) -> Status {
+            for (size_t k = 0; k < rows.size(); ++k) {
+              if (rows[k] >= n_kl) continue;
+              const at::Tensor& p = teacher_kl_rows_[rows[k]];
+              const int64_t len = p.size(0);
+              kl_sums[rows[k]] = KlSums(q.select(0, static_cast<int64_t>(k)).narrow(0, 0, len)
+                                            .unsqueeze(0),
+                                        p.unsqueeze(0), {len}, options_.scoring)[0];
+            }
+            return Status::Ok();
+          };
+        }
+        HYB_ASSIGN_OR_RETURN(ev.score, ScoreLm(logits, encoded_, options_.scoring, kl_rows));
+        if (n_kl > 0) ev.kl = TokenWeightedMean(kl_encoded_.sequences, kl_sums);
         break;
       }
       case TaskKind::kMultipleChoice: {
@@ -333,10 +399,21 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Run(const std::vector<int64_t>
       case TaskKind::kKlToTeacher: {
         HYB_ASSIGN_OR_RETURN(ev.score,
                              ScoreKlToTeacher(logits, teacher, encoded_, options_.scoring));
+        // The KL texts are the first examples, whose per-token KL the score holds.
+        const size_t n_kl = kl_encoded_.sequences.size();
+        if (n_kl > 0) {
+          std::vector<double> kl_sums;
+          for (size_t i = 0; i < n_kl; ++i) {
+            kl_sums.push_back(ev.score.per_example[i] *
+                              static_cast<double>(kl_encoded_.sequences[i].size() - 1));
+          }
+          ev.kl = TokenWeightedMean(kl_encoded_.sequences, kl_sums);
+        }
         break;
       }
     }
-    if (!kl_encoded_.sequences.empty()) {
+    if ((options_.kind == TaskKind::kMultipleChoice || options_.kind == TaskKind::kGenerate) &&
+        !kl_encoded_.sequences.empty()) {
       HYB_ASSIGN_OR_RETURN(TaskScore kl,
                            ScoreKlToTeacher(logits, teacher, kl_encoded_, options_.scoring));
       ev.kl = kl.value;

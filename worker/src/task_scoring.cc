@@ -117,7 +117,8 @@ std::vector<int64_t> Lengths(const std::vector<std::vector<int64_t>>& sequences)
 StatusOr<std::vector<double>> SumLogProbs(const LogitsFn& model,
                                           const std::vector<std::vector<int64_t>>& sequences,
                                           const std::vector<int64_t>& from,
-                                          const ScoringOptions& options) {
+                                          const ScoringOptions& options,
+                                          const BatchLogitsFn* also = nullptr) {
   const std::vector<int64_t> lengths = Lengths(sequences);
   std::vector<double> sums(sequences.size());
   for (const auto& rows : PlanBatches(lengths, options)) {
@@ -131,6 +132,7 @@ StatusOr<std::vector<double>> SumLogProbs(const LogitsFn& model,
     }
     const std::vector<double> s = RowLogProbSums(logits, ids, f, l, options);
     for (size_t k = 0; k < rows.size(); ++k) sums[rows[k]] = s[k];
+    if (also != nullptr) HYB_RETURN_IF_ERROR((*also)(rows, logits));
   }
   return sums;
 }
@@ -470,12 +472,17 @@ StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
 
 StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const EncodedExamples& encoded,
                             const ScoringOptions& options) {
+  return ScoreLm(model, encoded, options, BatchLogitsFn());
+}
+
+StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const EncodedExamples& encoded,
+                            const ScoringOptions& options, const BatchLogitsFn& also) {
   HYB_RETURN_IF_ERROR(CheckEncoded(encoded, "lm", IsTextKind(encoded.kind), -1));
   return Guarded("lm", [&]() -> StatusOr<TaskScore> {
     const auto& sequences = encoded.sequences;
-    HYB_ASSIGN_OR_RETURN(
-        std::vector<double> sums,
-        SumLogProbs(model, sequences, std::vector<int64_t>(sequences.size(), 1), options));
+    HYB_ASSIGN_OR_RETURN(std::vector<double> sums,
+                         SumLogProbs(model, sequences, std::vector<int64_t>(sequences.size(), 1),
+                                     options, also ? &also : nullptr));
     for (double& s : sums) s = -s;
     TaskScore score = TokenWeightedScore(sequences, sums, "loss");
     score.details["perplexity"] = std::exp(score.value);
@@ -644,6 +651,15 @@ StatusOr<TaskScore> ScoreGenerate(const BatchGenerateFn& model, const Tokenizer&
                      {"samples", samples}};
     return score;
   });
+}
+
+std::vector<double> KlSums(const at::Tensor& logits, const at::Tensor& teacher,
+                           const std::vector<int64_t>& lengths, const ScoringOptions& options) {
+  TORCH_CHECK(logits.dim() == 3 && teacher.sizes() == logits.sizes() &&
+                  static_cast<int64_t>(lengths.size()) == logits.size(0),
+              "KlSums: logits ", logits.sizes(), " and teacher ", teacher.sizes(), " for ",
+              lengths.size(), " lengths");
+  return RowKlSums(logits, teacher, lengths, options);
 }
 
 StatusOr<TaskScore> ScoreKlToTeacher(const LogitsFn& model, const LogitsFn& teacher,

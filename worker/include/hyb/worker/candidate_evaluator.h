@@ -61,7 +61,10 @@ struct EvaluatorOptions {
   // The first this-many examples' texts (prompt, context or text) measure the candidate's mean
   // per-token KL(teacher || candidate), the search's tie-break. 0: no KL. The teacher's logits
   // on them (and on every example of a kl_to_teacher task) stay on the model's device in its
-  // dtype, [B, T, vocab] per batch, for the evaluator's lifetime.
+  // dtype, [B, T, vocab] per batch ([T, vocab] per text for lm tasks), for the evaluator's
+  // lifetime. lm and kl_to_teacher tasks measure the KL in their own forwards (their KL texts
+  // are their first examples' sequences); multiple_choice and generate run the KL texts as
+  // batches of their own.
   int64_t kl_examples = 32;
 };
 
@@ -143,6 +146,8 @@ class CandidateEvaluator {
   // Runs the teacher (the model as loaded) on the batches the scorers form from `texts`
   // (text sequences of two tokens or more).
   Status RecordTeacherLogits(const EncodedExamples& texts);
+  // lm tasks: teacher_kl_rows_ from the lm batches that hold the KL texts.
+  Status RecordTeacherKlRows();
   bool MayRecord(const PrefixCache* into, const std::vector<int64_t>& key);
   // Counts the entry's residuals from `new_from` on (those below are shared) and its states.
   void Store(PrefixCache* into, const std::vector<int64_t>& key, CacheEntry entry,
@@ -172,6 +177,10 @@ class CandidateEvaluator {
   // The teacher's logits [B, T, V] per batch (by BatchKey), model device and dtype: the KL
   // tie-break's and kl_to_teacher tasks'.
   std::map<std::vector<int64_t>, at::Tensor> teacher_logits_;
+  // lm tasks: the teacher's logits [length, V] on each KL text, which is the same example's lm
+  // sequence, so a candidate's KL comes from its lm batches (the KL texts run no batches of
+  // their own). kl_to_teacher tasks take the KL from their own per-example scores.
+  std::vector<at::Tensor> teacher_kl_rows_;
   PrefixCache cache_;  // the base's
   std::vector<int64_t> cache_base_;
   std::vector<int64_t> current_;  // the configured model's linear layers, sorted

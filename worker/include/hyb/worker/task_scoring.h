@@ -165,6 +165,18 @@ StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const Tokenizer& tok,
                             const ScoringOptions& options = {});
 StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const EncodedExamples& encoded,
                             const ScoringOptions& options = {});
+// Sees each batch's logits [rows.size(), T, V] (rows: indices into the encoded sequences) as
+// the scorer gets them, before they are dropped; a failing status stops the scorer.
+using BatchLogitsFn =
+    std::function<Status(const std::vector<size_t>& rows, const at::Tensor& logits)>;
+// ScoreLm, also handing every batch's logits to `also` (the same score as without).
+StatusOr<TaskScore> ScoreLm(const LogitsFn& model, const EncodedExamples& encoded,
+                            const ScoringOptions& options, const BatchLogitsFn& also);
+// Per row r of logits [B, T, V] against teacher [B, T, V]: KL(softmax(teacher) ||
+// softmax(logits)) summed over the positions that predict a token, p < lengths[r] - 1.
+// ScoreKlToTeacher's per-sequence sums; its value is their sum over the sum of lengths - 1.
+std::vector<double> KlSums(const at::Tensor& logits, const at::Tensor& teacher,
+                           const std::vector<int64_t>& lengths, const ScoringOptions& options);
 StatusOr<TaskScore> ScoreMultipleChoice(const LogitsFn& model, const Tokenizer& tok,
                                         const std::vector<TaskExample>& examples,
                                         const ScoringOptions& options = {});
