@@ -638,9 +638,15 @@ TEST(CudaGlaChunkedTest, SegmentChoice) {
 #else
   // Enough sequences to fill the device: one segment each.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(256, 2048, 132), 32);
-  // One sequence of 32K tokens on 132 multiprocessors: at least 4 chunks a segment, ~4 blocks/SM.
-  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 32768, 132), 16);
+  // 8 x 16 heads of 4K: one wave of whole sequences (64 chunk steps) beats any split (pass 1
+  // and pass 2 together take at least 96).
+  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(128, 4096, 132), 64);
+  // 16 heads of 32K on 132 multiprocessors: 8 segments of 65 chunks (one wave per pass, 130
+  // steps, within 4% of the cheapest split's 126) instead of 512 steps whole.
+  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 32768, 132), 65);
+  // Too short to split: at least 4 chunks a segment.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(1, 100, 132), 2);
+  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(1, 65536, 132), 8);
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(4, 0, 132), 1);
 #endif
 }
