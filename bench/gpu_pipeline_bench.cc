@@ -390,6 +390,7 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
   so.higher_is_better = false;
   HYB_ASSIGN_OR_RETURN(auto gs, coordinator::GreedySearch::Create(layers, so));
   Sync(device);
+  ResetPeak(device);
   const auto t0 = Clock::now();
   HYB_ASSIGN_OR_RETURN(auto teacher, eval->EvaluateAndCache({}));
   HYB_RETURN_IF_ERROR(gs.SetTeacher({teacher.score.value, teacher.score.per_example, teacher.kl,
@@ -414,6 +415,17 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
   out["search_evaluations"] = evaluations;
   out["search_layer_passes"] = passes;
   out["search_rounds"] = gs.rounds().size();
+  out["search_peak_gib"] = PeakGiB(device);
+  // The layer each round committed, in order (the cache's reuse depends on it).
+  Json order = Json::array();
+  std::vector<int64_t> before;
+  for (const auto& point : gs.trajectory()) {
+    for (int64_t l : point.linear_layers) {
+      if (std::find(before.begin(), before.end(), l) == before.end()) order.push_back(l);
+    }
+    before = point.linear_layers;
+  }
+  out["search_commit_order"] = order;
   out["prefix_cache_gib"] = cache_gib;
   return out;
 }
