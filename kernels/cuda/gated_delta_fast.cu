@@ -2,7 +2,8 @@
 // betas and state, tensor-core products through mma.sync m16n8k16 (gated_delta_fast.cuh). The
 // three launches are described in gated_delta_fast_launch.h. Exponents are differences of
 // cumulative log decays taken in the direction that keeps them <= 0, so no gate strength
-// overflows.
+// overflows. Every kernel has a fixed-length (kPacked = false) and a packed-sequence instance
+// (GatedDeltaFastVarlen): they differ only in where a block finds its tokens and sequence length.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -96,7 +97,7 @@ __device__ __forceinline__ void TinvTimes(const bf16* tinv, int tinv_pitch, cons
   }
 }
 
-template <int K, int V>
+template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p) {
   using L = PrepareLayout<K, V>;
   extern __shared__ __align__(16) char smem[];
@@ -110,8 +111,14 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p
   const int chunk = blockIdx.x;
   const int64_t bh = blockIdx.y;
   const int64_t t0 = static_cast<int64_t>(chunk) * kC;
-  const int rows = RowsOf(p.tokens, t0);
-  const int64_t tok = bh * p.tokens + t0;  // first token's row
+  int rows;
+  int64_t tok;  // first token's row
+  if constexpr (kPacked) {
+    gdn::PackedChunk(p.varlen, p.tokens, chunk, bh, &tok, &rows);
+  } else {
+    rows = RowsOf(p.tokens, t0);
+    tok = bh * p.tokens + t0;
+  }
   gdn::CopyTile<kC, K, L::kKP, kThreads>(ks, static_cast<const bf16*>(p.k) + tok * K, K, rows,
                                          tid);
   gdn::CpAsyncCommit();
@@ -235,7 +242,7 @@ struct RecurrenceLayout {
   static constexpr int kBytes = kVd + kC * kSP * 2;
 };
 
-template <int K, int V, int S>
+template <int K, int V, int S, bool kPacked>
 __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParams p) {
   using L = RecurrenceLayout<K, S>;
   constexpr int kMT = K / 64;  // m16 tiles of state rows per warp
@@ -246,19 +253,36 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int col0 = blockIdx.x * S;  // first value column of the slice
   const int64_t bh = blockIdx.y;
-  const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
-  const int64_t tp = static_cast<int64_t>(nchunks) * kC;
-  const bf16* wg = static_cast<const bf16*>(p.ws.w) + bh * tp * K;
-  const bf16* kg = static_cast<const bf16*>(p.k) + bh * p.tokens * K;
-  const bf16* ug = static_cast<const bf16*>(p.ws.u) + bh * tp * V + col0;
-  const float* bg = p.ws.b + bh * tp;
-  bf16* vng = static_cast<bf16*>(p.ws.v_new) + bh * tp * V + col0;
-  bf16* csg = static_cast<bf16*>(p.ws.chunk_states) + bh * nchunks * K * V + col0;
+  // The sequence: its length, chunks, first token (tok0) and first padded row (row0) and chunk
+  // state (state0); packed, a sequence of length 0 has no chunks.
+  int64_t tokens, tok0, row0, state0;
+  int nchunks;
+  if constexpr (kPacked) {
+    const gdn::SeqChunks sc = gdn::PackedSeq(p.varlen, p.tokens, bh);
+    tokens = sc.tokens;
+    nchunks = sc.nchunks;
+    tok0 = sc.tok0;
+    row0 = sc.chunk0 * kC;
+    state0 = sc.chunk0;
+  } else {
+    tokens = p.tokens;
+    nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
+    const int64_t tp = static_cast<int64_t>(nchunks) * kC;
+    tok0 = bh * p.tokens;
+    row0 = bh * tp;
+    state0 = bh * nchunks;
+  }
+  const bf16* wg = static_cast<const bf16*>(p.ws.w) + row0 * K;
+  const bf16* kg = static_cast<const bf16*>(p.k) + tok0 * K;
+  const bf16* ug = static_cast<const bf16*>(p.ws.u) + row0 * V + col0;
+  const float* bg = p.ws.b + row0;
+  bf16* vng = static_cast<bf16*>(p.ws.v_new) + row0 * V + col0;
+  bf16* csg = static_cast<bf16*>(p.ws.chunk_states) + state0 * K * V + col0;
 
   auto load_stage = [&](int c) {
     char* base = smem + (c & 1) * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
-    const int rows = RowsOf(p.tokens, t0);
+    const int rows = RowsOf(tokens, t0);
     gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kW), wg + t0 * K, K,
                                            kC, tid);
     gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kK), kg + t0 * K, K,
@@ -287,7 +311,7 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
     }
   }
 
-  load_stage(0);
+  if (!kPacked || nchunks > 0) load_stage(0);
   gdn::CpAsyncCommit();
   for (int c = 0; c < nchunks; ++c) {
     gdn::CpAsyncWait<0>();
@@ -406,7 +430,7 @@ struct OutputLayout {
   static constexpr int kBytes = kB + kC * 4;
 };
 
-template <int K, int V>
+template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p) {
   using L = OutputLayout<K, V>;
   extern __shared__ __align__(16) char smem[];
@@ -419,8 +443,14 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
   const int chunk = blockIdx.x;
   const int64_t bh = blockIdx.y;
   const int64_t t0 = static_cast<int64_t>(chunk) * kC;
-  const int rows = RowsOf(p.tokens, t0);
-  const int64_t tok = bh * p.tokens + t0;
+  int rows;
+  int64_t tok;
+  if constexpr (kPacked) {
+    gdn::PackedChunk(p.varlen, p.tokens, chunk, bh, &tok, &rows);
+  } else {
+    rows = RowsOf(p.tokens, t0);
+    tok = bh * p.tokens + t0;
+  }
   const int64_t tp = static_cast<int64_t>(gridDim.x) * kC;
   const int64_t prow = bh * tp + t0;
   gdn::CopyTile<kC, K, L::kKP, kThreads>(qs, static_cast<const bf16*>(p.q) + tok * K, K, rows,
@@ -533,27 +563,31 @@ cudaError_t Launch(Kernel kernel, dim3 grid, int smem_bytes, const GatedDeltaFas
   return cudaSuccess;
 }
 
-template <int K, int V>
+// Fixed-length: grid (chunks, B * H) per chunk. Packed: (total_chunks, H).
+template <int K, int V, bool kPacked>
 cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
-  const int64_t nchunks = (p.tokens + kC - 1) / kC;
+  const int64_t nchunks = kPacked ? p.varlen.total_chunks : (p.tokens + kC - 1) / kC;
+  const int64_t rows = kPacked ? p.varlen.heads : p.batch_heads;
   if (nchunks > 0x7fffffff || p.batch_heads > 65535) return cudaErrorInvalidValue;
-  const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(p.batch_heads));
-  HYB_CUDA_TRY(Launch(PrepareKernel<K, V>, per_chunk, PrepareLayout<K, V>::kBytes, p, stream));
+  const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(rows));
+  HYB_CUDA_TRY(
+      Launch(PrepareKernel<K, V, kPacked>, per_chunk, PrepareLayout<K, V>::kBytes, p, stream));
   const int slice = p.slice_columns > 0 ? p.slice_columns
                                          : GatedDeltaFastSliceColumns(p.batch_heads, V, p.num_sms);
   if (slice != 16 && slice != 32 && slice != 64) return cudaErrorInvalidValue;
   const dim3 slices(static_cast<unsigned>(V / slice), static_cast<unsigned>(p.batch_heads));
   if (slice == 64) {
-    HYB_CUDA_TRY(
-        Launch(RecurrenceKernel<K, V, 64>, slices, RecurrenceLayout<K, 64>::kBytes, p, stream));
+    HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 64, kPacked>, slices,
+                        RecurrenceLayout<K, 64>::kBytes, p, stream));
   } else if (slice == 32) {
-    HYB_CUDA_TRY(
-        Launch(RecurrenceKernel<K, V, 32>, slices, RecurrenceLayout<K, 32>::kBytes, p, stream));
+    HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 32, kPacked>, slices,
+                        RecurrenceLayout<K, 32>::kBytes, p, stream));
   } else {
-    HYB_CUDA_TRY(
-        Launch(RecurrenceKernel<K, V, 16>, slices, RecurrenceLayout<K, 16>::kBytes, p, stream));
+    HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 16, kPacked>, slices,
+                        RecurrenceLayout<K, 16>::kBytes, p, stream));
   }
-  HYB_CUDA_TRY(Launch(OutputKernel<K, V>, per_chunk, OutputLayout<K, V>::kBytes, p, stream));
+  HYB_CUDA_TRY(
+      Launch(OutputKernel<K, V, kPacked>, per_chunk, OutputLayout<K, V>::kBytes, p, stream));
   return cudaSuccess;
 }
 
@@ -561,6 +595,23 @@ cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
 
 bool GatedDeltaFastSupportsDims(int key_dim, int value_dim) {
   return key_dim == value_dim && (key_dim == 64 || key_dim == 128);
+}
+
+bool GatedDeltaFastVarlenValid(const GatedDeltaFastVarlen& vs, int64_t batch_heads) {
+  return vs.cu_chunks != nullptr && vs.chunk_seq != nullptr && vs.heads > 0 &&
+         vs.total_chunks > 0 && batch_heads % vs.heads == 0;
+}
+
+GatedDeltaFastVarlenTables GatedDeltaFastVarlenTablesOf(const std::vector<int64_t>& cu_seqlens) {
+  GatedDeltaFastVarlenTables t;
+  t.cu_chunks.reserve(cu_seqlens.size());
+  t.cu_chunks.push_back(0);
+  for (size_t n = 0; n + 1 < cu_seqlens.size(); ++n) {
+    const int64_t chunks = (cu_seqlens[n + 1] - cu_seqlens[n] + kC - 1) / kC;
+    t.cu_chunks.push_back(t.cu_chunks.back() + chunks);
+    t.chunk_seq.insert(t.chunk_seq.end(), chunks, static_cast<int64_t>(n));
+  }
+  return t;
 }
 
 int GatedDeltaFastSliceColumns(int64_t batch_heads, int value_dim, int num_sms) {
@@ -575,8 +626,13 @@ cudaError_t LaunchGatedDeltaFast(const GatedDeltaFastParams& p, cudaStream_t str
       p.batch_heads <= 0) {
     return cudaErrorInvalidValue;
   }
-  if (p.key_dim == 64) return LaunchDims<64, 64>(p, stream);
-  return LaunchDims<128, 128>(p, stream);
+  if (p.varlen.cu_seqlens != nullptr) {
+    if (!GatedDeltaFastVarlenValid(p.varlen, p.batch_heads)) return cudaErrorInvalidValue;
+    if (p.key_dim == 64) return LaunchDims<64, 64, true>(p, stream);
+    return LaunchDims<128, 128, true>(p, stream);
+  }
+  if (p.key_dim == 64) return LaunchDims<64, 64, false>(p, stream);
+  return LaunchDims<128, 128, false>(p, stream);
 }
 
 }  // namespace hyb::kernels::cuda

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "gated_delta_fast_launch.h"
 #include "mma_bf16.cuh"
 
 namespace hyb::kernels::cuda::gdn {
@@ -93,6 +94,38 @@ __device__ __forceinline__ void CopyTile(__nv_bfloat16* dst, const __nv_bfloat16
     const __nv_bfloat16* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 8);
     CpAsync16(dst + row * kPitch + cv * 8, ok ? s : src, ok);
   }
+}
+
+// Packed sequences (GatedDeltaFastVarlen): the tokens of global chunk `chunk` of head `head`,
+// which a per-chunk block (grid (total_chunks, H)) reads and writes. `*tok`: its first token's
+// index in the [H, T] token rows (T = `tokens`, the packed total); `*rows`: its real tokens
+// (1..64: the sequence's last chunk may be short). Its padded intermediates are at row
+// (head * total_chunks + chunk) * 64 and chunk state head * total_chunks + chunk, the fixed-length
+// formulas with (chunk, bh) = (blockIdx.x, blockIdx.y).
+__device__ __forceinline__ void PackedChunk(const GatedDeltaFastVarlen& vs, int64_t tokens,
+                                            int64_t chunk, int64_t head, int64_t* tok,
+                                            int* rows) {
+  const int64_t n = vs.chunk_seq[chunk];
+  const int64_t t0 = vs.cu_seqlens[n] + (chunk - vs.cu_chunks[n]) * kC;
+  const int64_t left = vs.cu_seqlens[n + 1] - t0;  // >= 1: chunks hold at least one token
+  *tok = head * tokens + t0;
+  *rows = left < kC ? static_cast<int>(left) : kC;
+}
+
+// The sequence of a recurrence block (block row `bh`: batch * H + head, or n * H + head when
+// packed) as the recurrences walk it: its first token's index in the token rows (`tok0`), its
+// length, its chunks, and the index of its first chunk among the per-chunk intermediates
+// (`chunk0`: padded rows from 64 chunk0, chunk states from chunk0).
+struct SeqChunks {
+  int64_t tok0, tokens, chunk0;
+  int nchunks;
+};
+__device__ __forceinline__ SeqChunks PackedSeq(const GatedDeltaFastVarlen& vs, int64_t tokens,
+                                               int64_t bh) {
+  const int64_t n = bh / vs.heads, head = bh % vs.heads;
+  const int64_t t0 = vs.cu_seqlens[n], c0 = vs.cu_chunks[n];
+  return {head * tokens + t0, vs.cu_seqlens[n + 1] - t0, head * vs.total_chunks + c0,
+          static_cast<int>(vs.cu_chunks[n + 1] - c0)};
 }
 
 }  // namespace hyb::kernels::cuda::gdn

@@ -14,6 +14,8 @@
 //   db = rowsum(Q * dq0) - beta rowsum(K * E) - rowsum(K * dk0) + rowsum(Z) - colsum(Z),
 //   Z = strict(dL * diag(beta) Lm + dA * A), and db_C += sum(K * dk0) + e^(b_C) sum(S0 * dS);
 //   dg = the reverse cumulative sum of db inside the chunk.
+// Every kernel has a fixed-length (kPacked = false) and a packed-sequence instance
+// (GatedDeltaFastVarlen): they differ only in where a block finds its tokens and sequence length.
 #include <cuda_bf16.h>
 
 #include "cuda_check.h"
@@ -63,7 +65,7 @@ struct LocalLayout {
   static constexpr int kBytes = kB + kC * 4;
 };
 
-template <int K, int V>
+template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) LocalDvKernel(GatedDeltaFastBackwardParams p) {
   using L = LocalLayout<K, V>;
   extern __shared__ __align__(16) char smem[];
@@ -73,8 +75,15 @@ __global__ void __launch_bounds__(kThreads) LocalDvKernel(GatedDeltaFastBackward
   float* bs = reinterpret_cast<float*>(smem + L::kB);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t bh = blockIdx.y, t0 = static_cast<int64_t>(blockIdx.x) * kC;
-  const int rows = RowsOf(p.tokens, t0);
-  const int64_t tok = bh * p.tokens + t0, prow = bh * gridDim.x * int64_t{kC} + t0;
+  int rows;
+  int64_t tok;
+  if constexpr (kPacked) {
+    gdn::PackedChunk(p.varlen, p.tokens, blockIdx.x, bh, &tok, &rows);
+  } else {
+    rows = RowsOf(p.tokens, t0);
+    tok = bh * p.tokens + t0;
+  }
+  const int64_t prow = bh * gridDim.x * int64_t{kC} + t0;
   gdn::CopyTile<kC, K, L::kKP, kThreads>(qs, static_cast<const bf16*>(p.q) + tok * K, K, rows,
                                          tid);
   gdn::CopyTile<kC, K, L::kKP, kThreads>(ks, static_cast<const bf16*>(p.k) + tok * K, K, rows,
@@ -159,7 +168,7 @@ struct DStateLayout {
   static constexpr int kBytes = kGdo + kC * kSP * 2;
 };
 
-template <int K, int V, int S>
+template <int K, int V, int S, bool kPacked>
 __global__ void __launch_bounds__(kThreads) DStateKernel(GatedDeltaFastBackwardParams p) {
   using L = DStateLayout<K, S>;
   constexpr int kMT = K / 64, kNT = S / 8;
@@ -170,21 +179,38 @@ __global__ void __launch_bounds__(kThreads) DStateKernel(GatedDeltaFastBackwardP
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int col0 = blockIdx.x * S;
   const int64_t bh = blockIdx.y;
-  const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
-  const int64_t tp = static_cast<int64_t>(nchunks) * kC;
-  const bf16* qg = static_cast<const bf16*>(p.q) + bh * p.tokens * K;
-  const bf16* kg = static_cast<const bf16*>(p.k) + bh * p.tokens * K;
-  const bf16* wg = static_cast<const bf16*>(p.ws.w) + bh * tp * K;
-  const bf16* dvlg = static_cast<const bf16*>(p.dv_local) + bh * tp * V + col0;
-  const bf16* dog = static_cast<const bf16*>(p.d_output) + bh * p.tokens * V + col0;
-  const float* bg = p.ws.b + bh * tp;
-  float* dwg = p.d_w + bh * tp * V + col0;
-  bf16* dsg = static_cast<bf16*>(p.d_chunk_states) + bh * nchunks * K * V + col0;
+  // The sequence: its length, chunks, first token (tok0), first padded row (row0) and chunk
+  // state (state0); packed, a sequence of length 0 has no chunks.
+  int64_t tokens, tok0, row0, state0;
+  int nchunks;
+  if constexpr (kPacked) {
+    const gdn::SeqChunks sc = gdn::PackedSeq(p.varlen, p.tokens, bh);
+    tokens = sc.tokens;
+    nchunks = sc.nchunks;
+    tok0 = sc.tok0;
+    row0 = sc.chunk0 * kC;
+    state0 = sc.chunk0;
+  } else {
+    tokens = p.tokens;
+    nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
+    const int64_t tp = static_cast<int64_t>(nchunks) * kC;
+    tok0 = bh * p.tokens;
+    row0 = bh * tp;
+    state0 = bh * nchunks;
+  }
+  const bf16* qg = static_cast<const bf16*>(p.q) + tok0 * K;
+  const bf16* kg = static_cast<const bf16*>(p.k) + tok0 * K;
+  const bf16* wg = static_cast<const bf16*>(p.ws.w) + row0 * K;
+  const bf16* dvlg = static_cast<const bf16*>(p.dv_local) + row0 * V + col0;
+  const bf16* dog = static_cast<const bf16*>(p.d_output) + tok0 * V + col0;
+  const float* bg = p.ws.b + row0;
+  float* dwg = p.d_w + row0 * V + col0;
+  bf16* dsg = static_cast<bf16*>(p.d_chunk_states) + state0 * K * V + col0;
 
   auto load_stage = [&](int c) {
     char* base = smem + (c & 1) * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
-    const int rows = RowsOf(p.tokens, t0);
+    const int rows = RowsOf(tokens, t0);
     gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kQ), qg + t0 * K, K,
                                            rows, tid);
     gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kK), kg + t0 * K, K,
@@ -214,7 +240,7 @@ __global__ void __launch_bounds__(kThreads) DStateKernel(GatedDeltaFastBackwardP
     }
   }
 
-  load_stage(nchunks - 1);
+  if (!kPacked || nchunks > 0) load_stage(nchunks - 1);
   gdn::CpAsyncCommit();
   for (int c = nchunks - 1; c >= 0; --c) {
     gdn::CpAsyncWait<0>();
@@ -361,7 +387,7 @@ struct GradLayout {
   static constexpr int kBytes = kRed + 8 * 4;
 };
 
-template <int K, int V>
+template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardParams p) {
   using L = GradLayout<K, V>;
   static_assert(K == V, "one column loop serves both head dims");
@@ -387,8 +413,15 @@ __global__ void __launch_bounds__(kThreads) GradKernel(GatedDeltaFastBackwardPar
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int chunk = blockIdx.x;
   const int64_t bh = blockIdx.y, t0 = static_cast<int64_t>(chunk) * kC;
-  const int rows = RowsOf(p.tokens, t0);
-  const int64_t tok = bh * p.tokens + t0, prow = bh * gridDim.x * int64_t{kC} + t0;
+  int rows;
+  int64_t tok;
+  if constexpr (kPacked) {
+    gdn::PackedChunk(p.varlen, p.tokens, chunk, bh, &tok, &rows);
+  } else {
+    rows = RowsOf(p.tokens, t0);
+    tok = bh * p.tokens + t0;
+  }
+  const int64_t prow = bh * gridDim.x * int64_t{kC} + t0;
   const int64_t state = (bh * gridDim.x + chunk) * int64_t{K} * V;
   gdn::CopyTile<kC, K, L::kKP, kThreads>(qs, static_cast<const bf16*>(p.q) + tok * K, K, rows,
                                          tid);
@@ -800,24 +833,31 @@ cudaError_t Launch(Kernel kernel, dim3 grid, int smem_bytes, const GatedDeltaFas
   return cudaSuccess;
 }
 
-template <int K, int V>
+// Fixed-length: grid (chunks, B * H) per chunk. Packed: (total_chunks, H).
+template <int K, int V, bool kPacked>
 cudaError_t LaunchDims(const GatedDeltaFastBackwardParams& p, cudaStream_t stream) {
-  const int64_t nchunks = (p.tokens + kC - 1) / kC;
+  const int64_t nchunks = kPacked ? p.varlen.total_chunks : (p.tokens + kC - 1) / kC;
+  const int64_t rows = kPacked ? p.varlen.heads : p.batch_heads;
   if (nchunks > 0x7fffffff || p.batch_heads > 65535) return cudaErrorInvalidValue;
-  const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(p.batch_heads));
-  HYB_CUDA_TRY(Launch(LocalDvKernel<K, V>, per_chunk, LocalLayout<K, V>::kBytes, p, stream));
+  const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(rows));
+  HYB_CUDA_TRY(
+      Launch(LocalDvKernel<K, V, kPacked>, per_chunk, LocalLayout<K, V>::kBytes, p, stream));
   const int slice = p.slice_columns > 0 ? p.slice_columns
                                          : GatedDeltaFastSliceColumns(p.batch_heads, V, p.num_sms);
   if (slice != 16 && slice != 32 && slice != 64) return cudaErrorInvalidValue;
   const dim3 slices(static_cast<unsigned>(V / slice), static_cast<unsigned>(p.batch_heads));
   if (slice == 64) {
-    HYB_CUDA_TRY(Launch(DStateKernel<K, V, 64>, slices, DStateLayout<K, 64>::kBytes, p, stream));
+    HYB_CUDA_TRY(
+        Launch(DStateKernel<K, V, 64, kPacked>, slices, DStateLayout<K, 64>::kBytes, p, stream));
   } else if (slice == 32) {
-    HYB_CUDA_TRY(Launch(DStateKernel<K, V, 32>, slices, DStateLayout<K, 32>::kBytes, p, stream));
+    HYB_CUDA_TRY(
+        Launch(DStateKernel<K, V, 32, kPacked>, slices, DStateLayout<K, 32>::kBytes, p, stream));
   } else {
-    HYB_CUDA_TRY(Launch(DStateKernel<K, V, 16>, slices, DStateLayout<K, 16>::kBytes, p, stream));
+    HYB_CUDA_TRY(
+        Launch(DStateKernel<K, V, 16, kPacked>, slices, DStateLayout<K, 16>::kBytes, p, stream));
   }
-  HYB_CUDA_TRY(Launch(GradKernel<K, V>, per_chunk, GradLayout<K, V>::kBytes, p, stream));
+  HYB_CUDA_TRY(
+      Launch(GradKernel<K, V, kPacked>, per_chunk, GradLayout<K, V>::kBytes, p, stream));
   return cudaSuccess;
 }
 
@@ -829,8 +869,13 @@ cudaError_t LaunchGatedDeltaFastBackward(const GatedDeltaFastBackwardParams& p,
       p.batch_heads <= 0) {
     return cudaErrorInvalidValue;
   }
-  if (p.key_dim == 64) return LaunchDims<64, 64>(p, stream);
-  return LaunchDims<128, 128>(p, stream);
+  if (p.varlen.cu_seqlens != nullptr) {
+    if (!GatedDeltaFastVarlenValid(p.varlen, p.batch_heads)) return cudaErrorInvalidValue;
+    if (p.key_dim == 64) return LaunchDims<64, 64, true>(p, stream);
+    return LaunchDims<128, 128, true>(p, stream);
+  }
+  if (p.key_dim == 64) return LaunchDims<64, 64, false>(p, stream);
+  return LaunchDims<128, 128, false>(p, stream);
 }
 
 }  // namespace hyb::kernels::cuda

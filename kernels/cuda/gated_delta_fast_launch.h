@@ -2,6 +2,7 @@
 // gated_delta_fast_bwd.cu). Every tensor is a raw, contiguous device pointer; B*H (batch x
 // heads) sequences of T tokens, K key dim, V value dim, chunks of kGatedDeltaFastChunk tokens,
 // N = ceil(T / 64) chunks, Tp = 64 N (per-chunk intermediates are stored padded to whole chunks).
+// Packed sequences (GatedDeltaFastVarlen) use the same launches and layouts with B = 1: see there.
 //
 // The forward in three launches (the same split as fla's chunk_gated_delta_rule):
 //  1. per chunk, all chunks in parallel: b = cumulative log2 decay, A = strictly-lower
@@ -17,10 +18,41 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace hyb::kernels::cuda {
 
 inline constexpr int kGatedDeltaFastChunk = 64;
+
+// Packed sequences of different lengths (cu_seqlens) in one launch per kernel. The per-token
+// tensors are [1, H, T, .] (g, beta [1, H, T]) with T the packed total, sequence n holding tokens
+// [cu_seqlens[n], cu_seqlens[n + 1]); `batch_heads` is N * H and the states [N, H, K, V]. Every
+// sequence is cut into its own ceil(length / 64) chunks (none crosses a boundary; a sequence of
+// length 0 has none: its final state is its initial state, its initial state's gradient the
+// final state's), numbered globally in sequence order: sequence n's chunk c is chunk
+// cu_chunks[n] + c of total_chunks. The per-chunk intermediates are those of a fixed-length
+// batch of one sequence whose chunks are all the global chunks (N = total_chunks), per head:
+// [H, Tp, .] with Tp = 64 total_chunks, chunk states [H, total_chunks, K, V]. The per-chunk
+// launches take a grid of (total_chunks, H) blocks and find a block's sequence in chunk_seq; the
+// recurrences take one block per (slice, sequence n * H + h).
+struct GatedDeltaFastVarlen {
+  const int64_t* cu_seqlens = nullptr;  // [N + 1] device, or null: a fixed-length batch
+  const int64_t* cu_chunks = nullptr;   // [N + 1] device: ceil(length / 64) summed
+  const int64_t* chunk_seq = nullptr;   // [total_chunks] device: the sequence of every chunk
+  int64_t heads = 0;                    // H
+  int64_t total_chunks = 0;             // cu_chunks[N]
+};
+
+// The host tables of packed sequences with host offsets `cu_seqlens` (N + 1 of them, checked by
+// the caller): cu_chunks (N + 1 entries) and chunk_seq (cu_chunks[N] entries), in that order.
+struct GatedDeltaFastVarlenTables {
+  std::vector<int64_t> cu_chunks, chunk_seq;
+};
+GatedDeltaFastVarlenTables GatedDeltaFastVarlenTablesOf(const std::vector<int64_t>& cu_seqlens);
+
+// True when `vs` (cu_seqlens set) describes packed sequences the launchers can take with
+// `batch_heads` = N * H (tables set, at least one chunk, H dividing batch_heads).
+bool GatedDeltaFastVarlenValid(const GatedDeltaFastVarlen& vs, int64_t batch_heads);
 
 // Per-chunk intermediates of the forward, which the backward reads again. Device pointers.
 struct GatedDeltaFastWorkspace {
@@ -47,6 +79,7 @@ struct GatedDeltaFastParams {
   float scale = 1.f;
   int num_sms = 132;
   int slice_columns = 0;  // value columns per recurrence block (16, 32, 64); 0: chosen below
+  GatedDeltaFastVarlen varlen;  // packed sequences, or none
 };
 
 // True when the kernels handle this key/value head size (K = V in {64, 128}).
@@ -57,7 +90,8 @@ bool GatedDeltaFastSupportsDims(int key_dim, int value_dim);
 int GatedDeltaFastSliceColumns(int64_t batch_heads, int value_dim, int num_sms);
 
 // Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success),
-// cudaErrorInvalidValue for unsupported dims. T must be > 0 (the caller handles T = 0).
+// cudaErrorInvalidValue for unsupported dims. T must be > 0 (the caller handles T = 0; packed:
+// T = 0 means every sequence is empty).
 cudaError_t LaunchGatedDeltaFast(const GatedDeltaFastParams& params, cudaStream_t stream);
 
 // The backward: gradients of a loss L given dL/do and dL/dS_T, from the forward's workspace
@@ -90,6 +124,7 @@ struct GatedDeltaFastBackwardParams {
   float scale = 1.f;
   int num_sms = 132;
   int slice_columns = 0;  // as GatedDeltaFastParams::slice_columns
+  GatedDeltaFastVarlen varlen;  // packed sequences (as the forward's), or none
 };
 
 cudaError_t LaunchGatedDeltaFastBackward(const GatedDeltaFastBackwardParams& params,
