@@ -567,7 +567,16 @@ LinearAttentionOutput GatedDeltaChunkedVarlen(const at::Tensor& q, const at::Ten
   TORCH_CHECK(chunk_size > 0, "GatedDeltaChunkedVarlen: chunk_size must be positive");
   CheckVarlen(q, v, initial_state, "initial_state", cu_seqlens, "GatedDeltaChunkedVarlen");
 #ifdef HYB_WITH_CUDA
+  // As GatedDeltaChunked: the chunk-parallel kernels where they apply, the sequential ones for
+  // the rest.
   const int64_t n = static_cast<int64_t>(cu_seqlens.size()) - 1;
+  if (cuda::GatedDeltaChunkedFastVarlenSupported(q, k, v, g, beta, initial_state, n)) {
+    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
+      return cuda::GatedDeltaChunkedFastVarlenWithGrad(q, k, v, g, beta, scale, initial_state,
+                                                       cu_seqlens);
+    }
+    return cuda::GatedDeltaChunkedFastVarlen(q, k, v, g, beta, scale, initial_state, cu_seqlens);
+  }
   if (cuda::GatedDeltaChunkedVarlenSupported(q, k, v, g, beta, initial_state, n)) {
     if (NeedsGrad({q, k, v, g, beta, initial_state})) {
       return cuda::GatedDeltaChunkedVarlenWithGrad(q, k, v, g, beta, scale, initial_state,

@@ -12,6 +12,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <vector>
+
 #include "hyb/kernels/linear_attention.h"
 
 namespace hyb::kernels::cuda {
@@ -45,5 +48,34 @@ GatedDeltaChunkedGradients GatedDeltaChunkedFastBackward(const at::Tensor& q, co
                                                          const at::Tensor& initial_state,
                                                          const at::Tensor& d_output,
                                                          const at::Tensor& d_final_state);
+
+// Packed sequences of different lengths (kernels::GatedDeltaChunkedVarlen's contract, as
+// cuda::GatedDeltaChunkedVarlen* in cuda_ops.h): q, k, v [1, H, T, .] and g, beta [1, H, T] with
+// T = cu_seqlens.back(), `cu_seqlens` the N + 1 host offsets (checked with CheckCuSeqlens; on the
+// host, so grid sizes need no device synchronisation), initial_state undefined or [N, H, K, V];
+// final state (and its gradient, and the initial state's) [N, H, K, V]. Chunks never cross a
+// sequence boundary: every sequence gets the arithmetic it gets alone through the functions
+// above. A sequence of length 0 passes its initial state through (and the final state's
+// gradient back). One launch per kernel whatever the lengths. Supported as
+// GatedDeltaChunkedFastSupported with B = 1 and N * H <= 65535.
+bool GatedDeltaChunkedFastVarlenSupported(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g,
+                                          const at::Tensor& beta, const at::Tensor& initial_state,
+                                          int64_t num_seqs);
+LinearAttentionOutput GatedDeltaChunkedFastVarlen(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, const at::Tensor& g,
+                                                  const at::Tensor& beta, double scale,
+                                                  const at::Tensor& initial_state,
+                                                  const std::vector<int64_t>& cu_seqlens);
+LinearAttentionOutput GatedDeltaChunkedFastVarlenWithGrad(const at::Tensor& q, const at::Tensor& k,
+                                                          const at::Tensor& v, const at::Tensor& g,
+                                                          const at::Tensor& beta, double scale,
+                                                          const at::Tensor& initial_state,
+                                                          const std::vector<int64_t>& cu_seqlens);
+GatedDeltaChunkedGradients GatedDeltaChunkedFastVarlenBackward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    const at::Tensor& beta, double scale, const at::Tensor& initial_state,
+    const at::Tensor& d_output, const at::Tensor& d_final_state,
+    const std::vector<int64_t>& cu_seqlens);
 
 }  // namespace hyb::kernels::cuda
