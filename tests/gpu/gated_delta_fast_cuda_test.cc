@@ -1,6 +1,6 @@
 // GPU tests of the chunk-parallel Gated DeltaNet kernels (kernels/cuda/gated_delta_fast*.cu,
 // entry points in hyb/kernels/cuda_gated_delta.h; ctest label `gpu`): outputs, final state and
-// every gradient against the fp64 ATen reference. Tolerances follow flash-attention's rule: the
+// every gradient against the fp64 ATen reference; packed sequences against separate runs. Tolerances follow flash-attention's rule: the
 // kernel's error against the fp64 reference must stay within a small multiple of the error the
 // same reference makes when run in bf16, under an absolute ceiling. These kernels keep their
 // per-chunk intermediates in bf16 (as fla's do), so their error is of bf16's order, unlike the
@@ -329,6 +329,211 @@ TEST(CudaGatedDeltaFastBackwardTest, AutogradFunctionMatchesForwardAndBackward) 
   EXPECT_TRUE(at::isfinite(g2.grad()).all().item<bool>());
   EXPECT_TRUE(at::isfinite(beta2.grad()).all().item<bool>());
   EXPECT_GT(g2.grad().abs().sum().item<double>(), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packed sequences (cu_seqlens) through the Fast varlen entry points directly.
+
+std::vector<int64_t> Offsets(const std::vector<int64_t>& lengths) {
+  std::vector<int64_t> cu = {0};
+  for (const int64_t len : lengths) cu.push_back(cu.back() + len);
+  return cu;
+}
+
+// A packed batch: inputs as MakeInputs makes them ([1, H, T, D], states [N, H, D, D]), the
+// upstream gradients d_o [1, H, T, D] (bf16) and d_s [N, H, D, D] (or undefined).
+struct Packed {
+  std::vector<int64_t> cu;
+  GdnInputs in;
+  at::Tensor d_o, d_s;
+};
+
+Packed MakePacked(const std::vector<int64_t>& lengths, int64_t h, int64_t d, bool with_state,
+                  bool with_final_grad) {
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  Packed b;
+  b.cu = Offsets(lengths);
+  const int64_t t = b.cu.back(), n = static_cast<int64_t>(lengths.size());
+  b.in = MakeInputs(1, h, t, d, /*with_state=*/false, -1.0);
+  if (with_state) b.in.s0 = at::randn({n, h, d, d}, f32);
+  b.d_o = at::randn({1, h, t, d}, f32).to(at::kBFloat16);
+  if (with_final_grad) b.d_s = at::randn({n, h, d, d}, f32);
+  return b;
+}
+
+// Output, final states and gradients of one packed batch (or of its sequences, packed back).
+struct VarlenResult {
+  at::Tensor o, s1, dq, dk, dv, dg, dbeta, ds0;
+};
+
+VarlenResult PackedRun(const Packed& b, double scale) {
+  const GdnInputs& in = b.in;
+  const auto f = kernels::cuda::GatedDeltaChunkedFastVarlen(in.q, in.k, in.v, in.g, in.beta,
+                                                            scale, in.s0, b.cu);
+  const auto d = kernels::cuda::GatedDeltaChunkedFastVarlenBackward(
+      in.q, in.k, in.v, in.g, in.beta, scale, in.s0, b.d_o, b.d_s, b.cu);
+  return {f.output, f.final_state, d.dq, d.dk, d.dv, d.dg, d.dbeta, d.d_initial_state};
+}
+
+// Every sequence alone through the fixed-length entry points. An empty sequence's final state is
+// its initial one and its initial state's gradient its final state's (zeros when undefined).
+VarlenResult SeparateRuns(const Packed& b, double scale) {
+  const GdnInputs& in = b.in;
+  const int64_t h = in.q.size(1), d = in.q.size(3);
+  const auto f32 = in.g.options();
+  std::vector<at::Tensor> o, s1, dq, dk, dv, dg, dbeta, ds0;
+  for (size_t i = 0; i + 1 < b.cu.size(); ++i) {
+    const int64_t t0 = b.cu[i], len = b.cu[i + 1] - b.cu[i];
+    const int64_t n = static_cast<int64_t>(i);
+    const at::Tensor s0 = in.s0.defined() ? in.s0.narrow(0, n, 1) : at::Tensor();
+    const at::Tensor d_s = b.d_s.defined() ? b.d_s.narrow(0, n, 1) : at::Tensor();
+    if (len == 0) {
+      s1.push_back(s0.defined() ? s0 : at::zeros({1, h, d, d}, f32));
+      ds0.push_back(d_s.defined() ? d_s : at::zeros({1, h, d, d}, f32));
+      continue;
+    }
+    auto seq = [&](const at::Tensor& x) { return x.narrow(2, t0, len); };
+    const auto f = kernels::cuda::GatedDeltaChunkedFast(seq(in.q), seq(in.k), seq(in.v),
+                                                        seq(in.g), seq(in.beta), scale, s0);
+    const auto g = kernels::cuda::GatedDeltaChunkedFastBackward(
+        seq(in.q), seq(in.k), seq(in.v), seq(in.g), seq(in.beta), scale, s0, seq(b.d_o), d_s);
+    o.push_back(f.output);
+    s1.push_back(f.final_state);
+    dq.push_back(g.dq);
+    dk.push_back(g.dk);
+    dv.push_back(g.dv);
+    dg.push_back(g.dg);
+    dbeta.push_back(g.dbeta);
+    ds0.push_back(g.d_initial_state);
+  }
+  return {at::cat(o, 2),  at::cat(s1, 0), at::cat(dq, 2),    at::cat(dk, 2),
+          at::cat(dv, 2), at::cat(dg, 2), at::cat(dbeta, 2), at::cat(ds0, 0)};
+}
+
+// Packed against separate runs (the same arithmetic: bound `tight` leaves room only for bf16
+// roundings of intermediates that a last-bit fp32 difference flips) and against the fp64 ATen
+// reference (the fixed-length tests' ceilings: 1e-2 forward, 2e-2 gradients).
+void ExpectPackedMatches(const Packed& b, double scale, double tight, const std::string& label) {
+  const GdnInputs& in = b.in;
+  PoisonAllocator(in.q.size(1) * in.q.size(2) * (10 * in.q.size(3) + 2) * 4);
+  const VarlenResult got = PackedRun(b, scale);
+  const VarlenResult alone = SeparateRuns(b, scale);
+  const auto ref = kernels::GatedDeltaChunkedVarlenReference(D(in.q), D(in.k), D(in.v), D(in.g),
+                                                            D(in.beta), scale, D(in.s0), b.cu, 64);
+  const auto rg = kernels::GatedDeltaChunkedVarlenBackwardReference(
+      D(in.q), D(in.k), D(in.v), D(in.g), D(in.beta), scale, D(in.s0), D(b.d_o), D(b.d_s), b.cu,
+      64);
+  const std::vector<std::tuple<const char*, at::Tensor, at::Tensor, at::Tensor, double>> parts = {
+      {"o", got.o, alone.o, ref.output, 1e-2},
+      {"S_T", got.s1, alone.s1, ref.final_state, 1e-2},
+      {"dq", got.dq, alone.dq, rg.dq, 2e-2},
+      {"dk", got.dk, alone.dk, rg.dk, 2e-2},
+      {"dv", got.dv, alone.dv, rg.dv, 2e-2},
+      {"dg", got.dg, alone.dg, rg.dg, 2e-2},
+      {"dbeta", got.dbeta, alone.dbeta, rg.dbeta, 2e-2},
+      {"ds0", got.ds0, alone.ds0, rg.d_initial_state, 2e-2}};
+  std::cout << "[gdn fast varlen] " << label;
+  for (const auto& [name, x, sep, r, ceiling] : parts) {
+    const double err_sep = RelErr(x, sep), err = RelErr(x, r);
+    std::cout << " " << name << " sep " << err_sep << (at::equal(x, sep) ? " (equal)" : "")
+              << " ref " << err;
+    EXPECT_TRUE(at::isfinite(x).all().item<bool>()) << label << " " << name;
+    EXPECT_LE(err_sep, tight) << label << " " << name;
+    EXPECT_LT(err, ceiling) << label << " " << name;
+  }
+  std::cout << "\n";
+}
+
+// Length-0 and length-1 sequences, lengths around the chunk (63, 64, 65) and 5,000 tokens (79
+// chunks) beside them, with and without initial states and final-state gradients; many short
+// sequences (more (sequence, head) pairs than multiprocessors: the recurrences' widest slices).
+TEST(CudaGatedDeltaFastVarlenTest, PackedEqualsSeparateRunsAndReference) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(56);
+  const std::vector<std::vector<int64_t>> sets = {{1, 63, 0, 64, 65, 1000, 5000},
+                                                  {0, 1, 130, 0, 2500, 1}};
+  for (const int64_t d : {64, 128}) {
+    for (size_t set = 0; set < sets.size(); ++set) {
+      const bool with_state = set == 0, with_final_grad = set == 0 || d == 64;
+      const Packed b = MakePacked(sets[set], 2, d, with_state, with_final_grad);
+      std::ostringstream label;
+      label << "K=V=" << d << " set=" << set << " state=" << with_state
+            << " dS_T=" << with_final_grad;
+      ExpectPackedMatches(b, 1.0 / std::sqrt(static_cast<double>(d)), 5e-4, label.str());
+    }
+  }
+  std::vector<int64_t> many;
+  for (int64_t i = 0; i < 70; ++i) many.push_back((i * 37) % 200);  // 0 .. 199, some empty
+  ExpectPackedMatches(MakePacked(many, 2, 64, true, true), 0.125, 5e-4, "70 sequences H=2 K=V=64");
+  std::vector<int64_t> more;
+  for (int64_t i = 0; i < 600; ++i) more.push_back((i * 53) % 150);
+  ExpectPackedMatches(MakePacked(more, 4, 128, false, true), 1.0 / std::sqrt(128.0), 5e-4,
+                      "600 sequences H=4 K=V=128");
+}
+
+// Every sequence empty (T = 0): the final states are the initial ones and the initial states'
+// gradients the final states'; the autograd function's forward equals the plain forward and its
+// gradients the standalone backward's; what the packed entry points refuse.
+TEST(CudaGatedDeltaFastVarlenTest, EmptyBatchAutogradAndSupport) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(57);
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  {
+    const Packed e = MakePacked({0, 0, 0}, 2, 64, true, true);
+    const VarlenResult r = PackedRun(e, 0.125);
+    EXPECT_EQ(r.o.size(2), 0);
+    EXPECT_TRUE(at::equal(r.s1, e.in.s0));
+    EXPECT_TRUE(at::equal(r.ds0, e.d_s));
+    const Packed z = MakePacked({0, 0}, 1, 128, false, false);
+    const VarlenResult rz = PackedRun(z, 0.125);
+    EXPECT_TRUE(at::equal(rz.s1, at::zeros({2, 1, 128, 128}, f32)));
+    EXPECT_TRUE(at::equal(rz.ds0, at::zeros({2, 1, 128, 128}, f32)));
+  }
+  {
+    const Packed b = MakePacked({3, 0, 200, 64, 1}, 2, 64, true, true);
+    const GdnInputs& in = b.in;
+    auto leaf = [](const at::Tensor& x) { return x.detach().clone().requires_grad_(true); };
+    const at::Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), g = leaf(in.g);
+    const at::Tensor beta = leaf(in.beta), s0 = leaf(in.s0);
+    const auto r =
+        kernels::cuda::GatedDeltaChunkedFastVarlenWithGrad(q, k, v, g, beta, 0.125, s0, b.cu);
+    const VarlenResult want = PackedRun(b, 0.125);
+    EXPECT_TRUE(at::equal(r.output, want.o));
+    EXPECT_TRUE(at::equal(r.final_state, want.s1));
+    torch::autograd::backward({r.output, r.final_state}, {b.d_o, b.d_s});
+    // As AutogradFunctionMatchesForwardAndBackward: q, k, v gradients are rounded to bf16.
+    EXPECT_LT(RelErr(q.grad(), want.dq), 8e-3);
+    EXPECT_LT(RelErr(k.grad(), want.dk), 8e-3);
+    EXPECT_LT(RelErr(v.grad(), want.dv), 8e-3);
+    EXPECT_LT(RelErr(g.grad(), want.dg), 1e-6);
+    EXPECT_LT(RelErr(beta.grad(), want.dbeta), 1e-6);
+    EXPECT_LT(RelErr(s0.grad(), want.ds0), 1e-6);
+    // The dispatch point takes these kernels for packed batches with K = V.
+    const auto via_dispatch =
+        kernels::GatedDeltaChunkedVarlen(in.q, in.k, in.v, in.g, in.beta, 0.125, in.s0, b.cu, 64);
+    EXPECT_TRUE(at::equal(via_dispatch.output, want.o));
+    EXPECT_TRUE(at::equal(via_dispatch.final_state, want.s1));
+  }
+  const Packed ok = MakePacked({5, 7}, 2, 64, true, false);
+  const GdnInputs& in = ok.in;
+  EXPECT_TRUE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(in.q, in.k, in.v, in.g, in.beta,
+                                                                  in.s0, 2));
+  EXPECT_FALSE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(in.q, in.k, in.v, in.g,
+                                                                   in.beta, in.s0, 3));
+  EXPECT_FALSE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(
+      in.q.expand({2, 2, 12, 64}), in.k.expand({2, 2, 12, 64}), in.v.expand({2, 2, 12, 64}),
+      in.g.expand({2, 2, 12}), in.beta.expand({2, 2, 12}), at::Tensor(), 2));
+  EXPECT_FALSE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(in.q, in.k, in.v, in.g,
+                                                                   in.beta, at::Tensor(), 40000));
+  try {
+    kernels::cuda::GatedDeltaChunkedFastVarlen(in.q, in.k, in.v, in.g, in.beta, 0.125, in.s0,
+                                               {0, 5, 11});
+    ADD_FAILURE() << "no error for offsets that do not end at T";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("must equal the packed length T = 12"),
+              std::string::npos)
+        << e.what_without_backtrace();
+  }
 }
 
 #else

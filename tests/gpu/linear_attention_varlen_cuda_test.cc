@@ -1,7 +1,8 @@
 // GPU tests of packed variable-length batches (cu_seqlens) through the chunked GLA and Gated
 // DeltaNet CUDA kernels (ctest label `gpu`): outputs, final states and every gradient of one
-// packed launch equal separate CUDA runs of each sequence (tight bounds: the same kernels, only
-// GLA's segmentation of long sequences may differ), and the fp64 ATen reference within the
+// packed launch equal separate runs of each sequence through the fixed-length dispatch point
+// (tight bounds: the same kernels, only GLA's segmentation of long sequences may differ; gated
+// delta runs the chunk-parallel kernels both ways), and the fp64 ATen reference within the
 // relative-to-bf16 tolerance of linear_attention_cuda_test.cc and gated_delta_cuda_test.cc
 // (error below 1e-2 and below twice the bf16 reference's own error).
 #include <gtest/gtest.h>
@@ -150,7 +151,9 @@ Result Packed(const Batch& b, bool gla, double scale) {
       });
 }
 
-// Every sequence alone through the fixed-length CUDA path, the results packed back together.
+// Every sequence alone through the fixed-length dispatch point (the product path: the CUDA
+// kernels the packed batch runs, for gated delta the chunk-parallel ones where they apply), the
+// results packed back together.
 // An empty sequence's final state is its initial one and its initial state's gradient its final
 // state's (zeros when undefined).
 Result Separate(const Batch& b, bool gla, double scale) {
@@ -177,10 +180,8 @@ Result Separate(const Batch& b, bool gla, double scale) {
         one, at::kBFloat16, at::kFloat, /*zero_state_leaf=*/true,
         [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
             const at::Tensor& beta, const at::Tensor& s0) {
-          // Gated delta: the sequential kernels, which the packed path runs (the dispatch's
-          // chunk-parallel kernels take fixed-length batches only).
           auto out = gla ? kernels::GlaChunked(q, k, v, g, scale, s0, 64)
-                         : kernels::cuda::GatedDeltaChunkedWithGrad(q, k, v, g, beta, scale, s0);
+                         : kernels::GatedDeltaChunked(q, k, v, g, beta, scale, s0, 64);
           EXPECT_EQ(out.final_state.scalar_type(), at::kFloat) << "the CUDA kernel did not run";
           return out;
         });
@@ -275,8 +276,10 @@ void ExpectPackedMatches(const Batch& b, bool gla, double scale, double tight,
 // multi-segment path). One packed launch per kernel; each case with and without initial states
 // and final-state gradients. GLA's tight bound leaves room for a different segmentation of the
 // long sequence (fp32 summation order, then bf16 roundings of outputs and gradients); the gated
-// delta kernels do the same arithmetic packed or alone, and their bound leaves room only for
-// bf16 roundings of q, k, v gradients that a last-bit fp32 difference flips.
+// delta kernels (chunk-parallel, K = V) do the same arithmetic packed or alone (the same
+// floating-point instruction stream in both instances; the host emulation finds them bitwise
+// equal), and their bound leaves room only for bf16 roundings that a last-bit fp32 difference
+// flips (of the bf16 intermediates, and of the q, k, v gradients returned in bf16).
 const std::vector<std::vector<int64_t>> kLengthSets = {{1, 63, 0, 64, 65, 1000, 5000},
                                                        {0, 1, 130, 0, 2500, 1}};
 
@@ -355,7 +358,9 @@ TEST(CudaVarlenTest, HostTablesOfChunksAndSegments) {
 }
 
 // Forward-only calls (no gradient needed) give what the autograd path gives, and the CUDA entry
-// points reject bad offsets with the same errors as the dispatch point.
+// points reject bad offsets with the same errors as the dispatch point. K = 128, V = 64: gated
+// delta dispatches to the sequential kernels (the chunk-parallel ones need K = V; their
+// forward-only and autograd calls are compared in gated_delta_fast_cuda_test.cc).
 TEST(CudaVarlenTest, ForwardOnlyEqualsAutogradForwardAndBadOffsetsThrow) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(64);
