@@ -14,7 +14,10 @@
 //
 // Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
 // each segment's own state (from zero) and total decay, a scan over segments turns these into
-// start states, pass 2 produces outputs from them. Otherwise pass 2 alone runs, one segment per
+// start states, pass 2 produces outputs from them. Pass 1 (GlaStatePassKernel) splits each
+// segment's state by blocks of 64 key rows, which evolve independently given the gates, and
+// holds only k, v and g in shared memory: two of its blocks share a multiprocessor
+// (gla_state_pass.h). Otherwise pass 2 alone runs, one segment per
 // sequence.
 //
 // Packed sequences (GlaChunkedParams::varlen): blocks map to (sequence, segment, head) through
@@ -34,6 +37,7 @@
 
 #include "cuda_check.h"
 #include "gla_slices.cuh"
+#include "gla_state_pass.h"
 #include "linear_attention_launch.h"
 #include "mma_bf16.cuh"
 #include "varlen_seqs.cuh"
@@ -196,7 +200,7 @@ __device__ __forceinline__ uint32_t ScaledK(const __nv_bfloat16* ks, const float
 
 // K x V: the block's slice of the state; KF x VF: the full head dims (equal to K x V except for
 // dims of 256: slice blockIdx.y = key slice * (VF / V) + value slice, gla_slices.cuh).
-template <int K, int V, int KF, int VF, bool kStateOnly>
+template <int K, int V, int KF, int VF>
 __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
@@ -213,8 +217,6 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   const int voff = kSliced ? (slice % (VF / V)) * V : 0;
 
   const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
-  // Pass 1 covers every segment but the last of each sequence.
-  if (kStateOnly && sb.seg == sb.nseg - 1) return;
   const int64_t bh = sb.bh;
   const int seg = sb.seg;
   const int64_t H = args.heads;
@@ -239,9 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     char* base = smem + stage * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
     const int64_t rows = T - t0;
-    if (!kStateOnly) {
-      CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
-    }
+    CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
     CopyTile<K, 2, L::kKP>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
     CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
     CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
@@ -259,9 +259,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   float S[kSN][4];
   {
     const float* s0 = nullptr;
-    if (kStateOnly) {
-      s0 = nullptr;
-    } else if (sb.nseg > 1) {
+    if (sb.nseg > 1) {
       s0 = args.seg_state + sb.slot * KF * VF;
     } else if (args.initial_state != nullptr) {
       s0 = args.initial_state + bh * KF * VF;
@@ -292,8 +290,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   };
 
   if (c_begin < c_end) load_chunk(c_begin, 0);
-  if (!kStateOnly) write_state_bf16();
-  float log_decay_lo = 0.f, log_decay_hi = 0.f;
+  write_state_bf16();
   __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(smem + L::kA);
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
 
@@ -305,9 +302,8 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
       *reinterpret_cast<float2*>(out + state_lo + 8 * VF + 8 * j) = make_float2(S[j][2], S[j][3]);
     }
   };
-  float* const chunk_states = kStateOnly || args.chunk_states == nullptr
-                                  ? nullptr
-                                  : args.chunk_states + sq.state_slot * KF * VF;
+  float* const chunk_states =
+      args.chunk_states == nullptr ? nullptr : args.chunk_states + sq.state_slot * KF * VF;
 
   for (int c = c_begin; c < c_end; ++c) {
     const int stage = (c - c_begin) & 1;
@@ -327,7 +323,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     CumsumLog2<K, V>(bs, tot, tid);
     const int64_t t0 = static_cast<int64_t>(c) * kC;
 
-    if (!kStateOnly) {
+    {
       // Scores: 20 causal tiles of 16 query rows x 8 key columns, over 8 warps.
       for (int idx = warp; idx < 20; idx += 8) {
         const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
@@ -428,8 +424,6 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     // State: S <- 2^b_C S + (k 2^(b_C - b))^T v.
     {
       const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
-      log_decay_lo += bc_lo;
-      log_decay_hi += bc_hi;
       const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
 #pragma unroll
       for (int j = 0; j < kSN; ++j) {
@@ -459,24 +453,172 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
       }
     }
     __syncthreads();  // every read of this stage, St and the scores is done
-    if (!kStateOnly) write_state_bf16();
+    write_state_bf16();
   }
 
-  // Results: pass 1 its segment's local state and log2 decay; pass 2's last segment the state.
-  float* out = nullptr;
-  if (kStateOnly) {
-    out = args.seg_state + sb.slot * KF * VF;
-    if (cs == 0 && t4 == 0 && voff == 0) {  // (every value slice has the same decay)
-      float* dec = args.seg_decay + sb.slot * KF + koff;
-      dec[d_lo] = log_decay_lo;
-      dec[d_hi] = log_decay_hi;
-    }
-  } else if (seg == sb.nseg - 1) {
-    out = args.final_state + bh * KF * VF;
-  }
-  if (out != nullptr) write_state_f32(out);
+  // The last segment's blocks write the final state (pass 1 wrote the other segments' own).
+  if (seg == sb.nseg - 1) write_state_f32(args.final_state + bh * KF * VF);
   if (chunk_states != nullptr && seg == sb.nseg - 1) {
     write_state_f32(chunk_states + static_cast<int64_t>(nchunks) * KF * VF);
+  }
+#endif
+}
+
+// In-place cumulative sum in log2 units of a [kC][kGlaStateKeyRows] gate tile (row pitch kBP),
+// in kParts runs of kC / kParts tokens per column: the same operations, in the same order, as
+// CumsumLog2 for a slice of 256 / kParts key columns. Threads tid >= kParts * 64 only wait.
+template <int kParts, int kBP>
+__device__ __forceinline__ void CumsumLog2Rows(float* b, float* tot, int tid) {
+  constexpr int kR = kGlaStateKeyRows, kRows = kC / kParts;
+  static_assert(kParts * kR <= kThreads, "too many runs for the block");
+  const int d = tid % kR, part = tid / kR;
+  const bool active = part < kParts;
+  float x[kRows];
+  if (active) {
+    float run = 0.f;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      run += b[(part * kRows + r) * kBP + d] * kLog2e;
+      x[r] = run;
+    }
+    tot[part * kR + d] = run;
+  }
+  __syncthreads();
+  if (active) {
+    float off = 0.f;
+    for (int p = 0; p < part; ++p) off += tot[p * kR + d];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * kBP + d] = x[r] + off;
+  }
+  __syncthreads();
+}
+
+// Pass 1, state only: the local state (from zero) and log2 decay of one segment, for the
+// kGlaStateKeyRows key rows of key block kb of one slice (gla_state_pass.h). Block x =
+// (forward segment block) * (K / 64) + kb; blockIdx.y = slice as in GlaChunkKernel. The state
+// update is GlaChunkKernel's, per 16 x 8 accumulator tile the same mma.sync sequence on the same
+// fragments, and the cumulative decays are summed in the same order (CumsumLog2Rows), so the
+// results are bit-identical to those of the state-only instance of GlaChunkKernel that ran pass 1
+// before (up to commit ad69682), with a layout of ~90 KB instead of ~215 KB.
+template <int K, int V, int KF, int VF>
+__global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
+#else
+  using L = GlaStateLayout<V>;
+  constexpr int kR = kGlaStateKeyRows;
+  constexpr int kKeyBlocks = GlaStateKeyBlocks(K);
+  static_assert(kKeyBlocks * kR == K && kThreads == kGlaStateThreads, "unsupported head dims");
+  extern __shared__ __align__(128) char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int t4 = lane % 4;
+  constexpr bool kSliced = K != KF || V != VF;
+  const int slice = kSliced ? static_cast<int>(blockIdx.y) : 0;
+  const int koff = kSliced ? (slice / (VF / V)) * K : 0;
+  const int voff = kSliced ? (slice % (VF / V)) * V : 0;
+
+  const GlaStateBlock blk = GlaStateBlockOf(blockIdx.x, kKeyBlocks);
+  const SegmentOfBlock sb = SegmentOf(args, blk.segment_block);
+  if (sb.seg == sb.nseg - 1) return;  // the last segment's state is pass 2's
+  const int64_t H = args.heads;
+  const SeqSpan sq = SeqOf(args.varlen, sb.bh, H, args.tokens, kC);
+  const int64_t T = sq.tokens;
+  const int nchunks = static_cast<int>(sq.nchunks);
+  const int c_begin = sb.seg * args.seg_chunks;
+  const int c_end = min(c_begin + args.seg_chunks, nchunks);
+  const int krow = koff + kR * blk.key_block;  // first key column of this block
+
+  const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, sq.row, H) +
+                                                 sq.token0 * args.ks.token + krow);
+  const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, sq.row, H) +
+                                                 sq.token0 * args.vs.token + voff);
+  const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, sq.row, H) +
+                                                 sq.token0 * args.gs.token + krow);
+  const int64_t k_pitch = args.ks.token * 2, v_pitch = args.vs.token * 2;
+  const int64_t g_pitch = args.gs.token * 4;
+
+  auto load_chunk = [&](int c, int stage) {
+    char* base = smem + stage * L::kStage;
+    const int64_t t0 = static_cast<int64_t>(c) * kC;
+    const int64_t rows = T - t0;
+    CopyTile<kR, 2, L::kKP>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
+    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
+    CopyTile<kR, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
+    CpAsyncCommit();
+  };
+
+  // Warp (rb, cs): key rows 16 rb + [0, 16) x value columns cs V/2 + [0, V/2) (gla_state_pass.h).
+  constexpr int kSN = V / 16;
+  static_assert(kSN % 2 == 0, "unsupported value dim");
+  const int cs = warp / 4;
+  const GlaStateOwner own = GlaStateOwnerOf(tid, blk.key_block, koff, voff, V, VF);
+  const int d_lo = own.d_lo, d_hi = own.d_hi;
+  float S[kSN][4];
+#pragma unroll
+  for (int j = 0; j < kSN; ++j) S[j][0] = S[j][1] = S[j][2] = S[j][3] = 0.f;
+  float log_decay_lo = 0.f, log_decay_hi = 0.f;
+  float* tot = reinterpret_cast<float*>(smem + L::kTot);
+
+  if (c_begin < c_end) load_chunk(c_begin, 0);
+  for (int c = c_begin; c < c_end; ++c) {
+    const int stage = (c - c_begin) & 1;
+    if (c + 1 < c_end) {
+      load_chunk(c + 1, stage ^ 1);  // that stage's last readers passed the previous barrier
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    char* base = smem + stage * L::kStage;
+    const __nv_bfloat16* ks = reinterpret_cast<const __nv_bfloat16*>(base + L::kK);
+    const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + L::kV);
+    float* bs = reinterpret_cast<float*>(base + L::kB);
+    CumsumLog2Rows<GlaStateCumsumParts(K), L::kBP>(bs, tot, tid);
+
+    // S <- 2^b_C S + (k 2^(b_C - b))^T v, as GlaChunkKernel's state update.
+    const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
+    log_decay_lo += bc_lo;
+    log_decay_hi += bc_hi;
+    const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      S[j][0] *= e_lo;
+      S[j][1] *= e_lo;
+      S[j][2] *= e_hi;
+      S[j][3] *= e_hi;
+    }
+    auto kh = [&](int s, int d, float bc) {
+      return Bf16ToFloat(ks + s * L::kKP + d) * Exp2(bc - bs[s * L::kBP + d]);
+    };
+#pragma unroll
+    for (int kk = 0; kk < kC / 16; ++kk) {
+      const int sa = 16 * kk + 2 * t4, sb2 = sa + 8;
+      const uint32_t a[4] = {PackBf16(kh(sa, d_lo, bc_lo), kh(sa + 1, d_lo, bc_lo)),
+                             PackBf16(kh(sa, d_hi, bc_hi), kh(sa + 1, d_hi, bc_hi)),
+                             PackBf16(kh(sb2, d_lo, bc_lo), kh(sb2 + 1, d_lo, bc_lo)),
+                             PackBf16(kh(sb2, d_hi, bc_hi), kh(sb2 + 1, d_hi, bc_hi))};
+      const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int jp = 0; jp < kSN / 2; ++jp) {
+        uint32_t b[4];
+        LdMatrixX4Trans(b, vs + vrow * L::kVP + cs * (V / 2) + 16 * jp + (lane >> 4) * 8);
+        Mma(S[2 * jp], a, b[0], b[1]);
+        Mma(S[2 * jp + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // every read of this stage and of the totals is done
+  }
+
+  float* out = args.seg_state + sb.slot * KF * VF;
+#pragma unroll
+  for (int j = 0; j < kSN; ++j) {
+    *reinterpret_cast<float2*>(out + own.lo + 8 * j) = make_float2(S[j][0], S[j][1]);
+    *reinterpret_cast<float2*>(out + own.lo + 8 * VF + 8 * j) = make_float2(S[j][2], S[j][3]);
+  }
+  if (cs == 0 && t4 == 0 && voff == 0) {  // (every value slice has the same decay)
+    float* dec = args.seg_decay + sb.slot * KF + krow;
+    dec[d_lo] = log_decay_lo;
+    dec[d_hi] = log_decay_hi;
   }
 #endif
 }
@@ -484,7 +626,10 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
 // Start state of every segment: S_0 = initial (or 0); S_{i+1} = 2^decay_i S_i + local_i.
 // One thread per state element; seg_state holds local states on entry, start states on exit.
 // Sequence bh = blockIdx.y; packed (cu_segments set), its nseg and its first slot come from the
-// segment offsets.
+// segment offsets. The inputs of kScanBatch segments are loaded before any is combined (and before
+// this thread's stores, which the compiler could not otherwise move them past), so a sequence of
+// n segments waits on ceil(n / kScanBatch) memory round trips instead of n.
+constexpr int kScanBatch = 8;
 __global__ void GlaSegmentScanKernel(float* seg_state, const float* seg_decay,
                                      const float* initial_state, int nseg, int key_dim,
                                      int value_dim, const int64_t* cu_segments, int64_t heads) {
@@ -500,11 +645,23 @@ __global__ void GlaSegmentScanKernel(float* seg_state, const float* seg_decay,
   }
   const int d = static_cast<int>(e / value_dim);
   float s = initial_state != nullptr ? initial_state[bh * kv + e] : 0.f;
-  for (int i = 0; i < nseg; ++i) {
-    float* cell = seg_state + (slot0 + i) * kv + e;
-    const float local = *cell;
-    *cell = s;
-    if (i + 1 < nseg) s = Exp2(seg_decay[(slot0 + i) * key_dim + d]) * s + local;
+  for (int i0 = 0; i0 < nseg; i0 += kScanBatch) {
+    // Segment nseg - 1 has no local state or decay (pass 1 skips it): only its start is stored.
+    float local[kScanBatch], decay[kScanBatch];
+#pragma unroll
+    for (int j = 0; j < kScanBatch; ++j) {
+      const int i = i0 + j;
+      if (i + 1 < nseg) {
+        local[j] = seg_state[(slot0 + i) * kv + e];
+        decay[j] = seg_decay[(slot0 + i) * key_dim + d];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kScanBatch; ++j) {
+      const int i = i0 + j;
+      if (i < nseg) seg_state[(slot0 + i) * kv + e] = s;
+      if (i + 1 < nseg) s = Exp2(decay[j]) * s + local[j];
+    }
   }
 }
 
@@ -561,11 +718,14 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     a.o_accum = a.seg_decay + slots * KF;  // (GlaChunkedWorkspaceBytes's layout)
   }
   if (nseg > 1) {
-    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, true>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+    using SL = GlaStateLayout<V>;
+    constexpr int kKeyBlocks = GlaStateKeyBlocks(K);
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStatePassKernel<K, V, KF, VF>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, SL::kBytes));
     a.grid_segs = nseg - 1;
-    GlaChunkKernel<K, V, KF, VF, true>
-        <<<dim3(static_cast<unsigned>(blocks_pass1), kSlices), kThreads, L::kBytes, stream>>>(a);
+    GlaStatePassKernel<K, V, KF, VF>
+        <<<dim3(static_cast<unsigned>(blocks_pass1 * kKeyBlocks), kSlices), kThreads, SL::kBytes,
+           stream>>>(a);
     HYB_CUDA_TRY(cudaGetLastError());
     const dim3 grid(static_cast<unsigned>((KF * VF + 255) / 256), static_cast<unsigned>(bh));
     GlaSegmentScanKernel<<<grid, 256, 0, stream>>>(a.seg_state, a.seg_decay, p.initial_state, nseg,
@@ -576,10 +736,10 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     HYB_CUDA_TRY(cudaMemsetAsync(
         a.o_accum, 0, static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float), stream));
   }
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, false>,
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
   a.grid_segs = nseg;
-  GlaChunkKernel<K, V, KF, VF, false>
+  GlaChunkKernel<K, V, KF, VF>
       <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kThreads, L::kBytes, stream>>>(a);
   HYB_CUDA_TRY(cudaGetLastError());
   if constexpr (KF != K) {

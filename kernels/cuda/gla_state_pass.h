@@ -1,0 +1,89 @@
+// Index arithmetic and shared-memory layout of the chunked GLA forward's state-only first pass
+// (GlaStatePassKernel in gla_chunked.cu), in plain C++ that both the kernel and the host check
+// (gla_state_pass_host_check.cc) compile, so the block -> (segment, key block) mapping and the
+// register ownership of the state are tested without a GPU.
+//
+// Pass 1 computes each segment's own state contribution (from zero) and its log2 decay. GLA's
+// decay is diagonal in the key dim, so the state's key rows evolve independently given the gates:
+// rows [r, r + 64) of a segment's state need only k[:, r:r+64], g[:, r:r+64] and all of v. A pass-1
+// block therefore takes kGlaStateKeyRows key rows of one (segment, slice): 2 blocks per 128-dim
+// slice, 1 per 64-dim one. Its shared memory holds only two stages of k, v and g (no q, no
+// chunk-start state, no score tile): ~90 KB, so 2 blocks of 8 warps run on a multiprocessor where
+// the full forward layout (~215 KB) allows 1.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define HYB_GLA_HD __host__ __device__ __forceinline__
+#else
+#define HYB_GLA_HD inline
+#endif
+
+namespace hyb::kernels::cuda {
+
+inline constexpr int kGlaStateKeyRows = 64;   // key rows of the state per pass-1 block
+inline constexpr int kGlaStateThreads = 256;  // 8 warps: 4 blocks of 16 key rows x 2 value halves
+inline constexpr int kGlaStateChunk = 64;     // tokens per chunk (kGlaChunk)
+
+// Pass-1 blocks per (segment, slice) for a slice of K = 64 or 128 key columns.
+constexpr int GlaStateKeyBlocks(int slice_key_dim) { return slice_key_dim / kGlaStateKeyRows; }
+
+// Shared-memory layout (bytes) of a pass-1 block for a slice of V value columns. Rows are padded
+// by 16 bytes, as in the forward's layout, so that fragment loads fall in distinct banks.
+template <int V>
+struct GlaStateLayout {
+  static constexpr int kR = kGlaStateKeyRows;
+  static constexpr int kKP = kR + 8;  // k row pitch (bf16)
+  static constexpr int kVP = V + 8;   // v row pitch (bf16)
+  static constexpr int kBP = kR + 8;  // gates / cumulative decay row pitch (fp32)
+  static constexpr int kK = 0;
+  static constexpr int kV = kK + kGlaStateChunk * kKP * 2;
+  static constexpr int kB = kV + kGlaStateChunk * kVP * 2;
+  static constexpr int kStage = kB + kGlaStateChunk * kBP * 4;
+  static constexpr int kTot = 2 * kStage;  // cumsum partial totals, fp32, [4][kR]
+  static constexpr int kBytes = kTot + 4 * kR * 4;
+};
+
+// Blocks of `bytes` dynamic shared memory that fit on an sm_90 multiprocessor (228 KB, 1 KB
+// reserved per block).
+constexpr int GlaBlocksPerSm(int bytes) { return (228 * 1024) / (bytes + 1024); }
+
+static_assert(GlaBlocksPerSm(GlaStateLayout<128>::kBytes) >= 2, "pass 1 should fit twice");
+
+// Pass-1 block x of a launch with `key_blocks` blocks per (segment, slice): the forward's segment
+// block (what SegmentOf reads) and the key block inside the slice.
+struct GlaStateBlock {
+  int64_t segment_block;
+  int key_block;
+};
+HYB_GLA_HD GlaStateBlock GlaStateBlockOf(int64_t x, int key_blocks) {
+  return {x / key_blocks, static_cast<int>(x % key_blocks)};
+}
+
+// The state entries a thread of a pass-1 block owns, as mma.sync m16n8k16 accumulator fragments:
+// warp w holds key rows 16 (w % 4) + [0, 16) of the block's 64 and value columns (w / 4) V/2 +
+// [0, V/2); lane (g8 = lane / 4, t4 = lane % 4) holds rows d_lo = 16 (w % 4) + g8 and d_hi =
+// d_lo + 8, columns col0 + 8 j + {0, 1} for j < V / 16. Offsets are in a full [KF, VF] state,
+// for the slice whose first key and value columns are koff, voff.
+struct GlaStateOwner {
+  int d_lo, d_hi;  // key rows inside the block's 64
+  int col0;        // first value column inside the slice
+  int64_t lo;      // element offset of (koff + 64 key_block + d_lo, voff + col0); d_hi: + 8 VF
+};
+HYB_GLA_HD GlaStateOwner GlaStateOwnerOf(int tid, int key_block, int koff, int voff, int V,
+                                         int VF) {
+  const int warp = tid / 32, lane = tid % 32;
+  const int d_lo = 16 * (warp % 4) + lane / 4;
+  const int col0 = (warp / 4) * (V / 2) + 2 * (lane % 4);
+  const int64_t row = koff + kGlaStateKeyRows * key_block + d_lo;
+  return {d_lo, d_lo + 8, col0, row * VF + voff + col0};
+}
+
+// The cumulative-decay sum splits the chunk's 64 tokens into kParts runs per key column, as the
+// forward's CumsumLog2 does for a slice of K key columns (256 / K runs), so that pass 1's decays
+// are bit-identical to the ones the forward kernel computed: thread tid < kParts * 64 sums run
+// tid / 64 of column tid % 64.
+constexpr int GlaStateCumsumParts(int slice_key_dim) { return kGlaStateThreads / slice_key_dim; }
+
+}  // namespace hyb::kernels::cuda
