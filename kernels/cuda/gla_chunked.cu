@@ -770,20 +770,39 @@ bool GlaChunkedSupportsDims(int key_dim, int value_dim) {
   return ok(key_dim) && ok(value_dim);
 }
 
+// Cost of a chunk step of pass 1 (GlaStatePassKernel), in percent of a chunk step of pass 2
+// (GlaChunkKernel, one block per multiprocessor, H200: ~9 us), for a wave of pass-1 blocks:
+// kGlaStateBlocksPerSm blocks of 64 key rows on every multiprocessor. Such a wave step moves about
+// what a pass-2 step does per multiprocessor (2 x 40 KB of k, v and g against ~96 KB of q, k, v,
+// g and o), which at ~4 TB/s is ~2.6 us, ~30% of a pass-2 step, and does about a fifth of its
+// math; 35 adds a little for latency. An estimate from the layouts, not a measurement: calibrate
+// from the two kernels' times per chunk in a profile of a segmented run (T = 32K, 16 heads).
+constexpr int kGlaStateStepPercent = 35;
+// Pass-1 blocks per multiprocessor (shared memory of the 128-value-column layout) and per
+// (segment, slice) (key dims of 128 and 256; 64 has one, which the model does not distinguish).
+constexpr int kGlaStateBlocksPerSm = GlaBlocksPerSm(GlaStateLayout<128>::kBytes);
+constexpr int kGlaStateKeyBlocksModel = GlaStateKeyBlocks(128);
+
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
   const int64_t nchunks = std::max<int64_t>(1, (tokens + kC - 1) / kC);
   if (batch_heads >= num_sms) return static_cast<int>(nchunks);
-  // The forward's blocks hold one multiprocessor each (shared memory) and a chunk costs about
-  // the same in either pass (H200: ~9 us), so the time goes as waves x chunks per segment: one
-  // pass over whole sequences, or pass 1 over all but the last segment of each plus pass 2
-  // over all of them. The fewest segments (at least 4 chunks each) within 4% of the cheapest
-  // count. Whole sequences win while batch x heads is near the multiprocessor count (T = 4K,
-  // 8 x 16 heads: 64 steps against 117 for the former rule of ~4 blocks per multiprocessor).
-  const auto waves = [&](int64_t blocks) { return (blocks + num_sms - 1) / num_sms; };
+  // Pass 2's blocks hold one multiprocessor each (shared memory), so its time goes as waves x
+  // chunks per segment; pass 1 runs kGlaStateKeyBlocksModel blocks per segment but all but the
+  // last of each sequence, kGlaStateBlocksPerSm per multiprocessor, each chunk step costing
+  // kGlaStateStepPercent of a pass-2 step. In percent of a pass-2 step: one pass over whole
+  // sequences, or pass 1 plus pass 2 over segments of `per` chunks. The fewest segments (at
+  // least 4 chunks each) within 4% of the cheapest count. Whole sequences win while batch x heads
+  // is near the multiprocessor count (T = 4K, 8 x 16 heads: 64 steps against 75 split in two).
+  const auto waves = [](int64_t blocks, int64_t per_wave) {
+    return (blocks + per_wave - 1) / per_wave;
+  };
+  const int64_t pass1_wave = static_cast<int64_t>(num_sms) * kGlaStateBlocksPerSm;
   const auto cost = [&](int64_t per) {
     const int64_t seg = (nchunks + per - 1) / per;
-    return seg < 2 ? waves(batch_heads) * nchunks
-                   : (waves(batch_heads * (seg - 1)) + waves(batch_heads * seg)) * per;
+    if (seg < 2) return waves(batch_heads, num_sms) * nchunks * 100;
+    return waves(batch_heads * seg, num_sms) * per * 100 +
+           waves(batch_heads * (seg - 1) * kGlaStateKeyBlocksModel, pass1_wave) * per *
+               kGlaStateStepPercent;
   };
   int64_t least = cost(nchunks);
   for (int64_t per = 4; per < nchunks; ++per) least = std::min(least, cost(per));

@@ -87,7 +87,9 @@ bool GlaChunkedSupportsDims(int key_dim, int value_dim);
 
 // Chunks per segment. Long sequences are cut into segments that run in parallel: a first pass
 // computes each segment's own state contribution, a scan joins them, a second pass produces the
-// outputs. With enough (batch x heads) to fill the device every sequence is one segment.
+// outputs. With enough (batch x heads) to fill the device every sequence is one segment;
+// otherwise the count that a model of both passes' waves finds cheapest, a first-pass chunk step
+// costing a fraction of a second-pass one (kGlaStateStepPercent in gla_chunked.cu).
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
 
 // Chunks per segment for packed sequences with chunk offsets `cu_chunks` (VarlenChunks) and

@@ -636,16 +636,27 @@ TEST(CudaGlaChunkedTest, SegmentChoice) {
 #ifndef HYB_WITH_CUDA
   GTEST_SKIP() << "built without HYB_CUDA";
 #else
+  // Costs in pass-2 chunk steps on 132 multiprocessors: pass 2 runs one block per multiprocessor,
+  // pass 1 two blocks (key halves) per segment but the last, two per multiprocessor (264 a wave),
+  // each step 0.35 of a pass-2 step (kGlaStateStepPercent); the fewest segments within 4% of the
+  // cheapest count win.
   // Enough sequences to fill the device: one segment each.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(256, 2048, 132), 32);
-  // 8 x 16 heads of 4K: one wave of whole sequences (64 chunk steps) beats any split (pass 1
-  // and pass 2 together take at least 96).
+  // 8 x 16 heads of 4K: one wave of whole sequences, 64 steps. Any split costs more: two
+  // segments of 32 are 2 pass-2 waves x 32 + 1 pass-1 wave (256 blocks) x 32 x 0.35 = 75.2.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(128, 4096, 132), 64);
-  // 16 heads of 32K on 132 multiprocessors: 8 segments of 65 chunks (one wave per pass, 130
-  // steps, within 4% of the cheapest split's 126) instead of 512 steps whole.
+  // 4 x 16 heads of 8K (128 chunks): whole, 128 steps; two segments of 64, 64 + 0.35 x 64 = 86.4
+  // (the cheapest); the fewest within 4% (89.86): two segments of 66, 66 x 1.35 = 89.1 (67 would
+  // be 90.45). The former rule (both passes at full cost) kept whole sequences: 128 = 2 x 64.
+  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(64, 8192, 132), 66);
+  // 16 heads of 32K (512 chunks): the cheapest is 74 segments of 7, 9 pass-2 waves x 7 + 9
+  // pass-1 waves (2336 blocks) x 7 x 0.35 = 85.05; 8 segments of 65 (one wave per pass),
+  // 65 x 1.35 = 87.75, is within 4% (88.45), 66 (89.1) is not. Whole: 512 steps.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 32768, 132), 65);
   // Too short to split: at least 4 chunks a segment.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(1, 100, 132), 2);
+  // One sequence of 64K (1024 chunks): 128 segments of 8, 8 + 8 x 0.35 (254 pass-1 blocks, one
+  // wave) = 10.8, the cheapest (7 chunks need 147 segments, two pass-2 waves: 14).
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(1, 65536, 132), 8);
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(4, 0, 132), 1);
 #endif
