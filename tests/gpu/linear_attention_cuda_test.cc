@@ -15,6 +15,9 @@
 
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
+#ifdef HYB_WITH_CUDA
+#include "linear_attention_launch.h"
+#endif
 
 namespace hyb {
 namespace {
@@ -628,6 +631,83 @@ TEST(CudaGatedDeltaChunkedTest, DecodeStepContinuesTheChunkedState) {
       // here), outputs to a rare one-ulp difference of their bf16 rounding.
       EXPECT_LT(err_o, 4e-3) << "T=" << t << " K=V=" << d;
       EXPECT_LT(err_s, 5e-5) << "T=" << t << " K=V=" << d;
+    }
+  }
+}
+
+// The segmented forward (pass 1 over blocks of key rows, the scan, pass 2 from the segments'
+// start states) against one segment per sequence on the same inputs, through the launcher with
+// the segment length forced. Both apply the same per-chunk fp32 updates; only how the segments'
+// contributions are combined differs (2^(sum of a segment's log2 decays) S + local state against
+// the chunk-by-chunk product), so the states agree to fp32 round-off and the outputs up to a rare
+// bf16 rounding of the chunk-start state that comes out the other way.
+TEST(CudaGlaChunkedTest, SegmentsEqualOneSegment) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(13);
+  // (B, H, T, K, V): T not a multiple of the chunk; every head-dim pair pass 1 instantiates
+  // differently (key blocks 1 or 2 per slice, 64 or 128 value columns, slices of 256).
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, int, int>> cases = {
+      {1, 2, 849, 128, 128}, {2, 1, 1000, 64, 64},  {1, 1, 600, 256, 64},
+      {1, 2, 700, 64, 256},  {1, 1, 530, 256, 256}, {1, 1, 777, 128, 64}};
+  for (const auto& c : cases) {
+    // (Named copies: the lambda below captures them.)
+    const int64_t b = std::get<0>(c), h = std::get<1>(c), t = std::get<2>(c);
+    const int dk = std::get<3>(c), dv = std::get<4>(c);
+    const GlaInputs in = MakeGla(b, h, t, dk, dv, /*with_state=*/true);
+    const int nchunks = static_cast<int>((t + 63) / 64);
+    auto run = [&](int segment_chunks) {
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      at::Tensor o = at::full({b, h, t, dv}, nan, in.q.options());
+      at::Tensor s = at::full({b, h, dk, dv}, nan, in.g.options());
+      kernels::cuda::GlaChunkedParams p;
+      p.q = in.q.data_ptr();
+      p.k = in.k.data_ptr();
+      p.v = in.v.data_ptr();
+      p.g = in.g.data_ptr<float>();
+      p.initial_state = in.s0.data_ptr<float>();
+      p.o = o.data_ptr();
+      p.final_state = s.data_ptr<float>();
+      p.batch = b;
+      p.heads = h;
+      p.tokens = t;
+      p.key_dim = dk;
+      p.value_dim = dv;
+      p.scale = 1.f / std::sqrt(static_cast<float>(dk));
+      p.segment_chunks = segment_chunks;
+      at::Tensor workspace;
+      const size_t bytes = kernels::cuda::GlaChunkedWorkspaceBytes(p);
+      // Segment states and decays exist exactly when the sequence is cut (K = 256 adds o in fp32).
+      const size_t seg_bytes = 4 * static_cast<size_t>(b * h) * dk * (dv + 1) *
+                               ((nchunks + segment_chunks - 1) / segment_chunks);
+      const size_t o_bytes = dk > 128 ? 4 * static_cast<size_t>(b * h * t * dv) : 0;
+      EXPECT_EQ(bytes, (segment_chunks < nchunks ? seg_bytes : 0) + o_bytes);
+      if (bytes > 0) {
+        workspace = at::empty({static_cast<int64_t>(bytes)}, in.q.options().dtype(at::kByte));
+        p.workspace = workspace.data_ptr();
+      }
+      EXPECT_EQ(kernels::cuda::LaunchGlaChunked(p, /*stream=*/nullptr), cudaSuccess);
+      torch::cuda::synchronize();
+      return std::make_pair(o, s);
+    };
+    const auto [o1, s1] = run(nchunks);
+    for (const int per : {4, 5}) {
+      const auto [o, s] = run(per);
+      const double err_o = RelErr(o, o1), err_s = RelErr(s, s1);
+      SCOPED_TRACE(::testing::Message()
+                   << "B=" << b << " H=" << h << " T=" << t << " K=" << dk << " V=" << dv
+                   << " segments of " << per << ": err_o " << err_o << " err_s " << err_s);
+      EXPECT_TRUE(at::isfinite(o).all().item<bool>());
+      EXPECT_TRUE(at::isfinite(s).all().item<bool>());
+      // The first segment starts from the initial state either way: bit-equal outputs there.
+      EXPECT_TRUE(at::equal(o.narrow(2, 0, 64 * per), o1.narrow(2, 0, 64 * per)));
+      // States: each segment boundary adds a few fp32 roundings (2^decay from a sum of the
+      // segment's log2 decays, each off by up to |b| 2^-24), ~1e-6 of the state per boundary;
+      // outputs: a rare one-ulp difference (2^-8) of the bf16 chunk-start state or output.
+      EXPECT_LT(err_s, 5e-5);
+      EXPECT_LT(err_o, 4e-3);
+      std::cout << "[gla segments] B=" << b << " H=" << h << " T=" << t << " K=" << dk
+                << " V=" << dv << " per=" << per << " err_o " << err_o << " err_s " << err_s
+                << "\n";
     }
   }
 }
