@@ -17,8 +17,7 @@
 // start states, pass 2 produces outputs from them. Pass 1 (GlaStatePassKernel) splits each
 // segment's state by blocks of 64 key rows, which evolve independently given the gates, and
 // holds only k, v and g in shared memory: two of its blocks share a multiprocessor
-// (gla_state_pass.h). Otherwise pass 2 alone runs, one segment per
-// sequence.
+// (gla_state_pass.h). Otherwise pass 2 alone runs, one segment per sequence.
 //
 // Packed sequences (GlaChunkedParams::varlen): blocks map to (sequence, segment, head) through
 // the segment offsets, so sequences of any lengths share both passes and the scan.
@@ -722,6 +721,10 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     constexpr int kKeyBlocks = GlaStateKeyBlocks(K);
     HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStatePassKernel<K, V, KF, VF>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, SL::kBytes));
+    // All of the unified L1 / shared memory as shared, so that two blocks fit (the layout's point).
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStatePassKernel<K, V, KF, VF>,
+                                      cudaFuncAttributePreferredSharedMemoryCarveout,
+                                      cudaSharedmemCarveoutMaxShared));
     a.grid_segs = nseg - 1;
     GlaStatePassKernel<K, V, KF, VF>
         <<<dim3(static_cast<unsigned>(blocks_pass1 * kKeyBlocks), kSlices), kThreads, SL::kBytes,
