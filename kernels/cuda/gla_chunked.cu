@@ -199,6 +199,45 @@ __device__ __forceinline__ uint32_t ScaledK(const __nv_bfloat16* ks, const float
 
 // K x V: the block's slice of the state; KF x VF: the full head dims (equal to K x V except for
 // dims of 256: slice blockIdx.y = key slice * (VF / V) + value slice, gla_slices.cuh).
+// The chunk-end state update S <- 2^b_C S + (k 2^(b_C - b))^T v of a warp's state fragment:
+// key rows d_lo / d_hi, value columns col0 + [0, 8 kSN). ks / vs: the chunk's k and v tiles
+// (pitches kKP, kVP); bs: its cumulative log2 decays (pitch kBP), whose last row b_C gives
+// bc_lo / bc_hi. The output pass and the state-only pass 1 make the same update.
+template <int kSN, int kKP, int kVP, int kBP>
+__device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_bfloat16* ks,
+                                                 const __nv_bfloat16* vs, const float* bs,
+                                                 int d_lo, int d_hi, float bc_lo, float bc_hi,
+                                                 int col0, int lane) {
+  const int t4 = lane % 4;
+  const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
+#pragma unroll
+  for (int j = 0; j < kSN; ++j) {
+    S[j][0] *= e_lo;
+    S[j][1] *= e_lo;
+    S[j][2] *= e_hi;
+    S[j][3] *= e_hi;
+  }
+  auto kh = [&](int s, int d, float bc) {
+    return Bf16ToFloat(ks + s * kKP + d) * Exp2(bc - bs[s * kBP + d]);
+  };
+#pragma unroll
+  for (int kk = 0; kk < kC / 16; ++kk) {
+    const int sa = 16 * kk + 2 * t4, sb = sa + 8;
+    const uint32_t a[4] = {PackBf16(kh(sa, d_lo, bc_lo), kh(sa + 1, d_lo, bc_lo)),
+                           PackBf16(kh(sa, d_hi, bc_hi), kh(sa + 1, d_hi, bc_hi)),
+                           PackBf16(kh(sb, d_lo, bc_lo), kh(sb + 1, d_lo, bc_lo)),
+                           PackBf16(kh(sb, d_hi, bc_hi), kh(sb + 1, d_hi, bc_hi))};
+    const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int jp = 0; jp < kSN / 2; ++jp) {
+      uint32_t b[4];
+      LdMatrixX4Trans(b, vs + vrow * kVP + col0 + 16 * jp + (lane >> 4) * 8);
+      Mma(S[2 * jp], a, b[0], b[1]);
+      Mma(S[2 * jp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 template <int K, int V, int KF, int VF>
 __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -421,36 +460,9 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     }
 
     // State: S <- 2^b_C S + (k 2^(b_C - b))^T v.
-    {
-      const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
-      const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
-#pragma unroll
-      for (int j = 0; j < kSN; ++j) {
-        S[j][0] *= e_lo;
-        S[j][1] *= e_lo;
-        S[j][2] *= e_hi;
-        S[j][3] *= e_hi;
-      }
-      auto kh = [&](int s, int d, float bc) {
-        return Bf16ToFloat(ks + s * L::kKP + d) * Exp2(bc - bs[s * L::kBP + d]);
-      };
-#pragma unroll
-      for (int kk = 0; kk < kC / 16; ++kk) {
-        const int sa = 16 * kk + 2 * t4, sb = sa + 8;
-        const uint32_t a[4] = {PackBf16(kh(sa, d_lo, bc_lo), kh(sa + 1, d_lo, bc_lo)),
-                               PackBf16(kh(sa, d_hi, bc_hi), kh(sa + 1, d_hi, bc_hi)),
-                               PackBf16(kh(sb, d_lo, bc_lo), kh(sb + 1, d_lo, bc_lo)),
-                               PackBf16(kh(sb, d_hi, bc_hi), kh(sb + 1, d_hi, bc_hi))};
-        const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-        for (int jp = 0; jp < kSN / 2; ++jp) {
-          uint32_t b[4];
-          LdMatrixX4Trans(b, vs + vrow * L::kVP + cs * (V / kCS) + 16 * jp + (lane >> 4) * 8);
-          Mma(S[2 * jp], a, b[0], b[1]);
-          Mma(S[2 * jp + 1], a, b[2], b[3]);
-        }
-      }
-    }
+    UpdateChunkState<kSN, L::kKP, L::kVP, L::kBP>(S, ks, vs, bs, d_lo, d_hi,
+                                                  bs[(kC - 1) * L::kBP + d_lo],
+                                                  bs[(kC - 1) * L::kBP + d_hi], cs * (V / kCS), lane);
     __syncthreads();  // every read of this stage, St and the scores is done
     write_state_bf16();
   }
@@ -578,33 +590,8 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
     const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
     log_decay_lo += bc_lo;
     log_decay_hi += bc_hi;
-    const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
-#pragma unroll
-    for (int j = 0; j < kSN; ++j) {
-      S[j][0] *= e_lo;
-      S[j][1] *= e_lo;
-      S[j][2] *= e_hi;
-      S[j][3] *= e_hi;
-    }
-    auto kh = [&](int s, int d, float bc) {
-      return Bf16ToFloat(ks + s * L::kKP + d) * Exp2(bc - bs[s * L::kBP + d]);
-    };
-#pragma unroll
-    for (int kk = 0; kk < kC / 16; ++kk) {
-      const int sa = 16 * kk + 2 * t4, sb2 = sa + 8;
-      const uint32_t a[4] = {PackBf16(kh(sa, d_lo, bc_lo), kh(sa + 1, d_lo, bc_lo)),
-                             PackBf16(kh(sa, d_hi, bc_hi), kh(sa + 1, d_hi, bc_hi)),
-                             PackBf16(kh(sb2, d_lo, bc_lo), kh(sb2 + 1, d_lo, bc_lo)),
-                             PackBf16(kh(sb2, d_hi, bc_hi), kh(sb2 + 1, d_hi, bc_hi))};
-      const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-      for (int jp = 0; jp < kSN / 2; ++jp) {
-        uint32_t b[4];
-        LdMatrixX4Trans(b, vs + vrow * L::kVP + cs * (V / 2) + 16 * jp + (lane >> 4) * 8);
-        Mma(S[2 * jp], a, b[0], b[1]);
-        Mma(S[2 * jp + 1], a, b[2], b[3]);
-      }
-    }
+    UpdateChunkState<kSN, L::kKP, L::kVP, L::kBP>(S, ks, vs, bs, d_lo, d_hi, bc_lo, bc_hi,
+                                                  cs * (V / 2), lane);
     __syncthreads();  // every read of this stage and of the totals is done
   }
 
