@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "cuda_check.h"
+#include "float_convert.cuh"
 #include "rms_norm_launch.h"
 
 namespace hyb::kernels::cuda {
@@ -15,26 +16,6 @@ namespace {
 
 // Columns a block's shared weight-gradient row holds when rows share warps.
 constexpr int kWarpModeMaxCols = static_cast<int>(kRmsNormMaxWarpRowVecs) * 8;
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
-
-// v rounded to T (the reference's intermediate tensors in the input type).
-template <typename T>
-__device__ __forceinline__ float Round(float v) {
-  return ToFloat(FromFloat<T>(v));
-}
 
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));

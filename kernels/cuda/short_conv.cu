@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "cuda_check.h"
+#include "float_convert.cuh"
 #include "short_conv_launch.h"
 #include "short_conv_tile.h"
 
@@ -16,25 +17,6 @@ namespace {
 
 constexpr int kN = kShortConvVec;
 constexpr int kThreads = kShortConvBlockX * kShortConvBlockY;
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
-
-template <typename T>
-__device__ __forceinline__ float Round(float v) {
-  return ToFloat(FromFloat<T>(v));
-}
 
 // kN elements of T as one load: 16 bytes (fp32) or 8 bytes (bf16, fp16).
 template <typename T>
