@@ -26,6 +26,17 @@ inline void Check(cudaError_t err, const char* op) {
               site.statement, ")");
 }
 
+// An optional initial state as an autograd function's input: LibTorch 2.x records every tensor
+// input's device, which an undefined tensor lacks, so "no initial state" travels as an empty
+// fp32 tensor on q's device (StateInput), and the function's forward turns it back into an
+// undefined one (StateOrNone).
+inline at::Tensor StateInput(const at::Tensor& initial_state, const at::Tensor& q) {
+  return initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+}
+inline at::Tensor StateOrNone(const at::Tensor& s0) {
+  return s0.numel() == 0 ? at::Tensor() : s0;
+}
+
 // Multiprocessors of `device` (132, an H100/H200's, when CUDA cannot say).
 inline int NumSms(const at::Device& device) {
   int n = 0;

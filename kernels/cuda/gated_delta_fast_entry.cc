@@ -240,7 +240,7 @@ class GatedDeltaFastFunction : public torch::autograd::Function<GatedDeltaFastFu
                                                 const at::Tensor& initial_state, double scale,
                                                 const std::vector<int64_t>& cu_seqlens) {
     // An empty tensor stands for "no initial state" (see GatedDeltaChunkedFastWithGrad).
-    const at::Tensor s0 = initial_state.numel() == 0 ? at::Tensor() : initial_state;
+    const at::Tensor s0 = StateOrNone(initial_state);
     CheckSupported(q, k, v, g, beta, s0, cu_seqlens, "cuda GatedDeltaChunkedFast");
     const c10::cuda::CUDAGuard guard(q.device());
     const Inputs in = Prepare(q, k, v, g, beta, s0);
@@ -325,10 +325,7 @@ LinearAttentionOutput ForwardWithGrad(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& beta, double scale,
                                       const at::Tensor& initial_state,
                                       const std::vector<int64_t>& cu_seqlens) {
-  // LibTorch 2.x records every tensor input's device, which an undefined tensor lacks: an empty
-  // one on q's device means "no initial state".
-  const at::Tensor s0 =
-      initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+  const at::Tensor s0 = StateInput(initial_state, q);
   const torch::autograd::variable_list out =
       GatedDeltaFastFunction::apply(q, k, v, g, beta, s0, scale, cu_seqlens);
   return {out[0], out[1]};

@@ -302,7 +302,7 @@ class GlaChunkedFunction : public torch::autograd::Function<GlaChunkedFunction> 
                                                 const at::Tensor& initial_state, double scale,
                                                 const std::vector<int64_t>& cu_seqlens) {
     // An empty tensor stands for "no initial state" (see GlaChunkedWithGrad).
-    const at::Tensor s0 = initial_state.numel() == 0 ? at::Tensor() : initial_state;
+    const at::Tensor s0 = StateOrNone(initial_state);
     GlaForwardResult r = GlaForward(q, k, v, g, scale, s0, /*keep_chunk_states=*/true, cu_seqlens);
     ctx->save_for_backward({q, k, v, g});
     ctx->saved_data["chunk_states"] = r.chunk_states;
@@ -349,10 +349,7 @@ LinearAttentionOutput GlaChunked(const at::Tensor& q, const at::Tensor& k, const
 LinearAttentionOutput GlaChunkedWithGrad(const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const at::Tensor& g, double scale,
                                          const at::Tensor& initial_state) {
-  // LibTorch 2.x records every tensor input's device, which an undefined tensor lacks: an empty
-  // one on q's device means "no initial state".
-  const at::Tensor s0 =
-      initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+  const at::Tensor s0 = StateInput(initial_state, q);
   const torch::autograd::variable_list out =
       GlaChunkedFunction::apply(q, k, v, g, s0, scale, std::vector<int64_t>{});
   return {out[0], out[1]};
@@ -391,8 +388,7 @@ LinearAttentionOutput GlaChunkedVarlenWithGrad(const at::Tensor& q, const at::Te
                                                double scale, const at::Tensor& initial_state,
                                                const std::vector<int64_t>& cu_seqlens) {
   CheckCuSeqlens(cu_seqlens, q.size(2), "cuda GlaChunkedVarlen");
-  const at::Tensor s0 =
-      initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+  const at::Tensor s0 = StateInput(initial_state, q);
   const torch::autograd::variable_list out =
       GlaChunkedFunction::apply(q, k, v, g, s0, scale, cu_seqlens);
   return {out[0], out[1]};
@@ -581,7 +577,7 @@ class GatedDeltaChunkedFunction : public torch::autograd::Function<GatedDeltaChu
                                                 const at::Tensor& initial_state, double scale,
                                                 const std::vector<int64_t>& cu_seqlens) {
     // An empty tensor stands for "no initial state" (see GatedDeltaChunkedWithGrad).
-    const at::Tensor s0 = initial_state.numel() == 0 ? at::Tensor() : initial_state;
+    const at::Tensor s0 = StateOrNone(initial_state);
     GatedDeltaForwardResult r =
         GatedDeltaForward(q, k, v, g, beta, scale, s0, /*keep_chunk_states=*/true, cu_seqlens);
     ctx->save_for_backward({q, k, v, g, beta});
@@ -630,10 +626,7 @@ LinearAttentionOutput GatedDeltaChunkedWithGrad(const at::Tensor& q, const at::T
                                                 const at::Tensor& v, const at::Tensor& g,
                                                 const at::Tensor& beta, double scale,
                                                 const at::Tensor& initial_state) {
-  // LibTorch 2.x records every tensor input's device, which an undefined tensor lacks: an empty
-  // one on q's device means "no initial state".
-  const at::Tensor s0 =
-      initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+  const at::Tensor s0 = StateInput(initial_state, q);
   const torch::autograd::variable_list out =
       GatedDeltaChunkedFunction::apply(q, k, v, g, beta, s0, scale, std::vector<int64_t>{});
   return {out[0], out[1]};
@@ -676,8 +669,7 @@ LinearAttentionOutput GatedDeltaChunkedVarlenWithGrad(const at::Tensor& q, const
                                                       const at::Tensor& initial_state,
                                                       const std::vector<int64_t>& cu_seqlens) {
   CheckCuSeqlens(cu_seqlens, q.size(2), "cuda GatedDeltaChunkedVarlen");
-  const at::Tensor s0 =
-      initial_state.defined() ? initial_state : at::empty({0}, q.options().dtype(at::kFloat));
+  const at::Tensor s0 = StateInput(initial_state, q);
   const torch::autograd::variable_list out =
       GatedDeltaChunkedFunction::apply(q, k, v, g, beta, s0, scale, cu_seqlens);
   return {out[0], out[1]};
