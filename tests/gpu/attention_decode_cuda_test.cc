@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "hyb/kernels/attention.h"
 
 #ifdef HYB_WITH_CUDA
@@ -30,18 +31,6 @@ namespace {
 
 #define HYB_REQUIRE_CUDA_DECODE() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
-
-double RelErr(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble);
-  return ((got.to(at::kDouble) - w).norm() / (w.norm() + 1e-30)).item<double>();
-}
-
-// Fills the caching allocator's free blocks with NaN so that a partial the combine should skip
-// (a split without visible keys) or an output element left unwritten shows up as NaN.
-void PoisonAllocator(int64_t bytes) {
-  at::full({bytes / 4 + 1024}, std::numeric_limits<float>::quiet_NaN(),
-           at::TensorOptions().device(at::kCUDA).dtype(at::kFloat));
-}
 
 // Attention of q [B, H, 1, D] over the keys lo..end of k, v [B, Hkv, Cap, D], computed in
 // `type` (softmax in fp32, or fp64 for fp64) with the query heads of a group as its rows.

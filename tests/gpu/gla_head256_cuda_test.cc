@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
 
@@ -26,21 +27,6 @@ namespace hyb {
 namespace {
 
 #ifdef HYB_WITH_CUDA
-
-#define HYB_REQUIRE_CUDA_KERNELS() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
-
-double RelErr(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble);
-  return ((got.to(at::kDouble) - w).norm() / (w.norm() + 1e-30)).item<double>();
-}
-
-// Fills the caching allocator's free blocks with NaN so that an output element the kernel does
-// not write shows up as NaN instead of a stale value.
-void PoisonAllocator(int64_t bytes) {
-  at::full({bytes / 4 + 1024}, std::numeric_limits<float>::quiet_NaN(),
-           at::TensorOptions().device(at::kCUDA).dtype(at::kFloat));
-}
 
 at::Tensor D(const at::Tensor& x) { return x.defined() ? x.to(at::kDouble) : x; }
 at::Tensor Bf(const at::Tensor& x) { return x.defined() ? x.to(at::kBFloat16) : x; }

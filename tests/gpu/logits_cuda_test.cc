@@ -16,15 +16,13 @@
 #include <utility>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "hyb/kernels/logits.h"
 
 namespace hyb {
 namespace {
 
 #ifdef HYB_WITH_CUDA
-
-#define HYB_REQUIRE_CUDA_KERNELS() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "hyb/kernels/cuda_norm.h"
 #include "hyb/kernels/norm.h"
 
@@ -21,15 +22,7 @@ namespace {
 
 #ifdef HYB_WITH_CUDA
 
-#define HYB_REQUIRE_CUDA_KERNELS() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
-
 constexpr double kEps = 1e-6;
-
-double RelErr(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble);
-  return ((got.to(at::kDouble) - w).norm() / (w.norm() + 1e-30)).item<double>();
-}
 
 // True when `out` came from the CUDA autograd node (the reference ends in a MulBackward).
 bool FromCudaNode(const at::Tensor& out) {

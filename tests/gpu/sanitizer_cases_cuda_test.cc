@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "hyb/kernels/attention.h"
 #include "hyb/kernels/linear_attention.h"
 #include "hyb/kernels/logits.h"
@@ -45,9 +46,6 @@ namespace hyb {
 namespace {
 
 #ifdef HYB_WITH_CUDA
-
-#define HYB_REQUIRE_CUDA_KERNELS() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
 
 // The checks' bounds on ||got - want|| / ||want||: loose (precision is the other suites' job) but
 // far below what a wrong, stale or unwritten result gives (about 1, or NaN).

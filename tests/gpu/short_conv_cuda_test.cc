@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "hyb/kernels/cuda_conv.h"
 #include "hyb/kernels/short_conv.h"
 
@@ -27,14 +28,6 @@ namespace hyb {
 namespace {
 
 #ifdef HYB_WITH_CUDA
-
-#define HYB_REQUIRE_CUDA_KERNELS() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present"
-
-double RelErr(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble);
-  return ((got.to(at::kDouble) - w).norm() / (w.norm() + 1e-30)).item<double>();
-}
 
 // True when `out` came from the CUDA autograd node (the reference ends in a transpose or silu).
 bool FromCudaNode(const at::Tensor& out) {
