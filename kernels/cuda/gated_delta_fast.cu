@@ -239,8 +239,24 @@ struct RecurrenceLayout {
   static constexpr int kStage = kB + kC * 4;
   static constexpr int kState = 2 * kStage;            // S in bf16 [K][kSP]
   static constexpr int kVd = kState + K * kSP * 2;     // e^(b_C - b) v_new (bf16 [C][kSP])
-  static constexpr int kBytes = kVd + kC * kSP * 2;
+  static constexpr int kVn = kVd + kC * kSP * 2;       // v_new (bf16 [C][kSP]), for its store
+  static constexpr int kBytes = kVn + kC * kSP * 2;
 };
+
+// Copies the [kRows][S] bf16 tile at `src` (row pitch kPitch) to global rows `dst_pitch` elements
+// apart in 16-byte vectors, a row's vectors on adjacent threads: whole 32-byte sectors, which the
+// fragments' 4-byte stores would write in halves.
+template <int kRows, int S, int kPitch, int kThreads>
+__device__ __forceinline__ void StoreTile(bf16* dst, int64_t dst_pitch, const bf16* src, int tid) {
+  constexpr int kVecPerRow = S / 8;
+  static_assert(kRows * kVecPerRow % kThreads == 0, "tile does not split evenly over the block");
+#pragma unroll
+  for (int n = 0; n < kRows * kVecPerRow / kThreads; ++n) {
+    const int i = tid + n * kThreads, r = i / kVecPerRow, cv = i % kVecPerRow;
+    *reinterpret_cast<uint4*>(dst + r * dst_pitch + 8 * cv) =
+        *reinterpret_cast<const uint4*>(src + r * kPitch + 8 * cv);
+  }
+}
 
 template <int K, int V, int S, bool kPacked>
 __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParams p) {
@@ -250,6 +266,7 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
   extern __shared__ __align__(16) char smem[];
   bf16* st = reinterpret_cast<bf16*>(smem + L::kState);
   bf16* vd = reinterpret_cast<bf16*>(smem + L::kVd);
+  bf16* vns = reinterpret_cast<bf16*>(smem + L::kVn);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int col0 = blockIdx.x * S;  // first value column of the slice
   const int64_t bh = blockIdx.y;
@@ -324,61 +341,65 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
     const bf16* us = reinterpret_cast<const bf16*>(stage + L::kU);
     const float* bs = reinterpret_cast<const float*>(stage + L::kB);
 
-    // The chunk-start state in bf16: into shared memory and the chunk-state store.
-    bf16* cs = csg + static_cast<int64_t>(c) * K * V;
+    // The chunk-start state in bf16 into shared memory, then from there to the chunk-state store.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
         const int r = srow0 + 16 * mt, col = 8 * nt + scol0;
-        const uint32_t lo = gdn::PackBf16(s[mt][nt][0], s[mt][nt][1]);
-        const uint32_t hi = gdn::PackBf16(s[mt][nt][2], s[mt][nt][3]);
-        *reinterpret_cast<uint32_t*>(st + r * L::kSP + col) = lo;
-        *reinterpret_cast<uint32_t*>(st + (r + 8) * L::kSP + col) = hi;
-        *reinterpret_cast<uint32_t*>(cs + static_cast<int64_t>(r) * V + col) = lo;
-        *reinterpret_cast<uint32_t*>(cs + static_cast<int64_t>(r + 8) * V + col) = hi;
+        *reinterpret_cast<uint32_t*>(st + r * L::kSP + col) =
+            gdn::PackBf16(s[mt][nt][0], s[mt][nt][1]);
+        *reinterpret_cast<uint32_t*>(st + (r + 8) * L::kSP + col) =
+            gdn::PackBf16(s[mt][nt][2], s[mt][nt][3]);
       }
     }
     __syncthreads();
+    StoreTile<K, S, L::kSP, kThreads>(csg + static_cast<int64_t>(c) * K * V, V, st, tid);
 
-    // v_new = u - w S for rows 16 warp..; vd = e^(b_C - b_t) v_new.
+    // v_new = u - w S for rows 16 warp.., kG columns at a time (fewer live accumulators beside
+    // the state's); vns = v_new, vd = e^(b_C - b_t) v_new.
     {
-      float acc[kNT][4];
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-      for (int k0 = 0; k0 < K; k0 += 16) {
-        uint32_t a[4];
-        gdn::LoadA(a, ws, L::kKP, 16 * warp, k0, lane);
-#pragma unroll
-        for (int np = 0; np < kNT / 2; ++np) {
-          uint32_t b[4];
-          gdn::LoadB2(b, st, L::kSP, k0, 16 * np, lane);
-          gdn::Mma(acc[2 * np], a, b[0], b[1]);
-          gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
-        }
-      }
+      constexpr int kG = S < 32 ? S : 32;
       const float b_last = bs[kC - 1];
       const int r = 16 * warp + (lane >> 2);
       const float e_lo = gdn::Exp2(b_last - bs[r]), e_hi = gdn::Exp2(b_last - bs[r + 8]);
-      bf16* vn = vng + static_cast<int64_t>(c) * kC * V;
 #pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        const int col = 8 * j + scol0;
-        const float2 u_lo = gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(us + r * L::kSP + col));
-        const float2 u_hi =
-            gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(us + (r + 8) * L::kSP + col));
-        const float x0 = u_lo.x - acc[j][0], x1 = u_lo.y - acc[j][1];
-        const float x2 = u_hi.x - acc[j][2], x3 = u_hi.y - acc[j][3];
-        *reinterpret_cast<uint32_t*>(vn + static_cast<int64_t>(r) * V + col) = gdn::PackBf16(x0, x1);
-        *reinterpret_cast<uint32_t*>(vn + static_cast<int64_t>(r + 8) * V + col) =
-            gdn::PackBf16(x2, x3);
-        *reinterpret_cast<uint32_t*>(vd + r * L::kSP + col) = gdn::PackBf16(x0 * e_lo, x1 * e_lo);
-        *reinterpret_cast<uint32_t*>(vd + (r + 8) * L::kSP + col) =
-            gdn::PackBf16(x2 * e_hi, x3 * e_hi);
+      for (int g0 = 0; g0 < S; g0 += kG) {
+        float acc[kG / 8][4];
+#pragma unroll
+        for (int j = 0; j < kG / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+        for (int k0 = 0; k0 < K; k0 += 16) {
+          uint32_t a[4];
+          gdn::LoadA(a, ws, L::kKP, 16 * warp, k0, lane);
+#pragma unroll
+          for (int np = 0; np < kG / 16; ++np) {
+            uint32_t b[4];
+            gdn::LoadB2(b, st, L::kSP, k0, g0 + 16 * np, lane);
+            gdn::Mma(acc[2 * np], a, b[0], b[1]);
+            gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kG / 8; ++j) {
+          const int col = g0 + 8 * j + scol0;
+          const float2 u_lo =
+              gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(us + r * L::kSP + col));
+          const float2 u_hi =
+              gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(us + (r + 8) * L::kSP + col));
+          const float x0 = u_lo.x - acc[j][0], x1 = u_lo.y - acc[j][1];
+          const float x2 = u_hi.x - acc[j][2], x3 = u_hi.y - acc[j][3];
+          *reinterpret_cast<uint32_t*>(vns + r * L::kSP + col) = gdn::PackBf16(x0, x1);
+          *reinterpret_cast<uint32_t*>(vns + (r + 8) * L::kSP + col) = gdn::PackBf16(x2, x3);
+          *reinterpret_cast<uint32_t*>(vd + r * L::kSP + col) =
+              gdn::PackBf16(x0 * e_lo, x1 * e_lo);
+          *reinterpret_cast<uint32_t*>(vd + (r + 8) * L::kSP + col) =
+              gdn::PackBf16(x2 * e_hi, x3 * e_hi);
+        }
       }
     }
     __syncthreads();
+    StoreTile<kC, S, L::kSP, kThreads>(vng + static_cast<int64_t>(c) * kC * V, V, vns, tid);
 
     // S <- e^(b_C) S + k^T vd.
     const float decay = gdn::Exp2(bs[kC - 1]);
@@ -538,17 +559,26 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
       gdn::Mma(o[2 * np + 1], pa[kk], b[2], b[3]);
     }
   }
-  bf16* og = static_cast<bf16*>(p.o) + tok * V;
+  // o through this warp's own rows of qs (which only this warp read) to whole-sector stores.
+  static_assert(K == V, "o is staged in q's rows");
+  __syncwarp();
 #pragma unroll
   for (int j = 0; j < V / 8; ++j) {
     const int col = 8 * j + c0;
-    if (r < rows) {
-      *reinterpret_cast<uint32_t*>(og + static_cast<int64_t>(r) * V + col) =
-          gdn::PackBf16(p.scale * o[j][0], p.scale * o[j][1]);
-    }
-    if (r + 8 < rows) {
-      *reinterpret_cast<uint32_t*>(og + static_cast<int64_t>(r + 8) * V + col) =
-          gdn::PackBf16(p.scale * o[j][2], p.scale * o[j][3]);
+    *reinterpret_cast<uint32_t*>(qs + r * L::kKP + col) =
+        gdn::PackBf16(p.scale * o[j][0], p.scale * o[j][1]);
+    *reinterpret_cast<uint32_t*>(qs + (r + 8) * L::kKP + col) =
+        gdn::PackBf16(p.scale * o[j][2], p.scale * o[j][3]);
+  }
+  __syncwarp();
+  bf16* og = static_cast<bf16*>(p.o) + tok * V;
+  constexpr int kVecPerRow = V / 8;
+#pragma unroll
+  for (int n = 0; n < 16 * kVecPerRow / 32; ++n) {
+    const int i = lane + 32 * n, row = 16 * warp + i / kVecPerRow, cv = i % kVecPerRow;
+    if (row < rows) {
+      *reinterpret_cast<uint4*>(og + static_cast<int64_t>(row) * V + 8 * cv) =
+          *reinterpret_cast<const uint4*>(qs + row * L::kKP + 8 * cv);
     }
   }
 }
@@ -572,8 +602,9 @@ cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
   const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(rows));
   HYB_CUDA_TRY(
       Launch(PrepareKernel<K, V, kPacked>, per_chunk, PrepareLayout<K, V>::kBytes, p, stream));
-  const int slice = p.slice_columns > 0 ? p.slice_columns
-                                         : GatedDeltaFastSliceColumns(p.batch_heads, V, p.num_sms);
+  const int slice = p.slice_columns > 0
+                        ? p.slice_columns
+                        : GatedDeltaFastForwardSliceColumns(p.batch_heads, V, p.num_sms);
   if (slice != 16 && slice != 32 && slice != 64) return cudaErrorInvalidValue;
   const dim3 slices(static_cast<unsigned>(V / slice), static_cast<unsigned>(p.batch_heads));
   if (slice == 64) {
@@ -617,6 +648,16 @@ GatedDeltaFastVarlenTables GatedDeltaFastVarlenTablesOf(const std::vector<int64_
 int GatedDeltaFastSliceColumns(int64_t batch_heads, int value_dim, int num_sms) {
   for (int slice = 64; slice > 16; slice /= 2) {
     if (slice <= value_dim && batch_heads * (value_dim / slice) >= num_sms) return slice;
+  }
+  return 16;
+}
+
+int GatedDeltaFastForwardSliceColumns(int64_t batch_heads, int value_dim, int num_sms) {
+  // On an H200 (132 SMs, K = V = 128): 64 columns at B H = 64 took 1.142 ms for the whole
+  // forward against 32 columns' 1.205; 16 columns at B H = 16 took 1.393 against 32 columns'
+  // 1.649 (bench/gated_delta_bench --sweep).
+  for (int slice = 64; slice > 16; slice /= 2) {
+    if (slice <= value_dim && 4 * batch_heads * (value_dim / slice) >= 3 * num_sms) return slice;
   }
   return 16;
 }

@@ -85,9 +85,14 @@ struct GatedDeltaFastParams {
 // True when the kernels handle this key/value head size (K = V in {64, 128}).
 bool GatedDeltaFastSupportsDims(int key_dim, int value_dim);
 
-// Value columns per block of the state recurrence for `batch_heads` sequences (16, 32 or 64):
-// the widest slice that still gives every multiprocessor a block.
+// Value columns per block of the backward's state recurrence for `batch_heads` sequences (16, 32
+// or 64): the widest slice that still gives every multiprocessor a block.
 int GatedDeltaFastSliceColumns(int64_t batch_heads, int value_dim, int num_sms);
+
+// The same for the forward's recurrence: the widest slice that gives three quarters of the
+// multiprocessors a block (its blocks all load the chunk's whole w and k, so fewer, wider ones
+// move less through L2).
+int GatedDeltaFastForwardSliceColumns(int64_t batch_heads, int value_dim, int num_sms);
 
 // Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success),
 // cudaErrorInvalidValue for unsupported dims. T must be > 0 (the caller handles T = 0; packed:

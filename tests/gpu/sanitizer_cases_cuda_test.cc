@@ -430,16 +430,20 @@ TEST(CudaSanitizerCases, GatedDeltaChunkParallel) {
                                    {1, 3, 130, 128, false, true},
                                    {(sms + 3) / 4, 1, 65, 128, true, false},
                                    {sms, 1, 64, 64, true, true}};
-  std::set<int> slices;
+  std::set<int> slices, forward_slices;
   for (const Case& c : cases) {
     const LinearInputs in =
         MakeLinear(false, c.b, c.h, c.t, c.d, c.d, c.b, c.with_state, c.with_final_grad);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
     const int slice =
         kernels::cuda::GatedDeltaFastSliceColumns(c.b * c.h, static_cast<int>(c.d), sms);
+    const int forward_slice =
+        kernels::cuda::GatedDeltaFastForwardSliceColumns(c.b * c.h, static_cast<int>(c.d), sms);
     slices.insert(slice);
-    const std::string label =
-        Shape(c.b, c.h, c.t, c.d, c.d) + " (" + std::to_string(slice) + "-column slices)";
+    forward_slices.insert(forward_slice);
+    const std::string label = Shape(c.b, c.h, c.t, c.d, c.d) + " (" +
+                              std::to_string(forward_slice) + "-column slices forward, " +
+                              std::to_string(slice) + " backward)";
     PoisonAllocator(c.b * c.h * (c.t + 64) * c.d * 24);
     const LinearRun got =
         RunLinear(in, false, [&](auto q, auto k, auto v, auto g, auto beta, auto s0) {
@@ -455,6 +459,8 @@ TEST(CudaSanitizerCases, GatedDeltaChunkParallel) {
     ExpectNear(label + " S_T (no grad)", plain.final_state, want.s1, kOutputTol);
   }
   EXPECT_EQ(slices, (std::set<int>{16, 32, 64})) << "the cases should take every slice width";
+  EXPECT_EQ(forward_slices, (std::set<int>{16, 32, 64}))
+      << "the cases should take every slice width in the forward too";
 }
 
 // Single-token decoding steps (linear_attention_step.cu) through kernels::GlaStep and
