@@ -53,58 +53,170 @@ __device__ __forceinline__ void LoadGates(const float* g, const float* beta, int
 
 // ---------------------------------------------------------------------------------------------
 // (1) Per chunk: Tinv = (I + A)^-1 and w, u.
+//
+// A (strictly lower) and Tinv (unit lower triangular) share one fp32 [C][kAPitch] tile `as`:
+// as[r][c] = A[r][c] for r > c, while Tinv is kept transposed in the other triangle,
+// as[c][r] = Tinv[r][c] for r >= c. Tinv is inverted in kTB x kTB blocks, all in fp32 FMAs:
+//  - the diagonal blocks D_i = (I + A_ii)^-1 by forward substitution, stored whole (their ones
+//    and zeros too) over the diagonal blocks of `as` once A_ii is no longer needed;
+//  - with M = I + A split into halves of 32 tokens, M = [[M_a, 0], [A_ba, M_b]]:
+//    M_a^-1 = [[D_0, 0], [T_10, D_1]] with T_10 = -D_1 (A_10 D_0), M_b^-1 likewise with
+//    T_32 = -D_3 (A_32 D_2), and the lower-left half of Tinv is -M_b^-1 (A_ba M_a^-1).
+// Every intermediate block is kept, transposed alike, where its Tinv block goes.
+
+constexpr int kTB = 16;          // Tinv block size: kC / kTB = 4 block rows
+constexpr int kAPitch = kC + 4;  // row pitch (floats) of `as`
 
 template <int K, int V>
 struct PrepareLayout {
-  static constexpr int kKP = K + 8, kVP = V + 8, kTP = kC + 8, kAP = kC + 4;
-  static constexpr int kK = 0;                      // k, then beta e^b k (bf16 [C][kKP])
-  static constexpr int kV = kK + kC * kKP * 2;      // v, then beta v (bf16 [C][kVP])
-  static constexpr int kA = kV + kC * kVP * 2;      // A (fp32 [C][kAP], strictly lower part)
-  static constexpr int kT = kA + kC * kAP * 4;      // Tinv (bf16 [C][kTP])
-  static constexpr int kB = kT + kC * kTP * 2;      // b (fp32 [C])
+  static constexpr int kKP = K + 8, kVP = V + 8;
+  static constexpr int kK = 0;                      // k (bf16 [C][kKP])
+  static constexpr int kV = kK + kC * kKP * 2;      // v (bf16 [C][kVP])
+  static constexpr int kA = kV + kC * kVP * 2;      // A and Tinv (fp32 [C][kAPitch], see above)
+  static constexpr int kB = kA + kC * kAPitch * 4;  // b (fp32 [C])
   static constexpr int kBeta = kB + kC * 4;         // beta (fp32 [C])
   static constexpr int kBytes = kBeta + kC * 4;
 };
 
-// Rows 16 warp.. of Tinv (lower triangular: k steps 0..warp) times the [C][N] bf16 tile `rhs`,
-// stored as bf16 into out (row pitch N) rows 16 warp...
-template <int N, int kRhsPitch>
-__device__ __forceinline__ void TinvTimes(const bf16* tinv, int tinv_pitch, const bf16* rhs,
-                                          bf16* out, int warp, int lane) {
+// Block (i, j) of A (i > j), row-major: A_ij[r][k] = ABlk(as, i, j)[r * kAPitch + k].
+__device__ __forceinline__ float* ABlk(float* as, int i, int j) {
+  return as + kTB * i * kAPitch + kTB * j;
+}
+// Block (i, j) of Tinv (i >= j), or the intermediate kept in its place, transposed:
+// X[r][c] = XBlk(as, i, j)[c * kAPitch + r]. Column c of X is contiguous.
+__device__ __forceinline__ float* XBlk(float* as, int i, int j) {
+  return as + kTB * j * kAPitch + kTB * i;
+}
+
+// The off-diagonal blocks (1,0), (2,0), (2,1), (3,0), (3,1), (3,2) of A by index n (0..5).
+__device__ __forceinline__ void OffDiagBlock(int n, int* i, int* j) {
+  *i = n < 1 ? 1 : (n < 3 ? 2 : 3);
+  *j = n - *i * (*i - 1) / 2;
+}
+
+// The 16x16 block products of the inverse, one column c per four threads: thread row group
+// rg (0..3) accumulates four rows of (L X)[.][c], X transposed with its column c at xc.
+// L row-major (a block of A): rows rg + 4 q, so that the row groups of a quarter warp read
+// different banks.
+__device__ __forceinline__ void MulRowMajor(float (&acc)[4], const float* l, const float* xc,
+                                            int rg) {
+#pragma unroll
+  for (int k = 0; k < kTB; k += 4) {
+    const float4 x = *reinterpret_cast<const float4*>(xc + k);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float4 a = *reinterpret_cast<const float4*>(l + (rg + 4 * q) * kAPitch + k);
+      acc[q] = fmaf(a.x, x.x, acc[q]);
+      acc[q] = fmaf(a.y, x.y, acc[q]);
+      acc[q] = fmaf(a.z, x.z, acc[q]);
+      acc[q] = fmaf(a.w, x.w, acc[q]);
+    }
+  }
+}
+// L transposed (a block of Tinv: L[r][k] = lt[k * kAPitch + r]): rows 4 rg + q.
+__device__ __forceinline__ void MulTransposed(float (&acc)[4], const float* lt, const float* xc,
+                                              int rg) {
+#pragma unroll
+  for (int k = 0; k < kTB; k += 4) {
+    const float4 x4 = *reinterpret_cast<const float4*>(xc + k);
+    const float x[4] = {x4.x, x4.y, x4.z, x4.w};
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const float4 l = *reinterpret_cast<const float4*>(lt + (k + kk) * kAPitch + 4 * rg);
+      acc[0] = fmaf(l.x, x[kk], acc[0]);
+      acc[1] = fmaf(l.y, x[kk], acc[1]);
+      acc[2] = fmaf(l.z, x[kk], acc[2]);
+      acc[3] = fmaf(l.w, x[kk], acc[3]);
+    }
+  }
+}
+// Column c (at xc) of a transposed block: rows rg + 4 q (MulRowMajor's), or rows 4 rg + q
+// negated (MulTransposed's, for X = -L Y).
+__device__ __forceinline__ void StoreRows(float* xc, const float (&acc)[4], int rg) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) xc[rg + 4 * q] = acc[q];
+}
+__device__ __forceinline__ void StoreNegRows(float* xc, const float (&acc)[4], int rg) {
+  *reinterpret_cast<float4*>(xc + 4 * rg) = make_float4(-acc[0], -acc[1], -acc[2], -acc[3]);
+}
+
+// Column j of (I + L)^-1 for the strictly lower 16x16 block L at blk (row-major), by forward
+// substitution: x_i = [i == j] - sum_{m < i} L[i][m] x_m. Every read of L is a broadcast; four
+// partial sums shorten the dependency chain.
+__device__ __forceinline__ void InvertDiagColumn(float (&x)[kTB], const float* blk, int j) {
+#pragma unroll
+  for (int i = 0; i < kTB; ++i) {
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    const float* row = blk + i * kAPitch;
+#pragma unroll
+    for (int m = 0; m + 3 < i; m += 4) {
+      const float4 a4 = *reinterpret_cast<const float4*>(row + m);
+      s0 = fmaf(a4.x, x[m], s0);
+      s1 = fmaf(a4.y, x[m + 1], s1);
+      s2 = fmaf(a4.z, x[m + 2], s2);
+      s3 = fmaf(a4.w, x[m + 3], s3);
+    }
+#pragma unroll
+    for (int m = i & ~3; m < i; ++m) s0 = fmaf(row[m], x[m], s0);
+    x[i] = (i == j ? 1.f : 0.f) - ((s0 + s1) + (s2 + s3));
+  }
+}
+
+// Rows kTB rb.. of (Tinv diag(s)) rhs for the [C][N] bf16 tile rhs, s = beta (u) or beta 2^b
+// (w: kGated), stored as bf16 into out (row pitch N) rows kTB rb... Tinv is lower triangular:
+// k steps 0..rb. The A fragments are read from the fp32 transposed Tinv in `as` and scaled per
+// column before their one rounding to bf16 (the scale folded into Tinv instead of rhs).
+template <int N, int kRhsPitch, bool kGated>
+__device__ __forceinline__ void TinvTimes(const float* as, const float* bs, const float* betas,
+                                          const bf16* rhs, bf16* out, int rb, int lane) {
+  const int g = lane >> 2, t2 = 2 * (lane & 3);
   float acc[N / 8][4];
 #pragma unroll
   for (int j = 0; j < N / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    if (kk > warp) break;
+  for (int kk = 0; kk < kC / kTB; ++kk) {
+    if (kk > rb) break;
     uint32_t a[4];
-    gdn::LoadA(a, tinv, tinv_pitch, 16 * warp, 16 * kk, lane);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // a[2 h], a[2 h + 1]: Tinv rows r, r + 8 at columns c, c + 1.
+      const int r = kTB * rb + g, c = kTB * kk + t2 + 8 * h;
+      float s0 = betas[c], s1 = betas[c + 1];
+      if constexpr (kGated) {
+        s0 *= gdn::Exp2(bs[c]);
+        s1 *= gdn::Exp2(bs[c + 1]);
+      }
+      const float* t0 = as + c * kAPitch + r;  // Tinv[r][c]
+      const float* t1 = t0 + kAPitch;          // Tinv[r][c + 1]
+      a[2 * h] = gdn::PackBf16(t0[0] * s0, t1[0] * s1);
+      a[2 * h + 1] = gdn::PackBf16(t0[8] * s0, t1[8] * s1);
+    }
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       uint32_t b[4];
-      gdn::LoadB2(b, rhs, kRhsPitch, 16 * kk, 16 * np, lane);
+      gdn::LoadB2(b, rhs, kRhsPitch, kTB * kk, 16 * np, lane);
       gdn::Mma(acc[2 * np], a, b[0], b[1]);
       gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
     }
   }
-  const int r = 16 * warp + (lane >> 2), c = 2 * (lane & 3);
+  const int r = kTB * rb + g;
 #pragma unroll
   for (int j = 0; j < N / 8; ++j) {
-    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r) * N + 8 * j + c) =
+    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r) * N + 8 * j + t2) =
         gdn::PackBf16(acc[j][0], acc[j][1]);
-    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r + 8) * N + 8 * j + c) =
+    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r + 8) * N + 8 * j + t2) =
         gdn::PackBf16(acc[j][2], acc[j][3]);
   }
 }
 
 template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p) {
+  static_assert(kThreads == 128 && kC == 4 * kTB, "one warp per Tinv block row");
   using L = PrepareLayout<K, V>;
   extern __shared__ __align__(16) char smem[];
   bf16* ks = reinterpret_cast<bf16*>(smem + L::kK);
   bf16* vs = reinterpret_cast<bf16*>(smem + L::kV);
   float* as = reinterpret_cast<float*>(smem + L::kA);
-  bf16* ts = reinterpret_cast<bf16*>(smem + L::kT);
   float* bs = reinterpret_cast<float*>(smem + L::kB);
   float* betas = reinterpret_cast<float*>(smem + L::kBeta);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -122,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p
   gdn::CopyTile<kC, K, L::kKP, kThreads>(ks, static_cast<const bf16*>(p.k) + tok * K, K, rows,
                                          tid);
   gdn::CpAsyncCommit();
-  // v in a second group: it lands while A is computed.
+  // v in a second group: it lands while A and Tinv are computed.
   gdn::CopyTile<kC, V, L::kVP, kThreads>(vs, static_cast<const bf16*>(p.v) + tok * V, V, rows,
                                          tid);
   gdn::CpAsyncCommit();
@@ -130,97 +242,172 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p
   gdn::CpAsyncWait<1>();
   __syncthreads();
 
-  // A[t][s] = beta_t 2^(b_t - b_s) (k_t . k_s) for s < t: warp w computes rows 16 w.. and the
-  // column pairs up to the diagonal.
+  // A[t][s] = beta_t 2^(b_t - b_s) (k_t . k_s) for s < t, by 16x16 blocks: warp w computes the
+  // diagonal block (w, w) and the off-diagonal blocks w and w + 4 (OffDiagBlock), three blocks
+  // for warps 0 and 1, two for warps 2 and 3; then D_w = (I + A_ww)^-1.
   {
-    float acc[8][4];
+    const int nblocks = warp < 2 ? 3 : 2;
+    int bi[3], bj[3];
+    bi[0] = bj[0] = warp;
+    OffDiagBlock(warp, &bi[1], &bj[1]);
+    OffDiagBlock(warp + 4, &bi[2], &bj[2]);  // warps 0 and 1 only
+    float acc[3][2][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int n = 0; n < 3; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[n][0][e] = acc[n][1][e] = 0.f;
+    }
 #pragma unroll
     for (int k0 = 0; k0 < K; k0 += 16) {
       uint32_t a[4];
-      gdn::LoadA(a, ks, L::kKP, 16 * warp, k0, lane);
+      gdn::LoadA(a, ks, L::kKP, kTB * warp, k0, lane);
+      // The diagonal block: the B fragments of k k^T are the A fragments, reordered.
+      gdn::Mma(acc[0][0], a, a[0], a[2]);
+      gdn::Mma(acc[0][1], a, a[1], a[3]);
 #pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        if (np > warp) break;
+      for (int n = 1; n < 3; ++n) {
+        if (n >= nblocks) break;
         uint32_t b[4];
-        gdn::LoadBT2(b, ks, L::kKP, k0, 16 * np, lane);
-        gdn::Mma(acc[2 * np], a, b[0], b[1]);
-        gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+        gdn::LoadA(a, ks, L::kKP, kTB * bi[n], k0, lane);
+        gdn::LoadBT2(b, ks, L::kKP, k0, kTB * bj[n], lane);
+        gdn::Mma(acc[n][0], a, b[0], b[1]);
+        gdn::Mma(acc[n][1], a, b[2], b[3]);
       }
     }
-    const int r0 = 16 * warp + (lane >> 2), c0 = 2 * (lane & 3);
+    const int g = lane >> 2, t2 = 2 * (lane & 3);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      if (j > 2 * warp + 1) break;
+    for (int n = 0; n < 3; ++n) {
+      if (n >= nblocks) break;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = r0 + (e >> 1) * 8, c = 8 * j + c0 + (e & 1);
-        if (c < r) as[r * L::kAP + c] = betas[r] * gdn::Exp2(bs[r] - bs[c]) * acc[j][e];
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = kTB * bi[n] + g + 8 * (e >> 1), c = kTB * bj[n] + 8 * j + t2 + (e & 1);
+          if (c < r) {
+            as[r * kAPitch + c] = betas[r] * gdn::Exp2(bs[r] - bs[c]) * acc[n][j][e];
+          }
+        }
       }
     }
+    __syncwarp();
+    // Column lane % 16 of D_w (lanes 16.. repeat lanes 0..15), then over A_ww once every lane
+    // has read it: row j of the block holds column j of D_w.
+    float x[kTB];
+    float* dw = ABlk(as, warp, warp);
+    InvertDiagColumn(x, dw, lane & (kTB - 1));
+    __syncwarp();
+    if (lane < kTB) {
+#pragma unroll
+      for (int i = 0; i < kTB; i += 4) {
+        *reinterpret_cast<float4*>(dw + lane * kAPitch + i) =
+            make_float4(x[i], x[i + 1], x[i + 2], x[i + 3]);
+      }
+    }
+  }
+  __syncthreads();
+
+  // The off-diagonal blocks of Tinv. Four consecutive lanes (row groups rg) share one column c
+  // of a block, and a block's column c needs only columns c of the blocks it is computed from
+  // (besides whole blocks of A and of D, T_32 as the left factor), so inside a warp __syncwarp
+  // orders them. Warps 0 and 1 take columns 0..7 and 8..15 of block column 0, warps 2 and 3
+  // of block columns 1 and 2.
+  const int rg = lane & 3, col = 8 * (warp & 1) + (lane >> 2);
+  {
+    float acc[4];
+    if (warp < 2) {
+      // T_10 = -D_1 S with S = A_10 D_0 kept in its place; then R_00 = A_20 D_0 + A_21 T_10 and
+      // R_10 = A_30 D_0 + A_31 T_10 (the first block column of A_ba M_a^-1) in the places of
+      // T_20 and T_30.
+      const float* d0c = XBlk(as, 0, 0) + col * kAPitch;
+      float* t10c = XBlk(as, 1, 0) + col * kAPitch;
+      acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+      MulRowMajor(acc, ABlk(as, 1, 0), d0c, rg);
+      StoreRows(t10c, acc, rg);
+      __syncwarp();
+      acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+      MulTransposed(acc, XBlk(as, 1, 1), t10c, rg);
+      __syncwarp();  // every row group has read S
+      StoreNegRows(t10c, acc, rg);
+      __syncwarp();
+#pragma unroll
+      for (int i = 2; i < 4; ++i) {
+        acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+        MulRowMajor(acc, ABlk(as, i, 0), d0c, rg);
+        MulRowMajor(acc, ABlk(as, i, 1), t10c, rg);
+        StoreRows(XBlk(as, i, 0) + col * kAPitch, acc, rg);
+      }
+    } else {
+      // R_01 = A_21 D_1 and R_11 = A_31 D_1 (the second block column of A_ba M_a^-1) in the
+      // places of T_21 and T_31; T_32 = -D_3 S with S = A_32 D_2 kept in its place.
+      const float* d1c = XBlk(as, 1, 1) + col * kAPitch;
+      float* t32c = XBlk(as, 3, 2) + col * kAPitch;
+      acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+      MulRowMajor(acc, ABlk(as, 3, 2), XBlk(as, 2, 2) + col * kAPitch, rg);
+      StoreRows(t32c, acc, rg);
+#pragma unroll
+      for (int i = 2; i < 4; ++i) {
+        acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+        MulRowMajor(acc, ABlk(as, i, 1), d1c, rg);
+        StoreRows(XBlk(as, i, 1) + col * kAPitch, acc, rg);
+      }
+      __syncwarp();
+      acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+      MulTransposed(acc, XBlk(as, 3, 3), t32c, rg);
+      __syncwarp();  // every row group has read S
+      StoreNegRows(t32c, acc, rg);
+    }
+  }
+  __syncthreads();
+
+  // The lower-left half in place: [T_2j; T_3j] = -[[D_2, 0], [T_32, D_3]] [R_0j; R_1j] for
+  // block column j = 0 (warps 0, 1) and 1 (warps 2, 3).
+  {
+    const int j = warp >> 1;
+    float* r0c = XBlk(as, 2, j) + col * kAPitch;
+    float* r1c = XBlk(as, 3, j) + col * kAPitch;
+    float t2[4] = {0.f, 0.f, 0.f, 0.f}, t3[4] = {0.f, 0.f, 0.f, 0.f};
+    MulTransposed(t2, XBlk(as, 2, 2), r0c, rg);
+    MulTransposed(t3, XBlk(as, 3, 2), r0c, rg);
+    MulTransposed(t3, XBlk(as, 3, 3), r1c, rg);
+    __syncwarp();  // every row group has read R_0j and R_1j
+    StoreNegRows(r0c, t2, rg);
+    StoreNegRows(r1c, t3, rg);
   }
   gdn::CpAsyncWait<0>();
   __syncthreads();
 
-  if (warp < 2) {
-    // Tinv column j = tid by forward substitution: x_i = [i == j] - sum_{m < i} A[i][m] x_m.
-    // Every read of A is a broadcast; four partial sums shorten the dependency chain.
-    const int j = tid;
-    float x[kC];
-#pragma unroll
-    for (int i = 0; i < kC; ++i) {
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-      const float* row = as + i * L::kAP;
-#pragma unroll
-      for (int m = 0; m + 3 < i; m += 4) {
-        const float4 a4 = *reinterpret_cast<const float4*>(row + m);
-        s0 = fmaf(a4.x, x[m], s0);
-        s1 = fmaf(a4.y, x[m + 1], s1);
-        s2 = fmaf(a4.z, x[m + 2], s2);
-        s3 = fmaf(a4.w, x[m + 3], s3);
-      }
-#pragma unroll
-      for (int m = i & ~3; m < i; ++m) s0 = fmaf(row[m], x[m], s0);
-      x[i] = (i == j ? 1.f : 0.f) - ((s0 + s1) + (s2 + s3));
-    }
-#pragma unroll
-    for (int i = 0; i < kC; ++i) ts[i * L::kTP + j] = __float2bfloat16_rn(x[i]);
-  } else {
-    // Meanwhile: k <- beta e^b k and v <- beta v in place (row r by threads tid - 64).
-    for (int i = tid - 64; i < kC * (K + V) / 2; i += 64) {
-      int r, c;
-      bf16* base;
-      float f;
-      if (i < kC * K / 2) {
-        r = i / (K / 2);
-        c = 2 * (i % (K / 2));
-        base = ks + r * L::kKP + c;
-        f = betas[r] * gdn::Exp2(bs[r]);
-      } else {
-        const int iv = i - kC * K / 2;
-        r = iv / (V / 2);
-        c = 2 * (iv % (V / 2));
-        base = vs + r * L::kVP + c;
-        f = betas[r];
-      }
-      const float2 x = gdn::UnpackBf16(*reinterpret_cast<const uint32_t*>(base));
-      *reinterpret_cast<uint32_t*>(base) = gdn::PackBf16(x.x * f, x.y * f);
-    }
-  }
-  __syncthreads();
-
+  // u = Tinv diag(beta) v (warps 0, 1) and w = Tinv diag(beta 2^b) k (warps 2, 3); warp w & 1
+  // takes row blocks 0 and 3, or 1 and 2 (five k steps either way).
   const int64_t tp = static_cast<int64_t>(gridDim.x) * kC;  // padded tokens
   const int64_t prow = bh * tp + t0;                        // first padded row of the chunk
-  TinvTimes<V, L::kVP>(ts, L::kTP, vs, static_cast<bf16*>(p.ws.u) + prow * V, warp, lane);
-  TinvTimes<K, L::kKP>(ts, L::kTP, ks, static_cast<bf16*>(p.ws.w) + prow * K, warp, lane);
+  const int rb0 = warp & 1, rb1 = 3 - rb0;
+  if (warp < 2) {
+    bf16* ug = static_cast<bf16*>(p.ws.u) + prow * V;
+    TinvTimes<V, L::kVP, false>(as, bs, betas, vs, ug, rb0, lane);
+    TinvTimes<V, L::kVP, false>(as, bs, betas, vs, ug, rb1, lane);
+  } else {
+    bf16* wg = static_cast<bf16*>(p.ws.w) + prow * K;
+    TinvTimes<K, L::kKP, true>(as, bs, betas, ks, wg, rb0, lane);
+    TinvTimes<K, L::kKP, true>(as, bs, betas, ks, wg, rb1, lane);
+  }
   if (tid < kC) p.ws.b[prow + tid] = bs[tid];
-  bf16* tg = static_cast<bf16*>(p.ws.tinv) + prow * kC;
+  if (p.ws.tinv != nullptr) {  // null: not stored (forward only)
+    // Tinv in bf16, row r = 16 warp + lane / 2, 16-byte column groups lane % 2, +2, +4, +6.
+    bf16* tg = static_cast<bf16*>(p.ws.tinv) + prow * kC;
+    const int r = kTB * warp + (lane >> 1);
 #pragma unroll
-  for (int n = 0; n < kC * kC / 8 / kThreads; ++n) {
-    const int i = tid + n * kThreads, r = i / (kC / 8), cv = i % (kC / 8);
-    *reinterpret_cast<uint4*>(tg + r * kC + 8 * cv) =
-        *reinterpret_cast<const uint4*>(ts + r * L::kTP + 8 * cv);
+    for (int n = 0; n < kC / 16; ++n) {
+      const int c0 = 8 * ((lane & 1) + 2 * n);
+      uint32_t q[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = c0 + 2 * e;
+        const float lo = c <= r ? as[c * kAPitch + r] : 0.f;
+        const float hi = c + 1 <= r ? as[(c + 1) * kAPitch + r] : 0.f;
+        q[e] = gdn::PackBf16(lo, hi);
+      }
+      *reinterpret_cast<uint4*>(tg + r * kC + c0) = make_uint4(q[0], q[1], q[2], q[3]);
+    }
   }
 }
 

@@ -61,7 +61,8 @@ struct GatedDeltaFastWorkspace {
   void* v_new = nullptr;         // [BH, Tp, V] bf16
   float* b = nullptr;            // [BH, Tp] fp32: cumulative log2 decay inside each chunk
   void* chunk_states = nullptr;  // [BH, N, K, V] bf16: the state at every chunk start
-  void* tinv = nullptr;          // [BH, Tp, 64] bf16: each chunk's Tinv (row t at row t)
+  void* tinv = nullptr;          // [BH, Tp, 64] bf16: each chunk's Tinv (row t at row t);
+                                 // null: not stored (forward only; the backward needs it)
 };
 
 struct GatedDeltaFastParams {
