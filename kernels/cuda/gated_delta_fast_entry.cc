@@ -60,7 +60,7 @@ struct ForwardTensors {
   at::Tensor w, u, v_new;   // [B, H, Tp, K | V] bf16
   at::Tensor b;             // [B, H, Tp] fp32
   at::Tensor chunk_states;  // [B, H, N, K, V] bf16
-  at::Tensor tinv;          // [B, H, Tp, 64] bf16
+  at::Tensor tinv;          // [B, H, Tp, 64] bf16; undefined when not kept (forward only)
 };
 
 GatedDeltaFastWorkspace WorkspaceOf(const ForwardTensors& f) {
@@ -70,15 +70,16 @@ GatedDeltaFastWorkspace WorkspaceOf(const ForwardTensors& f) {
   ws.v_new = f.v_new.data_ptr();
   ws.b = f.b.data_ptr<float>();
   ws.chunk_states = f.chunk_states.data_ptr();
-  ws.tinv = f.tinv.data_ptr();
+  ws.tinv = f.tinv.defined() ? f.tinv.data_ptr() : nullptr;
   return ws;
 }
 
 // q, k, v contiguous bf16; g, beta contiguous fp32; s0 undefined or contiguous fp32. T > 0.
-// `pk`: packed sequences (B = 1), or null.
+// `pk`: packed sequences (B = 1), or null. `for_backward`: keep every chunk's Tinv, which only
+// the backward reads.
 ForwardTensors Forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& g, const at::Tensor& beta, double scale,
-                       const at::Tensor& s0, const Packing* pk) {
+                       const at::Tensor& s0, const Packing* pk, bool for_backward) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), dk = q.size(3), dv = v.size(3);
   const int64_t n = pk != nullptr ? pk->seqs.total_chunks
                                   : (t + kGatedDeltaFastChunk - 1) / kGatedDeltaFastChunk;
@@ -93,7 +94,7 @@ ForwardTensors Forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   f.v_new = at::empty({b, h, tp, dv}, bf);
   f.b = at::empty({b, h, tp}, f32);
   f.chunk_states = at::empty({b, h, n, dk, dv}, bf);
-  f.tinv = at::empty({b, h, tp, kGatedDeltaFastChunk}, bf);
+  if (for_backward) f.tinv = at::empty({b, h, tp, kGatedDeltaFastChunk}, bf);
   GatedDeltaFastParams p;
   p.q = q.data_ptr();
   p.k = k.data_ptr();
@@ -259,7 +260,8 @@ class GatedDeltaFastFunction : public torch::autograd::Function<GatedDeltaFastFu
       return {at::empty({q.size(0), q.size(1), 0, v.size(3)}, q.options()),
               EmptyFinalState(in, packing)};
     }
-    ForwardTensors f = Forward(in.q, in.k, in.v, in.g, in.beta, scale, in.s0, packing);
+    ForwardTensors f =
+        Forward(in.q, in.k, in.v, in.g, in.beta, scale, in.s0, packing, /*for_backward=*/true);
     ctx->saved_data["empty"] = false;
     ctx->saved_data["w"] = f.w;
     ctx->saved_data["u"] = f.u;
@@ -316,7 +318,8 @@ LinearAttentionOutput ForwardOnly(const at::Tensor& q, const at::Tensor& k, cons
     return {at::empty({q.size(0), q.size(1), 0, v.size(3)}, q.options()),
             EmptyFinalState(in, packing)};
   }
-  ForwardTensors f = Forward(in.q, in.k, in.v, in.g, in.beta, scale, in.s0, packing);
+  ForwardTensors f =
+      Forward(in.q, in.k, in.v, in.g, in.beta, scale, in.s0, packing, /*for_backward=*/false);
   return {f.output, f.final_state};
 }
 
@@ -347,7 +350,9 @@ GatedDeltaChunkedGradients BackwardAlone(const at::Tensor& q, const at::Tensor& 
   if (!cu_seqlens.empty()) pk = MakePacking(cu_seqlens, q.device(), q.size(1));
   const Packing* packing = cu_seqlens.empty() ? nullptr : &pk;
   ForwardTensors f;
-  if (in.q.size(2) > 0) f = Forward(in.q, in.k, in.v, in.g, in.beta, scale, in.s0, packing);
+  if (in.q.size(2) > 0) {
+    f = Forward(in.q, in.k, in.v, in.g, in.beta, scale, in.s0, packing, /*for_backward=*/true);
+  }
   return Backward(in, scale, f, d_output, d_final_state, packing);
 }
 
