@@ -5,7 +5,9 @@
 //   S_t = a_t S_{t-1} + k_t (beta_t (v_t - a_t S_{t-1}^T k_t))^T,   o_t = scale * S_t^T q_t.
 // One thread block walks the chunks (C = 64 tokens) of one sequence in order, keeping a [K, W]
 // slice of the state's value columns in shared memory (the columns are independent given k, g and
-// beta: W = V, or W = 32 when there are too few (batch, head) pairs to fill the device). Per chunk,
+// beta: W = V where its layout fits sm_90's 227 KB per block, else the widest of 128, 64, 32 that
+// does (K = 128, V = 256: 128; K = 256: 32), or W = 32 when there are too few (batch, head) pairs
+// to fill the device). K, V in {64, 128, 256}. Per chunk,
 // with S0 the state at its start and b_t the cumulative log decay inside it (b_t includes g_t), as
 // in kernels::GatedDeltaChunked:
 //   L[t, s] = beta_t e^{b_t - b_s} (k_t . k_s)                  (s < t; unit lower triangular)
@@ -207,8 +209,24 @@ cudaError_t LaunchSlices(const GatedDeltaArgs& a, int64_t batch_heads, cudaStrea
   return cudaSuccess;
 }
 
+// Shared memory one block may use on sm_90 (227 KB).
+constexpr size_t kMaxSharedBytes = 232448;
+
+// The widest slice of value columns one block can keep: V where its layout fits (every pair with
+// K, V <= 128, and K = 64 with V = 256), else 128, 64 or 32 (K = 256 takes 32 columns).
+template <int K, int V>
+constexpr int WidestSlice() {
+  if (GatedDeltaLayout<K, V>::kBytes <= kMaxSharedBytes) return V;
+  if (V > 128 && GatedDeltaLayout<K, 128>::kBytes <= kMaxSharedBytes) return 128;
+  if (V > 64 && GatedDeltaLayout<K, 64>::kBytes <= kMaxSharedBytes) return 64;
+  return kGatedDeltaSliceColumns;
+}
+
 template <int K, int V>
 cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
+  constexpr int kWide = WidestSlice<K, V>();
+  static_assert(GatedDeltaLayout<K, kWide>::kBytes <= kMaxSharedBytes);
+  static_assert(GatedDeltaLayout<K, kGatedDeltaSliceColumns>::kBytes <= kMaxSharedBytes);
   GatedDeltaArgs a{};
   a.q = static_cast<const __nv_bfloat16*>(p.q);
   a.k = static_cast<const __nv_bfloat16*>(p.k);
@@ -227,13 +245,14 @@ cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
   if (GatedDeltaColumnSlices(bh, V, p.num_sms) > 1) {
     return LaunchSlices<K, V, kGatedDeltaSliceColumns>(a, bh, stream);
   }
-  return LaunchSlices<K, V, V>(a, bh, stream);
+  return LaunchSlices<K, V, kWide>(a, bh, stream);
 }
 
 }  // namespace
 
 bool GatedDeltaChunkedSupportsDims(int key_dim, int value_dim) {
-  return (key_dim == 64 || key_dim == 128) && (value_dim == 64 || value_dim == 128);
+  auto ok = [](int d) { return d == 64 || d == 128 || d == 256; };
+  return ok(key_dim) && ok(value_dim);
 }
 
 int GatedDeltaColumnSlices(int64_t batch_heads, int value_dim, int num_sms) {
@@ -262,7 +281,12 @@ cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& p, cudaStream
   if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
   if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
   if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);
-  return LaunchDims<128, 128>(p, stream);
+  if (p.key_dim == 128 && p.value_dim == 128) return LaunchDims<128, 128>(p, stream);
+  if (p.key_dim == 64 && p.value_dim == 256) return LaunchDims<64, 256>(p, stream);
+  if (p.key_dim == 128 && p.value_dim == 256) return LaunchDims<128, 256>(p, stream);
+  if (p.key_dim == 256 && p.value_dim == 64) return LaunchDims<256, 64>(p, stream);
+  if (p.key_dim == 256 && p.value_dim == 128) return LaunchDims<256, 128>(p, stream);
+  return LaunchDims<256, 256>(p, stream);
 }
 
 }  // namespace hyb::kernels::cuda

@@ -26,7 +26,10 @@
 // per (sequence, slice of value columns): the columns of dS are independent) and writes dS at
 // every chunk end, and at the start (the initial state's gradient); it recomputes L and A per
 // chunk. (2) GatedDeltaChunkGradKernel computes one chunk per block from S0, dS and the chunk's
-// inputs. Matrix products are 64-row tiles spread over 16 x 16 threads (rows rg + 16 i, columns
+// inputs; with K or V = 256 (whose [K][V] state and gradient tiles fit neither shared memory nor
+// registers), GatedDeltaChunkGradSlicedKernel instead, which walks the chunk's value columns in
+// slices. K, V in {64, 128, 256}; every layout is checked against sm_90's 227 KB at compile time.
+// Matrix products are 64-row tiles spread over 16 x 16 threads (rows rg + 16 i, columns
 // cg + 16 j); the triangular solves run one thread per value column.
 #include <cuda_bf16.h>
 
@@ -654,6 +657,299 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradKernel(const C
   if (tid < kC && tid < rows) a.dbeta[first + t0 + tid] = dbeta[tid] + vdr[tid];
 }
 
+// ---------------------------------------------------------------------------------------------
+// (2') Per-chunk gradients for head dims past 128 (K or V = 256), where neither ChunkLayout (the
+// whole [K][V] state and [C][V] tiles) fits shared memory nor the [C][K] gradient tiles of dq, dk
+// and E fit registers together. Block = one chunk of one sequence, as (2), walking the value
+// columns in slices of kCols: per slice, W and dR of those columns (the triangular solves act on
+// columns independently), and their contributions to dq0 = dO S0^T, dk (= diag(e) W dS^T -
+// diag(beta gamma) dR S0^T, one accumulator), dA = dO W^T and dL = dR W^T (sums over the value
+// columns, kept in registers across slices), dv, v . dR and sum(S0 * dS). The per-row dot
+// products k . dk0 and k . E come from this thread's tiles of K dS and K S0 (k_t . dk0_t =
+// e_t W_t . (K dS)_t, k_t . E_t = gamma_t dR_t . (K S0)_t). After the last slice, as (2).
+
+template <int K, int kCols>
+struct SlicedChunkLayout {
+  static constexpr int kKP = K + 2;      // bf16 pitch of q and k
+  static constexpr int kWP = kCols + 1;  // fp32 pitch of the column slices
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + kC * kKP * 2;
+  static constexpr int kDo = kK + kC * kKP * 2;   // dO columns                      [C][kCols]
+  static constexpr int kS0 = kDo + kC * kWP * 4;  // S0 columns; then Z ([C][C + 1]) [K][kCols]
+  static constexpr int kDs = kS0 + K * kWP * 4;   // dS columns                      [K][kCols]
+  static constexpr int kW = kDs + K * kWP * 4;    // pseudo-values W                 [C][kCols]
+  static constexpr int kDr = kW + kC * kWP * 4;   // dW, then dR                     [C][kCols]
+  static constexpr int kLm = kDr + kC * kWP * 4;  // Lm, then D
+  static constexpr int kAm = kLm + kC * kAP * 4;  // A, then dA * M
+  // b, beta, gamma, to_end, db, dbeta, v . dR, k . dk0: [C] each; then 8 warp partial sums.
+  static constexpr int kVec = kAm + kC * kAP * 4;
+  static constexpr int kBytes = kVec + (8 * kC + 8) * 4;
+  static_assert(2 * K * kWP >= kC * kAP, "Z must fit where the S0 and dS columns were");
+};
+
+template <int K, int V, int kCols>
+__global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradSlicedKernel(const ChunkArgs a) {
+  static_assert(V % kCols == 0 && kCols % 16 == 0 && kCols <= kThreads / 2);
+  using L = SlicedChunkLayout<K, kCols>;
+  constexpr int kKP = L::kKP, kWP = L::kWP;
+  constexpr int kNK = K / 16, kNJ = kCols / 16;
+  extern __shared__ __align__(16) char smem[];
+  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem + L::kQ);
+  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem + L::kK);
+  float* dos = reinterpret_cast<float*>(smem + L::kDo);
+  float* s0s = reinterpret_cast<float*>(smem + L::kS0);
+  float* dss = reinterpret_cast<float*>(smem + L::kDs);
+  float* w = reinterpret_cast<float*>(smem + L::kW);
+  float* dr = reinterpret_cast<float*>(smem + L::kDr);
+  float* lm = reinterpret_cast<float*>(smem + L::kLm);
+  float* am = reinterpret_cast<float*>(smem + L::kAm);
+  float* zs = s0s;  // Z, after the last slice
+  float* b = reinterpret_cast<float*>(smem + L::kVec);
+  float* beta = b + kC;
+  float* gamma = beta + kC;
+  float* to_end = gamma + kC;
+  float* db = to_end + kC;
+  float* dbeta = db + kC;
+  float* vdr = dbeta + kC;
+  float* kdk = vdr + kC;
+  float* red = kdk + kC;
+
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int rg = tid / 16, cg = tid % 16;
+  int64_t bh = 0, c = 0;
+  ChunkOfBlock(a.varlen, a.num_seqs, a.heads, a.nchunks, blockIdx.x, &bh, &c);
+  const SeqSpan sq = SeqOf(a.varlen, bh, a.heads, a.tokens, kC);
+  const int64_t T = sq.tokens, t0 = c * kC, rows = T - t0;
+  const int64_t first = sq.row * a.tokens + sq.token0;  // token row of the sequence's token 0
+  const float* s0g = a.chunk_states + (sq.state_slot + c) * K * V;
+  const float* dsg = a.d_chunk_states + (sq.dstate_slot + c) * K * V;
+  const __nv_bfloat16* vg = a.v + (first + t0) * V;
+  const __nv_bfloat16* dog = a.d_output + (first + t0) * V;
+
+  LoadBf16Tile<K>(qs, a.q + (first + t0) * K, rows, tid);
+  LoadBf16Tile<K>(ks, a.k + (first + t0) * K, rows, tid);
+  LoadChunkScalars(a.g + first + t0, a.beta + first + t0, rows, tid, b, beta, gamma, to_end);
+  if (tid < kC) {
+    db[tid] = 0.f;
+    dbeta[tid] = 0.f;
+    vdr[tid] = 0.f;
+    kdk[tid] = 0.f;
+  }
+  __syncthreads();
+  ChunkScores<K>(qs, ks, b, lm, am, rg, cg);  // read after the first slice's barrier
+
+  auto q_at = [&](int t, int d) { return Bf(qs[t * kKP + d]); };
+  auto k_at = [&](int t, int d) { return Bf(ks[t * kKP + d]); };
+  auto do_at = [&](int t, int j) { return dos[t * kWP + j]; };
+  auto s0_at = [&](int d, int j) { return s0s[d * kWP + j]; };
+  auto s0_t = [&](int j, int d) { return s0s[d * kWP + j]; };  // transposed
+  auto ds_at = [&](int d, int j) { return dss[d * kWP + j]; };
+  auto ds_t = [&](int j, int d) { return dss[d * kWP + j]; };
+  auto w_t = [&](int j, int s) { return w[s * kWP + j]; };
+  auto dr_at = [&](int t, int j) { return dr[t * kWP + j]; };
+
+  // Sums over every value column: dq0 (before its row scale scale gamma), dk, dA and dL (before
+  // their scale and sign), sum(S0 * dS) (this thread's part).
+  float dq[4][kNK], dk[4][kNK], da[4][4], dl[4][4];
+  Zero(dq);
+  Zero(dk);
+  Zero(da);
+  Zero(dl);
+  float sds = 0.f;
+  for (int j0 = 0; j0 < V; j0 += kCols) {
+    for (int i = tid; i < K * kCols; i += kThreads) {
+      const int d = i / kCols, j = i % kCols;
+      const float x = s0g[d * V + j0 + j], y = dsg[d * V + j0 + j];
+      s0s[d * kWP + j] = x;
+      dss[d * kWP + j] = y;
+      sds = fmaf(x, y, sds);
+    }
+    LoadBf16Columns<kCols>(dos, dog, V, j0, rows, tid);
+    __syncthreads();  // the columns (and, at the first slice, Lm and A) complete
+    MulAcc(dq, rg, cg, 0, kCols, do_at, s0_t);
+    // W's right-hand side beta (v - gamma K S0) and dW = scale A^T dO + diag(e) K dS; this
+    // thread's tiles of K S0 and K dS stay in registers for k . E and k . dk0 below.
+    float ks0[4][kNJ], kds[4][kNJ];
+    {
+      float atdo[4][kNJ];
+      Zero(ks0);
+      Zero(kds);
+      Zero(atdo);
+      MulAcc(ks0, rg, cg, 0, K, k_at, s0_at);
+      MulAcc(kds, rg, cg, 0, K, k_at, ds_at);
+      MulAcc(
+          atdo, rg, cg, rg, kC, [&](int t, int u) { return am[u * kAP + t]; }, do_at);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int t = rg + 16 * i;
+#pragma unroll
+        for (int j = 0; j < kNJ; ++j) {
+          const int col = cg + 16 * j;
+          const float vv = t < rows ? Bf(vg[t * V + j0 + col]) : 0.f;
+          w[t * kWP + col] = beta[t] * (vv - gamma[t] * ks0[i][j]);
+          dr[t * kWP + col] = a.scale * atdo[i][j] + to_end[t] * kds[i][j];
+        }
+      }
+    }
+    __syncthreads();
+    // W = Tinv R and dR = Tinv^T dW, on the two halves of the block at once.
+    if (tid < kThreads / 2) {
+      ForwardSubstitute(w, kWP, kCols, lm, beta, tid);
+    } else {
+      BackSubstitute(dr, kWP, kCols, lm, beta, tid - kThreads / 2);
+    }
+    __syncthreads();
+    // k . dk0 and k . E over these columns: db -= k . dk0 + beta k . E, dbeta -= k . E.
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int t = rg + 16 * i;
+      float kdk0 = 0.f, ke = 0.f;
+#pragma unroll
+      for (int j = 0; j < kNJ; ++j) {
+        const int col = cg + 16 * j;
+        kdk0 += w[t * kWP + col] * kds[i][j];
+        ke += dr[t * kWP + col] * ks0[i][j];
+      }
+      kdk0 = to_end[t] * SumHalfWarp(kdk0);
+      ke = gamma[t] * SumHalfWarp(ke);
+      if (cg == 0) {
+        kdk[t] += kdk0;
+        db[t] -= kdk0 + beta[t] * ke;
+        dbeta[t] -= ke;
+      }
+    }
+    // dk += diag(e) W dS^T - diag(beta gamma) dR S0^T; dA += dO W^T; dL += dR W^T.
+    MulAcc(
+        dk, rg, cg, 0, kCols, [&](int t, int j) { return to_end[t] * w[t * kWP + j]; }, ds_t);
+    MulAcc(
+        dk, rg, cg, 0, kCols,
+        [&](int t, int j) { return -beta[t] * gamma[t] * dr[t * kWP + j]; }, s0_t);
+    MulAcc(da, rg, cg, 0, kCols, do_at, w_t);
+    MulAcc(dl, rg, cg, 0, kCols, dr_at, w_t);
+    // dv = beta dR and v . dR.
+    for (int t = warp; t < kC; t += kThreads / 32) {
+      float sum = 0.f;
+      for (int j = lane; j < kCols; j += 32) {
+        const float x = dr[t * kWP + j];
+        if (t < rows) {
+          sum += Bf(vg[t * V + j0 + j]) * x;
+          a.dv[(first + t0 + t) * V + j0 + j] = beta[t] * x;
+        }
+      }
+      sum = SumWarp(sum);
+      if (lane == 0) vdr[t] += sum;
+    }
+    __syncthreads();  // every read of this slice's columns is done
+  }
+
+  // dq0 = scale gamma dO S0^T; db += q . dq0.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int t = rg + 16 * i;
+    float qdq = 0.f;
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) {
+      dq[i][j] *= a.scale * gamma[t];
+      qdq += q_at(t, cg + 16 * j) * dq[i][j];
+    }
+    qdq = SumHalfWarp(qdq);
+    if (cg == 0) db[t] += qdq;
+  }
+  sds = SumWarp(sds);
+  if (lane == 0) red[warp] = sds;
+
+  // As (2): dA = scale dO W^T (s <= t), dL = -dR W^T (s < t); in place (each thread reads and
+  // writes only its own elements of am and lm), dA * M -> am, D = beta_t dL M -> lm and
+  // Z = dL L + dA A (s < t) -> zs; dbeta += sum_s dL Lm; db += rowsum Z (- colsum Z below).
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int t = rg + 16 * i;
+    float zr = 0.f, dbr = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int s = cg + 16 * j;
+      const float m = s <= t ? expf(fminf(b[t] - b[s], 0.f)) : 0.f;
+      const float dav = s <= t ? a.scale * da[i][j] : 0.f;
+      const float dlv = s < t ? -dl[i][j] : 0.f;
+      const float lmv = lm[t * kAP + s], amv = am[t * kAP + s];
+      const float z = s < t ? dlv * beta[t] * lmv + dav * amv : 0.f;
+      am[t * kAP + s] = dav * m;
+      lm[t * kAP + s] = dlv * beta[t] * m;
+      zs[t * kAP + s] = z;
+      zr += z;
+      dbr += dlv * lmv;
+    }
+    zr = SumHalfWarp(zr);
+    dbr = SumHalfWarp(dbr);
+    if (cg == 0) {
+      db[t] += zr;
+      dbeta[t] += dbr;
+    }
+  }
+  __syncthreads();
+  if (tid < kC) {
+    float col = 0.f;
+    for (int u = 0; u < kC; ++u) col += zs[u * kAP + tid];
+    db[tid] -= col;
+  }
+
+  // dq += (dA * M) K; dk += (dA * M)^T Q + (D + D^T) K.
+  MulAcc(
+      dq, rg, cg, 0, kC, [&](int t, int s) { return am[t * kAP + s]; }, k_at);
+  MulAcc(
+      dk, rg, cg, rg, kC, [&](int s, int t) { return am[t * kAP + s]; }, q_at);
+  MulAcc(
+      dk, rg, cg, 0, kC, [&](int s, int u) { return lm[u * kAP + s] + lm[s * kAP + u]; }, k_at);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int t = rg + 16 * i;
+    if (t >= rows) continue;
+    float* oq = a.dq + (first + t0 + t) * K + cg;
+    float* ok = a.dk + (first + t0 + t) * K + cg;
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) {
+      oq[16 * j] = dq[i][j];
+      ok[16 * j] = dk[i][j];
+    }
+  }
+  __syncthreads();
+  // dg: the reverse cumulative sum of db, with b_C's own terms at the last position.
+  if (tid == 0) {
+    float at_end = 0.f;
+    for (int i = 0; i < kThreads / 32; ++i) at_end += red[i];
+    at_end *= gamma[kC - 1];
+    for (int t = 0; t < kC; ++t) at_end += kdk[t];
+    float run = at_end;
+    for (int t = kC - 1; t >= 0; --t) {
+      run += db[t];
+      if (t < rows) a.dg[first + t0 + t] = run;
+    }
+  }
+  if (tid < kC && tid < rows) a.dbeta[first + t0 + tid] = dbeta[tid] + vdr[tid];
+}
+
+// Shared memory one block may use on sm_90 (227 KB).
+constexpr int kMaxSharedBytes = 232448;
+
+// The scan's slice of value columns: V where its layout fits (every pair with K, V <= 128), else
+// the widest of 128, 64, 32 that does (V = 256 with K <= 128: 128; K = 256: 64).
+template <int K, int V>
+constexpr int ScanColumns() {
+  if (ScanLayout<K, V>::kBytes <= kMaxSharedBytes) return V;
+  if (V > 128 && ScanLayout<K, 128>::kBytes <= kMaxSharedBytes) return 128;
+  if (V > 64 && ScanLayout<K, 64>::kBytes <= kMaxSharedBytes) return 64;
+  return kGatedDeltaSliceColumns;
+}
+
+// The sliced per-chunk kernel's columns per slice: the widest of 128, 64, 32 (at most V) whose
+// layout fits (K = 64: 128; K = 128: 64; K = 256: 32).
+template <int K, int V>
+constexpr int SlicedChunkColumns() {
+  if (V >= 128 && SlicedChunkLayout<K, 128>::kBytes <= kMaxSharedBytes) return 128;
+  if (V >= 64 && SlicedChunkLayout<K, 64>::kBytes <= kMaxSharedBytes) return 64;
+  return 32;
+}
+
 template <int K, int V, int kW>
 cudaError_t LaunchScan(const ScanArgs& s, int64_t bh, cudaStream_t stream) {
   using SL = ScanLayout<K, kW>;
@@ -682,9 +978,12 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
   s.heads = p.heads;
   s.scale = p.scale;
   s.varlen = p.varlen;
+  constexpr int kScanCols = ScanColumns<K, V>();
+  static_assert(ScanLayout<K, kScanCols>::kBytes <= kMaxSharedBytes);
+  static_assert(ScanLayout<K, kGatedDeltaSliceColumns>::kBytes <= kMaxSharedBytes);
   const cudaError_t err = GatedDeltaColumnSlices(bh, V, p.num_sms) > 1
                               ? LaunchScan<K, V, kGatedDeltaSliceColumns>(s, bh, stream)
-                              : LaunchScan<K, V, V>(s, bh, stream);
+                              : LaunchScan<K, V, kScanCols>(s, bh, stream);
   if (err != cudaSuccess) return err;
 
   ChunkArgs c{};
@@ -711,11 +1010,22 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
   const int64_t blocks =
       p.varlen.cu_seqlens != nullptr ? p.varlen.total_chunks * p.heads : bh * nchunks;
   if (blocks == 0) return cudaSuccess;
-  using CL = ChunkLayout<K, V>;
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkGradKernel<K, V>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
-  GatedDeltaChunkGradKernel<K, V>
-      <<<static_cast<unsigned>(blocks), kThreads, CL::kBytes, stream>>>(c);
+  if constexpr (K <= 128 && V <= 128) {
+    using CL = ChunkLayout<K, V>;
+    static_assert(CL::kBytes <= kMaxSharedBytes);
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkGradKernel<K, V>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
+    GatedDeltaChunkGradKernel<K, V>
+        <<<static_cast<unsigned>(blocks), kThreads, CL::kBytes, stream>>>(c);
+  } else {
+    constexpr int kCols = SlicedChunkColumns<K, V>();
+    using CL = SlicedChunkLayout<K, kCols>;
+    static_assert(CL::kBytes <= kMaxSharedBytes);
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkGradSlicedKernel<K, V, kCols>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
+    GatedDeltaChunkGradSlicedKernel<K, V, kCols>
+        <<<static_cast<unsigned>(blocks), kThreads, CL::kBytes, stream>>>(c);
+  }
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
@@ -755,7 +1065,12 @@ cudaError_t LaunchGatedDeltaChunkedBackward(const GatedDeltaChunkedBackwardParam
   if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
   if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
   if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);
-  return LaunchDims<128, 128>(p, stream);
+  if (p.key_dim == 128 && p.value_dim == 128) return LaunchDims<128, 128>(p, stream);
+  if (p.key_dim == 64 && p.value_dim == 256) return LaunchDims<64, 256>(p, stream);
+  if (p.key_dim == 128 && p.value_dim == 256) return LaunchDims<128, 256>(p, stream);
+  if (p.key_dim == 256 && p.value_dim == 64) return LaunchDims<256, 64>(p, stream);
+  if (p.key_dim == 256 && p.value_dim == 128) return LaunchDims<256, 128>(p, stream);
+  return LaunchDims<256, 256>(p, stream);
 }
 
 }  // namespace hyb::kernels::cuda

@@ -149,13 +149,15 @@ cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& params, cud
 inline constexpr int kGatedDeltaChunk = 64;
 // Value columns per block when the kernel splits the state's columns over several blocks.
 inline constexpr int kGatedDeltaSliceColumns = 32;
-// Most (batch, head) pairs one launch takes (the grid is at most 4 blocks per pair).
-inline constexpr int64_t kGatedDeltaMaxBatchHeads = 0x7fffffff / 4;
+// Most (batch, head) pairs one launch takes (the grid is at most 8 blocks per pair: V = 256 in
+// slices of 32).
+inline constexpr int64_t kGatedDeltaMaxBatchHeads = 0x7fffffff / 8;
 
 // Chunked Gated DeltaNet forward (gated_delta_chunked.cu): o_t = scale * S_t^T q_t with
 // S_t = a_t S_{t-1} + k_t (beta_t (v_t - a_t S_{t-1}^T k_t))^T, a_t = exp(g_t). bf16 q/k/v/o,
 // fp32 g (log decay per head and token, <= 0), beta and states; fp32 SIMT arithmetic. Blocks walk
-// the chunks of one (batch, head) in order.
+// the chunks of one (batch, head) in order, each with a slice of the state's value columns (all V
+// where they fit shared memory, else fewer: 128 for K = 128 with V = 256, 32 for K = 256).
 struct GatedDeltaChunkedParams {
   const void* q = nullptr;               // [B, H, T, K] bf16 (k L2-normalised by the caller)
   const void* k = nullptr;               // [B, H, T, K] bf16
@@ -169,18 +171,21 @@ struct GatedDeltaChunkedParams {
   // start of every chunk (index N: the final state), in fp32, which the backward reads.
   float* chunk_states = nullptr;
   int64_t batch = 0, heads = 0, tokens = 0;
-  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  int key_dim = 0, value_dim = 0;  // (64 | 128 | 256) x (64 | 128 | 256)
   float scale = 1.f;
   int num_sms = 132;  // multiprocessors of the device, for GatedDeltaColumnSlices
   VarlenSeqs varlen;  // packed sequences, or none
 };
 
-// True when the kernel handles this key/value head size.
+// True when the kernels (forward and backward) handle this key/value head size: K, V in
+// {64, 128, 256}, all nine pairs.
 bool GatedDeltaChunkedSupportsDims(int key_dim, int value_dim);
 
 // Blocks per (batch, head): the state's value columns are independent, so with fewer pairs than
 // multiprocessors each block takes kGatedDeltaSliceColumns of them (recomputing the chunk's
-// C x C matrices); otherwise one block takes all.
+// C x C matrices); otherwise one block takes all (1), or, where all do not fit one block's shared
+// memory (K = 256, or K = 128 with V = 256), the widest slice that does: the launchers split
+// those further on their own.
 int GatedDeltaColumnSlices(int64_t batch_heads, int value_dim, int num_sms);
 
 // Enqueues the forward on `stream`; returns the first launch error (cudaSuccess on success).
@@ -191,7 +196,8 @@ cudaError_t LaunchGatedDeltaChunked(const GatedDeltaChunkedParams& params, cudaS
 // respect to q, k, v, g, beta and the initial state, given dL/do and dL/dS_T. Reads the
 // chunk-start states the forward wrote (GatedDeltaChunkedParams::chunk_states). Two launches:
 // the state gradient at every chunk end (a reverse scan over the chunks, one block per sequence
-// and slice of value columns, as the forward), then all chunks in parallel. fp32 SIMT arithmetic.
+// and slice of value columns, as the forward), then all chunks in parallel (with K or V = 256,
+// each chunk's block walks the value columns in slices). fp32 SIMT arithmetic.
 struct GatedDeltaChunkedBackwardParams {
   const void* q = nullptr;               // [B, H, T, K] bf16
   const void* k = nullptr;               // [B, H, T, K] bf16
@@ -210,7 +216,7 @@ struct GatedDeltaChunkedBackwardParams {
   // Scratch of GatedDeltaChunkedBackwardWorkspaceBytes(*this) bytes: dL/dS at every chunk end.
   void* workspace = nullptr;
   int64_t batch = 0, heads = 0, tokens = 0;
-  int key_dim = 0, value_dim = 0;  // (64 | 128) x (64 | 128)
+  int key_dim = 0, value_dim = 0;  // (64 | 128 | 256) x (64 | 128 | 256)
   float scale = 1.f;
   int num_sms = 132;  // multiprocessors of the device, for GatedDeltaColumnSlices
   VarlenSeqs varlen;  // packed sequences, or none

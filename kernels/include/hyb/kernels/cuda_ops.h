@@ -69,8 +69,8 @@ GlaChunkedGradients GlaChunkedVarlenBackward(const at::Tensor& q, const at::Tens
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
 
 // Chunked Gated DeltaNet forward (kernels/cuda/gated_delta_chunked.cu). Supported: q, k, v bf16
-// on one CUDA device, [B, H, T, K] / [B, H, T, V] with K, V in {64, 128} (k L2-normalised by the
-// caller); g (log decay, <= 0) and beta [B, H, T] of any float type (used as fp32);
+// on one CUDA device, [B, H, T, K] / [B, H, T, V] with K, V in {64, 128, 256} (k L2-normalised
+// by the caller); g (log decay, <= 0) and beta [B, H, T] of any float type (used as fp32);
 // initial_state undefined or [B, H, K, V] of any float type (used as fp32). Returns the output
 // in bf16 and the final state in fp32. Forward only (no autograd).
 bool GatedDeltaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

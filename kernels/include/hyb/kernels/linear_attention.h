@@ -6,7 +6,7 @@
 //
 // With HYB_CUDA, calls go to a CUDA kernel when the tensors are on a GPU and the kernel supports
 // them (kernels/cuda_ops.h lists what): GlaChunked and GatedDeltaChunked for bf16 q/k/v with K, V
-// in {64, 128} (GlaChunked also 256) (output bf16, final state fp32; with a CUDA backward when
+// in {64, 128, 256} (output bf16, final state fp32; with a CUDA backward when
 // gradients are needed), the same for their packed variable-length forms (GlaChunkedVarlen,
 // GatedDeltaChunkedVarlen), and, when no gradient is needed, GlaStep / GatedDeltaStep for fp32
 // or bf16 q/k/v with an fp32 state. Everything else runs the *Reference functions, which stay
