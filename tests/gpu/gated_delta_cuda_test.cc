@@ -15,6 +15,9 @@
 #include <vector>
 
 #include "gpu_test_util.h"
+#ifdef HYB_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 #include "hyb/kernels/cuda_gated_delta.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
@@ -165,6 +168,89 @@ TEST(CudaGatedDeltaBackwardTest, MixedHeadDimsStrongGatesAndZeroTokens) {
   EXPECT_EQ(r.dq.size(2), 0);
   EXPECT_EQ(r.dg.size(2), 0);
   EXPECT_TRUE(at::equal(r.d_initial_state, d_s));
+}
+
+// Head dims of 256 (K, V or both) run on the sequential kernels (the chunk-parallel ones take
+// K = V in {64, 128} only): the forward and the backward's reverse scan keep the widest slice of
+// value columns that fits shared memory (32 and 64 with K = 256), and the backward's per-chunk
+// kernel walks the value columns in slices. T = 130 (a partial last chunk) and T = 1, with an
+// initial state and a final-state gradient; two (batch, head) pairs (value columns split over
+// blocks of 32) and, at T = 130, more pairs than multiprocessors (the widest slice per block).
+// Output, final state and every gradient against the fp64 reference, within twice the bf16
+// reference's error.
+TEST(CudaGatedDeltaBackwardTest, HeadDims256WithinTwiceReferenceBf16Error) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(46);
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const int64_t many = at::cuda::getCurrentDeviceProperties()->multiProcessorCount / 4 + 1;
+  const std::vector<std::pair<int64_t, int64_t>> dims = {
+      {256, 256}, {256, 64}, {64, 256}, {128, 256}, {256, 128}};
+  const std::vector<std::tuple<int64_t, int64_t, int64_t>> shapes = {
+      {1, 2, 130}, {2, 1, 1}, {many, 4, 130}};
+  for (const auto& [dk, dv] : dims) {
+    for (const auto& [b, h, t] : shapes) {
+      const GdnInputs in = MakeInputs(b, h, t, dk, dv, /*with_state=*/true, -1.0);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
+      const at::Tensor d_o = at::randn({b, h, t, dv}, f32).to(at::kBFloat16);
+      const at::Tensor d_s = at::randn({b, h, dk, dv}, f32);
+      std::ostringstream label;
+      label << "B=" << b << " H=" << h << " T=" << t << " K=" << dk << " V=" << dv;
+      ASSERT_TRUE(kernels::cuda::GatedDeltaChunkedSupported(in.q, in.k, in.v, in.g, in.beta, in.s0))
+          << label.str();
+      EXPECT_FALSE(
+          kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta, in.s0));
+      // Forward.
+      PoisonAllocator(b * h * (t * dv * 2 + dk * dv * 4));
+      const auto got =
+          kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+      ASSERT_EQ(got.output.scalar_type(), at::kBFloat16);
+      ASSERT_EQ(got.final_state.scalar_type(), at::kFloat);
+      auto d = [](const at::Tensor& x) { return x.to(at::kDouble); };
+      const auto ref = kernels::GatedDeltaChunkedReference(d(in.q), d(in.k), d(in.v), d(in.g),
+                                                           d(in.beta), scale, d(in.s0), 64);
+      const auto ref_bf16 = kernels::GatedDeltaRecurrent(in.q, in.k, in.v, Bf(in.g), Bf(in.beta),
+                                                         scale, Bf(in.s0));
+      const double err_o = RelErr(got.output, ref.output);
+      const double err_s = RelErr(got.final_state, ref.final_state);
+      const double ref_o = RelErr(ref_bf16.output, ref.output);
+      const double ref_s = RelErr(ref_bf16.final_state, ref.final_state);
+      std::cout << "[gdn fwd] " << label.str() << " o " << err_o << " (bf16 ref " << ref_o
+                << ") S_T " << err_s << " (bf16 ref " << ref_s << ")\n";
+      EXPECT_TRUE(at::isfinite(got.output).all().item<bool>()) << label.str();
+      EXPECT_TRUE(at::isfinite(got.final_state).all().item<bool>()) << label.str();
+      EXPECT_LT(err_o, 1e-2) << label.str();
+      EXPECT_LT(err_o, 2 * ref_o) << label.str();
+      EXPECT_LT(err_s, 1e-2) << label.str();
+      EXPECT_LT(err_s, 2 * ref_s) << label.str();
+      // Backward.
+      PoisonAllocator(b * h * t * (3 * dk + dv + 2) * 4);
+      const auto k = kernels::cuda::GatedDeltaChunkedBackward(in.q, in.k, in.v, in.g, in.beta,
+                                                              scale, in.s0, d_o, d_s);
+      const GdnGrads grads{k.dq, k.dk, k.dv, k.dg, k.dbeta, k.d_initial_state};
+      const GdnGrads gref = ReferenceGrads(in, /*bf16=*/false, scale, d_o, d_s);
+      const GdnGrads gref_bf16 = ReferenceGrads(in, /*bf16=*/true, scale, d_o, d_s);
+      ExpectGradsWithinBf16ReferenceError(grads, gref, gref_bf16, label.str());
+    }
+  }
+  // The dispatch point runs these kernels for head dims of 256, under autograd too.
+  const GdnInputs in = MakeInputs(1, 2, 130, 256, 256, true, -1.0);
+  const double scale = 0.0625;
+  const at::Tensor d_o = at::randn({1, 2, 130, 256}, f32).to(at::kBFloat16);
+  const at::Tensor d_s = at::randn({1, 2, 256, 256}, f32);
+  auto leaf = [](const at::Tensor& x) { return x.detach().clone().requires_grad_(true); };
+  const at::Tensor g = leaf(in.g), beta = leaf(in.beta), s0 = leaf(in.s0);
+  const auto r = kernels::GatedDeltaChunked(in.q, in.k, in.v, g, beta, scale, s0, 64);
+  ASSERT_EQ(r.output.scalar_type(), at::kBFloat16) << "the CUDA path did not run";
+  const auto plain =
+      kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+  EXPECT_TRUE(at::equal(plain.output, r.output));
+  EXPECT_TRUE(at::equal(plain.final_state, r.final_state));
+  torch::autograd::backward({r.output, r.final_state}, {d_o, d_s});
+  const auto want = kernels::cuda::GatedDeltaChunkedBackward(in.q, in.k, in.v, in.g, in.beta,
+                                                             scale, in.s0, d_o, d_s);
+  EXPECT_LT(RelErr(g.grad(), want.dg), 1e-6);
+  EXPECT_LT(RelErr(beta.grad(), want.dbeta), 1e-6);
+  EXPECT_LT(RelErr(s0.grad(), want.d_initial_state), 1e-6);
 }
 
 TEST(CudaGatedDeltaBackwardTest, AutogradThroughGatedDeltaChunked) {

@@ -303,6 +303,22 @@ TEST(CudaVarlenTest, GatedDeltaEqualsSeparateRunsAndReference) {
   }
 }
 
+// Head dims of 256 (K, V or both; the sequential kernels, which keep slices of the value
+// columns): packed sequences of 0, 1, 130 and 65 tokens against separate runs and the reference.
+TEST(CudaVarlenTest, GatedDeltaHeadDims256) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(64);
+  for (const auto& [dk, dv] :
+       std::vector<std::pair<int64_t, int64_t>>{{256, 256}, {64, 256}, {256, 128}}) {
+    const Batch b = MakeBatch(/*gla=*/false, {0, 1, 130, 65}, 2, dk, dv, /*with_state=*/true,
+                              /*with_final_grad=*/true);
+    std::ostringstream label;
+    label << "K=" << dk << " V=" << dv;
+    ExpectPackedMatches(b, /*gla=*/false, 1.0 / std::sqrt(static_cast<double>(dk)), 5e-4,
+                        label.str());
+  }
+}
+
 // More (sequence, head) pairs than multiprocessors: GLA runs one segment per sequence and its
 // reverse scan keeps all state columns per block; gated delta one block per pair.
 TEST(CudaVarlenTest, ManySequencesFillTheDevice) {
