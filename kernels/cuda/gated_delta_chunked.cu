@@ -209,24 +209,13 @@ cudaError_t LaunchSlices(const GatedDeltaArgs& a, int64_t batch_heads, cudaStrea
   return cudaSuccess;
 }
 
-// Shared memory one block may use on sm_90 (227 KB).
-constexpr size_t kMaxSharedBytes = 232448;
-
-// The widest slice of value columns one block can keep: V where its layout fits (every pair with
-// K, V <= 128, and K = 64 with V = 256), else 128, 64 or 32 (K = 256 takes 32 columns).
-template <int K, int V>
-constexpr int WidestSlice() {
-  if (GatedDeltaLayout<K, V>::kBytes <= kMaxSharedBytes) return V;
-  if (V > 128 && GatedDeltaLayout<K, 128>::kBytes <= kMaxSharedBytes) return 128;
-  if (V > 64 && GatedDeltaLayout<K, 64>::kBytes <= kMaxSharedBytes) return 64;
-  return kGatedDeltaSliceColumns;
-}
-
 template <int K, int V>
 cudaError_t LaunchDims(const GatedDeltaChunkedParams& p, cudaStream_t stream) {
-  constexpr int kWide = WidestSlice<K, V>();
-  static_assert(GatedDeltaLayout<K, kWide>::kBytes <= kMaxSharedBytes);
-  static_assert(GatedDeltaLayout<K, kGatedDeltaSliceColumns>::kBytes <= kMaxSharedBytes);
+  // V where it fits (every pair with K, V <= 128, and K = 64 with V = 256), else 128, 64 or 32
+  // (K = 256 takes 32 columns).
+  constexpr int kWide = GatedDeltaWidestSlice<GatedDeltaLayout, K, V>();
+  static_assert(GatedDeltaLayout<K, kWide>::kBytes <= kGatedDeltaMaxBlockSmem);
+  static_assert(GatedDeltaLayout<K, kGatedDeltaSliceColumns>::kBytes <= kGatedDeltaMaxBlockSmem);
   GatedDeltaArgs a{};
   a.q = static_cast<const __nv_bfloat16*>(p.q);
   a.k = static_cast<const __nv_bfloat16*>(p.k);

@@ -401,6 +401,87 @@ struct ChunkArgs {
   int64_t num_seqs;   // packed: N
 };
 
+// The end of a chunk's gradients in both per-chunk kernels, from this thread's elements of
+// dA = scale dO W^T (s <= t) and dL = -dR W^T (s < t): in place (each thread reads and writes only
+// its own elements of am and lm), dA * M -> am, D = beta_t dL M -> lm and Z = dL L + dA A (s < t)
+// -> zs; dbeta += sum_s dL Lm; db += rowsum Z - colsum Z; dq += (dA * M) K and dk += (dA * M)^T Q
+// + (D + D^T) K, which it stores; then dg (the reverse cumulative sum of db, with b_C's own terms
+// from red and kdk at the last position) and dbeta.
+template <int K, typename FQ, typename FK>
+__device__ __forceinline__ void FinishChunkGradients(
+    const ChunkArgs& a, const float (&da)[4][4], const float (&dl)[4][4],
+    float (&dq)[4][K / 16], float (&dk)[4][K / 16], float* am, float* lm, float* zs,
+    const float* b, const float* beta, const float* gamma, float* db, float* dbeta,
+    const float* vdr, const float* kdk, const float* red, FQ q_at, FK k_at, int rg, int cg,
+    int tid, int64_t first, int64_t t0, int64_t rows) {
+  constexpr int kNK = K / 16;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int t = rg + 16 * i;
+    float zr = 0.f, dbr = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int s = cg + 16 * j;
+      const float m = s <= t ? expf(fminf(b[t] - b[s], 0.f)) : 0.f;
+      const float dav = s <= t ? a.scale * da[i][j] : 0.f;
+      const float dlv = s < t ? -dl[i][j] : 0.f;
+      const float lmv = lm[t * kAP + s], amv = am[t * kAP + s];
+      const float z = s < t ? dlv * beta[t] * lmv + dav * amv : 0.f;
+      am[t * kAP + s] = dav * m;
+      lm[t * kAP + s] = dlv * beta[t] * m;
+      zs[t * kAP + s] = z;
+      zr += z;
+      dbr += dlv * lmv;
+    }
+    zr = SumHalfWarp(zr);
+    dbr = SumHalfWarp(dbr);
+    if (cg == 0) {
+      db[t] += zr;
+      dbeta[t] += dbr;
+    }
+  }
+  __syncthreads();
+  if (tid < kC) {
+    float col = 0.f;
+    for (int u = 0; u < kC; ++u) col += zs[u * kAP + tid];
+    db[tid] -= col;
+  }
+
+  // dq += (dA * M) K; dk += (dA * M)^T Q + (D + D^T) K.
+  MulAcc(
+      dq, rg, cg, 0, kC, [&](int t, int s) { return am[t * kAP + s]; }, k_at);
+  MulAcc(
+      dk, rg, cg, rg, kC, [&](int s, int t) { return am[t * kAP + s]; }, q_at);
+  MulAcc(
+      dk, rg, cg, 0, kC, [&](int s, int u) { return lm[u * kAP + s] + lm[s * kAP + u]; }, k_at);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int t = rg + 16 * i;
+    if (t >= rows) continue;
+    float* oq = a.dq + (first + t0 + t) * K + cg;
+    float* ok = a.dk + (first + t0 + t) * K + cg;
+#pragma unroll
+    for (int j = 0; j < kNK; ++j) {
+      oq[16 * j] = dq[i][j];
+      ok[16 * j] = dk[i][j];
+    }
+  }
+  __syncthreads();
+  // dg: the reverse cumulative sum of db, with b_C's own terms at the last position.
+  if (tid == 0) {
+    float at_end = 0.f;
+    for (int i = 0; i < kThreads / 32; ++i) at_end += red[i];
+    at_end *= gamma[kC - 1];
+    for (int t = 0; t < kC; ++t) at_end += kdk[t];
+    float run = at_end;
+    for (int t = kC - 1; t >= 0; --t) {
+      run += db[t];
+      if (t < rows) a.dg[first + t0 + t] = run;
+    }
+  }
+  if (tid < kC && tid < rows) a.dbeta[first + t0 + tid] = dbeta[tid] + vdr[tid];
+}
+
 template <int K, int V>
 __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradKernel(const ChunkArgs a) {
   using L = ChunkLayout<K, V>;
@@ -580,81 +661,14 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradKernel(const C
 
   __syncthreads();  // every read of st (S0) is done
 
-  // dA = scale dO W^T (s <= t), dL = -dR W^T (s < t); then, in place (each thread reads and
-  // writes only its own elements of am and lm here), dA * M -> am, D = beta_t dL M -> lm and
-  // Z = dL L + dA A (s < t) -> st; dbeta += sum_s dL Lm; db += rowsum Z (- colsum Z below).
-  {
-    float da[4][4], dl[4][4];
-    Zero(da);
-    Zero(dl);
-    MulAcc(da, rg, cg, 0, V, do_at, [&](int j, int s) { return w[s * kSP + j]; });
-    MulAcc(dl, rg, cg, 0, V, dr_at, [&](int j, int s) { return w[s * kSP + j]; });
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int t = rg + 16 * i;
-      float zr = 0.f, dbr = 0.f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int s = cg + 16 * j;
-        const float m = s <= t ? expf(fminf(b[t] - b[s], 0.f)) : 0.f;
-        const float dav = s <= t ? a.scale * da[i][j] : 0.f;
-        const float dlv = s < t ? -dl[i][j] : 0.f;
-        const float lmv = lm[t * kAP + s], amv = am[t * kAP + s];
-        const float z = s < t ? dlv * beta[t] * lmv + dav * amv : 0.f;
-        am[t * kAP + s] = dav * m;
-        lm[t * kAP + s] = dlv * beta[t] * m;
-        st[t * kAP + s] = z;
-        zr += z;
-        dbr += dlv * lmv;
-      }
-      zr = SumHalfWarp(zr);
-      dbr = SumHalfWarp(dbr);
-      if (cg == 0) {
-        db[t] += zr;
-        dbeta[t] += dbr;
-      }
-    }
-  }
-  __syncthreads();
-  if (tid < kC) {
-    float col = 0.f;
-    for (int u = 0; u < kC; ++u) col += st[u * kAP + tid];
-    db[tid] -= col;
-  }
-
-  // dq += (dA * M) K; dk += (dA * M)^T Q + (D + D^T) K.
-  MulAcc(
-      dq, rg, cg, 0, kC, [&](int t, int s) { return am[t * kAP + s]; }, k_at);
-  MulAcc(
-      dk, rg, cg, rg, kC, [&](int s, int t) { return am[t * kAP + s]; }, q_at);
-  MulAcc(
-      dk, rg, cg, 0, kC, [&](int s, int u) { return lm[u * kAP + s] + lm[s * kAP + u]; }, k_at);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int t = rg + 16 * i;
-    if (t >= rows) continue;
-    float* oq = a.dq + (first + t0 + t) * K + cg;
-    float* ok = a.dk + (first + t0 + t) * K + cg;
-#pragma unroll
-    for (int j = 0; j < kNK; ++j) {
-      oq[16 * j] = dq[i][j];
-      ok[16 * j] = dk[i][j];
-    }
-  }
-  __syncthreads();
-  // dg: the reverse cumulative sum of db, with b_C's own terms at the last position.
-  if (tid == 0) {
-    float at_end = 0.f;
-    for (int i = 0; i < kThreads / 32; ++i) at_end += red[i];
-    at_end *= gamma[kC - 1];
-    for (int t = 0; t < kC; ++t) at_end += kdk[t];
-    float run = at_end;
-    for (int t = kC - 1; t >= 0; --t) {
-      run += db[t];
-      if (t < rows) a.dg[first + t0 + t] = run;
-    }
-  }
-  if (tid < kC && tid < rows) a.dbeta[first + t0 + tid] = dbeta[tid] + vdr[tid];
+  // dA = scale dO W^T (s <= t), dL = -dR W^T (s < t); Z in st (S0's reads are done).
+  float da[4][4], dl[4][4];
+  Zero(da);
+  Zero(dl);
+  MulAcc(da, rg, cg, 0, V, do_at, [&](int j, int s) { return w[s * kSP + j]; });
+  MulAcc(dl, rg, cg, 0, V, dr_at, [&](int j, int s) { return w[s * kSP + j]; });
+  FinishChunkGradients<K>(a, da, dl, dq, dk, am, lm, st, b, beta, gamma, db, dbeta, vdr, kdk, red,
+                          q_at, k_at, rg, cg, tid, first, t0, rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,95 +872,16 @@ __global__ void __launch_bounds__(kThreads, 1) GatedDeltaChunkGradSlicedKernel(c
   sds = SumWarp(sds);
   if (lane == 0) red[warp] = sds;
 
-  // As (2): dA = scale dO W^T (s <= t), dL = -dR W^T (s < t); in place (each thread reads and
-  // writes only its own elements of am and lm), dA * M -> am, D = beta_t dL M -> lm and
-  // Z = dL L + dA A (s < t) -> zs; dbeta += sum_s dL Lm; db += rowsum Z (- colsum Z below).
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int t = rg + 16 * i;
-    float zr = 0.f, dbr = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int s = cg + 16 * j;
-      const float m = s <= t ? expf(fminf(b[t] - b[s], 0.f)) : 0.f;
-      const float dav = s <= t ? a.scale * da[i][j] : 0.f;
-      const float dlv = s < t ? -dl[i][j] : 0.f;
-      const float lmv = lm[t * kAP + s], amv = am[t * kAP + s];
-      const float z = s < t ? dlv * beta[t] * lmv + dav * amv : 0.f;
-      am[t * kAP + s] = dav * m;
-      lm[t * kAP + s] = dlv * beta[t] * m;
-      zs[t * kAP + s] = z;
-      zr += z;
-      dbr += dlv * lmv;
-    }
-    zr = SumHalfWarp(zr);
-    dbr = SumHalfWarp(dbr);
-    if (cg == 0) {
-      db[t] += zr;
-      dbeta[t] += dbr;
-    }
-  }
-  __syncthreads();
-  if (tid < kC) {
-    float col = 0.f;
-    for (int u = 0; u < kC; ++u) col += zs[u * kAP + tid];
-    db[tid] -= col;
-  }
-
-  // dq += (dA * M) K; dk += (dA * M)^T Q + (D + D^T) K.
-  MulAcc(
-      dq, rg, cg, 0, kC, [&](int t, int s) { return am[t * kAP + s]; }, k_at);
-  MulAcc(
-      dk, rg, cg, rg, kC, [&](int s, int t) { return am[t * kAP + s]; }, q_at);
-  MulAcc(
-      dk, rg, cg, 0, kC, [&](int s, int u) { return lm[u * kAP + s] + lm[s * kAP + u]; }, k_at);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int t = rg + 16 * i;
-    if (t >= rows) continue;
-    float* oq = a.dq + (first + t0 + t) * K + cg;
-    float* ok = a.dk + (first + t0 + t) * K + cg;
-#pragma unroll
-    for (int j = 0; j < kNK; ++j) {
-      oq[16 * j] = dq[i][j];
-      ok[16 * j] = dk[i][j];
-    }
-  }
-  __syncthreads();
-  // dg: the reverse cumulative sum of db, with b_C's own terms at the last position.
-  if (tid == 0) {
-    float at_end = 0.f;
-    for (int i = 0; i < kThreads / 32; ++i) at_end += red[i];
-    at_end *= gamma[kC - 1];
-    for (int t = 0; t < kC; ++t) at_end += kdk[t];
-    float run = at_end;
-    for (int t = kC - 1; t >= 0; --t) {
-      run += db[t];
-      if (t < rows) a.dg[first + t0 + t] = run;
-    }
-  }
-  if (tid < kC && tid < rows) a.dbeta[first + t0 + tid] = dbeta[tid] + vdr[tid];
-}
-
-// Shared memory one block may use on sm_90 (227 KB).
-constexpr int kMaxSharedBytes = 232448;
-
-// The scan's slice of value columns: V where its layout fits (every pair with K, V <= 128), else
-// the widest of 128, 64, 32 that does (V = 256 with K <= 128: 128; K = 256: 64).
-template <int K, int V>
-constexpr int ScanColumns() {
-  if (ScanLayout<K, V>::kBytes <= kMaxSharedBytes) return V;
-  if (V > 128 && ScanLayout<K, 128>::kBytes <= kMaxSharedBytes) return 128;
-  if (V > 64 && ScanLayout<K, 64>::kBytes <= kMaxSharedBytes) return 64;
-  return kGatedDeltaSliceColumns;
+  FinishChunkGradients<K>(a, da, dl, dq, dk, am, lm, zs, b, beta, gamma, db, dbeta, vdr, kdk, red,
+                          q_at, k_at, rg, cg, tid, first, t0, rows);
 }
 
 // The sliced per-chunk kernel's columns per slice: the widest of 128, 64, 32 (at most V) whose
 // layout fits (K = 64: 128; K = 128: 64; K = 256: 32).
 template <int K, int V>
 constexpr int SlicedChunkColumns() {
-  if (V >= 128 && SlicedChunkLayout<K, 128>::kBytes <= kMaxSharedBytes) return 128;
-  if (V >= 64 && SlicedChunkLayout<K, 64>::kBytes <= kMaxSharedBytes) return 64;
+  if (V >= 128 && SlicedChunkLayout<K, 128>::kBytes <= kGatedDeltaMaxBlockSmem) return 128;
+  if (V >= 64 && SlicedChunkLayout<K, 64>::kBytes <= kGatedDeltaMaxBlockSmem) return 64;
   return 32;
 }
 
@@ -978,9 +913,10 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
   s.heads = p.heads;
   s.scale = p.scale;
   s.varlen = p.varlen;
-  constexpr int kScanCols = ScanColumns<K, V>();
-  static_assert(ScanLayout<K, kScanCols>::kBytes <= kMaxSharedBytes);
-  static_assert(ScanLayout<K, kGatedDeltaSliceColumns>::kBytes <= kMaxSharedBytes);
+  // V where it fits, else 128 (V = 256 with K <= 128) or 64 (K = 256).
+  constexpr int kScanCols = GatedDeltaWidestSlice<ScanLayout, K, V>();
+  static_assert(ScanLayout<K, kScanCols>::kBytes <= kGatedDeltaMaxBlockSmem);
+  static_assert(ScanLayout<K, kGatedDeltaSliceColumns>::kBytes <= kGatedDeltaMaxBlockSmem);
   const cudaError_t err = GatedDeltaColumnSlices(bh, V, p.num_sms) > 1
                               ? LaunchScan<K, V, kGatedDeltaSliceColumns>(s, bh, stream)
                               : LaunchScan<K, V, kScanCols>(s, bh, stream);
@@ -1012,7 +948,7 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
   if (blocks == 0) return cudaSuccess;
   if constexpr (K <= 128 && V <= 128) {
     using CL = ChunkLayout<K, V>;
-    static_assert(CL::kBytes <= kMaxSharedBytes);
+    static_assert(CL::kBytes <= kGatedDeltaMaxBlockSmem);
     HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkGradKernel<K, V>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
     GatedDeltaChunkGradKernel<K, V>
@@ -1020,7 +956,7 @@ cudaError_t LaunchDims(const GatedDeltaChunkedBackwardParams& p, cudaStream_t st
   } else {
     constexpr int kCols = SlicedChunkColumns<K, V>();
     using CL = SlicedChunkLayout<K, kCols>;
-    static_assert(CL::kBytes <= kMaxSharedBytes);
+    static_assert(CL::kBytes <= kGatedDeltaMaxBlockSmem);
     HYB_CUDA_TRY(cudaFuncSetAttribute(GatedDeltaChunkGradSlicedKernel<K, V, kCols>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, CL::kBytes));
     GatedDeltaChunkGradSlicedKernel<K, V, kCols>

@@ -149,6 +149,18 @@ cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& params, cud
 inline constexpr int kGatedDeltaChunk = 64;
 // Value columns per block when the kernel splits the state's columns over several blocks.
 inline constexpr int kGatedDeltaSliceColumns = 32;
+// Shared memory one block may use on sm_90 (227 KB).
+inline constexpr int kGatedDeltaMaxBlockSmem = 232448;
+// The widest slice of value columns whose block layout `Layout<K, columns>` fits in
+// kGatedDeltaMaxBlockSmem: V (every pair with K, V <= 128), else 128 or 64 (below V), else
+// kGatedDeltaSliceColumns.
+template <template <int, int> class Layout, int K, int V>
+constexpr int GatedDeltaWidestSlice() {
+  if (Layout<K, V>::kBytes <= kGatedDeltaMaxBlockSmem) return V;
+  if (V > 128 && Layout<K, 128>::kBytes <= kGatedDeltaMaxBlockSmem) return 128;
+  if (V > 64 && Layout<K, 64>::kBytes <= kGatedDeltaMaxBlockSmem) return 64;
+  return kGatedDeltaSliceColumns;
+}
 // Most (batch, head) pairs one launch takes (the grid is at most 8 blocks per pair: V = 256 in
 // slices of 32).
 inline constexpr int64_t kGatedDeltaMaxBatchHeads = 0x7fffffff / 8;
