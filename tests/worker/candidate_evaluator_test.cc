@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <map>
 
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/linear_mixer.h"
@@ -430,6 +431,66 @@ TEST(CandidateEvaluatorTest, GreedySearchReusesEarlierRoundsRecordings) {
     std::cout << "[search passes] " << name << " cached " << with_full << " tight budget "
               << with_tight << " uncached " << without << "\n";
   }
+}
+
+// Under a budget that holds one or two boundaries per candidate, a candidate's recording keeps
+// first the boundaries at the remaining layers that scored best in the previous round. Each round
+// here commits the previous round's best remaining layer w, so a candidate below w whose pass ran
+// through w (it started below w) starts at w next round, as with room for every recording, where
+// evenly spaced boundaries would miss w; scores stay identical to uncached ones.
+TEST(CandidateEvaluatorTest, TightBudgetKeepsTheLikelyWinnersBoundary) {
+  at::set_num_threads(1);
+  constexpr int64_t kSix = 6;
+  TempDir dir;
+  auto plain = Make(dir, TaskKind::kLm, false, 20, kAutoPrefixCacheBytes, kSix);
+  const int64_t base_bytes = [&] {
+    auto probe = Make(dir, TaskKind::kLm, true, 20, kAutoPrefixCacheBytes, kSix);
+    EXPECT_TRUE(probe->EvaluateAndCache({}).ok());
+    return probe->cache_bytes();
+  }();
+  // The base's six boundaries, about five carried ones and one or two for each candidate.
+  auto cached = Make(dir, TaskKind::kLm, true, 20, 3 * base_bytes, kSix);
+  std::vector<int64_t> base;
+  std::map<int64_t, double> previous;  // the last round's scores (loss: lower is better)
+  std::map<int64_t, int64_t> started;  // the last round's first layers
+  int64_t last_winner = -1, checked = 0;
+  for (int64_t round = 0; round < kSix - 1; ++round) {
+    ASSERT_TRUE(cached->EvaluateAndCache(base).ok());
+    std::map<int64_t, double> scores;
+    std::map<int64_t, int64_t> starts;
+    for (int64_t l = 0; l < kSix; ++l) {
+      if (std::count(base.begin(), base.end(), l)) continue;
+      std::vector<int64_t> cand = base;
+      cand.push_back(l);
+      std::sort(cand.begin(), cand.end());
+      auto c1 = cached->Evaluate(cand, /*keep_recording=*/true);
+      auto c2 = plain->Evaluate(cand);
+      ASSERT_TRUE(c1.ok() && c2.ok());
+      const std::string what = "round " + std::to_string(round) + " layer " + std::to_string(l);
+      ExpectSame(*c1, *c2, what);
+      ASSERT_FALSE(c1->score.higher_is_better) << what;
+      scores[l] = c1->score.value;
+      starts[l] = c1->first_layer;
+      // From the third round on, the last winner was the previous round's best remaining layer.
+      if (round >= 2 && l < last_winner && started.at(l) < last_winner) {
+        EXPECT_EQ(c1->first_layer, last_winner) << what;
+        ++checked;
+      }
+    }
+    // The winner: the best remaining layer of the previous round (the first round: its own best),
+    // ties to the lower layer.
+    const std::map<int64_t, double>& rank = round == 0 ? scores : previous;
+    int64_t winner = -1;
+    for (const auto& [l, v] : scores) {
+      if (winner < 0 || rank.at(l) < rank.at(winner)) winner = l;
+    }
+    previous = scores;
+    started = starts;
+    last_winner = winner;
+    base.push_back(winner);
+    std::sort(base.begin(), base.end());
+  }
+  EXPECT_GT(checked, 0) << "no round had a candidate below the last winner";
 }
 
 TEST(CandidateEvaluatorTest, BadCandidatesAreRejected) {

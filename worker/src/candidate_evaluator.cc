@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iterator>
+#include <limits>
 #include <set>
 
 #if HYB_WITH_CUDA
@@ -433,7 +435,7 @@ std::vector<bool> CandidateEvaluator::CandidateBoundaries(
   if (!cache_valid_) return std::vector<bool>(static_cast<size_t>(n_layers), true);
   std::vector<bool> keep(static_cast<size_t>(n_layers), false);
   // The candidate's own residuals differ from the base's above its first differing layer j:
-  // boundaries j + 1 .. L - 1, as many as its share of the free budget holds, evenly spaced.
+  // boundaries j + 1 .. L - 1, as many as its share of the free budget holds.
   const int64_t j = FirstDifference(cache_base_, linear_layers);
   const int64_t m = n_layers - 1 - j;
   if (m <= 0) return keep;
@@ -449,7 +451,36 @@ std::vector<bool> CandidateEvaluator::CandidateBoundaries(
     const int64_t free = std::max<int64_t>(0, options_.prefix_cache_max_bytes - cache_bytes_);
     q = std::min<int64_t>(m, free / (left * boundary_bytes_));
   }
-  for (int64_t i = 1; i <= q; ++i) keep[static_cast<size_t>(j + (i * m + q - 1) / q)] = true;
+  // Next round, this candidate's layer on top of the new base starts at the boundary of this
+  // round's winner, if it is kept here. So the boundaries at the layers most likely to win come
+  // first: the remaining candidates' layers in the order of their previous-round scores (the
+  // same layer's swap on a base one layer smaller), best first.
+  std::vector<std::pair<double, int64_t>> likely;
+  for (int64_t b = j + 1; b < n_layers; ++b) {
+    const auto it = prior_rank_.find(b);
+    const bool in_base =
+        std::find(cache_base_.begin(), cache_base_.end(), b) != cache_base_.end();
+    if (it != prior_rank_.end() && !in_base) likely.emplace_back(it->second, b);
+  }
+  std::sort(likely.begin(), likely.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  int64_t taken = 0;
+  for (const auto& [rank, b] : likely) {
+    if (taken == q) break;
+    keep[static_cast<size_t>(b)] = true;
+    ++taken;
+  }
+  // The rest of the share, evenly spaced over the other boundaries.
+  std::vector<int64_t> others;
+  for (int64_t b = j + 1; b < n_layers; ++b) {
+    if (!keep[static_cast<size_t>(b)]) others.push_back(b);
+  }
+  const auto n = static_cast<int64_t>(others.size());
+  const int64_t r = std::min(q - taken, n);
+  for (int64_t i = 1; i <= r; ++i) {
+    keep[static_cast<size_t>(others[static_cast<size_t>((i * n + r - 1) / r - 1)])] = true;
+  }
   return keep;
 }
 
@@ -481,6 +512,14 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::Evaluate(
   PrefixCache recording;
   auto ev = Run(linear_layers, record ? &recording : nullptr);
   if (ev.ok() && !recording.empty()) recordings_[sorted] = {std::move(recording), *ev};
+  if (ev.ok() && keep_recording) {
+    // The candidate's layer over the base, ranked by its score (higher: better; NaN: last).
+    const int64_t own = FirstDifference(cache_base_, sorted);
+    const double v = ev->score.higher_is_better ? ev->score.value : -ev->score.value;
+    if (own < model_->num_layers() && sorted.size() == cache_base_.size() + 1) {
+      round_rank_[own] = std::isnan(v) ? -std::numeric_limits<double>::infinity() : v;
+    }
+  }
   if (ev.ok()) {
     // A carried recording serves one candidate, the base plus its own layer: this one, now.
     carried_.erase(std::remove_if(carried_.begin(), carried_.end(),
@@ -566,6 +605,8 @@ StatusOr<CandidateEvaluation> CandidateEvaluator::EvaluateAndCache(
   }
   recordings_.clear();
   carried_ = std::move(carried);
+  prior_rank_ = std::move(round_rank_);
+  round_rank_.clear();
   cache_ = std::move(fresh);
   cache_base_ = base;
   cache_valid_ = true;

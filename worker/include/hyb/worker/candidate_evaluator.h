@@ -14,7 +14,8 @@
 // the cache: the same layers run on the same inputs. Each round of the greedy search scores
 // every candidate (base plus one layer l) from layer l or later while recording its residuals at
 // some boundaries above l: all of them when the budget allows, else the candidate's share of
-// the free budget, evenly spaced. The round's winner's recording becomes the next base without
+// the free budget, first at the layers that scored best in the previous round (the likely
+// winners), then evenly spaced. The round's winner's recording becomes the next base without
 // another pass (the old base fills in below the winner's layer). Every other candidate keeps its
 // residuals between its own layer and the winner's: next round, its layer on top of the new
 // base equals it up to the winner's layer and starts there instead of at its own layer.
@@ -161,7 +162,9 @@ class CandidateEvaluator {
   std::vector<at::Tensor> Kept(const Start& start, std::vector<at::Tensor> taps) const;
   // The boundaries a candidate's recording keeps: above its first layer differing from the
   // base, as many as its share of the free budget holds (the round's candidates not yet
-  // recorded share it), evenly spaced.
+  // recorded share it): first those at the remaining layers that scored best last round (the
+  // likely winners, whose boundary is where this candidate starts next round), then evenly
+  // spaced.
   std::vector<bool> CandidateBoundaries(const std::vector<int64_t>& linear_layers) const;
   // cache_bytes_ from what is held (tensors shared between recordings counted once).
   void RecountBytes();
@@ -189,6 +192,9 @@ class CandidateEvaluator {
   // The previous round's candidates' recordings, trimmed to what the next round reuses.
   std::vector<Recording> carried_;
   std::vector<bool> record_keep_;  // the boundaries the recording in progress keeps
+  // Scores (oriented: higher is better) of this round's candidates by their layer over the base,
+  // and of the previous round's: the order in which a candidate's recording keeps boundaries.
+  std::map<int64_t, double> round_rank_, prior_rank_;
   bool cache_valid_ = false;
   int64_t cache_bytes_ = 0;     // base, recordings and carried residuals together
   int64_t boundary_bytes_ = 0;  // one boundary's residuals over every batch (0: not known yet)
