@@ -7,7 +7,9 @@
 //
 //   search_cache_bench --model DIR --task-type TYPE --data FILE.jsonl [--distill DIR]
 //                      [--limit N] [--tolerance 0.1] [--max-new-tokens 12] [--threads N]
-//                      [--batch-tokens 16384] [--json FILE]
+//                      [--batch-tokens 16384] [--cache-mb N] [--json FILE]
+// --cache-mb: the prefix cache's budget in MiB (search.prefix_cache_max_mb; default: the
+// evaluator's automatic one), to see the search under memory pressure.
 // Layer passes count decoder layers run per sequence (a batch of B sequences through L layers
 // counts B * L), so they compare across batch sizes; --batch-tokens 0 scores one sequence at a
 // time.
@@ -88,7 +90,7 @@ int Main(int argc, char** argv) {
   if (model_dir.empty() || data.empty()) {
     std::cerr << "usage: search_cache_bench --model DIR --task-type TYPE --data FILE.jsonl "
                  "[--distill DIR] [--limit N] [--tolerance T] [--threads N] [--batch-tokens N] "
-                 "[--json FILE]\n";
+                 "[--cache-mb N] [--json FILE]\n";
     return 2;
   }
   const int64_t threads = std::stoll(Arg(argc, argv, "threads", "0"));
@@ -105,12 +107,14 @@ int Main(int argc, char** argv) {
   if (limit > 0 && static_cast<int64_t>(examples->size()) > limit) examples->resize(limit);
   const std::string distill = Arg(argc, argv, "distill", "");
   const double tolerance = std::stod(Arg(argc, argv, "tolerance", "0.1"));
+  const int64_t cache_mb = std::stoll(Arg(argc, argv, "cache-mb", "-1"));
   Json result = {{"model", model_dir},
                  {"task", data},
                  {"examples", examples->size()},
                  {"threads", at::get_num_threads()},
                  {"batch_tokens", std::stoll(Arg(argc, argv, "batch-tokens", "16384"))},
-                 {"mixers", distill.empty() ? "transfer" : distill}};
+                 {"mixers", distill.empty() ? "transfer" : distill},
+                 {"cache_mb", cache_mb}};
   std::vector<Outcome> outcomes;
   for (bool cache : {false, true}) {
     auto model = std::move(DecoderModel::Load(model_dir, {})).value();
@@ -129,6 +133,7 @@ int Main(int argc, char** argv) {
     EvaluatorOptions o;
     o.kind = *kind;
     o.prefix_cache = cache;
+    if (cache_mb >= 0) o.prefix_cache_max_bytes = cache_mb << 20;
     o.scoring.max_new_tokens = std::stoll(Arg(argc, argv, "max-new-tokens", "12"));
     o.scoring.batch_tokens = std::stoll(Arg(argc, argv, "batch-tokens", "16384"));
     o.scoring.stop_ids = model->config().eos_token_ids;
