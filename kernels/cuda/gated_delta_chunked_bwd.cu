@@ -998,15 +998,9 @@ cudaError_t LaunchGatedDeltaChunkedBackward(const GatedDeltaChunkedBackwardParam
                              ? p.heads * p.varlen.total_chunks
                              : p.batch * p.heads * ((p.tokens + kC - 1) / kC);
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  if (p.key_dim == 64 && p.value_dim == 64) return LaunchDims<64, 64>(p, stream);
-  if (p.key_dim == 64 && p.value_dim == 128) return LaunchDims<64, 128>(p, stream);
-  if (p.key_dim == 128 && p.value_dim == 64) return LaunchDims<128, 64>(p, stream);
-  if (p.key_dim == 128 && p.value_dim == 128) return LaunchDims<128, 128>(p, stream);
-  if (p.key_dim == 64 && p.value_dim == 256) return LaunchDims<64, 256>(p, stream);
-  if (p.key_dim == 128 && p.value_dim == 256) return LaunchDims<128, 256>(p, stream);
-  if (p.key_dim == 256 && p.value_dim == 64) return LaunchDims<256, 64>(p, stream);
-  if (p.key_dim == 256 && p.value_dim == 128) return LaunchDims<256, 128>(p, stream);
-  return LaunchDims<256, 256>(p, stream);
+  return ForGatedDeltaDims(p.key_dim, p.value_dim, [&](auto d) {
+    return LaunchDims<decltype(d)::kKey, decltype(d)::kValue>(p, stream);
+  });
 }
 
 }  // namespace hyb::kernels::cuda

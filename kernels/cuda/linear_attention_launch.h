@@ -149,6 +149,26 @@ cudaError_t LaunchGlaChunkedBackward(const GlaChunkedBackwardParams& params, cud
 inline constexpr int kGatedDeltaChunk = 64;
 // Value columns per block when the kernel splits the state's columns over several blocks.
 inline constexpr int kGatedDeltaSliceColumns = 32;
+// The head-dim pair (K, V) as a type, for ForGatedDeltaDims.
+template <int K, int V>
+struct GatedDeltaDims {
+  static constexpr int kKey = K, kValue = V;
+};
+// Calls f(GatedDeltaDims<K, V>{}) for the supported pair (key_dim, value_dim) (K, V in {64, 128,
+// 256}: GatedDeltaChunkedSupportsDims) and returns its result; the caller checks support first
+// (an unsupported pair runs the 256 x 256 instance).
+template <typename F>
+auto ForGatedDeltaDims(int key_dim, int value_dim, F&& f) {
+  if (key_dim == 64 && value_dim == 64) return f(GatedDeltaDims<64, 64>{});
+  if (key_dim == 64 && value_dim == 128) return f(GatedDeltaDims<64, 128>{});
+  if (key_dim == 128 && value_dim == 64) return f(GatedDeltaDims<128, 64>{});
+  if (key_dim == 128 && value_dim == 128) return f(GatedDeltaDims<128, 128>{});
+  if (key_dim == 64 && value_dim == 256) return f(GatedDeltaDims<64, 256>{});
+  if (key_dim == 128 && value_dim == 256) return f(GatedDeltaDims<128, 256>{});
+  if (key_dim == 256 && value_dim == 64) return f(GatedDeltaDims<256, 64>{});
+  if (key_dim == 256 && value_dim == 128) return f(GatedDeltaDims<256, 128>{});
+  return f(GatedDeltaDims<256, 256>{});
+}
 // Shared memory one block may use on sm_90 (227 KB).
 inline constexpr int kGatedDeltaMaxBlockSmem = 232448;
 // The widest slice of value columns whose block layout `Layout<K, columns>` fits in
