@@ -368,8 +368,11 @@ TEST_F(ServiceTest, TwoWorkersRunAJobAsRunDoesAndBadRequestsChangeNothing) {
 TEST_F(ServiceTest, AJobSurvivesAKilledWorkerAndAKilledCoordinator) {
   TempDir dir;
   ::mkdir(dir.File("root").c_str(), 0755);
+  // Longer generations keep the search running long enough for a poll to see it under way on a
+  // loaded machine (CI once saw the whole search finish between two polls).
   hyb::testing::WriteTinyJob(dir.File("root"),
-                             {{"distill", {{"steps", 300}, {"checkpoint_every", 10}}}});
+                             {{"distill", {{"steps", 300}, {"checkpoint_every", 10}}},
+                              {"task", {{"max_new_tokens", 48}}}});
   const Json reference = RunReference(dir);
   Cluster c(dir);
   c.StartCoordinator();
