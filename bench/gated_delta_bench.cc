@@ -136,6 +136,7 @@ int main(int argc, char** argv) {
       const std::string v = argv[++i];
       if (a != "--t") {
         const int x = static_cast<int>(PositiveInt(a, v));
+        if (a == "--slice" && x != 16 && x != 32 && x != 64) Usage("--slice is 16, 32 or 64");
         (a == "--reps" ? reps : only_slice) = x;
         continue;
       }
