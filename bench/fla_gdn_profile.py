@@ -5,13 +5,16 @@ CUDA-event timings, then torch.profiler's GPU time of each of fla's kernels per 
 per-kernel `ncu` times have a counterpart. Needs torch and fla-org/flash-linear-attention's `fla/`
 folder on PYTHONPATH (GPU machine); nothing in hybridize imports it.
 
-  PYTHONPATH=DIR_WITH_FLA python3 bench/fla_gdn_profile.py [gdn][,gla]
+  PYTHONPATH=DIR_WITH_FLA python3 bench/fla_gdn_profile.py [gdn][,gla] [HEAD_DIM]
+
+HEAD_DIM (default 128; 64 or 256 for gated_delta_bench --dim) keeps 16 heads and 32K tokens.
 """
 import statistics, sys, torch, torch.nn.functional as F
 from torch.profiler import profile, ProfilerActivity
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 from fla.ops.gla import chunk_gla
-H, D, TOK = 16, 128, 32768
+H, TOK = 16, 32768
+D = int(sys.argv[2]) if len(sys.argv) > 2 else 128
 def bench(fn, reps=20, warm=5):
     for _ in range(warm): fn()
     torch.cuda.synchronize(); ts = []
@@ -38,6 +41,6 @@ for T in (2048, 8192, 32768):
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(10): fn()
                 torch.cuda.synchronize()
-        print(f"fla {op} T={T} B={B} fwd_ms={ms:.3f}", flush=True)
+        print(f"fla {op} T={T} B={B} D={D} fwd_ms={ms:.3f}", flush=True)
         for ev in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:12]:
             print(f"   {ev.device_time_total / 10 / 1000:8.3f} ms/call  x{ev.count / 10:.0f}  {ev.key[:90]}", flush=True)

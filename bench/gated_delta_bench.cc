@@ -1,14 +1,16 @@
 // GPU time of the chunked Gated DeltaNet CUDA kernels: the chunk-parallel ones
 // (cuda::GatedDeltaChunkedFast*, gated_delta_fast*.cu) beside the sequential fp32 ones
 // (cuda::GatedDeltaChunked*, gated_delta_chunked*.cu), at 32K tokens per batch: B = 32768 / T,
-// 16 heads, K = V = 128, T in {1K, 2K, 4K, 8K, 32K}. bf16 q/k/v [B, H, T, D] (keys
+// 16 heads, K = V = 128 (--dim: 64 or 256 instead), T in {1K, 2K, 4K, 8K, 32K}. bf16 q/k/v [B, H, T, D] (keys
 // L2-normalised), fp32 log decays g = logsigmoid(x) / 4 and betas sigmoid(x) [B, H, T], no
 // initial state, random output gradient. Prints one markdown table: ms for the forward alone
 // (no autograd) and for forward + backward through each autograd function.
 //
-//   gated_delta_bench [--t 2048,8192] [--fast-forward-only] [--reps N]
+//   gated_delta_bench [--t 2048,8192] [--dim 64|128|256] [--fast-forward-only] [--reps N]
 //                     [--sweep [--slice 16|32|64]]
 //
+// At --dim 256 the chunk-parallel kernels run the forward only (their backward takes 64 and 128):
+// its forward + backward columns print "-".
 // --t: only these lengths; --fast-forward-only: only the chunk-parallel forward (its column;
 // the others print "-"), e.g. under `ncu` for a per-kernel profile; --reps: back-to-back calls
 // per timed batch of the chunk-parallel forward (default 20; cuda_timing.h runs 1 + 7 batches);
@@ -36,14 +38,15 @@
 
 namespace {
 
-constexpr int64_t kHeads = 16, kDim = 128, kTokensPerBatch = 32768;
+constexpr int64_t kHeads = 16, kTokensPerBatch = 32768;
+int64_t kDim = 128;  // --dim
 
 using hyb::bench::TimeMs;
 
 [[noreturn]] void Usage(const std::string& why) {
   std::cerr << "gated_delta_bench: " << why
-            << "\nusage: gated_delta_bench [--t 2048,8192] [--fast-forward-only] [--reps N] "
-               "[--sweep [--slice 16|32|64]]\n";
+            << "\nusage: gated_delta_bench [--t 2048,8192] [--dim 64|128|256] [--fast-forward-only] "
+               "[--reps N] [--sweep [--slice 16|32|64]]\n";
   std::exit(2);
 }
 
@@ -131,9 +134,14 @@ int main(int argc, char** argv) {
       fast_forward_only = true;
     } else if (a == "--sweep") {
       sweep = true;
-    } else if (a == "--t" || a == "--reps" || a == "--slice") {
+    } else if (a == "--t" || a == "--reps" || a == "--slice" || a == "--dim") {
       if (i + 1 >= argc) Usage(a + " needs a value");
       const std::string v = argv[++i];
+      if (a == "--dim") {
+        kDim = PositiveInt(a, v);
+        if (kDim != 64 && kDim != 128 && kDim != 256) Usage("--dim is 64, 128 or 256");
+        continue;
+      }
       if (a != "--t") {
         const int x = static_cast<int>(PositiveInt(a, v));
         if (a == "--slice" && x != 16 && x != 32 && x != 64) Usage("--slice is 16, 32 or 64");
@@ -155,6 +163,9 @@ int main(int argc, char** argv) {
     std::cerr << "gated_delta_bench: no CUDA device\n";
     return 1;
   }
+  // The chunk-parallel backward: K = V in {64, 128}; the forward takes every --dim.
+  const bool chunk_parallel_backward =
+      hyb::kernels::cuda::GatedDeltaFastSupportsDims(static_cast<int>(kDim), static_cast<int>(kDim));
   if (sweep) {
     Sweep(lengths, reps, only_slice);
     return 0;
@@ -198,6 +209,13 @@ int main(int argc, char** argv) {
           reps);
     };
     const double new_f = forward_ms(true, reps);
+    if (!fast_forward_only && !chunk_parallel_backward) {
+      const double old_f = forward_ms(false, 3), old_fb = forward_backward_ms(false, 3);
+      std::cout << std::fixed << std::setprecision(3) << "| " << t << " | " << b << " | " << old_f
+                << " | " << new_f << " | " << std::setprecision(1) << old_f / new_f << "x | "
+                << std::setprecision(3) << old_fb << " | - | - |\n";
+      continue;
+    }
     if (fast_forward_only) {
       std::cout << std::fixed << std::setprecision(3) << "| " << t << " | " << b << " | - | "
                 << new_f << " | - | - | - | - |\n";

@@ -165,47 +165,52 @@ __device__ __forceinline__ void InvertDiagColumn(float (&x)[kTB], const float* b
 // Rows kTB rb.. of (Tinv diag(s)) rhs for the [C][N] bf16 tile rhs, s = beta (u) or beta 2^b
 // (w: kGated), stored as bf16 into out (row pitch N) rows kTB rb... Tinv is lower triangular:
 // k steps 0..rb. The A fragments are read from the fp32 transposed Tinv in `as` and scaled per
-// column before their one rounding to bf16 (the scale folded into Tinv instead of rhs).
+// column before their one rounding to bf16 (the scale folded into Tinv instead of rhs). Columns
+// go in groups of at most 128 (N = 256: two), which bounds the accumulators at 64 registers.
 template <int N, int kRhsPitch, bool kGated>
 __device__ __forceinline__ void TinvTimes(const float* as, const float* bs, const float* betas,
                                           const bf16* rhs, bf16* out, int rb, int lane) {
+  constexpr int kNG = N < 128 ? N : 128;
   const int g = lane >> 2, t2 = 2 * (lane & 3);
-  float acc[N / 8][4];
+#pragma unroll 1
+  for (int n0 = 0; n0 < N; n0 += kNG) {
+    float acc[kNG / 8][4];
 #pragma unroll
-  for (int j = 0; j < N / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int j = 0; j < kNG / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
-  for (int kk = 0; kk < kC / kTB; ++kk) {
-    if (kk > rb) break;
-    uint32_t a[4];
+    for (int kk = 0; kk < kC / kTB; ++kk) {
+      if (kk > rb) break;
+      uint32_t a[4];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      // a[2 h], a[2 h + 1]: Tinv rows r, r + 8 at columns c, c + 1.
-      const int r = kTB * rb + g, c = kTB * kk + t2 + 8 * h;
-      float s0 = betas[c], s1 = betas[c + 1];
-      if constexpr (kGated) {
-        s0 *= gdn::Exp2(bs[c]);
-        s1 *= gdn::Exp2(bs[c + 1]);
+      for (int h = 0; h < 2; ++h) {
+        // a[2 h], a[2 h + 1]: Tinv rows r, r + 8 at columns c, c + 1.
+        const int r = kTB * rb + g, c = kTB * kk + t2 + 8 * h;
+        float s0 = betas[c], s1 = betas[c + 1];
+        if constexpr (kGated) {
+          s0 *= gdn::Exp2(bs[c]);
+          s1 *= gdn::Exp2(bs[c + 1]);
+        }
+        const float* t0 = as + c * kAPitch + r;  // Tinv[r][c]
+        const float* t1 = t0 + kAPitch;          // Tinv[r][c + 1]
+        a[2 * h] = gdn::PackBf16(t0[0] * s0, t1[0] * s1);
+        a[2 * h + 1] = gdn::PackBf16(t0[8] * s0, t1[8] * s1);
       }
-      const float* t0 = as + c * kAPitch + r;  // Tinv[r][c]
-      const float* t1 = t0 + kAPitch;          // Tinv[r][c + 1]
-      a[2 * h] = gdn::PackBf16(t0[0] * s0, t1[0] * s1);
-      a[2 * h + 1] = gdn::PackBf16(t0[8] * s0, t1[8] * s1);
-    }
 #pragma unroll
-    for (int np = 0; np < N / 16; ++np) {
-      uint32_t b[4];
-      gdn::LoadB2(b, rhs, kRhsPitch, kTB * kk, 16 * np, lane);
-      gdn::Mma(acc[2 * np], a, b[0], b[1]);
-      gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+      for (int np = 0; np < kNG / 16; ++np) {
+        uint32_t b[4];
+        gdn::LoadB2(b, rhs, kRhsPitch, kTB * kk, n0 + 16 * np, lane);
+        gdn::Mma(acc[2 * np], a, b[0], b[1]);
+        gdn::Mma(acc[2 * np + 1], a, b[2], b[3]);
+      }
     }
-  }
-  const int r = kTB * rb + g;
+    const int r = kTB * rb + g;
 #pragma unroll
-  for (int j = 0; j < N / 8; ++j) {
-    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r) * N + 8 * j + t2) =
-        gdn::PackBf16(acc[j][0], acc[j][1]);
-    *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r + 8) * N + 8 * j + t2) =
-        gdn::PackBf16(acc[j][2], acc[j][3]);
+    for (int j = 0; j < kNG / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r) * N + n0 + 8 * j + t2) =
+          gdn::PackBf16(acc[j][0], acc[j][1]);
+      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(r + 8) * N + n0 + 8 * j + t2) =
+          gdn::PackBf16(acc[j][2], acc[j][3]);
+    }
   }
 }
 
@@ -445,11 +450,21 @@ __device__ __forceinline__ void StoreTile(bf16* dst, int64_t dst_pitch, const bf
   }
 }
 
+// Warps of a recurrence block: 4, or 8 at K = 256 with 32 or more columns, so that a thread's
+// share of the fp32 state stays at most 64 registers (K S / 32 / warps).
+template <int K, int S>
+constexpr int RecurrenceWarps() {
+  return K > 128 && S >= 32 ? 8 : 4;
+}
+
 template <int K, int V, int S, bool kPacked>
-__global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParams p) {
+__global__ void __launch_bounds__(32 * RecurrenceWarps<K, S>())
+    RecurrenceKernel(GatedDeltaFastParams p) {
   using L = RecurrenceLayout<K, S>;
-  constexpr int kMT = K / 64;  // m16 tiles of state rows per warp
-  constexpr int kNT = S / 8;   // n8 tiles of state columns
+  constexpr int kWarps = RecurrenceWarps<K, S>(), kRThreads = 32 * kWarps;
+  constexpr int kRows = K / kWarps;  // state rows per warp
+  constexpr int kMT = kRows / 16;    // m16 tiles of state rows per warp
+  constexpr int kNT = S / 8;         // n8 tiles of state columns
   extern __shared__ __align__(16) char smem[];
   bf16* st = reinterpret_cast<bf16*>(smem + L::kState);
   bf16* vd = reinterpret_cast<bf16*>(smem + L::kVd);
@@ -487,19 +502,19 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
     char* base = smem + (c & 1) * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
     const int rows = RowsOf(tokens, t0);
-    gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kW), wg + t0 * K, K,
-                                           kC, tid);
-    gdn::CopyTile<kC, K, L::kKP, kThreads>(reinterpret_cast<bf16*>(base + L::kK), kg + t0 * K, K,
-                                           rows, tid);
-    gdn::CopyTile<kC, S, L::kSP, kThreads>(reinterpret_cast<bf16*>(base + L::kU), ug + t0 * V, V,
-                                           kC, tid);
+    gdn::CopyTile<kC, K, L::kKP, kRThreads>(reinterpret_cast<bf16*>(base + L::kW), wg + t0 * K,
+                                            K, kC, tid);
+    gdn::CopyTile<kC, K, L::kKP, kRThreads>(reinterpret_cast<bf16*>(base + L::kK), kg + t0 * K,
+                                            K, rows, tid);
+    gdn::CopyTile<kC, S, L::kSP, kRThreads>(reinterpret_cast<bf16*>(base + L::kU), ug + t0 * V,
+                                            V, kC, tid);
     if (tid < kC / 4) {
       gdn::CpAsync16(base + L::kB + 16 * tid, bg + t0 + 4 * tid, true);
     }
   };
 
   // State rows of this thread's accumulators: warp w, m-tile mt, half e / 2.
-  const int srow0 = warp * (K / 4) + (lane >> 2), scol0 = 2 * (lane & 3);
+  const int srow0 = warp * kRows + (lane >> 2), scol0 = 2 * (lane & 3);
   float s[kMT][kNT][4];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
@@ -541,24 +556,29 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
       }
     }
     __syncthreads();
-    StoreTile<K, S, L::kSP, kThreads>(csg + static_cast<int64_t>(c) * K * V, V, st, tid);
+    StoreTile<K, S, L::kSP, kRThreads>(csg + static_cast<int64_t>(c) * K * V, V, st, tid);
 
-    // v_new = u - w S for rows 16 warp.., kG columns at a time (fewer live accumulators beside
-    // the state's); vns = v_new, vd = e^(b_C - b_t) v_new.
+    // v_new = u - w S for rows 16 (warp % 4).., kG columns at a time (fewer live accumulators
+    // beside the state's; with 8 warps, warps 4.. take the other half of the columns);
+    // vns = v_new, vd = e^(b_C - b_t) v_new.
     {
-      constexpr int kG = S < 32 ? S : 32;
+      constexpr int kColWarps = kWarps / 4;  // warps sharing a row block, by columns
+      constexpr int kG = S / kColWarps < 32 ? S / kColWarps : 32;
+      static_assert(kG >= 16 && S % (kG * kColWarps) == 0, "column groups of whole k16 tiles");
+      // This warp's row block and first column group (constants with 4 warps, for the unroller).
+      const int wr = kColWarps == 1 ? warp : warp & 3, wg0 = kColWarps == 1 ? 0 : kG * (warp >> 2);
       const float b_last = bs[kC - 1];
-      const int r = 16 * warp + (lane >> 2);
+      const int r = 16 * wr + (lane >> 2);
       const float e_lo = gdn::Exp2(b_last - bs[r]), e_hi = gdn::Exp2(b_last - bs[r + 8]);
 #pragma unroll
-      for (int g0 = 0; g0 < S; g0 += kG) {
+      for (int g0 = wg0; g0 < S; g0 += kG * kColWarps) {
         float acc[kG / 8][4];
 #pragma unroll
         for (int j = 0; j < kG / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
         for (int k0 = 0; k0 < K; k0 += 16) {
           uint32_t a[4];
-          gdn::LoadA(a, ws, L::kKP, 16 * warp, k0, lane);
+          gdn::LoadA(a, ws, L::kKP, 16 * wr, k0, lane);
 #pragma unroll
           for (int np = 0; np < kG / 16; ++np) {
             uint32_t b[4];
@@ -586,7 +606,7 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
       }
     }
     __syncthreads();
-    StoreTile<kC, S, L::kSP, kThreads>(vng + static_cast<int64_t>(c) * kC * V, V, vns, tid);
+    StoreTile<kC, S, L::kSP, kRThreads>(vng + static_cast<int64_t>(c) * kC * V, V, vns, tid);
 
     // S <- e^(b_C) S + k^T vd.
     const float decay = gdn::Exp2(bs[kC - 1]);
@@ -600,7 +620,7 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
 #pragma unroll
       for (int k0 = 0; k0 < kC; k0 += 16) {
         uint32_t a[4];
-        gdn::LoadAT(a, ks, L::kKP, warp * (K / 4) + 16 * mt, k0, lane);
+        gdn::LoadAT(a, ks, L::kKP, warp * kRows + 16 * mt, k0, lane);
 #pragma unroll
         for (int np = 0; np < kNT / 2; ++np) {
           uint32_t b[4];
@@ -626,10 +646,19 @@ __global__ void __launch_bounds__(kThreads) RecurrenceKernel(GatedDeltaFastParam
 
 // ---------------------------------------------------------------------------------------------
 // (3) Outputs, per chunk: o = scale (diag(2^b) q S0 + P v_new), P = (2^(b_t - b_s) q_t.k_s)_{s<=t}.
+// Block = (chunk and slice of VS value columns, sequence): VS = V up to 128; at V = 256 four
+// slices of 64 (each computes P again), which keeps S0's slice in shared memory at two blocks per
+// SM. A chunk's slices are adjacent blocks (blockIdx.x = slices * chunk + slice), so they run
+// together and all but the first find the chunk's q and k in L2.
 
-template <int K, int V>
+template <int V>
+constexpr int OutputSliceColumns() {
+  return V <= 128 ? V : 64;
+}
+
+template <int K, int VS>
 struct OutputLayout {
-  static constexpr int kKP = K + 8, kVP = V + 8;
+  static constexpr int kKP = K + 8, kVP = VS + 8;
   static constexpr int kQ = 0;
   static constexpr int kK = kQ + kC * kKP * 2;
   static constexpr int kVn = kK + kC * kKP * 2;
@@ -640,7 +669,8 @@ struct OutputLayout {
 
 template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p) {
-  using L = OutputLayout<K, V>;
+  constexpr int VS = OutputSliceColumns<V>(), kSlices = V / VS;
+  using L = OutputLayout<K, VS>;
   extern __shared__ __align__(16) char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem + L::kQ);
   bf16* ks = reinterpret_cast<bf16*>(smem + L::kK);
@@ -648,8 +678,9 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
   bf16* ss = reinterpret_cast<bf16*>(smem + L::kS);
   float* bs = reinterpret_cast<float*>(smem + L::kB);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int chunk = blockIdx.x;
+  const int chunk = blockIdx.x / kSlices;
   const int64_t bh = blockIdx.y;
+  const int col0 = blockIdx.x % kSlices * VS;  // first value column of the slice
   const int64_t t0 = static_cast<int64_t>(chunk) * kC;
   int rows;
   int64_t tok;
@@ -659,7 +690,7 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
     rows = RowsOf(p.tokens, t0);
     tok = bh * p.tokens + t0;
   }
-  const int64_t tp = static_cast<int64_t>(gridDim.x) * kC;
+  const int64_t nchunks = gridDim.x / kSlices, tp = nchunks * kC;
   const int64_t prow = bh * tp + t0;
   gdn::CopyTile<kC, K, L::kKP, kThreads>(qs, static_cast<const bf16*>(p.q) + tok * K, K, rows,
                                          tid);
@@ -668,10 +699,10 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
   if (tid < kC / 4) gdn::CpAsync16(bs + 4 * tid, p.ws.b + prow + 4 * tid, true);
   gdn::CpAsyncCommit();
   // v_new and S0 in a second group: they land while the scores are computed.
-  gdn::CopyTile<kC, V, L::kVP, kThreads>(vn, static_cast<const bf16*>(p.ws.v_new) + prow * V, V,
-                                         kC, tid);
-  gdn::CopyTile<K, V, L::kVP, kThreads>(
-      ss, static_cast<const bf16*>(p.ws.chunk_states) + (bh * gridDim.x + chunk) * K * V, V, K,
+  gdn::CopyTile<kC, VS, L::kVP, kThreads>(
+      vn, static_cast<const bf16*>(p.ws.v_new) + prow * V + col0, V, kC, tid);
+  gdn::CopyTile<K, VS, L::kVP, kThreads>(
+      ss, static_cast<const bf16*>(p.ws.chunk_states) + (bh * nchunks + chunk) * K * V + col0, V, K,
       tid);
   gdn::CpAsyncCommit();
   gdn::CpAsyncWait<1>();
@@ -712,15 +743,15 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
 
   gdn::CpAsyncWait<0>();
   __syncthreads();
-  float o[V / 8][4];
+  float o[VS / 8][4];
 #pragma unroll
-  for (int j = 0; j < V / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  for (int j = 0; j < VS / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 16) {
     uint32_t a[4];
     gdn::LoadA(a, qs, L::kKP, 16 * warp, k0, lane);
 #pragma unroll
-    for (int np = 0; np < V / 16; ++np) {
+    for (int np = 0; np < VS / 16; ++np) {
       uint32_t b[4];
       gdn::LoadB2(b, ss, L::kVP, k0, 16 * np, lane);
       gdn::Mma(o[2 * np], a, b[0], b[1]);
@@ -729,7 +760,7 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
   }
   const float g_lo = gdn::Exp2(bs[r]), g_hi = gdn::Exp2(bs[r + 8]);
 #pragma unroll
-  for (int j = 0; j < V / 8; ++j) {
+  for (int j = 0; j < VS / 8; ++j) {
     o[j][0] *= g_lo;
     o[j][1] *= g_lo;
     o[j][2] *= g_hi;
@@ -739,7 +770,7 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
   for (int kk = 0; kk < 4; ++kk) {
     if (kk > warp) break;
 #pragma unroll
-    for (int np = 0; np < V / 16; ++np) {
+    for (int np = 0; np < VS / 16; ++np) {
       uint32_t b[4];
       gdn::LoadB2(b, vn, L::kVP, 16 * kk, 16 * np, lane);
       gdn::Mma(o[2 * np], pa[kk], b[0], b[1]);
@@ -747,10 +778,10 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
     }
   }
   // o through this warp's own rows of qs (which only this warp read) to whole-sector stores.
-  static_assert(K == V, "o is staged in q's rows");
+  static_assert(VS <= K, "o is staged in q's rows");
   __syncwarp();
 #pragma unroll
-  for (int j = 0; j < V / 8; ++j) {
+  for (int j = 0; j < VS / 8; ++j) {
     const int col = 8 * j + c0;
     *reinterpret_cast<uint32_t*>(qs + r * L::kKP + col) =
         gdn::PackBf16(p.scale * o[j][0], p.scale * o[j][1]);
@@ -758,8 +789,8 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
         gdn::PackBf16(p.scale * o[j][2], p.scale * o[j][3]);
   }
   __syncwarp();
-  bf16* og = static_cast<bf16*>(p.o) + tok * V;
-  constexpr int kVecPerRow = V / 8;
+  bf16* og = static_cast<bf16*>(p.o) + tok * V + col0;
+  constexpr int kVecPerRow = VS / 8;
 #pragma unroll
   for (int n = 0; n < 16 * kVecPerRow / 32; ++n) {
     const int i = lane + 32 * n, row = 16 * warp + i / kVecPerRow, cv = i % kVecPerRow;
@@ -772,10 +803,10 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p)
 
 template <typename Kernel>
 cudaError_t Launch(Kernel kernel, dim3 grid, int smem_bytes, const GatedDeltaFastParams& p,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, int threads = kThreads) {
   HYB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     smem_bytes));
-  kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
+  kernel<<<grid, threads, smem_bytes, stream>>>(p);
   HYB_CUDA_TRY(cudaGetLastError());
   return cudaSuccess;
 }
@@ -785,7 +816,9 @@ template <int K, int V, bool kPacked>
 cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
   const int64_t nchunks = kPacked ? p.varlen.total_chunks : (p.tokens + kC - 1) / kC;
   const int64_t rows = kPacked ? p.varlen.heads : p.batch_heads;
-  if (nchunks > 0x7fffffff || p.batch_heads > 65535) return cudaErrorInvalidValue;
+  if (nchunks * (V / OutputSliceColumns<V>()) > 0x7fffffff || p.batch_heads > 65535) {
+    return cudaErrorInvalidValue;
+  }
   const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(rows));
   HYB_CUDA_TRY(
       Launch(PrepareKernel<K, V, kPacked>, per_chunk, PrepareLayout<K, V>::kBytes, p, stream));
@@ -796,16 +829,21 @@ cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
   const dim3 slices(static_cast<unsigned>(V / slice), static_cast<unsigned>(p.batch_heads));
   if (slice == 64) {
     HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 64, kPacked>, slices,
-                        RecurrenceLayout<K, 64>::kBytes, p, stream));
+                        RecurrenceLayout<K, 64>::kBytes, p, stream,
+                        32 * RecurrenceWarps<K, 64>()));
   } else if (slice == 32) {
     HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 32, kPacked>, slices,
-                        RecurrenceLayout<K, 32>::kBytes, p, stream));
+                        RecurrenceLayout<K, 32>::kBytes, p, stream,
+                        32 * RecurrenceWarps<K, 32>()));
   } else {
     HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 16, kPacked>, slices,
-                        RecurrenceLayout<K, 16>::kBytes, p, stream));
+                        RecurrenceLayout<K, 16>::kBytes, p, stream,
+                        32 * RecurrenceWarps<K, 16>()));
   }
-  HYB_CUDA_TRY(
-      Launch(OutputKernel<K, V, kPacked>, per_chunk, OutputLayout<K, V>::kBytes, p, stream));
+  constexpr int kOutSlice = OutputSliceColumns<V>();
+  const dim3 per_chunk_slice(per_chunk.x * (V / kOutSlice), per_chunk.y);
+  HYB_CUDA_TRY(Launch(OutputKernel<K, V, kPacked>, per_chunk_slice,
+                      OutputLayout<K, kOutSlice>::kBytes, p, stream));
   return cudaSuccess;
 }
 
@@ -813,6 +851,10 @@ cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
 
 bool GatedDeltaFastSupportsDims(int key_dim, int value_dim) {
   return key_dim == value_dim && (key_dim == 64 || key_dim == 128);
+}
+
+bool GatedDeltaFastForwardSupportsDims(int key_dim, int value_dim) {
+  return key_dim == value_dim && (key_dim == 64 || key_dim == 128 || key_dim == 256);
 }
 
 bool GatedDeltaFastVarlenValid(const GatedDeltaFastVarlen& vs, int64_t batch_heads) {
@@ -857,17 +899,19 @@ int GatedDeltaFastForwardSliceColumns(int64_t batch_heads, int value_dim, int nu
 }
 
 cudaError_t LaunchGatedDeltaFast(const GatedDeltaFastParams& p, cudaStream_t stream) {
-  if (!GatedDeltaFastSupportsDims(p.key_dim, p.value_dim) || p.tokens <= 0 ||
+  if (!GatedDeltaFastForwardSupportsDims(p.key_dim, p.value_dim) || p.tokens <= 0 ||
       p.batch_heads <= 0) {
     return cudaErrorInvalidValue;
   }
   if (p.varlen.cu_seqlens != nullptr) {
     if (!GatedDeltaFastVarlenValid(p.varlen, p.batch_heads)) return cudaErrorInvalidValue;
     if (p.key_dim == 64) return LaunchDims<64, 64, true>(p, stream);
-    return LaunchDims<128, 128, true>(p, stream);
+    if (p.key_dim == 128) return LaunchDims<128, 128, true>(p, stream);
+    return LaunchDims<256, 256, true>(p, stream);
   }
   if (p.key_dim == 64) return LaunchDims<64, 64, false>(p, stream);
-  return LaunchDims<128, 128, false>(p, stream);
+  if (p.key_dim == 128) return LaunchDims<128, 128, false>(p, stream);
+  return LaunchDims<256, 256, false>(p, stream);
 }
 
 }  // namespace hyb::kernels::cuda

@@ -216,17 +216,20 @@ GatedDeltaChunkedGradients Backward(const Inputs& in, double scale, const Forwar
 }
 
 // Checks of a call's inputs: fixed-length (`cu_seqlens` empty) or packed.
+// `forward_only`: no backward will follow (K = V = 256 allowed).
 void CheckSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state,
-                    const std::vector<int64_t>& cu_seqlens, const char* op) {
+                    const std::vector<int64_t>& cu_seqlens, const char* op,
+                    bool forward_only = false) {
   if (cu_seqlens.empty()) {
-    TORCH_CHECK(GatedDeltaChunkedFastSupported(q, k, v, g, beta, initial_state), op,
+    TORCH_CHECK(GatedDeltaChunkedFastSupported(q, k, v, g, beta, initial_state, forward_only), op,
                 ": unsupported inputs");
     return;
   }
   CheckCuSeqlens(cu_seqlens, q.size(2), op);
   TORCH_CHECK(GatedDeltaChunkedFastVarlenSupported(q, k, v, g, beta, initial_state,
-                                                   static_cast<int64_t>(cu_seqlens.size()) - 1),
+                                                   static_cast<int64_t>(cu_seqlens.size()) - 1,
+                                                   forward_only),
               op, ": unsupported inputs");
 }
 
@@ -308,7 +311,8 @@ LinearAttentionOutput ForwardOnly(const at::Tensor& q, const at::Tensor& k, cons
                                   const at::Tensor& g, const at::Tensor& beta, double scale,
                                   const at::Tensor& initial_state,
                                   const std::vector<int64_t>& cu_seqlens) {
-  CheckSupported(q, k, v, g, beta, initial_state, cu_seqlens, "cuda GatedDeltaChunkedFast");
+  CheckSupported(q, k, v, g, beta, initial_state, cu_seqlens, "cuda GatedDeltaChunkedFast",
+                 /*forward_only=*/true);
   const c10::cuda::CUDAGuard guard(q.device());
   const Inputs in = Prepare(q, k, v, g, beta, initial_state);
   Packing pk;
@@ -360,7 +364,7 @@ GatedDeltaChunkedGradients BackwardAlone(const at::Tensor& q, const at::Tensor& 
 
 bool GatedDeltaChunkedFastSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& g, const at::Tensor& beta,
-                                    const at::Tensor& initial_state) {
+                                    const at::Tensor& initial_state, bool forward_only) {
   if (!q.defined() || !q.is_cuda()) return false;
   const at::Device dev = q.device();
   if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(g, dev) || !OnDevice(beta, dev)) {
@@ -373,7 +377,9 @@ bool GatedDeltaChunkedFastSupported(const at::Tensor& q, const at::Tensor& k, co
   if (q.dim() != 4 || k.sizes() != q.sizes() || v.dim() != 4) return false;
   if (v.size(0) != q.size(0) || v.size(1) != q.size(1) || v.size(2) != q.size(2)) return false;
   if (g.sizes() != q.sizes().slice(0, 3) || beta.sizes() != g.sizes()) return false;
-  if (!GatedDeltaFastSupportsDims(static_cast<int>(q.size(3)), static_cast<int>(v.size(3)))) {
+  const int dk = static_cast<int>(q.size(3)), dv = static_cast<int>(v.size(3));
+  if (!(forward_only ? GatedDeltaFastForwardSupportsDims(dk, dv)
+                     : GatedDeltaFastSupportsDims(dk, dv))) {
     return false;
   }
   if (q.size(0) * q.size(1) > 65535) return false;
@@ -412,8 +418,9 @@ GatedDeltaChunkedGradients GatedDeltaChunkedFastBackward(const at::Tensor& q, co
 bool GatedDeltaChunkedFastVarlenSupported(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& g,
                                           const at::Tensor& beta, const at::Tensor& initial_state,
-                                          int64_t num_seqs) {
-  if (!GatedDeltaChunkedFastSupported(q, k, v, g, beta, at::Tensor()) || q.size(0) != 1 ||
+                                          int64_t num_seqs, bool forward_only) {
+  if (!GatedDeltaChunkedFastSupported(q, k, v, g, beta, at::Tensor(), forward_only) ||
+      q.size(0) != 1 ||
       num_seqs < 1 || num_seqs * q.size(1) > 65535) {
     return false;
   }

@@ -76,15 +76,17 @@ struct GatedDeltaFastParams {
   float* final_state = nullptr;          // [BH, K, V] (always written)
   GatedDeltaFastWorkspace ws;
   int64_t batch_heads = 0, tokens = 0;
-  int key_dim = 0, value_dim = 0;  // K = V in {64, 128}
+  int key_dim = 0, value_dim = 0;  // K = V in {64, 128, 256} (the backward: 64, 128)
   float scale = 1.f;
   int num_sms = 132;
   int slice_columns = 0;  // value columns per recurrence block (16, 32, 64); 0: chosen below
   GatedDeltaFastVarlen varlen;  // packed sequences, or none
 };
 
-// True when the kernels handle this key/value head size (K = V in {64, 128}).
+// True when the backward kernels handle this key/value head size (K = V in {64, 128}).
 bool GatedDeltaFastSupportsDims(int key_dim, int value_dim);
+// True when the forward kernels do (K = V in {64, 128, 256}).
+bool GatedDeltaFastForwardSupportsDims(int key_dim, int value_dim);
 
 // Value columns per block of the backward's state recurrence for `batch_heads` sequences (16, 32
 // or 64): the widest slice that still gives every multiprocessor a block.

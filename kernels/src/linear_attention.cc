@@ -251,17 +251,15 @@ LinearAttentionOutput GatedDeltaChunked(const at::Tensor& q, const at::Tensor& k
   TORCH_CHECK(chunk_size > 0, "GatedDeltaChunked: chunk_size must be positive");
 #ifdef HYB_WITH_CUDA
   // The kernels' chunk length is their own (the result does not depend on it). The
-  // chunk-parallel kernels where they apply, the sequential ones for the rest.
-  if (cuda::GatedDeltaChunkedFastSupported(q, k, v, g, beta, initial_state)) {
-    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
-      return cuda::GatedDeltaChunkedFastWithGrad(q, k, v, g, beta, scale, initial_state);
-    }
+  // chunk-parallel kernels where they apply (the forward alone at more head dims than with
+  // autograd), the sequential ones for the rest.
+  const bool grad = NeedsGrad({q, k, v, g, beta, initial_state});
+  if (cuda::GatedDeltaChunkedFastSupported(q, k, v, g, beta, initial_state, !grad)) {
+    if (grad) return cuda::GatedDeltaChunkedFastWithGrad(q, k, v, g, beta, scale, initial_state);
     return cuda::GatedDeltaChunkedFast(q, k, v, g, beta, scale, initial_state);
   }
   if (cuda::GatedDeltaChunkedSupported(q, k, v, g, beta, initial_state)) {
-    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
-      return cuda::GatedDeltaChunkedWithGrad(q, k, v, g, beta, scale, initial_state);
-    }
+    if (grad) return cuda::GatedDeltaChunkedWithGrad(q, k, v, g, beta, scale, initial_state);
     return cuda::GatedDeltaChunked(q, k, v, g, beta, scale, initial_state);
   }
 #endif
@@ -570,15 +568,16 @@ LinearAttentionOutput GatedDeltaChunkedVarlen(const at::Tensor& q, const at::Ten
   // As GatedDeltaChunked: the chunk-parallel kernels where they apply, the sequential ones for
   // the rest.
   const int64_t n = static_cast<int64_t>(cu_seqlens.size()) - 1;
-  if (cuda::GatedDeltaChunkedFastVarlenSupported(q, k, v, g, beta, initial_state, n)) {
-    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
+  const bool grad = NeedsGrad({q, k, v, g, beta, initial_state});
+  if (cuda::GatedDeltaChunkedFastVarlenSupported(q, k, v, g, beta, initial_state, n, !grad)) {
+    if (grad) {
       return cuda::GatedDeltaChunkedFastVarlenWithGrad(q, k, v, g, beta, scale, initial_state,
                                                        cu_seqlens);
     }
     return cuda::GatedDeltaChunkedFastVarlen(q, k, v, g, beta, scale, initial_state, cu_seqlens);
   }
   if (cuda::GatedDeltaChunkedVarlenSupported(q, k, v, g, beta, initial_state, n)) {
-    if (NeedsGrad({q, k, v, g, beta, initial_state})) {
+    if (grad) {
       return cuda::GatedDeltaChunkedVarlenWithGrad(q, k, v, g, beta, scale, initial_state,
                                                    cu_seqlens);
     }

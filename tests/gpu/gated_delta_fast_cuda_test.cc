@@ -18,6 +18,7 @@
 
 #include "gpu_test_util.h"
 #include "hyb/kernels/cuda_gated_delta.h"
+#include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
 
 namespace hyb {
@@ -519,6 +520,110 @@ TEST(CudaGatedDeltaFastVarlenTest, EmptyBatchAutogradAndSupport) {
     EXPECT_NE(std::string(e.what_without_backtrace()).find("must equal the packed length T = 12"),
               std::string::npos)
         << e.what_without_backtrace();
+  }
+}
+
+// K = V = 256: the chunk-parallel forward (no backward at this size). Fixed-length against fp64
+// within twice the bf16 reference's error; more (batch, head) pairs and long sequences, whose
+// recurrence takes 32 and 16 value columns per block; packed sequences equal to separate runs;
+// the dispatch point's choice with and without autograd.
+TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(58);
+  const int64_t d = 256;
+  const double scale = 1.0 / 16.0;
+  for (const int64_t t : {1, 65, 1000}) {
+    for (const bool with_state : {false, true}) {
+      const GdnInputs in = MakeInputs(2, 3, t, d, with_state, -1.0);
+      ASSERT_TRUE(kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta,
+                                                                in.s0, /*forward_only=*/true));
+      ASSERT_FALSE(
+          kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta, in.s0));
+      PoisonAllocator(6 * t * d * 16 + 6 * d * d * 4);
+      const auto got =
+          kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+      const auto ref = kernels::GatedDeltaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g),
+                                                           D(in.beta), scale, D(in.s0), 64);
+      const auto ref_bf16 =
+          kernels::GatedDeltaRecurrent(in.q, in.k, in.v, Bf(in.g), Bf(in.beta), scale, Bf(in.s0));
+      const std::string label = Label(2, 3, t, d, with_state);
+      std::cout << "[gdn fast fwd 256] " << label;
+      ExpectWithin("o", got.output, ref.output, RelErr(ref_bf16.output, ref.output), 2.0, 1e-2,
+                   label);
+      ExpectWithin("S_T", got.final_state, ref.final_state,
+                   RelErr(ref_bf16.final_state, ref.final_state), 2.0, 1e-2, label);
+      std::cout << "\n";
+    }
+  }
+  // (B, H, T): 256 pairs (64-column slices on an H200's 132 SMs), 16 pairs (32 columns), 8 pairs
+  // of 3,000 tokens with strong gates (16 columns: too few pairs for wider ones).
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, double>> wide = {
+      {64, 4, 130, -1.0}, {2, 8, 700, -1.0}, {1, 8, 3000, -5.0}};
+  for (const auto& [b, h, t, g_min] : wide) {
+    const GdnInputs in = MakeInputs(b, h, t, d, true, g_min);
+    const auto got =
+        kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+    const auto ref = kernels::GatedDeltaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g),
+                                                         D(in.beta), scale, D(in.s0), 64);
+    const std::string label = Label(b, h, t, d, true) + " g_min=" + std::to_string(g_min);
+    std::cout << "[gdn fast fwd 256] " << label;
+    ExpectWithin("o", got.output, ref.output, -1, 0, 1e-2, label);
+    ExpectWithin("S_T", got.final_state, ref.final_state, -1, 0, 1e-2, label);
+    std::cout << "\n";
+  }
+  // Packed sequences (lengths 0, 1, around the chunk, 700) equal separate runs and fp64.
+  {
+    const Packed b = MakePacked({1, 0, 63, 65, 700, 64}, 2, d, true, false);
+    const GdnInputs& in = b.in;
+    ASSERT_TRUE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(
+        in.q, in.k, in.v, in.g, in.beta, in.s0, 6, /*forward_only=*/true));
+    ASSERT_FALSE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(in.q, in.k, in.v, in.g,
+                                                                     in.beta, in.s0, 6));
+    const auto got = kernels::cuda::GatedDeltaChunkedFastVarlen(in.q, in.k, in.v, in.g, in.beta,
+                                                                scale, in.s0, b.cu);
+    const auto ref = kernels::GatedDeltaChunkedVarlenReference(
+        D(in.q), D(in.k), D(in.v), D(in.g), D(in.beta), scale, D(in.s0), b.cu, 64);
+    std::vector<at::Tensor> o, s1;
+    for (size_t n = 0; n + 1 < b.cu.size(); ++n) {
+      const int64_t t0 = b.cu[n], len = b.cu[n + 1] - t0;
+      const at::Tensor s0 = in.s0.narrow(0, static_cast<int64_t>(n), 1);
+      if (len == 0) {
+        o.push_back(at::empty({1, 2, 0, d}, in.q.options()));
+        s1.push_back(s0);
+        continue;
+      }
+      auto seq = [&](const at::Tensor& x) { return x.narrow(2, t0, len); };
+      const auto f = kernels::cuda::GatedDeltaChunkedFast(seq(in.q), seq(in.k), seq(in.v),
+                                                          seq(in.g), seq(in.beta), scale, s0);
+      o.push_back(f.output);
+      s1.push_back(f.final_state);
+    }
+    const at::Tensor o_sep = at::cat(o, 2), s1_sep = at::cat(s1, 0);
+    std::cout << "[gdn fast varlen 256] o sep " << RelErr(got.output, o_sep) << " ref "
+              << RelErr(got.output, ref.output) << " S_T sep " << RelErr(got.final_state, s1_sep)
+              << " ref " << RelErr(got.final_state, ref.final_state) << "\n";
+    EXPECT_LE(RelErr(got.output, o_sep), 5e-4);
+    EXPECT_LE(RelErr(got.final_state, s1_sep), 5e-4);
+    EXPECT_LT(RelErr(got.output, ref.output), 1e-2);
+    EXPECT_LT(RelErr(got.final_state, ref.final_state), 1e-2);
+  }
+  // The dispatch point: these kernels without autograd, the sequential ones with it.
+  {
+    const GdnInputs in = MakeInputs(1, 2, 300, d, true, -1.0);
+    const auto fast =
+        kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+    const auto plain =
+        kernels::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0, 64);
+    EXPECT_TRUE(at::equal(plain.output, fast.output));
+    EXPECT_TRUE(at::equal(plain.final_state, fast.final_state));
+    const at::Tensor q = in.q.detach().clone().requires_grad_(true);
+    const auto with_grad =
+        kernels::GatedDeltaChunked(q, in.k, in.v, in.g, in.beta, scale, in.s0, 64);
+    const auto sequential =
+        kernels::cuda::GatedDeltaChunked(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
+    EXPECT_TRUE(at::equal(with_grad.output.detach(), sequential.output));
+    with_grad.output.to(at::kFloat).sum().backward();
+    EXPECT_TRUE(q.grad().defined());
   }
 }
 

@@ -463,6 +463,42 @@ TEST(CudaSanitizerCases, GatedDeltaChunkParallel) {
       << "the cases should take every slice width in the forward too";
 }
 
+// The chunk-parallel forward at K = V = 256 (no autograd: its backward stops at 128): every
+// recurrence slice width (16 columns on 4 warps, 32 and 64 on 8), the output kernel's four value
+// slices, a partial last chunk and T = 1.
+TEST(CudaSanitizerCases, GatedDeltaChunkParallelHeadDim256) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(204);
+  const int sms = NumSms();
+  struct Case {
+    int64_t b, h, t;
+    bool with_state;
+  };
+  const std::vector<Case> cases = {
+      {2, 1, 130, true}, {(sms + 7) / 8, 1, 65, false}, {sms, 1, 65, false}, {3, 1, 1, true}};
+  std::set<int> forward_slices;
+  at::NoGradGuard no_grad;
+  for (const Case& c : cases) {
+    const LinearInputs in = MakeLinear(false, c.b, c.h, c.t, 256, 256, c.b, c.with_state, false);
+    const int forward_slice = kernels::cuda::GatedDeltaFastForwardSliceColumns(c.b * c.h, 256, sms);
+    forward_slices.insert(forward_slice);
+    const std::string label = Shape(c.b, c.h, c.t, 256, 256) + " (" +
+                              std::to_string(forward_slice) + "-column slices)";
+    EXPECT_TRUE(kernels::cuda::GatedDeltaChunkedFastSupported(
+        Dev(in.q), Dev(in.k), Dev(in.v), Dev(in.g), Dev(in.beta), Dev(in.s0), true))
+        << label;
+    PoisonAllocator(c.b * c.h * (c.t + 64) * 256 * 24);
+    const auto got = kernels::GatedDeltaChunked(Dev(in.q), Dev(in.k), Dev(in.v), Dev(in.g),
+                                                Dev(in.beta), 1.0 / 16.0, Dev(in.s0), 64);
+    const auto want = kernels::GatedDeltaChunkedReference(
+        Ref(in.q), Ref(in.k), Ref(in.v), Ref(in.g), Ref(in.beta), 1.0 / 16.0, Ref(in.s0), 64);
+    ExpectNear(label + " o", got.output, want.output, kOutputTol);
+    ExpectNear(label + " S_T", got.final_state, want.final_state, kOutputTol);
+  }
+  EXPECT_EQ(forward_slices, (std::set<int>{16, 32, 64}))
+      << "the cases should take every slice width";
+}
+
 // Single-token decoding steps (linear_attention_step.cu) through kernels::GlaStep and
 // kernels::GatedDeltaStep: key dims not a multiple of the row groups, value dims not a multiple
 // of a block's 32 columns, K = 256, fp32 and bf16.

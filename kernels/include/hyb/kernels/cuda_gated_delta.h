@@ -22,10 +22,11 @@ namespace hyb::kernels::cuda {
 // Supported: q, k, v bf16 on one CUDA device, [B, H, T, K] / [B, H, T, V] with K = V in
 // {64, 128} (k L2-normalised by the caller), B * H <= 65535; g (log decay, <= 0) and beta
 // [B, H, T] of any float type (used as fp32); initial_state undefined or [B, H, K, V] of any
-// float type (used as fp32).
+// float type (used as fp32). `forward_only`: for GatedDeltaChunkedFast (and ...Varlen) alone,
+// which also take K = V = 256 (the backward kernels do not).
 bool GatedDeltaChunkedFastSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& g, const at::Tensor& beta,
-                                    const at::Tensor& initial_state);
+                                    const at::Tensor& initial_state, bool forward_only = false);
 // Forward only (no autograd): the output in bf16 and the final state in fp32.
 LinearAttentionOutput GatedDeltaChunkedFast(const at::Tensor& q, const at::Tensor& k,
                                             const at::Tensor& v, const at::Tensor& g,
@@ -61,7 +62,7 @@ GatedDeltaChunkedGradients GatedDeltaChunkedFastBackward(const at::Tensor& q, co
 bool GatedDeltaChunkedFastVarlenSupported(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& g,
                                           const at::Tensor& beta, const at::Tensor& initial_state,
-                                          int64_t num_seqs);
+                                          int64_t num_seqs, bool forward_only = false);
 LinearAttentionOutput GatedDeltaChunkedFastVarlen(const at::Tensor& q, const at::Tensor& k,
                                                   const at::Tensor& v, const at::Tensor& g,
                                                   const at::Tensor& beta, double scale,
