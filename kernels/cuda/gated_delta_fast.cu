@@ -11,6 +11,7 @@
 #include "cuda_check.h"
 #include "gated_delta_fast.cuh"
 #include "gated_delta_fast_launch.h"
+#include "linear_attention_launch.h"
 
 namespace hyb::kernels::cuda {
 namespace {
@@ -218,6 +219,7 @@ template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p) {
   static_assert(kThreads == 128 && kC == 4 * kTB, "one warp per Tinv block row");
   using L = PrepareLayout<K, V>;
+  static_assert(L::kBytes <= kGatedDeltaMaxBlockSmem, "over the shared memory of a block");
   extern __shared__ __align__(16) char smem[];
   bf16* ks = reinterpret_cast<bf16*>(smem + L::kK);
   bf16* vs = reinterpret_cast<bf16*>(smem + L::kV);
@@ -418,7 +420,8 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(GatedDeltaFastParams p
 
 // ---------------------------------------------------------------------------------------------
 // (2) The state recurrence over chunks. Block = (slice of S value columns, sequence); the
-// slice's [K][S] fp32 state lives in registers, warp w holding key rows w K / 4 ...
+// slice's [K][S] fp32 state lives in registers, warp w of W (RecurrenceWarps) holding key rows
+// w K / W ...
 
 template <int K, int S>
 struct RecurrenceLayout {
@@ -461,6 +464,7 @@ template <int K, int V, int S, bool kPacked>
 __global__ void __launch_bounds__(32 * RecurrenceWarps<K, S>())
     RecurrenceKernel(GatedDeltaFastParams p) {
   using L = RecurrenceLayout<K, S>;
+  static_assert(L::kBytes <= kGatedDeltaMaxBlockSmem, "over the shared memory of a block");
   constexpr int kWarps = RecurrenceWarps<K, S>(), kRThreads = 32 * kWarps;
   constexpr int kRows = K / kWarps;  // state rows per warp
   constexpr int kMT = kRows / 16;    // m16 tiles of state rows per warp
@@ -671,6 +675,7 @@ template <int K, int V, bool kPacked>
 __global__ void __launch_bounds__(kThreads) OutputKernel(GatedDeltaFastParams p) {
   constexpr int VS = OutputSliceColumns<V>(), kSlices = V / VS;
   using L = OutputLayout<K, VS>;
+  static_assert(L::kBytes <= kGatedDeltaMaxBlockSmem, "over the shared memory of a block");
   extern __shared__ __align__(16) char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem + L::kQ);
   bf16* ks = reinterpret_cast<bf16*>(smem + L::kK);
@@ -811,7 +816,8 @@ cudaError_t Launch(Kernel kernel, dim3 grid, int smem_bytes, const GatedDeltaFas
   return cudaSuccess;
 }
 
-// Fixed-length: grid (chunks, B * H) per chunk. Packed: (total_chunks, H).
+// Fixed-length: grid (chunks, B * H) per chunk. Packed: (total_chunks, H). The output kernel
+// multiplies the first dimension by its value slices (V / OutputSliceColumns).
 template <int K, int V, bool kPacked>
 cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
   const int64_t nchunks = kPacked ? p.varlen.total_chunks : (p.tokens + kC - 1) / kC;

@@ -101,7 +101,8 @@ __device__ __forceinline__ void CopyTile(__nv_bfloat16* dst, const __nv_bfloat16
 // index in the [H, T] token rows (T = `tokens`, the packed total); `*rows`: its real tokens
 // (1..64: the sequence's last chunk may be short). Its padded intermediates are at row
 // (head * total_chunks + chunk) * 64 and chunk state head * total_chunks + chunk, the fixed-length
-// formulas with (chunk, bh) = (blockIdx.x, blockIdx.y).
+// formulas with (chunk, bh) = (blockIdx.x, blockIdx.y) (blockIdx.x / slices for a kernel that
+// splits a chunk's value columns over blocks).
 __device__ __forceinline__ void PackedChunk(const GatedDeltaFastVarlen& vs, int64_t tokens,
                                             int64_t chunk, int64_t head, int64_t* tok,
                                             int* rows) {

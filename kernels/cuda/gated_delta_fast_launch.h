@@ -33,7 +33,8 @@ inline constexpr int kGatedDeltaFastChunk = 64;
 // cu_chunks[n] + c of total_chunks. The per-chunk intermediates are those of a fixed-length
 // batch of one sequence whose chunks are all the global chunks (N = total_chunks), per head:
 // [H, Tp, .] with Tp = 64 total_chunks, chunk states [H, total_chunks, K, V]. The per-chunk
-// launches take a grid of (total_chunks, H) blocks and find a block's sequence in chunk_seq; the
+// launches take a grid of (total_chunks, H) blocks (the forward's output kernel at V = 256:
+// (4 total_chunks, H), four value slices per chunk) and find a block's sequence in chunk_seq; the
 // recurrences take one block per (slice, sequence n * H + h).
 struct GatedDeltaFastVarlen {
   const int64_t* cu_seqlens = nullptr;  // [N + 1] device, or null: a fixed-length batch

@@ -170,8 +170,8 @@ TEST(CudaGatedDeltaBackwardTest, MixedHeadDimsStrongGatesAndZeroTokens) {
   EXPECT_TRUE(at::equal(r.d_initial_state, d_s));
 }
 
-// Head dims of 256 (K, V or both) run on the sequential kernels (the chunk-parallel ones take
-// K = V in {64, 128} only): the forward and the backward's reverse scan keep the widest slice of
+// Head dims of 256 (K, V or both) run on the sequential kernels with autograd (the chunk-parallel
+// ones take K = V in {64, 128} then, and K = V = 256 only in a forward without autograd): the forward and the backward's reverse scan keep the widest slice of
 // value columns that fits shared memory (32 and 64 with K = 256), and the backward's per-chunk
 // kernel walks the value columns in slices. T = 130 (a partial last chunk) and T = 1, with an
 // initial state and a final-state gradient; two (batch, head) pairs (value columns split over
