@@ -11,15 +11,23 @@
 #include <cmath>
 #include <iostream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_util.h"
 #include "hyb/kernels/cuda_gated_delta.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
+
+#ifdef HYB_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
+#include "gated_delta_fast_launch.h"
+#endif
 
 namespace hyb {
 namespace {
@@ -571,14 +579,23 @@ TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
     ExpectWithin("S_T", got.final_state, ref.final_state, -1, 0, 1e-2, label);
     std::cout << "\n";
   }
-  // Packed sequences (lengths 0, 1, around the chunk, 700) equal separate runs and fp64.
-  {
-    const Packed b = MakePacked({1, 0, 63, 65, 700, 64}, 2, d, true, false);
+  // Packed sequences equal separate runs and fp64: lengths 0, 1, around the chunk and 700 (12
+  // (sequence, head) pairs: 16-column slices); 17 sequences of one head (32 columns) and 60 of two
+  // (64 columns), which run the recurrence's 8-warp blocks, with empty sequences among them.
+  std::vector<int64_t> seventeen, sixty;
+  for (int64_t i = 0; i < 17; ++i) seventeen.push_back((i * 41) % 190);
+  for (int64_t i = 0; i < 60; ++i) sixty.push_back((i * 29) % 150);
+  const std::vector<std::pair<std::vector<int64_t>, int64_t>> packed_sets = {
+      {{1, 0, 63, 65, 700, 64}, 2}, {seventeen, 1}, {sixty, 2}};
+  std::set<int> packed_slices;
+  for (const auto& [lengths, heads] : packed_sets) {
+    const int64_t nseq = static_cast<int64_t>(lengths.size());
+    const Packed b = MakePacked(lengths, heads, d, true, false);
     const GdnInputs& in = b.in;
     ASSERT_TRUE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(
-        in.q, in.k, in.v, in.g, in.beta, in.s0, 6, /*forward_only=*/true));
+        in.q, in.k, in.v, in.g, in.beta, in.s0, nseq, /*forward_only=*/true));
     ASSERT_FALSE(kernels::cuda::GatedDeltaChunkedFastVarlenSupported(in.q, in.k, in.v, in.g,
-                                                                     in.beta, in.s0, 6));
+                                                                     in.beta, in.s0, nseq));
     const auto got = kernels::cuda::GatedDeltaChunkedFastVarlen(in.q, in.k, in.v, in.g, in.beta,
                                                                 scale, in.s0, b.cu);
     const auto ref = kernels::GatedDeltaChunkedVarlenReference(
@@ -588,7 +605,7 @@ TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
       const int64_t t0 = b.cu[n], len = b.cu[n + 1] - t0;
       const at::Tensor s0 = in.s0.narrow(0, static_cast<int64_t>(n), 1);
       if (len == 0) {
-        o.push_back(at::empty({1, 2, 0, d}, in.q.options()));
+        o.push_back(at::empty({1, heads, 0, d}, in.q.options()));
         s1.push_back(s0);
         continue;
       }
@@ -599,7 +616,12 @@ TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
       s1.push_back(f.final_state);
     }
     const at::Tensor o_sep = at::cat(o, 2), s1_sep = at::cat(s1, 0);
-    std::cout << "[gdn fast varlen 256] o sep " << RelErr(got.output, o_sep) << " ref "
+    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    const int slice =
+        kernels::cuda::GatedDeltaFastForwardSliceColumns(nseq * heads, static_cast<int>(d), sms);
+    packed_slices.insert(slice);
+    std::cout << "[gdn fast varlen 256] " << nseq << " sequences H=" << heads << " (" << slice
+              << "-column slices) o sep " << RelErr(got.output, o_sep) << " ref "
               << RelErr(got.output, ref.output) << " S_T sep " << RelErr(got.final_state, s1_sep)
               << " ref " << RelErr(got.final_state, ref.final_state) << "\n";
     EXPECT_LE(RelErr(got.output, o_sep), 5e-4);
@@ -607,6 +629,7 @@ TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
     EXPECT_LT(RelErr(got.output, ref.output), 1e-2);
     EXPECT_LT(RelErr(got.final_state, ref.final_state), 1e-2);
   }
+  EXPECT_EQ(packed_slices, (std::set<int>{16, 32, 64})) << "the packed sets should take every width";
   // The dispatch point: these kernels without autograd, the sequential ones with it.
   {
     const GdnInputs in = MakeInputs(1, 2, 300, d, true, -1.0);
