@@ -1,10 +1,10 @@
 // GPU time of the chunked Gated DeltaNet CUDA kernels: the chunk-parallel ones
 // (cuda::GatedDeltaChunkedFast*, gated_delta_fast*.cu) beside the sequential fp32 ones
 // (cuda::GatedDeltaChunked*, gated_delta_chunked*.cu), at 32K tokens per batch: B = 32768 / T,
-// 16 heads, K = V = 128 (--dim: 64 or 256 instead), T in {1K, 2K, 4K, 8K, 32K}. bf16 q/k/v [B, H, T, D] (keys
-// L2-normalised), fp32 log decays g = logsigmoid(x) / 4 and betas sigmoid(x) [B, H, T], no
-// initial state, random output gradient. Prints one markdown table: ms for the forward alone
-// (no autograd) and for forward + backward through each autograd function.
+// 16 heads, K = V = 128 (--dim: 64 or 256 instead), T in {1K, 2K, 4K, 8K, 32K}. bf16 q/k/v
+// [B, H, T, D] (keys L2-normalised), fp32 log decays g = logsigmoid(x) / 4 and betas
+// sigmoid(x) [B, H, T], no initial state, random output gradient. Prints one markdown table: ms
+// for the forward alone (no autograd) and for forward + backward through each autograd function.
 //
 //   gated_delta_bench [--t 2048,8192] [--dim 64|128|256] [--fast-forward-only] [--reps N]
 //                     [--sweep [--slice 16|32|64]]
@@ -39,14 +39,14 @@
 namespace {
 
 constexpr int64_t kHeads = 16, kTokensPerBatch = 32768;
-int64_t kDim = 128;  // --dim
 
 using hyb::bench::TimeMs;
 
 [[noreturn]] void Usage(const std::string& why) {
-  std::cerr << "gated_delta_bench: " << why
-            << "\nusage: gated_delta_bench [--t 2048,8192] [--dim 64|128|256] [--fast-forward-only] "
-               "[--reps N] [--sweep [--slice 16|32|64]]\n";
+  std::cerr
+      << "gated_delta_bench: " << why
+      << "\nusage: gated_delta_bench [--t 2048,8192] [--dim 64|128|256] [--fast-forward-only] "
+         "[--reps N] [--sweep [--slice 16|32|64]]\n";
   std::exit(2);
 }
 
@@ -63,8 +63,8 @@ int64_t PositiveInt(const std::string& flag, const std::string& text) {
 }
 
 // The chunk-parallel forward through LaunchGatedDeltaFast with every recurrence slice width,
-// K = V = 128, one table row per (T, width); "auto" is the width the launcher picks itself.
-void Sweep(const std::vector<int64_t>& lengths, int reps, int only_slice) {
+// K = V = dim, one table row per (T, width); "auto" is the width the launcher picks itself.
+void Sweep(const std::vector<int64_t>& lengths, int64_t dim, int reps, int only_slice) {
   namespace cuda = hyb::kernels::cuda;
   const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
   const auto bf = f32.dtype(at::kBFloat16);
@@ -72,16 +72,16 @@ void Sweep(const std::vector<int64_t>& lengths, int reps, int only_slice) {
   for (const int64_t t : lengths) {
     const int64_t b = kTokensPerBatch / t, bh = b * kHeads, n = (t + 63) / 64, tp = 64 * n;
     torch::manual_seed(0);
-    const at::Tensor q = at::randn({bh, t, kDim}, f32).to(at::kBFloat16);
-    const at::Tensor kn = at::randn({bh, t, kDim}, f32);
+    const at::Tensor q = at::randn({bh, t, dim}, f32).to(at::kBFloat16);
+    const at::Tensor kn = at::randn({bh, t, dim}, f32);
     const at::Tensor k = (kn / kn.norm(2, -1, true)).to(at::kBFloat16);
-    const at::Tensor v = at::randn({bh, t, kDim}, f32).to(at::kBFloat16);
+    const at::Tensor v = at::randn({bh, t, dim}, f32).to(at::kBFloat16);
     const at::Tensor g = at::log_sigmoid(at::randn({bh, t}, f32)) / 4;
     const at::Tensor beta = at::sigmoid(at::randn({bh, t}, f32));
-    const at::Tensor o = at::empty({bh, t, kDim}, bf), s1 = at::empty({bh, kDim, kDim}, f32);
-    const at::Tensor w = at::empty({bh, tp, kDim}, bf), u = at::empty({bh, tp, kDim}, bf);
-    const at::Tensor vn = at::empty({bh, tp, kDim}, bf), bb = at::empty({bh, tp}, f32);
-    const at::Tensor cs = at::empty({bh, n, kDim, kDim}, bf), ti = at::empty({bh, tp, 64}, bf);
+    const at::Tensor o = at::empty({bh, t, dim}, bf), s1 = at::empty({bh, dim, dim}, f32);
+    const at::Tensor w = at::empty({bh, tp, dim}, bf), u = at::empty({bh, tp, dim}, bf);
+    const at::Tensor vn = at::empty({bh, tp, dim}, bf), bb = at::empty({bh, tp}, f32);
+    const at::Tensor cs = at::empty({bh, n, dim, dim}, bf), ti = at::empty({bh, tp, 64}, bf);
     cuda::GatedDeltaFastParams p;
     p.q = q.data_ptr();
     p.k = k.data_ptr();
@@ -90,15 +90,15 @@ void Sweep(const std::vector<int64_t>& lengths, int reps, int only_slice) {
     p.beta = beta.data_ptr<float>();
     p.o = o.data_ptr();
     p.final_state = s1.data_ptr<float>();
-    p.ws = {w.data_ptr(), u.data_ptr(), vn.data_ptr(), bb.data_ptr<float>(), cs.data_ptr(),
-            ti.data_ptr()};
+    p.ws = {w.data_ptr(),         u.data_ptr(),  vn.data_ptr(),
+            bb.data_ptr<float>(), cs.data_ptr(), ti.data_ptr()};
     p.batch_heads = bh;
     p.tokens = t;
-    p.key_dim = p.value_dim = static_cast<int>(kDim);
-    p.scale = 1.f / std::sqrt(static_cast<float>(kDim));
+    p.key_dim = p.value_dim = static_cast<int>(dim);
+    p.scale = 1.f / std::sqrt(static_cast<float>(dim));
     p.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    const int chosen = cuda::GatedDeltaFastForwardSliceColumns(bh, static_cast<int>(kDim),
-                                                                p.num_sms);
+    const int chosen =
+        cuda::GatedDeltaFastForwardSliceColumns(bh, static_cast<int>(dim), p.num_sms);
     at::Tensor o_auto, s1_auto;  // every slice computes the same sums in the same order
     for (const int slice : {0, 16, 32, 64}) {
       if (slice > 0 && only_slice > 0 && slice != only_slice) continue;
@@ -127,6 +127,7 @@ void Sweep(const std::vector<int64_t>& lengths, int reps, int only_slice) {
 int main(int argc, char** argv) {
   std::vector<int64_t> lengths = {1024, 2048, 4096, 8192, 32768};
   bool fast_forward_only = false, sweep = false;
+  int64_t dim = 128;  // K = V
   int reps = 20, only_slice = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -138,8 +139,8 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) Usage(a + " needs a value");
       const std::string v = argv[++i];
       if (a == "--dim") {
-        kDim = PositiveInt(a, v);
-        if (kDim != 64 && kDim != 128 && kDim != 256) Usage("--dim is 64, 128 or 256");
+        dim = PositiveInt(a, v);
+        if (dim != 64 && dim != 128 && dim != 256) Usage("--dim is 64, 128 or 256");
         continue;
       }
       if (a != "--t") {
@@ -165,27 +166,28 @@ int main(int argc, char** argv) {
   }
   // The chunk-parallel backward: K = V in {64, 128}; the forward takes every --dim.
   const bool chunk_parallel_backward =
-      hyb::kernels::cuda::GatedDeltaFastSupportsDims(static_cast<int>(kDim), static_cast<int>(kDim));
+      hyb::kernels::cuda::GatedDeltaFastSupportsDims(static_cast<int>(dim), static_cast<int>(dim));
   if (sweep) {
-    Sweep(lengths, reps, only_slice);
+    Sweep(lengths, dim, reps, only_slice);
     return 0;
   }
   namespace cuda = hyb::kernels::cuda;
   const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
-  std::cout << "| T | B | sequential fwd ms | chunk-parallel fwd ms | speedup | sequential fwd+bwd ms "
-               "| chunk-parallel fwd+bwd ms | speedup |\n"
-            << "|---|---|---|---|---|---|---|---|\n";
+  std::cout
+      << "| T | B | sequential fwd ms | chunk-parallel fwd ms | speedup | sequential fwd+bwd ms "
+         "| chunk-parallel fwd+bwd ms | speedup |\n"
+      << "|---|---|---|---|---|---|---|---|\n";
   for (const int64_t t : lengths) {
     const int64_t b = kTokensPerBatch / t;
     torch::manual_seed(0);
-    const at::Tensor q = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16).requires_grad_(true);
-    const at::Tensor kn = at::randn({b, kHeads, t, kDim}, f32);
+    const at::Tensor q = at::randn({b, kHeads, t, dim}, f32).to(at::kBFloat16).requires_grad_(true);
+    const at::Tensor kn = at::randn({b, kHeads, t, dim}, f32);
     const at::Tensor k = (kn / kn.norm(2, -1, true)).to(at::kBFloat16).requires_grad_(true);
-    const at::Tensor v = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16).requires_grad_(true);
+    const at::Tensor v = at::randn({b, kHeads, t, dim}, f32).to(at::kBFloat16).requires_grad_(true);
     const at::Tensor g = (at::log_sigmoid(at::randn({b, kHeads, t}, f32)) / 4).requires_grad_(true);
     const at::Tensor beta = at::sigmoid(at::randn({b, kHeads, t}, f32)).requires_grad_(true);
-    const at::Tensor d_o = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(kDim));
+    const at::Tensor d_o = at::randn({b, kHeads, t, dim}, f32).to(at::kBFloat16);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
 
     auto forward_ms = [&](bool fast, int reps) {
       return TimeMs(
@@ -225,8 +227,8 @@ int main(int argc, char** argv) {
     const double old_fb = forward_backward_ms(false, 3), new_fb = forward_backward_ms(true, 10);
     std::cout << std::fixed << std::setprecision(2) << "| " << t << " | " << b << " | " << old_f
               << " | " << new_f << " | " << std::setprecision(1) << old_f / new_f << "x | "
-              << std::setprecision(2) << old_fb << " | " << new_fb << " | "
-              << std::setprecision(1) << old_fb / new_fb << "x |\n";
+              << std::setprecision(2) << old_fb << " | " << new_fb << " | " << std::setprecision(1)
+              << old_fb / new_fb << "x |\n";
   }
   return 0;
 }

@@ -81,13 +81,17 @@ TEST(CudaGatedDeltaFastTest, ForwardWithinTwiceReferenceBf16Error) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(51);
   for (const int64_t t : {1, 63, 64, 65, 1000, 4096}) {
-    for (const int64_t d : {64, 128}) {
+    for (const int64_t d : {64, 128, 256}) {
       for (const bool with_state : {false, true}) {
         const int64_t b = t <= 65 ? 2 : 1, h = t <= 65 ? 3 : 2;
         const GdnInputs in = MakeInputs(b, h, t, d, with_state, -1.0);
         const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-        ASSERT_TRUE(
-            kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta, in.s0));
+        ASSERT_TRUE(kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta,
+                                                                  in.s0, /*forward_only=*/true));
+        // The backward stops at 128.
+        ASSERT_EQ(
+            kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta, in.s0),
+            d <= 128);
         PoisonAllocator(b * h * t * d * 16 + b * h * d * d * 4);
         const auto got =
             kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
@@ -372,7 +376,8 @@ VarlenResult PackedRun(const Packed& b, double scale) {
 
 // Every sequence alone through the fixed-length entry points. An empty sequence's final state is
 // its initial one and its initial state's gradient its final state's (zeros when undefined).
-VarlenResult SeparateRuns(const Packed& b, double scale) {
+// `with_grads` false: the forward alone (o and s1; the gradients stay undefined).
+VarlenResult SeparateRuns(const Packed& b, double scale, bool with_grads = true) {
   const GdnInputs& in = b.in;
   const int64_t h = in.q.size(1), d = in.q.size(3);
   const auto f32 = in.g.options();
@@ -390,16 +395,23 @@ VarlenResult SeparateRuns(const Packed& b, double scale) {
     auto seq = [&](const at::Tensor& x) { return x.narrow(2, t0, len); };
     const auto f = kernels::cuda::GatedDeltaChunkedFast(seq(in.q), seq(in.k), seq(in.v),
                                                         seq(in.g), seq(in.beta), scale, s0);
-    const auto g = kernels::cuda::GatedDeltaChunkedFastBackward(
-        seq(in.q), seq(in.k), seq(in.v), seq(in.g), seq(in.beta), scale, s0, seq(b.d_o), d_s);
     o.push_back(f.output);
     s1.push_back(f.final_state);
+    if (!with_grads) continue;
+    const auto g = kernels::cuda::GatedDeltaChunkedFastBackward(
+        seq(in.q), seq(in.k), seq(in.v), seq(in.g), seq(in.beta), scale, s0, seq(b.d_o), d_s);
     dq.push_back(g.dq);
     dk.push_back(g.dk);
     dv.push_back(g.dv);
     dg.push_back(g.dg);
     dbeta.push_back(g.dbeta);
     ds0.push_back(g.d_initial_state);
+  }
+  if (!with_grads) {
+    VarlenResult forward;
+    forward.o = at::cat(o, 2);
+    forward.s1 = at::cat(s1, 0);
+    return forward;
   }
   return {at::cat(o, 2),  at::cat(s1, 0), at::cat(dq, 2),    at::cat(dk, 2),
           at::cat(dv, 2), at::cat(dg, 2), at::cat(dbeta, 2), at::cat(ds0, 0)};
@@ -531,38 +543,15 @@ TEST(CudaGatedDeltaFastVarlenTest, EmptyBatchAutogradAndSupport) {
   }
 }
 
-// K = V = 256: the chunk-parallel forward (no backward at this size). Fixed-length against fp64
-// within twice the bf16 reference's error; more (batch, head) pairs and long sequences, whose
-// recurrence takes 32 and 16 value columns per block; packed sequences equal to separate runs;
-// the dispatch point's choice with and without autograd.
+// K = V = 256: the chunk-parallel forward (no backward at this size; ForwardWithinTwice...
+// covers short fixed-length batches): more (batch, head) pairs and long sequences, whose
+// recurrence takes every slice width; packed sequences equal to separate runs; the dispatch
+// point's choice with and without autograd.
 TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(58);
   const int64_t d = 256;
   const double scale = 1.0 / 16.0;
-  for (const int64_t t : {1, 65, 1000}) {
-    for (const bool with_state : {false, true}) {
-      const GdnInputs in = MakeInputs(2, 3, t, d, with_state, -1.0);
-      ASSERT_TRUE(kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta,
-                                                                in.s0, /*forward_only=*/true));
-      ASSERT_FALSE(
-          kernels::cuda::GatedDeltaChunkedFastSupported(in.q, in.k, in.v, in.g, in.beta, in.s0));
-      PoisonAllocator(6 * t * d * 16 + 6 * d * d * 4);
-      const auto got =
-          kernels::cuda::GatedDeltaChunkedFast(in.q, in.k, in.v, in.g, in.beta, scale, in.s0);
-      const auto ref = kernels::GatedDeltaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g),
-                                                           D(in.beta), scale, D(in.s0), 64);
-      const auto ref_bf16 =
-          kernels::GatedDeltaRecurrent(in.q, in.k, in.v, Bf(in.g), Bf(in.beta), scale, Bf(in.s0));
-      const std::string label = Label(2, 3, t, d, with_state);
-      std::cout << "[gdn fast fwd 256] " << label;
-      ExpectWithin("o", got.output, ref.output, RelErr(ref_bf16.output, ref.output), 2.0, 1e-2,
-                   label);
-      ExpectWithin("S_T", got.final_state, ref.final_state,
-                   RelErr(ref_bf16.final_state, ref.final_state), 2.0, 1e-2, label);
-      std::cout << "\n";
-    }
-  }
   // (B, H, T): 256 pairs (64-column slices on an H200's 132 SMs), 16 pairs (32 columns), 8 pairs
   // of 3,000 tokens with strong gates (16 columns: too few pairs for wider ones).
   const std::vector<std::tuple<int64_t, int64_t, int64_t, double>> wide = {
@@ -600,22 +589,8 @@ TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
                                                                 scale, in.s0, b.cu);
     const auto ref = kernels::GatedDeltaChunkedVarlenReference(
         D(in.q), D(in.k), D(in.v), D(in.g), D(in.beta), scale, D(in.s0), b.cu, 64);
-    std::vector<at::Tensor> o, s1;
-    for (size_t n = 0; n + 1 < b.cu.size(); ++n) {
-      const int64_t t0 = b.cu[n], len = b.cu[n + 1] - t0;
-      const at::Tensor s0 = in.s0.narrow(0, static_cast<int64_t>(n), 1);
-      if (len == 0) {
-        o.push_back(at::empty({1, heads, 0, d}, in.q.options()));
-        s1.push_back(s0);
-        continue;
-      }
-      auto seq = [&](const at::Tensor& x) { return x.narrow(2, t0, len); };
-      const auto f = kernels::cuda::GatedDeltaChunkedFast(seq(in.q), seq(in.k), seq(in.v),
-                                                          seq(in.g), seq(in.beta), scale, s0);
-      o.push_back(f.output);
-      s1.push_back(f.final_state);
-    }
-    const at::Tensor o_sep = at::cat(o, 2), s1_sep = at::cat(s1, 0);
+    const VarlenResult alone = SeparateRuns(b, scale, /*with_grads=*/false);
+    const at::Tensor &o_sep = alone.o, &s1_sep = alone.s1;
     const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
     const int slice =
         kernels::cuda::GatedDeltaFastForwardSliceColumns(nseq * heads, static_cast<int>(d), sms);
@@ -629,7 +604,8 @@ TEST(CudaGatedDeltaFastTest, ForwardAtHeadDim256) {
     EXPECT_LT(RelErr(got.output, ref.output), 1e-2);
     EXPECT_LT(RelErr(got.final_state, ref.final_state), 1e-2);
   }
-  EXPECT_EQ(packed_slices, (std::set<int>{16, 32, 64})) << "the packed sets should take every width";
+  EXPECT_EQ(packed_slices, (std::set<int>{16, 32, 64}))
+      << "the packed sets should take every width";
   // The dispatch point: these kernels without autograd, the sequential ones with it.
   {
     const GdnInputs in = MakeInputs(1, 2, 300, d, true, -1.0);
