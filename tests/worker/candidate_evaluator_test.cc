@@ -7,6 +7,8 @@
 #include <cmath>
 #include <iostream>
 #include <map>
+#include <utility>
+#include <vector>
 
 #include "hyb/worker/attention_mixer.h"
 #include "hyb/worker/linear_mixer.h"
@@ -24,6 +26,20 @@ std::shared_ptr<const Tokenizer> CharTokenizer() {
 }
 
 constexpr int64_t kLayers = 4;
+
+// A greedy round's candidates: for every layer l of `layers` not in `base`, base plus l, sorted.
+std::vector<std::pair<int64_t, std::vector<int64_t>>> RoundCandidates(
+    const std::vector<int64_t>& base, int64_t layers) {
+  std::vector<std::pair<int64_t, std::vector<int64_t>>> out;
+  for (int64_t l = 0; l < layers; ++l) {
+    if (std::count(base.begin(), base.end(), l)) continue;
+    std::vector<int64_t> cand = base;
+    cand.push_back(l);
+    std::sort(cand.begin(), cand.end());
+    out.emplace_back(l, std::move(cand));
+  }
+  return out;
+}
 
 std::unique_ptr<DecoderModel> LoadTeacher(const TempDir& dir, int64_t layers = kLayers) {
   hyb::testing::TinyModelSpec spec;
@@ -149,11 +165,7 @@ TEST(CandidateEvaluatorTest, PrefixCacheGivesIdenticalScoresInFewerLayerPasses) 
       }
       EXPECT_GT(cached->cache_bytes(), 0);
       int64_t with = 0, without = 0;
-      for (int64_t l = 0; l < kLayers; ++l) {
-        if (std::count(base.begin(), base.end(), l)) continue;
-        std::vector<int64_t> cand = base;
-        cand.push_back(l);
-        std::sort(cand.begin(), cand.end());
+      for (const auto& [l, cand] : RoundCandidates(base, kLayers)) {
         auto c1 = cached->Evaluate(cand, /*keep_recording=*/true);
         auto c2 = plain->Evaluate(cand);
         auto c3 = one->Evaluate(cand);
@@ -278,11 +290,7 @@ TEST(CandidateEvaluatorTest, EncodesTheExamplesOnce) {
     // Two greedy rounds: base {}, its candidates, base {1}, its candidates.
     for (const std::vector<int64_t>& base : {std::vector<int64_t>{}, std::vector<int64_t>{1}}) {
       std::vector<std::vector<int64_t>> models = {base};
-      for (int64_t l = 0; l < kLayers; ++l) {
-        if (std::count(base.begin(), base.end(), l)) continue;
-        std::vector<int64_t> cand = base;
-        cand.push_back(l);
-        std::sort(cand.begin(), cand.end());
+      for (const auto& [l, cand] : RoundCandidates(base, kLayers)) {
         models.push_back(cand);
       }
       for (size_t m = 0; m < models.size(); ++m) {
@@ -386,11 +394,7 @@ TEST(CandidateEvaluatorTest, GreedySearchReusesEarlierRoundsRecordings) {
         if (round > 0 && exact) EXPECT_EQ(b->layer_passes, 0) << name << " round " << round;
         with += b->layer_passes;
         without += plain->Evaluate(base)->layer_passes;
-        for (int64_t l = 0; l < kSix; ++l) {
-          if (std::count(base.begin(), base.end(), l)) continue;
-          std::vector<int64_t> cand = base;
-          cand.push_back(l);
-          std::sort(cand.begin(), cand.end());
+        for (const auto& [l, cand] : RoundCandidates(base, kSix)) {
           auto c1 = cached.Evaluate(cand, /*keep_recording=*/true);
           auto c2 = plain->Evaluate(cand);
           EXPECT_TRUE(c1.ok() && c2.ok());
@@ -458,11 +462,7 @@ TEST(CandidateEvaluatorTest, TightBudgetKeepsTheLikelyWinnersBoundary) {
     ASSERT_TRUE(cached->EvaluateAndCache(base).ok());
     std::map<int64_t, double> scores;
     std::map<int64_t, int64_t> starts;
-    for (int64_t l = 0; l < kSix; ++l) {
-      if (std::count(base.begin(), base.end(), l)) continue;
-      std::vector<int64_t> cand = base;
-      cand.push_back(l);
-      std::sort(cand.begin(), cand.end());
+    for (const auto& [l, cand] : RoundCandidates(base, kSix)) {
       auto c1 = cached->Evaluate(cand, /*keep_recording=*/true);
       auto c2 = plain->Evaluate(cand);
       ASSERT_TRUE(c1.ok() && c2.ok());
