@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda_check.h"
 #include "gated_delta_fast.cuh"
@@ -822,7 +823,8 @@ template <int K, int V, bool kPacked>
 cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
   const int64_t nchunks = kPacked ? p.varlen.total_chunks : (p.tokens + kC - 1) / kC;
   const int64_t rows = kPacked ? p.varlen.heads : p.batch_heads;
-  if (nchunks * (V / OutputSliceColumns<V>()) > 0x7fffffff || p.batch_heads > 65535) {
+  constexpr int kOutSlices = V / OutputSliceColumns<V>();  // output blocks per chunk
+  if (nchunks * kOutSlices > 0x7fffffff || p.batch_heads > 65535) {
     return cudaErrorInvalidValue;
   }
   const dim3 per_chunk(static_cast<unsigned>(nchunks), static_cast<unsigned>(rows));
@@ -833,23 +835,17 @@ cudaError_t LaunchDims(const GatedDeltaFastParams& p, cudaStream_t stream) {
                         : GatedDeltaFastForwardSliceColumns(p.batch_heads, V, p.num_sms);
   if (slice != 16 && slice != 32 && slice != 64) return cudaErrorInvalidValue;
   const dim3 slices(static_cast<unsigned>(V / slice), static_cast<unsigned>(p.batch_heads));
-  if (slice == 64) {
-    HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 64, kPacked>, slices,
-                        RecurrenceLayout<K, 64>::kBytes, p, stream,
-                        32 * RecurrenceWarps<K, 64>()));
-  } else if (slice == 32) {
-    HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 32, kPacked>, slices,
-                        RecurrenceLayout<K, 32>::kBytes, p, stream,
-                        32 * RecurrenceWarps<K, 32>()));
-  } else {
-    HYB_CUDA_TRY(Launch(RecurrenceKernel<K, V, 16, kPacked>, slices,
-                        RecurrenceLayout<K, 16>::kBytes, p, stream,
-                        32 * RecurrenceWarps<K, 16>()));
-  }
-  constexpr int kOutSlice = OutputSliceColumns<V>();
-  const dim3 per_chunk_slice(per_chunk.x * (V / kOutSlice), per_chunk.y);
+  auto recurrence = [&](auto columns) {
+    constexpr int S = decltype(columns)::value;
+    return Launch(RecurrenceKernel<K, V, S, kPacked>, slices, RecurrenceLayout<K, S>::kBytes, p,
+                  stream, 32 * RecurrenceWarps<K, S>());
+  };
+  HYB_CUDA_TRY(slice == 64   ? recurrence(std::integral_constant<int, 64>{})
+               : slice == 32 ? recurrence(std::integral_constant<int, 32>{})
+                             : recurrence(std::integral_constant<int, 16>{}));
+  const dim3 per_chunk_slice(per_chunk.x * kOutSlices, per_chunk.y);
   HYB_CUDA_TRY(Launch(OutputKernel<K, V, kPacked>, per_chunk_slice,
-                      OutputLayout<K, kOutSlice>::kBytes, p, stream));
+                      OutputLayout<K, OutputSliceColumns<V>()>::kBytes, p, stream));
   return cudaSuccess;
 }
 
