@@ -22,6 +22,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #endif
+#include "hyb/kernels/elementwise.h"
 #include "hyb/kernels/linear.h"
 #include "hyb/kernels/norm.h"
 #include "hyb/storage/atomic_file.h"
@@ -102,8 +103,9 @@ Status CheckIds(const at::Tensor& ids, int64_t vocab) {
 }
 
 at::Tensor Mlp(const at::Tensor& x, const MlpWeights& w) {
-  const at::Tensor gate = at::silu(kernels::Linear(x, w.gate_proj, w.gate_bias));
-  return kernels::Linear(gate * kernels::Linear(x, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
+  const at::Tensor gated = kernels::SiluMul(kernels::Linear(x, w.gate_proj, w.gate_bias),
+                                            kernels::Linear(x, w.up_proj, w.up_bias));
+  return kernels::Linear(gated, w.down_proj, w.down_bias);
 }
 
 }  // namespace
