@@ -158,7 +158,8 @@ TEST(DecoderModelTest, BatchedGenerationEqualsFullForwardArgmaxForEveryVariant) 
         const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(model.mixer(0));
         LinearMixerOptions o;
         o.type = type;
-        model.SetMixer(0, LinearMixer::Random(att.shape(), o, false, false, 5, at::kFloat, at::kCPU));
+        model.SetMixer(0,
+                       LinearMixer::Random(att.shape(), o, false, false, 5, at::kFloat, at::kCPU));
       }
       at::NoGradGuard no_grad;
       const at::Tensor prompt = RandomIds(3, 7, spec.vocab, 8);
@@ -212,6 +213,29 @@ TEST(DecoderModelTest, ContinueGreedyFromAClonedStateEqualsGenerateGreedy) {
   EXPECT_EQ(state.length, -1);
   EXPECT_EQ((*model)->ContinueGreedy(&state, logits.select(1, 5).argmax(-1), 5, {}).status().code(),
             StatusCode::kFailedPrecondition);
+}
+
+// GenerateGreedy's prefill on its own, then ContinueGreedy, decodes exactly what GenerateGreedy
+// does (the decoding benchmark times the two apart); a used state is refused.
+TEST(DecoderModelTest, PrefillGreedyThenContinueEqualsGenerateGreedy) {
+  TempDir dir;
+  testing::WriteTinyModel(dir.path(), Variants()[0].spec, 23);
+  auto model = DecoderModel::Load(dir.path(), {});
+  ASSERT_TRUE(model.ok());
+  const at::Tensor prompt = RandomIds(3, 11, 41, 4);
+  const at::Tensor want = *(*model)->GenerateGreedy(prompt, 6, {}, /*prefill_tokens=*/9);
+  DecodeState state = (*model)->NewDecodeState(11 + 6);
+  auto next = (*model)->PrefillGreedy(prompt, &state, /*prefill_tokens=*/9);  // 3 rows x 3 tokens
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
+  EXPECT_EQ(state.length, 11);
+  EXPECT_TRUE(at::equal(next->cpu().squeeze(1), want.select(1, 11)));
+  auto got = (*model)->ContinueGreedy(&state, *next, 6, {});
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_TRUE(at::equal(*got, want.narrow(1, 11, 6)));
+  EXPECT_EQ((*model)->PrefillGreedy(prompt, &state).status().code(), StatusCode::kInvalidArgument);
+  DecodeState fresh = (*model)->NewDecodeState();
+  EXPECT_EQ((*model)->PrefillGreedy(RandomIds(1, 4, 1 << 20, 5), &fresh).status().code(),
+            StatusCode::kInvalidArgument);  // ids outside the vocabulary
 }
 
 TEST(DecoderModelTest, KvCacheGrowsOnDemandAndClonesTight) {

@@ -8,10 +8,10 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <set>
 #include <thread>
 
@@ -335,8 +335,7 @@ StatusOr<at::Tensor> DecoderModel::Embed(const at::Tensor& input_ids) const {
 }
 
 StatusOr<at::Tensor> DecoderModel::ForwardRange(int64_t first, int64_t last,
-                                                const at::Tensor& residual,
-                                                LayerTaps* taps) const {
+                                                const at::Tensor& residual, LayerTaps* taps) const {
   if (first < first_layer_ || last > last_layer_ || first >= last) {
     return InvalidArgument("layers [" + std::to_string(first) + ", " + std::to_string(last) +
                            ") are not inside the held [" + std::to_string(first_layer_) + ", " +
@@ -528,28 +527,36 @@ StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt, int6
   HYB_RETURN_IF_ERROR(CheckIds(prompt, config_.vocab_size));
   const at::Tensor host_prompt = prompt.to(at::kCPU, at::kLong);
   if (max_new_tokens == 0) return host_prompt;
-  at::Tensor next;
-  DecodeState state;
+  DecodeState state = NewDecodeState(prompt.size(1) + max_new_tokens);
+  HYB_ASSIGN_OR_RETURN(const at::Tensor next, PrefillGreedy(prompt, &state, prefill_tokens));
+  HYB_ASSIGN_OR_RETURN(at::Tensor generated,
+                       ContinueGreedy(&state, next, max_new_tokens, stop_ids));
+  return at::cat({host_prompt, generated}, 1);
+}
+
+StatusOr<at::Tensor> DecoderModel::PrefillGreedy(const at::Tensor& prompt, DecodeState* state,
+                                                 int64_t prefill_tokens) const {
+  HYB_RETURN_IF_ERROR(CheckWhole("generation"));
+  HYB_RETURN_IF_ERROR(CheckIds(prompt, config_.vocab_size));
+  if (state == nullptr || state->length != 0 || state->layers.size() != mixers_.size()) {
+    return InvalidArgument("prefill needs an empty decode state of this model (NewDecodeState)");
+  }
   try {
     at::NoGradGuard no_grad;
     const int64_t b = prompt.size(0), t = prompt.size(1);
-    state = NewDecodeState(t + max_new_tokens);
-    // Prefill, in pieces that bound the activations of long prompts; logits of the last
-    // position only.
+    // In pieces that bound the activations of long prompts; logits of the last position only.
     const at::Tensor ids = prompt.to(placement_.device, at::kLong);
     const int64_t piece = std::max<int64_t>(1, std::max<int64_t>(1, prefill_tokens) / b);
     at::Tensor logits;
     for (int64_t s = 0; s < t; s += piece) {
       const at::Tensor part = ids.narrow(1, s, std::min(piece, t - s));
-      logits = RunLayers(0, at::embedding(embed_tokens_, part), &state, nullptr,
+      logits = RunLayers(0, at::embedding(embed_tokens_, part), state, nullptr,
                          /*last_only=*/true);  // [B, 1, V]
     }
-    next = logits.argmax(-1);  // [B, 1]
+    return logits.argmax(-1);  // [B, 1]
   } catch (const c10::Error& e) {
     return Internal(std::string("generation failed: ") + e.what_without_backtrace());
   }
-  HYB_ASSIGN_OR_RETURN(at::Tensor generated, ContinueGreedy(&state, next, max_new_tokens, stop_ids));
-  return at::cat({host_prompt, generated}, 1);
 }
 
 StatusOr<at::Tensor> DecoderModel::ContinueGreedy(DecodeState* state, const at::Tensor& next_ids,

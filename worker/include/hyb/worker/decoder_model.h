@@ -83,8 +83,7 @@ class DecoderModel {
   // answer FailedPrecondition. InvalidArgument for a range outside [0, num_layers].
   static StatusOr<std::unique_ptr<DecoderModel>> LoadRange(const std::string& dir,
                                                            const RuntimeOptions& options,
-                                                           int64_t first_layer,
-                                                           int64_t last_layer);
+                                                           int64_t first_layer, int64_t last_layer);
 
   // Writes the model as a Hugging Face style directory: config.json (the source config with
   // "layer_types" naming each layer's mixer and, if any layer is linear, the "linear_attention"
@@ -156,6 +155,13 @@ class DecoderModel {
   StatusOr<at::Tensor> GenerateGreedy(const at::Tensor& prompt, int64_t max_new_tokens,
                                       const std::vector<int64_t>& stop_ids,
                                       int64_t prefill_tokens = kPrefillTokens) const;
+  // GenerateGreedy's prefill alone: runs `prompt` [B, T] into `state` (an empty state from
+  // NewDecodeState, its capacity the whole generation's length) in pieces of at most
+  // prefill_tokens tokens, with logits of the last position only, and returns the greedy next
+  // ids [B, 1] on the device: what ContinueGreedy takes. Lets a caller time the prefill and the
+  // decoding steps apart. InvalidArgument for bad ids or a state that is not empty.
+  StatusOr<at::Tensor> PrefillGreedy(const at::Tensor& prompt, DecodeState* state,
+                                     int64_t prefill_tokens = kPrefillTokens) const;
 
   const TokenMixer& mixer(int64_t layer) const { return *mixers_.at(static_cast<size_t>(layer)); }
   std::shared_ptr<const TokenMixer> shared_mixer(int64_t layer) const {
