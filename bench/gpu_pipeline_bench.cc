@@ -430,11 +430,10 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
   return out;
 }
 
-StatusOr<Json> Decode(const DecoderModel& model, int64_t context, int64_t batch,
-                      int64_t new_tokens) {
+StatusOr<Json> Decode(const DecoderModel& model, int64_t context, int64_t batch, int64_t new_tokens) {
   const at::Device device = model.placement().device;
-  const at::Tensor prompt = at::randint(0, model.config().vocab_size, {batch, context},
-                                        at::TensorOptions().dtype(at::kLong));
+  const at::Tensor prompt =
+      at::randint(0, model.config().vocab_size, {batch, context}, at::TensorOptions().dtype(at::kLong));
   const int64_t capacity = context + 16 + new_tokens;
   // One prefill (timed), then `steps` greedy tokens (timed apart): the per-token time is the
   // difference of two such runs, so the prefills' own run-to-run noise (~0.5 s at 64K x 32)

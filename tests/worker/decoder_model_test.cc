@@ -158,8 +158,7 @@ TEST(DecoderModelTest, BatchedGenerationEqualsFullForwardArgmaxForEveryVariant) 
         const auto& att = dynamic_cast<const SoftmaxAttentionMixer&>(model.mixer(0));
         LinearMixerOptions o;
         o.type = type;
-        model.SetMixer(0,
-                       LinearMixer::Random(att.shape(), o, false, false, 5, at::kFloat, at::kCPU));
+        model.SetMixer(0, LinearMixer::Random(att.shape(), o, false, false, 5, at::kFloat, at::kCPU));
       }
       at::NoGradGuard no_grad;
       const at::Tensor prompt = RandomIds(3, 7, spec.vocab, 8);

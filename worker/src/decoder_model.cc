@@ -8,10 +8,10 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <set>
 #include <thread>
 
@@ -335,7 +335,8 @@ StatusOr<at::Tensor> DecoderModel::Embed(const at::Tensor& input_ids) const {
 }
 
 StatusOr<at::Tensor> DecoderModel::ForwardRange(int64_t first, int64_t last,
-                                                const at::Tensor& residual, LayerTaps* taps) const {
+                                                const at::Tensor& residual,
+                                                LayerTaps* taps) const {
   if (first < first_layer_ || last > last_layer_ || first >= last) {
     return InvalidArgument("layers [" + std::to_string(first) + ", " + std::to_string(last) +
                            ") are not inside the held [" + std::to_string(first_layer_) + ", " +
@@ -529,8 +530,7 @@ StatusOr<at::Tensor> DecoderModel::GenerateGreedy(const at::Tensor& prompt, int6
   if (max_new_tokens == 0) return host_prompt;
   DecodeState state = NewDecodeState(prompt.size(1) + max_new_tokens);
   HYB_ASSIGN_OR_RETURN(const at::Tensor next, PrefillGreedy(prompt, &state, prefill_tokens));
-  HYB_ASSIGN_OR_RETURN(at::Tensor generated,
-                       ContinueGreedy(&state, next, max_new_tokens, stop_ids));
+  HYB_ASSIGN_OR_RETURN(at::Tensor generated, ContinueGreedy(&state, next, max_new_tokens, stop_ids));
   return at::cat({host_prompt, generated}, 1);
 }
 

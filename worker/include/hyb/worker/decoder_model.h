@@ -83,7 +83,8 @@ class DecoderModel {
   // answer FailedPrecondition. InvalidArgument for a range outside [0, num_layers].
   static StatusOr<std::unique_ptr<DecoderModel>> LoadRange(const std::string& dir,
                                                            const RuntimeOptions& options,
-                                                           int64_t first_layer, int64_t last_layer);
+                                                           int64_t first_layer,
+                                                           int64_t last_layer);
 
   // Writes the model as a Hugging Face style directory: config.json (the source config with
   // "layer_types" naming each layer's mixer and, if any layer is linear, the "linear_attention"
