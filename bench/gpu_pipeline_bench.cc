@@ -435,32 +435,33 @@ StatusOr<Json> Decode(const DecoderModel& model, int64_t context, int64_t batch,
   const at::Tensor prompt =
       at::randint(0, model.config().vocab_size, {batch, context}, at::TensorOptions().dtype(at::kLong));
   const int64_t capacity = context + 16 + new_tokens;
-  // One prefill (timed), then `steps` greedy tokens (timed apart): the per-token time is the
-  // difference of two such runs, so the prefills' own run-to-run noise (~0.5 s at 64K x 32)
-  // stays out of it.
-  double prefill = 0;
-  auto run = [&](const at::Tensor& p, int64_t steps) -> StatusOr<double> {
+  // One prefill, then `steps` greedy tokens, each timed: the per-token time is the difference of
+  // two runs' decoding alone, so the prefills' run-to-run noise (~0.5 s at 64K x 32) stays out.
+  struct Times {
+    double prefill, decode;
+  };
+  auto run = [&](const at::Tensor& p, int64_t steps) -> StatusOr<Times> {
     DecodeState state = model.NewDecodeState(capacity);
     Sync(device);
-    auto t0 = Clock::now();
+    const auto t0 = Clock::now();
     HYB_ASSIGN_OR_RETURN(const at::Tensor next, model.PrefillGreedy(p, &state));
     Sync(device);
-    prefill = Seconds(t0);
-    t0 = Clock::now();
+    const double prefill = Seconds(t0);
+    const auto t1 = Clock::now();
     HYB_RETURN_IF_ERROR(model.ContinueGreedy(&state, next, steps, {}).status());
     Sync(device);
-    return Seconds(t0);
+    return Times{prefill, Seconds(t1)};
   };
   ResetPeak(device);
   // Warm-up (lazy initialisation, kernel loading) on at most 2,048 prompt tokens.
   HYB_RETURN_IF_ERROR(run(prompt.narrow(1, 0, std::min<int64_t>(context, 2048)), 4).status());
-  HYB_ASSIGN_OR_RETURN(const double short_run, run(prompt, 16));
-  const double prefill_short = prefill;
-  HYB_ASSIGN_OR_RETURN(const double long_run, run(prompt, 16 + new_tokens));
+  HYB_ASSIGN_OR_RETURN(const Times short_run, run(prompt, 16));
+  HYB_ASSIGN_OR_RETURN(const Times long_run, run(prompt, 16 + new_tokens));
   return Json{{"context", context},
               {"batch", batch},
-              {"prefill_s", std::min(prefill_short, prefill)},
-              {"ms_per_token", 1000 * (long_run - short_run) / static_cast<double>(new_tokens)},
+              {"prefill_s", std::min(short_run.prefill, long_run.prefill)},
+              {"ms_per_token",
+               1000 * (long_run.decode - short_run.decode) / static_cast<double>(new_tokens)},
               {"peak_gib", PeakGiB(device)}};
 }
 

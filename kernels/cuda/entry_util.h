@@ -37,6 +37,11 @@ inline at::Tensor StateOrNone(const at::Tensor& s0) {
   return s0.numel() == 0 ? at::Tensor() : s0;
 }
 
+// A dim's stride as the kernels step it: 0 for a dim of size 1 (its stride is never stepped).
+inline int64_t StrideOf(const at::Tensor& x, int64_t dim) {
+  return x.size(dim) == 1 ? 0 : x.stride(dim);
+}
+
 // Multiprocessors of `device` (132, an H100/H200's, when CUDA cannot say).
 inline int NumSms(const at::Device& device) {
   int n = 0;

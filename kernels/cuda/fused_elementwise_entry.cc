@@ -19,9 +19,6 @@ bool Bf16On(const at::Tensor& t, const at::Device& device) {
 
 bool Aligned4(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 4 == 0; }
 
-// A dim's stride as the kernel steps it (0 for a dim of size 1, never stepped).
-int64_t StrideOf(const at::Tensor& x, int64_t dim) { return x.size(dim) == 1 ? 0 : x.stride(dim); }
-
 }  // namespace
 
 bool RotarySupported(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -45,11 +42,9 @@ bool RotarySupported(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 at::Tensor Rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK(RotarySupported(x, cos, sin), "cuda Rotary: unsupported inputs");
   const c10::cuda::CUDAGuard guard(x.device());
-  // x's layout (a [B, H, T, D] view of a [B, T, H, D] projection keeps it), as x * cos has.
-  at::Tensor out = at::empty_like(x);
-  if (out.stride(3) != 1 || StrideOf(out, 0) % 2 || StrideOf(out, 1) % 2 || StrideOf(out, 2) % 2) {
-    out = at::empty(x.sizes(), x.options());
-  }
+  // x's layout, as x * cos has (a [B, H, T, D] view of a [B, T, H, D] projection keeps it):
+  // x's own strides when x is dense, which RotarySupported checked, else contiguous.
+  const at::Tensor out = at::empty_like(x);
   RotaryParams p{x.data_ptr(),     cos.data_ptr(),  sin.data_ptr(), out.data_ptr(),
                  x.size(0),        x.size(1),       x.size(2),      x.size(3),
                  StrideOf(x, 0),   StrideOf(x, 1),  StrideOf(x, 2), StrideOf(out, 0),

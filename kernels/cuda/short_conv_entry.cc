@@ -46,9 +46,6 @@ at::Tensor ContiguousAligned(const at::Tensor& x) {
   return c;
 }
 
-// A dim's stride as the kernels use it: 0 for a dim of size 1 (its stride is never stepped).
-int64_t StrideOf(const at::Tensor& x, int64_t dim) { return x.size(dim) == 1 ? 0 : x.stride(dim); }
-
 // u as the kernels read it: in place when its rows can be (see ShortConvSupported), else a
 // contiguous copy.
 at::Tensor ReadableInput(const at::Tensor& u) {

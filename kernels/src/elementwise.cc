@@ -7,19 +7,9 @@
 #ifdef HYB_WITH_CUDA
 #include "hyb/kernels/cuda_elementwise.h"
 #endif
+#include "needs_grad.h"
 
 namespace hyb::kernels {
-namespace {
-
-[[maybe_unused]] bool NeedsGrad(std::initializer_list<at::Tensor> xs) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const auto& x : xs) {
-    if (x.defined() && x.requires_grad()) return true;
-  }
-  return false;
-}
-
-}  // namespace
 
 at::Tensor RotaryReference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;

@@ -4,6 +4,7 @@
 
 #include "hyb/kernels/cuda_gated_delta.h"
 #include "hyb/kernels/cuda_ops.h"
+#include "needs_grad.h"
 
 namespace hyb::kernels {
 namespace {
@@ -26,17 +27,6 @@ at::Tensor PadTime(const at::Tensor& x, int64_t t) {
   shape[2] = t - x.size(2);
   return at::cat({x, at::zeros(shape, x.options())}, 2);
 }
-
-#ifdef HYB_WITH_CUDA
-// The decoding-step kernels have no backward: they serve only calls that need no gradient.
-bool NeedsGrad(std::initializer_list<at::Tensor> xs) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const at::Tensor& x : xs) {
-    if (x.defined() && x.requires_grad()) return true;
-  }
-  return false;
-}
-#endif
 
 }  // namespace
 

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "needs_grad.h"
+
 #ifdef HYB_WITH_CUDA
 #include "hyb/kernels/cuda_norm.h"
 #include "hyb/kernels/cuda_ops.h"
@@ -14,16 +16,6 @@ void CheckShapes(const at::Tensor& x, const at::Tensor& weight, const char* op) 
   TORCH_CHECK(x.dim() >= 1 && weight.dim() == 1 && x.size(-1) == weight.size(0), op,
               ": last dim of x ", x.sizes(), " does not match weight ", weight.sizes());
 }
-
-#ifdef HYB_WITH_CUDA
-bool NeedsGrad(std::initializer_list<at::Tensor> xs) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const at::Tensor& x : xs) {
-    if (x.defined() && x.requires_grad()) return true;
-  }
-  return false;
-}
-#endif
 
 }  // namespace
 
