@@ -9,6 +9,13 @@
 #include "hyb/kernels/cuda_attention.h"
 #endif
 
+// SDPA's enable_gqa argument (and its use by the fused backends) arrived in LibTorch 2.5.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+#define HYB_SDPA_HAS_GQA 1
+#else
+#define HYB_SDPA_HAS_GQA 0
+#endif
+
 namespace hyb::kernels {
 namespace {
 
@@ -30,6 +37,20 @@ at::Tensor MathAttention(const at::Tensor& q, const at::Tensor& k, const at::Ten
   at::Tensor probs = at::softmax(scores, -1, softmax_type).to(q.scalar_type());
   return at::matmul(probs, v);
 }
+
+#if HYB_SDPA_HAS_GQA
+// Whether SDPA picks a fused backend (not the math one) for causal grouped-query attention on
+// these inputs. The choice depends only on shapes, dtype, layout and device, so it is asked of
+// SDPA's own selector.
+bool FusedGqaSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       std::optional<double> scale) {
+  const int64_t choice =
+      at::_fused_sdp_choice(q, k, v, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/true);
+  // sdp::SDPBackend's values (its header is not among LibTorch's installed ones): error = -1,
+  // math = 0, the fused backends from 1 up.
+  return choice >= 1;
+}
+#endif
 
 }  // namespace
 
@@ -119,9 +140,19 @@ at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::
     if (!o.defined()) o = MathAttention(qg, k, v, mask, options.scale);
     return o.reshape({b, hkv * n_rep, 1, d});
   }
-  const at::Tensor kk = RepeatKv(k, n_rep), vv = RepeatKv(v, n_rep);
   // Plain causal attention over a fresh sequence needs no explicit mask.
   const bool plain_causal = options.q_offset == 0 && options.sliding_window == 0;
+#if HYB_SDPA_HAS_GQA
+  // Grouped-query attention read in place: the fused kernels index each key/value head for its
+  // n_rep query heads, so the repeated copy of keys and values (RepeatKv below) is never made.
+  // Only where a fused backend takes the call; the math backend would expand the heads itself.
+  if (!options.force_math && plain_causal && n_rep > 1 && q.is_cuda() &&
+      FusedGqaSupported(q, k, v, options.scale)) {
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, true, options.scale,
+                                            /*enable_gqa=*/true);
+  }
+#endif
+  const at::Tensor kk = RepeatKv(k, n_rep), vv = RepeatKv(v, n_rep);
 #if TORCH_VERSION_MAJOR >= 2
   if (!options.force_math) {
     if (plain_causal) {

@@ -2,6 +2,7 @@
 // runtime on CUDA against CPU. Each skips with a reason when no CUDA device is present.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -77,6 +78,32 @@ TEST(CudaAttentionTest, FusedMatchesMathPath) {
       const at::Tensor math = kernels::SoftmaxAttention(q, k, v, o);
       EXPECT_LT((fused - math).abs().max().item<double>(), 1e-4) << tq << " " << tk << " " << window;
     }
+  }
+}
+
+// Causal grouped-query attention over a fresh bf16 sequence, as the teacher forward calls it
+// (q, k, v views of [B, T, H, D] projections): SDPA reads each key/value head in place
+// (enable_gqa) and agrees with the math path on the repeated heads.
+TEST(CudaAttentionTest, GroupedQueryInPlaceMatchesMathPath) {
+  HYB_REQUIRE_CUDA();
+  torch::manual_seed(2);
+  const auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  for (int64_t t : {1, 77, 300}) {
+    const at::Tensor q = at::randn({2, t, 12, 128}, opts).transpose(1, 2);
+    const at::Tensor k = at::randn({2, t, 2, 128}, opts).transpose(1, 2);
+    const at::Tensor v = at::randn({2, t, 2, 128}, opts).transpose(1, 2);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+    // The case the in-place path is for: a fused backend takes it.
+    if (t > 1) EXPECT_GE(at::_fused_sdp_choice(q, k, v, {}, 0.0, true, 0.088, true), 1) << t;
+#endif
+    kernels::AttentionOptions o;
+    o.scale = 0.088;
+    const at::Tensor fused = kernels::SoftmaxAttention(q, k, v, o);
+    o.force_math = true;
+    const at::Tensor math = kernels::SoftmaxAttention(q, k, v, o);
+    ASSERT_EQ(fused.sizes(), math.sizes());
+    // bf16 outputs: one rounding of values of magnitude ~1 apart at most.
+    EXPECT_LT((fused.to(at::kFloat) - math.to(at::kFloat)).abs().max().item<double>(), 2e-2) << t;
   }
 }
 
