@@ -7,7 +7,7 @@
 //
 //   gpu_pipeline_bench --model DIR [--device cuda] [--dtype bf16] [--mixer gla] [--parts
 //     bld,eval,search,decode] [--bld-batch 8] [--bld-seq 2048] [--bld-steps 10]
-//     [--eval-examples 500] [--eval-seq 512] [--cache-gib 40] [--contexts 2048,16384,65536]
+//     [--eval-examples 500] [--eval-seq 512] [--cache-gib 40|auto] [--contexts 2048,16384,65536]
 //     [--batches 1,32] [--decode-new 64] [--search-rounds N] [--profile-steps N] [--work DIR]
 //     [--json FILE]
 //
@@ -334,6 +334,9 @@ std::vector<TaskExample> LmExamples(const Tokenizer& tok, int64_t n, int64_t seq
   return out;
 }
 
+// --cache-gib: GiB, or "auto" (-1): the budget a job gets by default.
+double CacheGib(const std::string& v) { return v == "auto" ? -1.0 : std::stod(v); }
+
 StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
                              std::vector<std::shared_ptr<const TokenMixer>> linear,
                              std::shared_ptr<const Tokenizer> tok, int64_t n, int64_t seq,
@@ -344,7 +347,9 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
   EvaluatorOptions o;
   o.kind = TaskKind::kLm;
   o.kl_examples = 0;  // the pass alone, as the reference's
-  o.prefix_cache_max_bytes = static_cast<int64_t>(cache_gib * (1 << 30));
+  // A negative budget: the product's default (`auto`, resolved by the evaluator for the device).
+  o.prefix_cache_max_bytes =
+      cache_gib < 0 ? kAutoPrefixCacheBytes : static_cast<int64_t>(cache_gib * (1 << 30));
   Json out;
   {
     // What encoding the texts costs: once per evaluator (Create), not per evaluation.
@@ -426,7 +431,7 @@ StatusOr<Json> EvalAndSearch(std::unique_ptr<DecoderModel> model,
     before = point.linear_layers;
   }
   out["search_commit_order"] = order;
-  out["prefix_cache_gib"] = cache_gib;
+  out["prefix_cache_gib"] = static_cast<double>(eval->prefix_cache_budget()) / (1 << 30);
   return out;
 }
 
@@ -471,7 +476,7 @@ int Main(int argc, char** argv) {
     std::cerr << "usage: gpu_pipeline_bench --model DIR [--device cuda] [--dtype bf16] "
                  "[--mixer gla|gated_deltanet] [--parts bld,eval,search,decode] [--bld-batch 8] "
                  "[--bld-seq 2048] [--bld-steps 10] [--eval-examples 500] [--eval-seq 512] "
-                 "[--cache-gib 40] [--contexts 2048,16384,65536] [--batches 1,32] "
+                 "[--cache-gib 40|auto] [--contexts 2048,16384,65536] [--batches 1,32] "
                  "[--decode-new 64] [--search-rounds N (0: all)] [--profile-steps N] [--work DIR] "
                  "[--json FILE]\n";
     return 2;
@@ -519,7 +524,7 @@ int Main(int argc, char** argv) {
                            std::shared_ptr<const Tokenizer>(std::move(*tok)),
                            std::stoll(Arg(argc, argv, "eval-examples", "500")),
                            std::stoll(Arg(argc, argv, "eval-seq", "512")),
-                           std::stod(Arg(argc, argv, "cache-gib", "40")), Has(parts, "search"),
+                           CacheGib(Arg(argc, argv, "cache-gib", "40")), Has(parts, "search"),
                            std::stoll(Arg(argc, argv, "search-rounds", "0")),
                            std::stoll(Arg(argc, argv, "profile-steps", "0")) > 0);
     if (r.ok()) result.update(*r); else fail("eval", r.status());
