@@ -8,7 +8,9 @@
 // SDPA); SDPA forward and forward + backward give the crossover T. fla's numbers come from
 // ../shared/reference/linear_attention_ops.py run in the same session.
 //
-//   linear_attention_cuda_bench [--hbm-tbps 4.8] [--json FILE]
+//   linear_attention_cuda_bench [--hbm-tbps 4.8] [--json FILE] [--ops gla,gdn,sdpa,decode]
+//
+// --ops picks the measured operators (default: all four); "gla-fwd" times GLA's forward alone.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -18,6 +20,8 @@
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +30,11 @@
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
 #include "cuda_timing.h"
+#ifdef HYB_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
+#include "linear_attention_launch.h"
+#endif
 
 namespace {
 
@@ -33,17 +42,62 @@ constexpr int64_t kHeads = 16, kDim = 128, kTokens = 32768;
 
 using hyb::bench::TimeMs;
 
+#ifdef HYB_WITH_CUDA
+// GLA's forward through the launcher with `warps` warps per output-pass block (8 or 16), the
+// rest as the dispatch point launches it (no initial state, no chunk states, the device's
+// segment choice).
+double GlaForwardKernelMs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& g, double scale, int warps) {
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
+  at::Tensor o = at::empty_like(v);
+  at::Tensor s = at::empty({b, h, q.size(3), v.size(3)}, g.options());
+  hyb::kernels::cuda::GlaChunkedParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.g = g.data_ptr<float>();
+  p.o = o.data_ptr();
+  p.final_state = s.data_ptr<float>();
+  p.batch = b;
+  p.heads = h;
+  p.tokens = t;
+  p.key_dim = static_cast<int>(q.size(3));
+  p.value_dim = static_cast<int>(v.size(3));
+  p.scale = static_cast<float>(scale);
+  p.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  p.chunk_warps = warps;
+  const size_t bytes = hyb::kernels::cuda::GlaChunkedWorkspaceBytes(p);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes) + 1}, q.options().dtype(at::kByte));
+  p.workspace = workspace.data_ptr();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TORCH_CHECK(hyb::kernels::cuda::LaunchGlaChunked(p, stream) == cudaSuccess, "GLA launch failed");
+  return TimeMs([&] { hyb::kernels::cuda::LaunchGlaChunked(p, stream); }, 10);
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   double hbm_tbps = 4.8;
   std::string json_path;
+  std::set<std::string> ops = {"gla", "gdn", "sdpa", "decode"};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--hbm-tbps") {
       hbm_tbps = std::stod(v);
     } else if (k == "--json") {
       json_path = v;
+    } else if (k == "--ops") {
+      ops.clear();
+      std::stringstream list(v);
+      for (std::string op; std::getline(list, op, ',');) {
+        if (op != "gla" && op != "gla-fwd" && op != "gdn" && op != "sdpa" && op != "decode") {
+          std::cerr << "--ops: unknown operator '" << op
+                    << "' (expected gla, gla-fwd, gdn, sdpa, decode)\n";
+          return 2;
+        }
+        ops.insert(op);
+      }
     } else {
       std::cerr << "unknown flag " << k << "\n";
       return 2;
@@ -70,13 +124,20 @@ int main(int argc, char** argv) {
     // Bytes that must move: q, k, v, o in bf16, g in fp32 (as fla's reference script counts).
     const double bytes = static_cast<double>(b * kHeads * t * kDim) * (2 * 4 + 4);
     const double bound_ms = bytes / (hbm_tbps * 1e12) * 1e3;
-    const double gla_ms = TimeMs([&] { hyb::kernels::GlaChunked(q, k, v, g, scale, {}, 64); }, 10);
+    const bool gla = ops.count("gla") > 0, gla_fwd = gla || ops.count("gla-fwd") > 0;
+    const bool gdn = ops.count("gdn") > 0, sdpa = ops.count("sdpa") > 0;
+    const auto time_if = [](bool on, const std::function<void()>& f, int iters) {
+      return on ? TimeMs(f, iters) : 0.0;
+    };
+    const double gla_ms =
+        time_if(gla_fwd, [&] { hyb::kernels::GlaChunked(q, k, v, g, scale, {}, 64); }, 10);
     // Forward + backward through the autograd path (torch::autograd::grad: no accumulation into
     // .grad, so the time is the two kernels' plus the dtype conversions of the gradients).
     const at::Tensor qg = q.detach().requires_grad_(true), kg = k.detach().requires_grad_(true);
     const at::Tensor vg = v.detach().requires_grad_(true), gg = g.detach().requires_grad_(true);
     const at::Tensor d_o = at::randn({b, kHeads, t, kDim}, f32).to(at::kBFloat16);
-    const double gla_fwd_bwd_ms = TimeMs(
+    const double gla_fwd_bwd_ms = time_if(
+        gla,
         [&] {
           const at::AutoGradMode grad_mode(true);
           const auto r = hyb::kernels::GlaChunked(qg, kg, vg, gg, scale, {}, 64);
@@ -87,11 +148,12 @@ int main(int argc, char** argv) {
     // point (the CUDA kernels; with autograd for forward + backward, as GLA's row).
     const at::Tensor gh = at::log_sigmoid(at::randn({b, kHeads, t}, f32));
     const at::Tensor beta = at::sigmoid(at::randn({b, kHeads, t}, f32));
-    const double gdn_ms =
-        TimeMs([&] { hyb::kernels::GatedDeltaChunked(q, k, v, gh, beta, scale, {}, 64); }, 3);
+    const double gdn_ms = time_if(
+        gdn, [&] { hyb::kernels::GatedDeltaChunked(q, k, v, gh, beta, scale, {}, 64); }, 3);
     const at::Tensor ghg = gh.detach().requires_grad_(true);
     const at::Tensor betag = beta.detach().requires_grad_(true);
-    const double gdn_fwd_bwd_ms = TimeMs(
+    const double gdn_fwd_bwd_ms = time_if(
+        gdn,
         [&] {
           const at::AutoGradMode grad_mode(true);
           const auto r = hyb::kernels::GatedDeltaChunked(qg, kg, vg, ghg, betag, scale, {}, 64);
@@ -102,10 +164,12 @@ int main(int argc, char** argv) {
     const double gdn_bytes = static_cast<double>(b * kHeads * t) * (kDim * 2 * 4 + 2 * 4);
     hyb::kernels::AttentionOptions ao;
     ao.scale = scale;
-    const double sdpa_ms = TimeMs([&] { hyb::kernels::SoftmaxAttention(q, k, v, ao); }, 10);
+    const double sdpa_ms =
+        time_if(sdpa, [&] { hyb::kernels::SoftmaxAttention(q, k, v, ao); }, 10);
     // SDPA forward + backward (causal; LibTorch 2.x's fused kernel, through the dispatch point
     // as the forward row), for the crossover T.
-    const double sdpa_fwd_bwd_ms = TimeMs(
+    const double sdpa_fwd_bwd_ms = time_if(
+        sdpa,
         [&] {
           const at::AutoGradMode grad_mode(true);
           const at::Tensor o = hyb::kernels::SoftmaxAttention(qg, kg, vg, ao);
@@ -128,10 +192,18 @@ int main(int argc, char** argv) {
                       {"fwd_ms", ms},
                       {"hbm_bound_ms", with_bw ? bound_ms : 0.0}});
     };
-    row("gla_chunked_cuda fwd", gla_ms, true);
-    row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);
-    row("sdpa_causal fwd", sdpa_ms, false);
-    row("sdpa_causal fwd+bwd", sdpa_fwd_bwd_ms, false);
+    if (gla_fwd) row("gla_chunked_cuda fwd", gla_ms, true);
+#ifdef HYB_WITH_CUDA
+    if (gla_fwd) {
+      // The output pass's block size, 8 against 16 warps, in the same process.
+      row("gla fwd kernel, 8 warps", GlaForwardKernelMs(q, k, v, g, scale, 8), true);
+      row("gla fwd kernel, 16 warps", GlaForwardKernelMs(q, k, v, g, scale, 16), true);
+    }
+#endif
+    if (gla) row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);
+    if (sdpa) row("sdpa_causal fwd", sdpa_ms, false);
+    if (sdpa) row("sdpa_causal fwd+bwd", sdpa_fwd_bwd_ms, false);
+    if (!gdn) continue;
     std::cout << "| gated_delta_chunked_cuda fwd | " << t << " | " << b << " | " << std::fixed
               << std::setprecision(3) << gdn_ms << " | " << std::setprecision(0)
               << gdn_bytes / (gdn_ms * 1e-3) / 1e9 << " | " << std::setprecision(3)
@@ -145,6 +217,10 @@ int main(int argc, char** argv) {
   }
 
   // Decoding: one token for B sequences, 16 heads, K = V = 128, fp32 state read and written.
+  if (ops.count("decode") == 0) {
+    if (!json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
+    return 0;
+  }
   std::cout
       << "\n| op | batch | ctx | us/step | tokens/s | state GB/s |\n|---|---|---|---|---|---|\n";
   for (const int64_t b : {1, 4, 16, 64, 256}) {

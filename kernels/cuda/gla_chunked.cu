@@ -45,7 +45,10 @@ namespace hyb::kernels::cuda {
 namespace {
 
 constexpr int kC = kGlaChunk;  // tokens per chunk
-constexpr int kThreads = 256;  // 8 warps
+constexpr int kThreads = 256;  // 8 warps: pass 1 (GlaStatePassKernel)
+// Threads that sum the gates in CumsumLog2: 256 / K runs per key column, as in pass 1, so that
+// both passes compute bit-identical decays whatever their block sizes.
+constexpr int kCumsumThreads = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float Bf16ToFloat(const __nv_bfloat16* p) {
@@ -137,15 +140,15 @@ __device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, in
 
 // Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
 // shared memory with row pitch kPitch; rows past the end are zero-filled.
-template <int kCols, int kElemBytes, int kPitch>
+template <int kCols, int kElemBytes, int kPitch, int kBlockThreads = kThreads>
 __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
                                          int64_t rows_valid, int tid) {
   constexpr int kVecPerRow = kCols * kElemBytes / 16;
   constexpr int kTotal = kC * kVecPerRow;
-  static_assert(kTotal % kThreads == 0, "tile does not split evenly over the block");
+  static_assert(kTotal % kBlockThreads == 0, "tile does not split evenly over the block");
 #pragma unroll
-  for (int n = 0; n < kTotal / kThreads; ++n) {
-    const int i = tid + n * kThreads;
+  for (int n = 0; n < kTotal / kBlockThreads; ++n) {
+    const int i = tid + n * kBlockThreads;
     const int row = i / kVecPerRow, cv = i % kVecPerRow;
     const bool ok = row < rows_valid;
     const char* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 16);
@@ -153,27 +156,33 @@ __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src
   }
 }
 
-// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units.
+// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units: threads
+// tid < kCumsumThreads sum run tid / K of column tid % K, the others only wait.
 template <int K, int V>
 __device__ __forceinline__ void CumsumLog2(float* b, float* tot, int tid) {
   using L = Layout<K, V>;
-  constexpr int kParts = kThreads / K, kRows = kC / kParts;
+  constexpr int kParts = kCumsumThreads / K, kRows = kC / kParts;
   const int d = tid % K, part = tid / K;
+  const bool active = tid < kCumsumThreads;
   float x[kRows];
+  if (active) {
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) x[r] = b[(part * kRows + r) * L::kBP + d];
-  float run = 0.f;
+    for (int r = 0; r < kRows; ++r) x[r] = b[(part * kRows + r) * L::kBP + d];
+    float run = 0.f;
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    run += x[r] * kLog2e;
-    x[r] = run;
+    for (int r = 0; r < kRows; ++r) {
+      run += x[r] * kLog2e;
+      x[r] = run;
+    }
+    tot[part * K + d] = run;
   }
-  tot[part * K + d] = run;
   __syncthreads();
-  float off = 0.f;
-  for (int p = 0; p < part; ++p) off += tot[p * K + d];
+  if (active) {
+    float off = 0.f;
+    for (int p = 0; p < part; ++p) off += tot[p * K + d];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * L::kBP + d] = x[r] + off;
+    for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * L::kBP + d] = x[r] + off;
+  }
   __syncthreads();
 }
 
@@ -238,12 +247,18 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
   }
 }
 
-template <int K, int V, int KF, int VF>
-__global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
+// kWarps (8 or 16): the block's warps. The ~215 KB of shared memory admit one block per
+// multiprocessor; with 8 warps a scheduler had 2 to issue from (ncu: 44% of issue slots busy,
+// 0.61 eligible warps per cycle), with 16 it has 4, at 128 registers per thread instead of ~236.
+// Every 16 x 8 output, score and state tile gets the same mma.sync sequence either way, so the
+// two produce bit-identical results.
+template <int K, int V, int KF, int VF, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
 #else
   using L = Layout<K, V>;
+  constexpr int kChunkThreads = kWarps * 32;
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g8 = lane / 4, t4 = lane % 4;  // fragment row / column-pair of this lane
@@ -279,16 +294,16 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     char* base = smem + stage * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
     const int64_t rows = T - t0;
-    CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
-    CopyTile<K, 2, L::kKP>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
-    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
-    CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
+    CopyTile<K, 2, L::kKP, kChunkThreads>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
+    CopyTile<K, 2, L::kKP, kChunkThreads>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
+    CopyTile<V, 2, L::kVP, kChunkThreads>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
+    CopyTile<K, 4, L::kBP, kChunkThreads>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
     CpAsyncCommit();
   };
 
   // State ownership: warp = (row block rb of 16 key rows) x (column split cs of V / kCS).
-  constexpr int kRB = K / 16, kCS = 8 / kRB, kSN = V / kCS / 8;
-  static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
+  constexpr int kRB = K / 16, kCS = kWarps / kRB, kSN = V / kCS / 8;
+  static_assert(kRB * kCS == kWarps && kSN % 2 == 0, "unsupported head dims");
   const int rb = warp % kRB, cs = warp / kRB;
   const int d_lo = 16 * rb + g8, d_hi = d_lo + 8;
   const int col0 = cs * (V / kCS) + 2 * t4;  // + 8 j
@@ -362,8 +377,8 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     const int64_t t0 = static_cast<int64_t>(c) * kC;
 
     {
-      // Scores: 20 causal tiles of 16 query rows x 8 key columns, over 8 warps.
-      for (int idx = warp; idx < 20; idx += 8) {
+      // Scores: 20 causal tiles of 16 query rows x 8 key columns, over the warps.
+      for (int idx = warp; idx < 20; idx += kWarps) {
         const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
         const int ct = idx - i * (i + 1);
         const int r0 = 16 * i + g8, r1 = r0 + 8, s = 8 * ct + g8, ref = 8 * ct + 7;
@@ -386,12 +401,14 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
       }
       __syncthreads();
 
-      // Outputs: warp = (16 query rows) x (half of V).
+      // Outputs: warp = (16 query rows) x (a 4 / kWarps share of V).
       {
-        constexpr int kNT = V / 16;
+        constexpr int kVW = kWarps / 4;  // warps per 16 query rows
+        constexpr int kNT = V / kVW / 8;
+        static_assert(kNT % 2 == 0, "unsupported value dim");
         const int i = warp % 4, vh = warp / 4;
         const int r0 = 16 * i + g8, r1 = r0 + 8;
-        const int n_base = vh * (V / 2);
+        const int n_base = vh * (V / kVW);
         float acc[kNT][4];
 #pragma unroll
         for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
@@ -726,11 +743,17 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     HYB_CUDA_TRY(cudaMemsetAsync(
         a.o_accum, 0, static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float), stream));
   }
-  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
   a.grid_segs = nseg;
-  GlaChunkKernel<K, V, KF, VF>
-      <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kThreads, L::kBytes, stream>>>(a);
+  const dim3 grid2(static_cast<unsigned>(blocks_pass2), kSlices);
+  if (p.chunk_warps == 8) {
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, 8>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+    GlaChunkKernel<K, V, KF, VF, 8><<<grid2, 8 * 32, L::kBytes, stream>>>(a);
+  } else {
+    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, 16>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+    GlaChunkKernel<K, V, KF, VF, 16><<<grid2, 16 * 32, L::kBytes, stream>>>(a);
+  }
   HYB_CUDA_TRY(cudaGetLastError());
   if constexpr (KF != K) {
     return GlaStoreAccumulated(a.o_accum, a.o, a.os, token_rows, p.heads, p.tokens, VF, stream);
@@ -858,6 +881,7 @@ size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
 
 cudaError_t LaunchGlaChunked(const GlaChunkedParams& p, cudaStream_t stream) {
   if (!GlaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
+  if (p.chunk_warps != 0 && p.chunk_warps != 8 && p.chunk_warps != 16) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
   if (p.varlen.cu_seqlens != nullptr &&
       (p.varlen.cu_chunks == nullptr || p.cu_segments == nullptr || p.segment_chunks <= 0 ||

@@ -627,6 +627,69 @@ TEST(CudaGatedDeltaChunkedTest, DecodeStepContinuesTheChunkedState) {
 // contributions are combined differs (2^(sum of a segment's log2 decays) S + local state against
 // the chunk-by-chunk product), so the states agree to fp32 round-off and the outputs up to a rare
 // bf16 rounding of the chunk-start state that comes out the other way.
+// The output pass with 8 and with 16 warps per block: every tile gets the same mma sequence, so
+// outputs, final states and chunk-start states are bit-identical, with one segment or several,
+// for every head-dim pair (slices of 256 included) and T not a multiple of the chunk.
+TEST(CudaGlaChunkedTest, SixteenWarpsEqualEightWarps) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(17);
+  // (B, H, T, K, V, chunks per segment; 0: the launcher's choice)
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, int, int, int>> cases = {
+      {2, 3, 200, 128, 128, 0}, {1, 2, 849, 128, 128, 4}, {2, 1, 1000, 64, 64, 0},
+      {1, 1, 530, 256, 256, 5}, {1, 2, 700, 64, 256, 4},  {1, 1, 777, 128, 64, 0},
+      {3, 2, 1, 128, 128, 0}};
+  for (const auto& c : cases) {
+    const int64_t b = std::get<0>(c), h = std::get<1>(c), t = std::get<2>(c);
+    const int dk = std::get<3>(c), dv = std::get<4>(c), per = std::get<5>(c);
+    const GlaInputs in = MakeGla(b, h, t, dk, dv, /*with_state=*/true);
+    const int64_t nchunks = (t + 63) / 64;
+    auto run = [&](int warps) {
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      at::Tensor o = at::full({b, h, t, dv}, nan, in.q.options());
+      at::Tensor s = at::full({b, h, dk, dv}, nan, in.g.options());
+      at::Tensor cs = at::full({b, h, nchunks + 1, dk, dv}, nan, in.g.options());
+      kernels::cuda::GlaChunkedParams p;
+      p.q = in.q.data_ptr();
+      p.k = in.k.data_ptr();
+      p.v = in.v.data_ptr();
+      p.g = in.g.data_ptr<float>();
+      p.initial_state = in.s0.data_ptr<float>();
+      p.o = o.data_ptr();
+      p.final_state = s.data_ptr<float>();
+      p.chunk_states = cs.data_ptr<float>();
+      p.batch = b;
+      p.heads = h;
+      p.tokens = t;
+      p.key_dim = dk;
+      p.value_dim = dv;
+      p.scale = 1.f / std::sqrt(static_cast<float>(dk));
+      p.segment_chunks = per;
+      p.chunk_warps = warps;
+      at::Tensor workspace;
+      const size_t bytes = kernels::cuda::GlaChunkedWorkspaceBytes(p);
+      if (bytes > 0) {
+        workspace = at::empty({static_cast<int64_t>(bytes)}, in.q.options().dtype(at::kByte));
+        p.workspace = workspace.data_ptr();
+      }
+      EXPECT_EQ(kernels::cuda::LaunchGlaChunked(p, /*stream=*/nullptr), cudaSuccess);
+      torch::cuda::synchronize();
+      return std::make_tuple(o, s, cs);
+    };
+    const auto [o8, s8, c8] = run(8);
+    const auto [o16, s16, c16] = run(16);
+    SCOPED_TRACE(::testing::Message() << "B=" << b << " H=" << h << " T=" << t << " K=" << dk
+                                      << " V=" << dv << " per=" << per);
+    EXPECT_TRUE(at::isfinite(o8).all().item<bool>());
+    EXPECT_TRUE(at::equal(o16, o8));
+    EXPECT_TRUE(at::equal(s16, s8));
+    EXPECT_TRUE(at::equal(c16, c8));
+  }
+  kernels::cuda::GlaChunkedParams bad;
+  bad.key_dim = bad.value_dim = 128;
+  bad.chunk_warps = 12;
+  EXPECT_EQ(kernels::cuda::LaunchGlaChunked(bad, nullptr), cudaErrorInvalidValue);
+}
+
 TEST(CudaGlaChunkedTest, SegmentsEqualOneSegment) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(13);
