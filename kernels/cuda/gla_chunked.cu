@@ -8,8 +8,9 @@
 //   o_t     = scale * (sum_d q_t[d] 2^b_t[d] S[d, :] + sum_{s<=t} A[t, s] v_s)
 //   S      <- 2^b_C * S + sum_s (k_s 2^(b_C - b_s)) v_s^T
 // Every exponent is kept <= 0 except inside a diagonal 16x8 score tile, where it is bounded by
-// 7 steps of decay: A's tiles of 8 key columns use the decay at their last column as reference,
-// so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1 off the diagonal. Exact for per-token log
+// 7 steps of decay: below the diagonal blocks of 16 x 16, A uses the decay at the query block's
+// first row r as reference, so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1; the diagonal
+// blocks' tiles of 8 key columns use the decay at their last column. Exact for per-token log
 // decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates).
 //
 // Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
@@ -377,10 +378,37 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
     const int64_t t0 = static_cast<int64_t>(c) * kC;
 
     {
-      // Scores: 20 causal tiles of 16 query rows x 8 key columns, over the warps.
-      for (int idx = warp; idx < 20; idx += kWarps) {
-        const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
-        const int ct = idx - i * (i + 1);
+      // Scores, 14 units over the warps: units 0-5 are the 16 x 16 blocks below the diagonal
+      // (query block i, key block j < i), with the decay at row 16 i as reference, so q is
+      // scaled once for both 8-column halves; units 6-13 are the 16 x 8 tiles of the diagonal
+      // blocks, each with the decay at its last column as reference.
+      for (int unit = warp; unit < 14; unit += kWarps) {
+        if (unit < 6) {
+          const int i = unit < 1 ? 1 : unit < 3 ? 2 : 3;
+          const int j = unit - i * (i - 1) / 2;
+          const int r0 = 16 * i + g8, r1 = r0 + 8, s0 = 16 * j + g8, s1 = s0 + 8, ref = 16 * i;
+          float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int kk = 0; kk < K / 16; ++kk) {
+            const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
+            const float2 rf0 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d0);
+            const float2 rf1 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d1);
+            const uint32_t a[4] = {
+                ScaledQ<K, V>(qs, bs, r0, d0, rf0), ScaledQ<K, V>(qs, bs, r1, d0, rf0),
+                ScaledQ<K, V>(qs, bs, r0, d1, rf1), ScaledQ<K, V>(qs, bs, r1, d1, rf1)};
+            Mma(acc0, a, ScaledK<K, V>(ks, bs, s0, d0, rf0), ScaledK<K, V>(ks, bs, s0, d1, rf1));
+            Mma(acc1, a, ScaledK<K, V>(ks, bs, s1, d0, rf0), ScaledK<K, V>(ks, bs, s1, d1, rf1));
+          }
+          // Every key of the block precedes every query: no mask.
+          const int col = 16 * j + 2 * t4;
+          *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col) = PackBf16(acc0[0], acc0[1]);
+          *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col) = PackBf16(acc0[2], acc0[3]);
+          *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col + 8) = PackBf16(acc1[0], acc1[1]);
+          *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col + 8) = PackBf16(acc1[2], acc1[3]);
+          continue;
+        }
+        const int i = (unit - 6) / 2;
+        const int ct = 2 * i + (unit - 6) % 2;  // the tile's 8 key columns start at 8 ct
         const int r0 = 16 * i + g8, r1 = r0 + 8, s = 8 * ct + g8, ref = 8 * ct + 7;
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
