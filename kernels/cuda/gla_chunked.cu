@@ -11,7 +11,10 @@
 // 7 steps of decay: below the diagonal blocks of 16 x 16, A uses the decay at the query block's
 // first row r as reference, so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1; the diagonal
 // blocks' tiles of 8 key columns use the decay at their last column. Exact for per-token log
-// decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates).
+// decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates). Once the scores are done,
+// the chunk's q and k tiles are scaled in place, q_t 2^b_t and k_s 2^(b_C - b_s), so that the
+// output and state products read their fragments with ldmatrix instead of each warp rescaling
+// its own (up to four warps shared each row).
 //
 // Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
 // each segment's own state (from zero) and total decay, a scan over segments turns these into
@@ -248,6 +251,74 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
   }
 }
 
+// The state update of UpdateChunkState from k already scaled by 2^(b_C - b) (ks; pitch kKP):
+// the same fragments, read with ldmatrix. Key rows row0 + [0, 16) of the warp's state fragment.
+template <int kSN, int kKP, int kVP>
+__device__ __forceinline__ void UpdateChunkStateScaledK(float (&S)[kSN][4],
+                                                        const __nv_bfloat16* ks,
+                                                        const __nv_bfloat16* vs, int row0,
+                                                        float bc_lo, float bc_hi, int col0,
+                                                        int lane) {
+  const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
+#pragma unroll
+  for (int j = 0; j < kSN; ++j) {
+    S[j][0] *= e_lo;
+    S[j][1] *= e_lo;
+    S[j][2] *= e_hi;
+    S[j][3] *= e_hi;
+  }
+#pragma unroll
+  for (int kk = 0; kk < kC / 16; ++kk) {
+    // A = (k 2^(b_C - b))^T: key rows row0 + [0, 16) x tokens 16 kk + [0, 16), transposed from
+    // the [token][key] tile: matrices (tokens 0-7 | 8-15) x (keys 0-7 | 8-15) in a0..a3 order.
+    uint32_t a[4];
+    LdMatrixX4Trans(a, ks + (16 * kk + (lane & 7) + ((lane >> 4) << 3)) * kKP + row0 +
+                           ((lane >> 3) & 1) * 8);
+    const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int jp = 0; jp < kSN / 2; ++jp) {
+      uint32_t b[4];
+      LdMatrixX4Trans(b, vs + vrow * kVP + col0 + 16 * jp + (lane >> 4) * 8);
+      Mma(S[2 * jp], a, b[0], b[1]);
+      Mma(S[2 * jp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// In place, for a chunk whose scores are done: q[t][d] <- q 2^b[t][d] and k[t][d] <- k
+// 2^(b[C-1][d] - b[t][d]), in bf16 (pitch kKP), 8 columns per step of a thread.
+template <int K, int V, int kBlockThreads>
+__device__ __forceinline__ void ScaleQkInPlace(__nv_bfloat16* q, __nv_bfloat16* k, const float* b,
+                                               int tid) {
+  using L = Layout<K, V>;
+  constexpr int kVecPerRow = K / 8, kTotal = kC * kVecPerRow;
+  static_assert(kTotal % kBlockThreads == 0, "tile does not split evenly over the block");
+#pragma unroll
+  for (int n = 0; n < kTotal / kBlockThreads; ++n) {
+    const int idx = tid + n * kBlockThreads;
+    const int t = idx / kVecPerRow, d = (idx % kVecPerRow) * 8;
+    uint4* qv = reinterpret_cast<uint4*>(q + t * L::kKP + d);
+    uint4* kv = reinterpret_cast<uint4*>(k + t * L::kKP + d);
+    const float4* bt = reinterpret_cast<const float4*>(b + t * L::kBP + d);
+    const float4* bc = reinterpret_cast<const float4*>(b + (kC - 1) * L::kBP + d);
+    const float4 bt0 = bt[0], bt1 = bt[1], bc0 = bc[0], bc1 = bc[1];
+    const float bts[8] = {bt0.x, bt0.y, bt0.z, bt0.w, bt1.x, bt1.y, bt1.z, bt1.w};
+    const float bcs[8] = {bc0.x, bc0.y, bc0.z, bc0.w, bc1.x, bc1.y, bc1.z, bc1.w};
+    uint4 qx = *qv, kx = *kv;
+    uint32_t* qw = reinterpret_cast<uint32_t*>(&qx);
+    uint32_t* kw = reinterpret_cast<uint32_t*>(&kx);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 qf = UnpackBf16(qw[e]), kf = UnpackBf16(kw[e]);
+      qw[e] = PackBf16(qf.x * Exp2(bts[2 * e]), qf.y * Exp2(bts[2 * e + 1]));
+      kw[e] = PackBf16(kf.x * Exp2(bcs[2 * e] - bts[2 * e]),
+                       kf.y * Exp2(bcs[2 * e + 1] - bts[2 * e + 1]));
+    }
+    *qv = qx;
+    *kv = kx;
+  }
+}
+
 // kWarps (8 or 16): the block's warps. The ~215 KB of shared memory admit one block per
 // multiprocessor; with 8 warps a scheduler had 2 to issue from (ncu: 44% of issue slots busy,
 // 0.61 eligible warps per cycle), with 16 it has 4, at 128 registers per thread instead of ~236.
@@ -428,6 +499,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
             PackBf16(col <= r1 ? acc[2] : 0.f, col + 1 <= r1 ? acc[3] : 0.f);
       }
       __syncthreads();
+      // The scores have read q and k: scale both in place, once per chunk, for the products
+      // below: q_t 2^b_t (outputs from the chunk-start state) and k_s 2^(b_C - b_s) (the state
+      // update), rounded to bf16 as the products' fragments were.
+      ScaleQkInPlace<K, V, kChunkThreads>(reinterpret_cast<__nv_bfloat16*>(base + L::kQ),
+                                          reinterpret_cast<__nv_bfloat16*>(base + L::kK), bs, tid);
+      __syncthreads();
 
       // Outputs: warp = (16 query rows) x (a 4 / kWarps share of V).
       {
@@ -440,13 +517,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
         float acc[kNT][4];
 #pragma unroll
         for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-        const float2 zero = make_float2(0.f, 0.f);
 #pragma unroll
         for (int kk = 0; kk < K / 16; ++kk) {
           const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
-          const uint32_t a[4] = {
-              ScaledQ<K, V>(qs, bs, r0, d0, zero), ScaledQ<K, V>(qs, bs, r1, d0, zero),
-              ScaledQ<K, V>(qs, bs, r0, d1, zero), ScaledQ<K, V>(qs, bs, r1, d1, zero)};
+          uint32_t a[4];  // q 2^b of rows 16 i + [0, 16), columns 16 kk + [0, 16)
+          LdMatrixX4(a, qs + (16 * i + (lane & 15)) * L::kKP + 16 * kk + (lane >> 4) * 8);
 #pragma unroll
           for (int j = 0; j < kNT; ++j) {
             const __nv_bfloat16* row = st + (n_base + 8 * j + g8) * L::kKP;
@@ -504,10 +579,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
       }
     }
 
-    // State: S <- 2^b_C S + (k 2^(b_C - b))^T v.
-    UpdateChunkState<kSN, L::kKP, L::kVP, L::kBP>(S, ks, vs, bs, d_lo, d_hi,
-                                                  bs[(kC - 1) * L::kBP + d_lo],
-                                                  bs[(kC - 1) * L::kBP + d_hi], cs * (V / kCS), lane);
+    // State: S <- 2^b_C S + (k 2^(b_C - b))^T v (ks holds k 2^(b_C - b) by now).
+    UpdateChunkStateScaledK<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * rb,
+                                                 bs[(kC - 1) * L::kBP + d_lo],
+                                                 bs[(kC - 1) * L::kBP + d_hi], cs * (V / kCS), lane);
     __syncthreads();  // every read of this stage, St and the scores is done
     write_state_bf16();
   }
