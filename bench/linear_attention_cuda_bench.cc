@@ -45,7 +45,7 @@ using hyb::bench::TimeMs;
 #ifdef HYB_WITH_CUDA
 // GLA's forward through the launcher with `warps` warps per output-pass block (8 or 16), the
 // rest as the dispatch point launches it (no initial state, no chunk states, the device's
-// segment choice).
+// segment choice): the whole launch, pass 1 and the scan included where the sequence is cut.
 double GlaForwardKernelMs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& g, double scale, int warps) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
@@ -196,8 +196,8 @@ int main(int argc, char** argv) {
 #ifdef HYB_WITH_CUDA
     if (gla_fwd) {
       // The output pass's block size, 8 against 16 warps, in the same process.
-      row("gla fwd kernel, 8 warps", GlaForwardKernelMs(q, k, v, g, scale, 8), true);
-      row("gla fwd kernel, 16 warps", GlaForwardKernelMs(q, k, v, g, scale, 16), true);
+      row("gla fwd launch, 8-warp output pass", GlaForwardKernelMs(q, k, v, g, scale, 8), true);
+      row("gla fwd launch, 16-warp output pass", GlaForwardKernelMs(q, k, v, g, scale, 16), true);
     }
 #endif
     if (gla) row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);

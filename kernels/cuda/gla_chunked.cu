@@ -8,7 +8,7 @@
 //   o_t     = scale * (sum_d q_t[d] 2^b_t[d] S[d, :] + sum_{s<=t} A[t, s] v_s)
 //   S      <- 2^b_C * S + sum_s (k_s 2^(b_C - b_s)) v_s^T
 // Every exponent is kept <= 0 except inside a diagonal 16x8 score tile, where it is bounded by
-// 7 steps of decay: below the diagonal blocks of 16 x 16, A uses the decay at the query block's
+// 7 steps of decay for the entries kept (the causally masked ones, replaced by 0, may exceed it): below the diagonal blocks of 16 x 16, A uses the decay at the query block's
 // first row r as reference, so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1; the diagonal
 // blocks' tiles of 8 key columns use the decay at their last column. Exact for per-token log
 // decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates). Once the scores are done,
@@ -321,7 +321,7 @@ __device__ __forceinline__ void ScaleQkInPlace(__nv_bfloat16* q, __nv_bfloat16* 
 
 // kWarps (8 or 16): the block's warps. The ~215 KB of shared memory admit one block per
 // multiprocessor; with 8 warps a scheduler had 2 to issue from (ncu: 44% of issue slots busy,
-// 0.61 eligible warps per cycle), with 16 it has 4, at 128 registers per thread instead of ~236.
+// 0.61 eligible warps per cycle), with 16 it has 4, at 128 registers per thread instead of ~245 (with a few spilled).
 // Every 16 x 8 output, score and state tile gets the same mma.sync sequence either way, so the
 // two produce bit-identical results.
 template <int K, int V, int KF, int VF, int kWarps>

@@ -621,12 +621,6 @@ TEST(CudaGatedDeltaChunkedTest, DecodeStepContinuesTheChunkedState) {
   }
 }
 
-// The segmented forward (pass 1 over blocks of key rows, the scan, pass 2 from the segments'
-// start states) against one segment per sequence on the same inputs, through the launcher with
-// the segment length forced. Both apply the same per-chunk fp32 updates; only how the segments'
-// contributions are combined differs (2^(sum of a segment's log2 decays) S + local state against
-// the chunk-by-chunk product), so the states agree to fp32 round-off and the outputs up to a rare
-// bf16 rounding of the chunk-start state that comes out the other way.
 // The output pass with 8 and with 16 warps per block: every tile gets the same mma sequence, so
 // outputs, final states and chunk-start states are bit-identical, with one segment or several,
 // for every head-dim pair (slices of 256 included) and T not a multiple of the chunk.
@@ -637,7 +631,8 @@ TEST(CudaGlaChunkedTest, SixteenWarpsEqualEightWarps) {
   const std::vector<std::tuple<int64_t, int64_t, int64_t, int, int, int>> cases = {
       {2, 3, 200, 128, 128, 0}, {1, 2, 849, 128, 128, 4}, {2, 1, 1000, 64, 64, 0},
       {1, 1, 530, 256, 256, 5}, {1, 2, 700, 64, 256, 4},  {1, 1, 777, 128, 64, 0},
-      {3, 2, 1, 128, 128, 0}};
+      {1, 2, 300, 64, 128, 0},  {1, 1, 400, 128, 256, 4}, {1, 1, 333, 256, 64, 0},
+      {2, 1, 260, 256, 128, 0}, {3, 2, 1, 128, 128, 0}};
   for (const auto& c : cases) {
     const int64_t b = std::get<0>(c), h = std::get<1>(c), t = std::get<2>(c);
     const int dk = std::get<3>(c), dv = std::get<4>(c), per = std::get<5>(c);
@@ -690,6 +685,12 @@ TEST(CudaGlaChunkedTest, SixteenWarpsEqualEightWarps) {
   EXPECT_EQ(kernels::cuda::LaunchGlaChunked(bad, nullptr), cudaErrorInvalidValue);
 }
 
+// The segmented forward (pass 1 over blocks of key rows, the scan, pass 2 from the segments'
+// start states) against one segment per sequence on the same inputs, through the launcher with
+// the segment length forced. Both apply the same per-chunk fp32 updates; only how the segments'
+// contributions are combined differs (2^(sum of a segment's log2 decays) S + local state against
+// the chunk-by-chunk product), so the states agree to fp32 round-off and the outputs up to a rare
+// bf16 rounding of the chunk-start state that comes out the other way.
 TEST(CudaGlaChunkedTest, SegmentsEqualOneSegment) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(13);
