@@ -321,9 +321,9 @@ __device__ __forceinline__ void ScaleQkInPlace(__nv_bfloat16* q, __nv_bfloat16* 
 
 // kWarps (8 or 16): the block's warps. The ~215 KB of shared memory admit one block per
 // multiprocessor; with 8 warps a scheduler had 2 to issue from (ncu: 44% of issue slots busy,
-// 0.61 eligible warps per cycle), with 16 it has 4, at 128 registers per thread instead of ~245 (with a few spilled).
-// Every 16 x 8 output, score and state tile gets the same mma.sync sequence either way, so the
-// two produce bit-identical results.
+// 0.61 eligible warps per cycle), with 16 it has 4, at 128 registers per thread instead of ~245
+// (a few spilled). Every 16 x 8 output, score and state tile gets the same mma.sync sequence
+// either way, so the two produce bit-identical results.
 template <int K, int V, int KF, int VF, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
