@@ -30,50 +30,12 @@
 #include "hyb/kernels/cuda_ops.h"
 #include "hyb/kernels/linear_attention.h"
 #include "cuda_timing.h"
-#ifdef HYB_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-
-#include "linear_attention_launch.h"
-#endif
 
 namespace {
 
 constexpr int64_t kHeads = 16, kDim = 128, kTokens = 32768;
 
 using hyb::bench::TimeMs;
-
-#ifdef HYB_WITH_CUDA
-// GLA's forward through the launcher with `warps` warps per output-pass block (8 or 16), the
-// rest as the dispatch point launches it (no initial state, no chunk states, the device's
-// segment choice): the whole launch, pass 1 and the scan included where the sequence is cut.
-double GlaForwardKernelMs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const at::Tensor& g, double scale, int warps) {
-  const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
-  at::Tensor o = at::empty_like(v);
-  at::Tensor s = at::empty({b, h, q.size(3), v.size(3)}, g.options());
-  hyb::kernels::cuda::GlaChunkedParams p;
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.g = g.data_ptr<float>();
-  p.o = o.data_ptr();
-  p.final_state = s.data_ptr<float>();
-  p.batch = b;
-  p.heads = h;
-  p.tokens = t;
-  p.key_dim = static_cast<int>(q.size(3));
-  p.value_dim = static_cast<int>(v.size(3));
-  p.scale = static_cast<float>(scale);
-  p.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  p.chunk_warps = warps;
-  const size_t bytes = hyb::kernels::cuda::GlaChunkedWorkspaceBytes(p);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes) + 1}, q.options().dtype(at::kByte));
-  p.workspace = workspace.data_ptr();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TORCH_CHECK(hyb::kernels::cuda::LaunchGlaChunked(p, stream) == cudaSuccess, "GLA launch failed");
-  return TimeMs([&] { hyb::kernels::cuda::LaunchGlaChunked(p, stream); }, 10);
-}
-#endif
 
 }  // namespace
 
@@ -193,13 +155,6 @@ int main(int argc, char** argv) {
                       {"hbm_bound_ms", with_bw ? bound_ms : 0.0}});
     };
     if (gla_fwd) row("gla_chunked_cuda fwd", gla_ms, true);
-#ifdef HYB_WITH_CUDA
-    if (gla_fwd) {
-      // The output pass's block size, 8 against 16 warps, in the same process.
-      row("gla fwd launch, 8-warp output pass", GlaForwardKernelMs(q, k, v, g, scale, 8), true);
-      row("gla fwd launch, 16-warp output pass", GlaForwardKernelMs(q, k, v, g, scale, 16), true);
-    }
-#endif
     if (gla) row("gla_chunked_cuda fwd+bwd", gla_fwd_bwd_ms, false);
     if (sdpa) row("sdpa_causal fwd", sdpa_ms, false);
     if (sdpa) row("sdpa_causal fwd+bwd", sdpa_fwd_bwd_ms, false);

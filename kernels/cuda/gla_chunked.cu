@@ -8,13 +8,9 @@
 //   o_t     = scale * (sum_d q_t[d] 2^b_t[d] S[d, :] + sum_{s<=t} A[t, s] v_s)
 //   S      <- 2^b_C * S + sum_s (k_s 2^(b_C - b_s)) v_s^T
 // Every exponent is kept <= 0 except inside a diagonal 16x8 score tile, where it is bounded by
-// 7 steps of decay for the entries kept (the causally masked ones, replaced by 0, may exceed it): below the diagonal blocks of 16 x 16, A uses the decay at the query block's
-// first row r as reference, so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1; the diagonal
-// blocks' tiles of 8 key columns use the decay at their last column. Exact for per-token log
-// decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates). Once the scores are done,
-// the chunk's q and k tiles are scaled in place, q_t 2^b_t and k_s 2^(b_C - b_s), so that the
-// output and state products read their fragments with ldmatrix instead of each warp rescaling
-// its own (up to four warps shared each row).
+// 7 steps of decay: A's tiles of 8 key columns use the decay at their last column as reference,
+// so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1 off the diagonal. Exact for per-token log
+// decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates).
 //
 // Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
 // each segment's own state (from zero) and total decay, a scan over segments turns these into
@@ -49,10 +45,7 @@ namespace hyb::kernels::cuda {
 namespace {
 
 constexpr int kC = kGlaChunk;  // tokens per chunk
-constexpr int kThreads = 256;  // 8 warps: pass 1 (GlaStatePassKernel)
-// Threads that sum the gates in CumsumLog2: 256 / K runs per key column, as in pass 1, so that
-// both passes compute bit-identical decays whatever their block sizes.
-constexpr int kCumsumThreads = 256;
+constexpr int kThreads = 256;  // 8 warps
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float Bf16ToFloat(const __nv_bfloat16* p) {
@@ -144,15 +137,15 @@ __device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, in
 
 // Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
 // shared memory with row pitch kPitch; rows past the end are zero-filled.
-template <int kCols, int kElemBytes, int kPitch, int kBlockThreads = kThreads>
+template <int kCols, int kElemBytes, int kPitch>
 __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
                                          int64_t rows_valid, int tid) {
   constexpr int kVecPerRow = kCols * kElemBytes / 16;
   constexpr int kTotal = kC * kVecPerRow;
-  static_assert(kTotal % kBlockThreads == 0, "tile does not split evenly over the block");
+  static_assert(kTotal % kThreads == 0, "tile does not split evenly over the block");
 #pragma unroll
-  for (int n = 0; n < kTotal / kBlockThreads; ++n) {
-    const int i = tid + n * kBlockThreads;
+  for (int n = 0; n < kTotal / kThreads; ++n) {
+    const int i = tid + n * kThreads;
     const int row = i / kVecPerRow, cv = i % kVecPerRow;
     const bool ok = row < rows_valid;
     const char* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 16);
@@ -160,33 +153,27 @@ __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src
   }
 }
 
-// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units: threads
-// tid < kCumsumThreads sum run tid / K of column tid % K, the others only wait.
+// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units.
 template <int K, int V>
 __device__ __forceinline__ void CumsumLog2(float* b, float* tot, int tid) {
   using L = Layout<K, V>;
-  constexpr int kParts = kCumsumThreads / K, kRows = kC / kParts;
+  constexpr int kParts = kThreads / K, kRows = kC / kParts;
   const int d = tid % K, part = tid / K;
-  const bool active = tid < kCumsumThreads;
   float x[kRows];
-  if (active) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) x[r] = b[(part * kRows + r) * L::kBP + d];
-    float run = 0.f;
+  for (int r = 0; r < kRows; ++r) x[r] = b[(part * kRows + r) * L::kBP + d];
+  float run = 0.f;
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      run += x[r] * kLog2e;
-      x[r] = run;
-    }
-    tot[part * K + d] = run;
+  for (int r = 0; r < kRows; ++r) {
+    run += x[r] * kLog2e;
+    x[r] = run;
   }
+  tot[part * K + d] = run;
   __syncthreads();
-  if (active) {
-    float off = 0.f;
-    for (int p = 0; p < part; ++p) off += tot[p * K + d];
+  float off = 0.f;
+  for (int p = 0; p < part; ++p) off += tot[p * K + d];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * L::kBP + d] = x[r] + off;
-  }
+  for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * L::kBP + d] = x[r] + off;
   __syncthreads();
 }
 
@@ -251,86 +238,12 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
   }
 }
 
-// The state update of UpdateChunkState from k already scaled by 2^(b_C - b) (ks; pitch kKP):
-// the same fragments, read with ldmatrix. Key rows row0 + [0, 16) of the warp's state fragment.
-template <int kSN, int kKP, int kVP>
-__device__ __forceinline__ void UpdateChunkStateScaledK(float (&S)[kSN][4],
-                                                        const __nv_bfloat16* ks,
-                                                        const __nv_bfloat16* vs, int row0,
-                                                        float bc_lo, float bc_hi, int col0,
-                                                        int lane) {
-  const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
-#pragma unroll
-  for (int j = 0; j < kSN; ++j) {
-    S[j][0] *= e_lo;
-    S[j][1] *= e_lo;
-    S[j][2] *= e_hi;
-    S[j][3] *= e_hi;
-  }
-#pragma unroll
-  for (int kk = 0; kk < kC / 16; ++kk) {
-    // A = (k 2^(b_C - b))^T: key rows row0 + [0, 16) x tokens 16 kk + [0, 16), transposed from
-    // the [token][key] tile: matrices (tokens 0-7 | 8-15) x (keys 0-7 | 8-15) in a0..a3 order.
-    uint32_t a[4];
-    LdMatrixX4Trans(a, ks + (16 * kk + (lane & 7) + ((lane >> 4) << 3)) * kKP + row0 +
-                           ((lane >> 3) & 1) * 8);
-    const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-    for (int jp = 0; jp < kSN / 2; ++jp) {
-      uint32_t b[4];
-      LdMatrixX4Trans(b, vs + vrow * kVP + col0 + 16 * jp + (lane >> 4) * 8);
-      Mma(S[2 * jp], a, b[0], b[1]);
-      Mma(S[2 * jp + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// In place, for a chunk whose scores are done: q[t][d] <- q 2^b[t][d] and k[t][d] <- k
-// 2^(b[C-1][d] - b[t][d]), in bf16 (pitch kKP), 8 columns per step of a thread.
-template <int K, int V, int kBlockThreads>
-__device__ __forceinline__ void ScaleQkInPlace(__nv_bfloat16* q, __nv_bfloat16* k, const float* b,
-                                               int tid) {
-  using L = Layout<K, V>;
-  constexpr int kVecPerRow = K / 8, kTotal = kC * kVecPerRow;
-  static_assert(kTotal % kBlockThreads == 0, "tile does not split evenly over the block");
-#pragma unroll
-  for (int n = 0; n < kTotal / kBlockThreads; ++n) {
-    const int idx = tid + n * kBlockThreads;
-    const int t = idx / kVecPerRow, d = (idx % kVecPerRow) * 8;
-    uint4* qv = reinterpret_cast<uint4*>(q + t * L::kKP + d);
-    uint4* kv = reinterpret_cast<uint4*>(k + t * L::kKP + d);
-    const float4* bt = reinterpret_cast<const float4*>(b + t * L::kBP + d);
-    const float4* bc = reinterpret_cast<const float4*>(b + (kC - 1) * L::kBP + d);
-    const float4 bt0 = bt[0], bt1 = bt[1], bc0 = bc[0], bc1 = bc[1];
-    const float bts[8] = {bt0.x, bt0.y, bt0.z, bt0.w, bt1.x, bt1.y, bt1.z, bt1.w};
-    const float bcs[8] = {bc0.x, bc0.y, bc0.z, bc0.w, bc1.x, bc1.y, bc1.z, bc1.w};
-    uint4 qx = *qv, kx = *kv;
-    uint32_t* qw = reinterpret_cast<uint32_t*>(&qx);
-    uint32_t* kw = reinterpret_cast<uint32_t*>(&kx);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 qf = UnpackBf16(qw[e]), kf = UnpackBf16(kw[e]);
-      qw[e] = PackBf16(qf.x * Exp2(bts[2 * e]), qf.y * Exp2(bts[2 * e + 1]));
-      kw[e] = PackBf16(kf.x * Exp2(bcs[2 * e] - bts[2 * e]),
-                       kf.y * Exp2(bcs[2 * e + 1] - bts[2 * e + 1]));
-    }
-    *qv = qx;
-    *kv = kx;
-  }
-}
-
-// kWarps (8 or 16): the block's warps. The ~215 KB of shared memory admit one block per
-// multiprocessor; with 8 warps a scheduler had 2 to issue from (ncu: 44% of issue slots busy,
-// 0.61 eligible warps per cycle), with 16 it has 4, at 128 registers per thread instead of ~245
-// (a few spilled). Every 16 x 8 output, score and state tile gets the same mma.sync sequence
-// either way, so the two produce bit-identical results.
-template <int K, int V, int KF, int VF, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArgs args) {
+template <int K, int V, int KF, int VF>
+__global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
 #else
   using L = Layout<K, V>;
-  constexpr int kChunkThreads = kWarps * 32;
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g8 = lane / 4, t4 = lane % 4;  // fragment row / column-pair of this lane
@@ -366,16 +279,16 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
     char* base = smem + stage * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
     const int64_t rows = T - t0;
-    CopyTile<K, 2, L::kKP, kChunkThreads>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
-    CopyTile<K, 2, L::kKP, kChunkThreads>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
-    CopyTile<V, 2, L::kVP, kChunkThreads>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
-    CopyTile<K, 4, L::kBP, kChunkThreads>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
+    CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
+    CopyTile<K, 2, L::kKP>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
+    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
+    CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
     CpAsyncCommit();
   };
 
   // State ownership: warp = (row block rb of 16 key rows) x (column split cs of V / kCS).
-  constexpr int kRB = K / 16, kCS = kWarps / kRB, kSN = V / kCS / 8;
-  static_assert(kRB * kCS == kWarps && kSN % 2 == 0, "unsupported head dims");
+  constexpr int kRB = K / 16, kCS = 8 / kRB, kSN = V / kCS / 8;
+  static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
   const int rb = warp % kRB, cs = warp / kRB;
   const int d_lo = 16 * rb + g8, d_hi = d_lo + 8;
   const int col0 = cs * (V / kCS) + 2 * t4;  // + 8 j
@@ -449,37 +362,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
     const int64_t t0 = static_cast<int64_t>(c) * kC;
 
     {
-      // Scores, 14 units over the warps: units 0-5 are the 16 x 16 blocks below the diagonal
-      // (query block i, key block j < i), with the decay at row 16 i as reference, so q is
-      // scaled once for both 8-column halves; units 6-13 are the 16 x 8 tiles of the diagonal
-      // blocks, each with the decay at its last column as reference.
-      for (int unit = warp; unit < 14; unit += kWarps) {
-        if (unit < 6) {
-          const int i = unit < 1 ? 1 : unit < 3 ? 2 : 3;
-          const int j = unit - i * (i - 1) / 2;
-          const int r0 = 16 * i + g8, r1 = r0 + 8, s0 = 16 * j + g8, s1 = s0 + 8, ref = 16 * i;
-          float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-          for (int kk = 0; kk < K / 16; ++kk) {
-            const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
-            const float2 rf0 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d0);
-            const float2 rf1 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d1);
-            const uint32_t a[4] = {
-                ScaledQ<K, V>(qs, bs, r0, d0, rf0), ScaledQ<K, V>(qs, bs, r1, d0, rf0),
-                ScaledQ<K, V>(qs, bs, r0, d1, rf1), ScaledQ<K, V>(qs, bs, r1, d1, rf1)};
-            Mma(acc0, a, ScaledK<K, V>(ks, bs, s0, d0, rf0), ScaledK<K, V>(ks, bs, s0, d1, rf1));
-            Mma(acc1, a, ScaledK<K, V>(ks, bs, s1, d0, rf0), ScaledK<K, V>(ks, bs, s1, d1, rf1));
-          }
-          // Every key of the block precedes every query: no mask.
-          const int col = 16 * j + 2 * t4;
-          *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col) = PackBf16(acc0[0], acc0[1]);
-          *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col) = PackBf16(acc0[2], acc0[3]);
-          *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col + 8) = PackBf16(acc1[0], acc1[1]);
-          *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col + 8) = PackBf16(acc1[2], acc1[3]);
-          continue;
-        }
-        const int i = (unit - 6) / 2;
-        const int ct = 2 * i + (unit - 6) % 2;  // the tile's 8 key columns start at 8 ct
+      // Scores: 20 causal tiles of 16 query rows x 8 key columns, over 8 warps.
+      for (int idx = warp; idx < 20; idx += 8) {
+        const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
+        const int ct = idx - i * (i + 1);
         const int r0 = 16 * i + g8, r1 = r0 + 8, s = 8 * ct + g8, ref = 8 * ct + 7;
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -499,29 +385,23 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
             PackBf16(col <= r1 ? acc[2] : 0.f, col + 1 <= r1 ? acc[3] : 0.f);
       }
       __syncthreads();
-      // The scores have read q and k: scale both in place, once per chunk, for the products
-      // below: q_t 2^b_t (outputs from the chunk-start state) and k_s 2^(b_C - b_s) (the state
-      // update), rounded to bf16 as the products' fragments were.
-      ScaleQkInPlace<K, V, kChunkThreads>(reinterpret_cast<__nv_bfloat16*>(base + L::kQ),
-                                          reinterpret_cast<__nv_bfloat16*>(base + L::kK), bs, tid);
-      __syncthreads();
 
-      // Outputs: warp = (16 query rows) x (a 4 / kWarps share of V).
+      // Outputs: warp = (16 query rows) x (half of V).
       {
-        constexpr int kVW = kWarps / 4;  // warps per 16 query rows
-        constexpr int kNT = V / kVW / 8;
-        static_assert(kNT % 2 == 0, "unsupported value dim");
+        constexpr int kNT = V / 16;
         const int i = warp % 4, vh = warp / 4;
         const int r0 = 16 * i + g8, r1 = r0 + 8;
-        const int n_base = vh * (V / kVW);
+        const int n_base = vh * (V / 2);
         float acc[kNT][4];
 #pragma unroll
         for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        const float2 zero = make_float2(0.f, 0.f);
 #pragma unroll
         for (int kk = 0; kk < K / 16; ++kk) {
           const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
-          uint32_t a[4];  // q 2^b of rows 16 i + [0, 16), columns 16 kk + [0, 16)
-          LdMatrixX4(a, qs + (16 * i + (lane & 15)) * L::kKP + 16 * kk + (lane >> 4) * 8);
+          const uint32_t a[4] = {
+              ScaledQ<K, V>(qs, bs, r0, d0, zero), ScaledQ<K, V>(qs, bs, r1, d0, zero),
+              ScaledQ<K, V>(qs, bs, r0, d1, zero), ScaledQ<K, V>(qs, bs, r1, d1, zero)};
 #pragma unroll
           for (int j = 0; j < kNT; ++j) {
             const __nv_bfloat16* row = st + (n_base + 8 * j + g8) * L::kKP;
@@ -579,10 +459,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) GlaChunkKernel(const KernelArg
       }
     }
 
-    // State: S <- 2^b_C S + (k 2^(b_C - b))^T v (ks holds k 2^(b_C - b) by now).
-    UpdateChunkStateScaledK<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * rb,
-                                                 bs[(kC - 1) * L::kBP + d_lo],
-                                                 bs[(kC - 1) * L::kBP + d_hi], cs * (V / kCS), lane);
+    // State: S <- 2^b_C S + (k 2^(b_C - b))^T v.
+    UpdateChunkState<kSN, L::kKP, L::kVP, L::kBP>(S, ks, vs, bs, d_lo, d_hi,
+                                                  bs[(kC - 1) * L::kBP + d_lo],
+                                                  bs[(kC - 1) * L::kBP + d_hi], cs * (V / kCS), lane);
     __syncthreads();  // every read of this stage, St and the scores is done
     write_state_bf16();
   }
@@ -846,17 +726,11 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     HYB_CUDA_TRY(cudaMemsetAsync(
         a.o_accum, 0, static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float), stream));
   }
+  HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
   a.grid_segs = nseg;
-  const dim3 grid2(static_cast<unsigned>(blocks_pass2), kSlices);
-  if (p.chunk_warps == 8) {
-    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, 8>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
-    GlaChunkKernel<K, V, KF, VF, 8><<<grid2, 8 * 32, L::kBytes, stream>>>(a);
-  } else {
-    HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF, 16>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
-    GlaChunkKernel<K, V, KF, VF, 16><<<grid2, 16 * 32, L::kBytes, stream>>>(a);
-  }
+  GlaChunkKernel<K, V, KF, VF>
+      <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kThreads, L::kBytes, stream>>>(a);
   HYB_CUDA_TRY(cudaGetLastError());
   if constexpr (KF != K) {
     return GlaStoreAccumulated(a.o_accum, a.o, a.os, token_rows, p.heads, p.tokens, VF, stream);
@@ -984,7 +858,6 @@ size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
 
 cudaError_t LaunchGlaChunked(const GlaChunkedParams& p, cudaStream_t stream) {
   if (!GlaChunkedSupportsDims(p.key_dim, p.value_dim)) return cudaErrorInvalidValue;
-  if (p.chunk_warps != 0 && p.chunk_warps != 8 && p.chunk_warps != 16) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
   if (p.varlen.cu_seqlens != nullptr &&
       (p.varlen.cu_chunks == nullptr || p.cu_segments == nullptr || p.segment_chunks <= 0 ||

@@ -79,8 +79,6 @@ struct GlaChunkedParams {
   // least per sequence (also for an empty one, whose block writes its final state).
   const int64_t* cu_segments = nullptr;
   int64_t total_segments = 0;  // cu_segments[N]
-  // Warps per block of the output pass: 8 or 16 (bit-identical results); 0: the default, 16.
-  int chunk_warps = 0;
 };
 
 // True when the kernel handles this key/value head size: each 64, 128 or 256 (dims of 256 run as
