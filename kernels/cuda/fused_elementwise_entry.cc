@@ -43,7 +43,8 @@ at::Tensor Rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   TORCH_CHECK(RotarySupported(x, cos, sin), "cuda Rotary: unsupported inputs");
   const c10::cuda::CUDAGuard guard(x.device());
   // x's layout, as x * cos has (a [B, H, T, D] view of a [B, T, H, D] projection keeps it):
-  // x's own strides when x is dense, which RotarySupported checked, else contiguous.
+  // empty_like keeps x's strides when x is dense, else gives a contiguous tensor; the kernel
+  // writes through out's own strides either way.
   const at::Tensor out = at::empty_like(x);
   RotaryParams p{x.data_ptr(),     cos.data_ptr(),  sin.data_ptr(), out.data_ptr(),
                  x.size(0),        x.size(1),       x.size(2),      x.size(3),

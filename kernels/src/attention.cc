@@ -5,6 +5,8 @@
 
 #include <optional>
 
+#include "needs_grad.h"
+
 #ifdef HYB_WITH_CUDA
 #include "hyb/kernels/cuda_attention.h"
 #endif
@@ -100,9 +102,7 @@ at::Tensor SoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::
 #ifdef HYB_WITH_CUDA
     // The split-KV kernel reads only the visible keys, spread over the whole device. Forward
     // only: with a gradient to compute the ATen path below runs.
-    const bool needs_grad = at::GradMode::is_enabled() &&
-                            (q.requires_grad() || k.requires_grad() || v.requires_grad());
-    if (!options.force_math && !needs_grad && !options.key_mask.defined() && q.is_cuda() &&
+    if (!options.force_math && !NeedsGrad({q, k, v}) && !options.key_mask.defined() && q.is_cuda() &&
         cuda::AttentionDecodeSupported(q, k, v)) {
       if (options.key_end.defined()) {
         return cuda::AttentionDecodeAt(q, k, v, options.key_end, options.sliding_window,

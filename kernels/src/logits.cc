@@ -4,6 +4,8 @@
 
 #include <limits>
 
+#include "needs_grad.h"
+
 namespace hyb::kernels {
 namespace {
 
@@ -24,13 +26,6 @@ void CheckTargetsOnHost(const at::Tensor& targets, int64_t vocab) {
   TORCH_CHECK(false, "TokenLogProbs: target ", targets[row].item<int64_t>(), " of row ", row,
               " is outside the vocabulary [0, ", vocab, ")");
 }
-
-#ifdef HYB_WITH_CUDA
-// The fused kernels have no backward: they serve only when no gradient is needed.
-bool NeedsGrad(const at::Tensor& a, const at::Tensor& b) {
-  return at::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad());
-}
-#endif
 
 }  // namespace
 
@@ -70,7 +65,7 @@ at::Tensor RowKlReference(const at::Tensor& teacher, const at::Tensor& logits) {
 
 at::Tensor TokenLogProbs(const at::Tensor& logits, const at::Tensor& targets) {
 #ifdef HYB_WITH_CUDA
-  if (logits.is_cuda() && !NeedsGrad(logits, targets) && logits.dim() == 2 &&
+  if (logits.is_cuda() && !NeedsGrad({logits, targets}) && logits.dim() == 2 &&
       targets.dim() == 1 && targets.size(0) == logits.size(0) && logits.size(1) >= 1) {
     // Host targets are checked here (no sync), then copied; device ones give NaN rows.
     CheckTargetsOnHost(targets, logits.size(1));
@@ -83,7 +78,7 @@ at::Tensor TokenLogProbs(const at::Tensor& logits, const at::Tensor& targets) {
 
 at::Tensor RowKl(const at::Tensor& teacher, const at::Tensor& logits) {
 #ifdef HYB_WITH_CUDA
-  if (logits.is_cuda() && !NeedsGrad(teacher, logits)) {
+  if (logits.is_cuda() && !NeedsGrad({teacher, logits})) {
     const at::Tensor t = teacher.to(logits.device());
     if (cuda::RowKlSupported(t, logits)) return cuda::RowKl(t, logits);
   }

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "needs_grad.h"
+
 #ifdef HYB_WITH_CUDA
 #include "hyb/kernels/cuda_conv.h"
 #endif
@@ -21,10 +23,6 @@ void CheckShapes(const at::Tensor& u, const at::Tensor& w, const at::Tensor* cac
 }
 
 #ifdef HYB_WITH_CUDA
-bool NeedsGrad(const at::Tensor& u, const at::Tensor& w) {
-  return at::GradMode::is_enabled() && (u.requires_grad() || w.requires_grad());
-}
-
 // *cache = the last K-1 inputs of cat(prev or zeros, u) over time, in place when it fits (the
 // reference's rule), without gradients. Reads only u's last K-1 steps.
 void KeepLastInputs(const at::Tensor& prev, const at::Tensor& u, int64_t k, at::Tensor* cache) {
@@ -74,7 +72,7 @@ at::Tensor ShortConv(const at::Tensor& u, const at::Tensor& w, at::Tensor* cache
 #ifdef HYB_WITH_CUDA
   const at::Tensor kept = cache != nullptr ? *cache : at::Tensor();
   if (cuda::ShortConvSupported(u, w, kept)) {
-    if (!NeedsGrad(u, w)) return cuda::ShortConv(u, w, cache, silu);
+    if (!NeedsGrad({u, w})) return cuda::ShortConv(u, w, cache, silu);
     // The autograd node reads the previous inputs again in its backward: a copy when the cache
     // is about to be overwritten.
     const at::Tensor prev = kept.defined() ? kept.detach().clone() : at::Tensor();
