@@ -7,10 +7,17 @@
 //   A[t, s] = sum_d q_t[d] k_s[d] 2^(b_t[d] - b_s[d])   for s <= t (intra-chunk scores)
 //   o_t     = scale * (sum_d q_t[d] 2^b_t[d] S[d, :] + sum_{s<=t} A[t, s] v_s)
 //   S      <- 2^b_C * S + sum_s (k_s 2^(b_C - b_s)) v_s^T
-// Every exponent is kept <= 0 except inside a diagonal 16x8 score tile, where it is bounded by
-// 7 steps of decay: A's tiles of 8 key columns use the decay at their last column as reference,
-// so q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1 off the diagonal. Exact for per-token log
-// decays down to about -12 (far beyond GLA's logsigmoid(x) / 16 gates).
+// q and k are scaled once per chunk against an anchor a[d] of each key column's decays
+// (DecayAnchor): q_t 2^(b_t - a) and k_s 2^(a - b_s) multiply to q_t k_s 2^(b_t - b_s), so the
+// scores are one product of the scaled tiles, the outputs read q 2^(b - a) against St = 2^a S, and
+// the state update is S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v: tensor-core products on
+// ldmatrix fragments, ~16K exp2 per chunk. Every factor is <= 2^60 while each column's decays
+// span <= 120 (log2) in the chunk: per-token log decays down to ~ -1.3 on average (GLA's
+// logsigmoid(x) / 16 gates stay far inside). Chunks past that (strong gates) take the exact path:
+// scores in tiles of 8 key columns referenced to the decay at their last column, so that
+// q_t 2^(b_t - r) and k_s 2^(r - b_s) are both <= 1 off the diagonal and bounded by 7 steps of
+// decay inside it (exact for per-token log decays down to about -12), and outputs from
+// q 2^b against St = S. The state update is the anchored one on both paths.
 //
 // Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
 // each segment's own state (from zero) and total decay, a scan over segments turns these into
@@ -48,10 +55,6 @@ constexpr int kC = kGlaChunk;  // tokens per chunk
 constexpr int kThreads = 256;  // 8 warps
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ float Bf16ToFloat(const __nv_bfloat16* p) {
-  return __bfloat162float(*p);
-}
-
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int src_size = valid ? 16 : 0;  // 0: fill with zeros, read nothing
@@ -80,8 +83,23 @@ struct Layout {
   static constexpr int kSt = 2 * kStage;          // chunk-start state, bf16, [V][K] (transposed)
   static constexpr int kA = kSt + V * kKP * 2;    // scores, bf16, [C][C]
   static constexpr int kTot = kA + kC * kAP * 2;  // cumsum partial totals, fp32, [4][K]
-  static constexpr int kBytes = kTot + 4 * K * 4;
+  static constexpr int kFirst = kTot + 4 * K * 4;  // cumulative decay of token 0, fp32, [K]
+  static constexpr int kBytes = kFirst + K * 4;
 };
+
+// The anchor of a key column's decays in a chunk (log2 units). Scores, outputs and the state
+// update read q and k scaled once per chunk against it, q_t 2^(b_t - a) and k_s 2^(a - b_s), which
+// multiply to the exact q_t k_s 2^(b_t - b_s). a lies within kAnchorSpan above b_C (the chunk's
+// last, lowest decay), so k's factors stay <= 2^kAnchorSpan and the state update
+// 2^(b_C - a) (k 2^(a - b))^T v is exact for any gates. When also every column's decays span at
+// most 2 kAnchorSpan in the chunk (b_0 - b_C), a lies within kAnchorSpan below b_0 too, q's
+// factors stay <= 2^kAnchorSpan as well, and the scores are one product of the scaled tiles
+// (GlaChunkKernel's anchored path); otherwise they keep per-tile references (its exact path).
+// Both kernels compute it from the same three decays, so their scaled k are bit-identical.
+constexpr float kAnchorSpan = 60.f;
+__device__ __forceinline__ float DecayAnchor(float b_first, float b_mid, float b_last) {
+  return fminf(fmaxf(b_mid, b_first - kAnchorSpan), b_last + kAnchorSpan);
+}
 
 struct KernelArgs {
   const __nv_bfloat16* q;
@@ -153,9 +171,11 @@ __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src
   }
 }
 
-// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units.
+// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units. Returns,
+// the same on every thread, whether some key column's decays span more than 2 kAnchorSpan in the
+// chunk (b_0 - b_C): the chunk then takes the exact path of the scores (DecayAnchor).
 template <int K, int V>
-__device__ __forceinline__ void CumsumLog2(float* b, float* tot, int tid) {
+__device__ __forceinline__ bool CumsumLog2(float* b, float* tot, float* first, int tid) {
   using L = Layout<K, V>;
   constexpr int kParts = kThreads / K, kRows = kC / kParts;
   const int d = tid % K, part = tid / K;
@@ -169,12 +189,14 @@ __device__ __forceinline__ void CumsumLog2(float* b, float* tot, int tid) {
     x[r] = run;
   }
   tot[part * K + d] = run;
+  if (part == 0) first[d] = x[0];
   __syncthreads();
   float off = 0.f;
   for (int p = 0; p < part; ++p) off += tot[p * K + d];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * L::kBP + d] = x[r] + off;
-  __syncthreads();
+  const bool wide = part == kParts - 1 && first[d] - (x[kRows - 1] + off) > 2 * kAnchorSpan;
+  return __syncthreads_or(wide) != 0;
 }
 
 // q[row][d..d+1] * 2^(b[row][d..d+1] - ref), packed to bf16.
@@ -197,47 +219,92 @@ __device__ __forceinline__ uint32_t ScaledK(const __nv_bfloat16* ks, const float
   return PackBf16(__low2float(k) * Exp2(ref.x - b.x), __high2float(k) * Exp2(ref.y - b.y));
 }
 
-// K x V: the block's slice of the state; KF x VF: the full head dims (equal to K x V except for
-// dims of 256: slice blockIdx.y = key slice * (VF / V) + value slice, gla_slices.cuh).
-// The chunk-end state update S <- 2^b_C S + (k 2^(b_C - b))^T v of a warp's state fragment:
-// key rows d_lo / d_hi, value columns col0 + [0, 8 kSN). ks / vs: the chunk's k and v tiles
-// (pitches kKP, kVP); bs: its cumulative log2 decays (pitch kBP), whose last row b_C gives
-// bc_lo / bc_hi. The output pass and the state-only pass 1 make the same update.
-template <int kSN, int kKP, int kVP, int kBP>
-__device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_bfloat16* ks,
-                                                 const __nv_bfloat16* vs, const float* bs,
-                                                 int d_lo, int d_hi, float bc_lo, float bc_hi,
-                                                 int col0, int lane) {
-  const int t4 = lane % 4;
-  const float e_lo = Exp2(bc_lo), e_hi = Exp2(bc_hi);
+// The chunk-end state update S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v of a warp's state
+// fragment: key rows row0 + g8 (lo) and row0 + g8 + 8 (hi), value columns col0 + [0, 8 kSN). khat:
+// the chunk's k tile scaled in place against each key column's anchor a (DecayAnchor, pitch kKP,
+// column 0 = the state's key row 0); vs: its v tile (pitch kVP). e = 2^b_C and f = 2^(b_C - a) of
+// rows lo / hi (both <= 1). Each 16 x 8 tile of (k 2^(a - b))^T v is summed from zero over the
+// chunk, then combined, so the output pass and the state-only pass 1, which make the same calls
+// on the same fragments, get bit-identical states.
+// kHoldA: load the A fragments (khat^T) once and hold them (16 registers), else once per pair of
+// value tiles (the same values: for pass 1's 128-register budget).
+template <int kSN, int kKP, int kVP, bool kHoldA>
+__device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_bfloat16* khat,
+                                                 const __nv_bfloat16* vs, int row0, float e_lo,
+                                                 float e_hi, float f_lo, float f_hi, int col0,
+                                                 int lane) {
+  auto load_a = [&](uint32_t (&a)[4], int kk) {  // A = khat^T: 16 key rows x 16 tokens
+    LdMatrixX4Trans(a, khat + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kKP + row0 +
+                           ((lane >> 3) & 1) * 8);
+  };
+  uint32_t held[kHoldA ? kC / 16 : 1][4];
+  if constexpr (kHoldA) {
 #pragma unroll
-  for (int j = 0; j < kSN; ++j) {
-    S[j][0] *= e_lo;
-    S[j][1] *= e_lo;
-    S[j][2] *= e_hi;
-    S[j][3] *= e_hi;
+    for (int kk = 0; kk < kC / 16; ++kk) load_a(held[kk], kk);
   }
-  auto kh = [&](int s, int d, float bc) {
-    return Bf16ToFloat(ks + s * kKP + d) * Exp2(bc - bs[s * kBP + d]);
+  auto combine = [&](float (&s)[4], const float (&p)[4]) {
+    s[0] = __fmaf_rn(e_lo, s[0], __fmul_rn(f_lo, p[0]));
+    s[1] = __fmaf_rn(e_lo, s[1], __fmul_rn(f_lo, p[1]));
+    s[2] = __fmaf_rn(e_hi, s[2], __fmul_rn(f_hi, p[2]));
+    s[3] = __fmaf_rn(e_hi, s[3], __fmul_rn(f_hi, p[3]));
   };
 #pragma unroll
-  for (int kk = 0; kk < kC / 16; ++kk) {
-    const int sa = 16 * kk + 2 * t4, sb = sa + 8;
-    const uint32_t a[4] = {PackBf16(kh(sa, d_lo, bc_lo), kh(sa + 1, d_lo, bc_lo)),
-                           PackBf16(kh(sa, d_hi, bc_hi), kh(sa + 1, d_hi, bc_hi)),
-                           PackBf16(kh(sb, d_lo, bc_lo), kh(sb + 1, d_lo, bc_lo)),
-                           PackBf16(kh(sb, d_hi, bc_hi), kh(sb + 1, d_hi, bc_hi))};
-    const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
+  for (int jp = 0; jp < kSN / 2; ++jp) {
+    float p0[4] = {0.f, 0.f, 0.f, 0.f}, p1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int jp = 0; jp < kSN / 2; ++jp) {
-      uint32_t b[4];
+    for (int kk = 0; kk < kC / 16; ++kk) {
+      const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
+      uint32_t b[4], a[4];
+      if constexpr (kHoldA) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = held[kk][r];
+      } else {
+        load_a(a, kk);
+      }
       LdMatrixX4Trans(b, vs + vrow * kVP + col0 + 16 * jp + (lane >> 4) * 8);
-      Mma(S[2 * jp], a, b[0], b[1]);
-      Mma(S[2 * jp + 1], a, b[2], b[3]);
+      Mma(p0, a, b[0], b[1]);
+      Mma(p1, a, b[2], b[3]);
+    }
+    combine(S[2 * jp], p0);
+    combine(S[2 * jp + 1], p1);
+  }
+}
+
+// Scales the chunk's k tile in place to k 2^(a - b) and, with q_too, its q tile to q 2^(b - a)
+// (bf16; a = DecayAnchor of each key column; tiles of kCols columns, pitch kKP; decays pitch kBP).
+// Thread tid takes one column pair and every (threads / pairs)-th row.
+template <int kCols, int kKP, int kBP, int kThreadsUsed>
+__device__ __forceinline__ void ScaleChunk(__nv_bfloat16* qs, __nv_bfloat16* ks, const float* bs,
+                                           int tid, bool q_too) {
+  constexpr int kPairs = kCols / 2, kRowStep = kThreadsUsed / kPairs;
+  static_assert(kThreadsUsed % kPairs == 0, "rows do not split evenly over the block");
+  const int d = 2 * (tid % kPairs);
+  const float2 b0 = *reinterpret_cast<const float2*>(bs + d);
+  const float2 bm = *reinterpret_cast<const float2*>(bs + (kC / 2 - 1) * kBP + d);
+  const float2 bl = *reinterpret_cast<const float2*>(bs + (kC - 1) * kBP + d);
+  const float ax = DecayAnchor(b0.x, bm.x, bl.x), ay = DecayAnchor(b0.y, bm.y, bl.y);
+#pragma unroll 4
+  for (int r = tid / kPairs; r < kC; r += kRowStep) {
+    const float2 b = *reinterpret_cast<const float2*>(bs + r * kBP + d);
+    __nv_bfloat162* kp = reinterpret_cast<__nv_bfloat162*>(ks + r * kKP + d);
+    const float2 k = __bfloat1622float2(*kp);
+    *kp = __floats2bfloat162_rn(k.x * Exp2(ax - b.x), k.y * Exp2(ay - b.y));
+    if (q_too) {
+      __nv_bfloat162* qp = reinterpret_cast<__nv_bfloat162*>(qs + r * kKP + d);
+      const float2 q = __bfloat1622float2(*qp);
+      *qp = __floats2bfloat162_rn(q.x * Exp2(b.x - ax), q.y * Exp2(b.y - ay));
     }
   }
 }
 
+// The anchor of key column d of a chunk's cumulative decays (pitch kBP).
+template <int kBP>
+__device__ __forceinline__ float AnchorOf(const float* bs, int d) {
+  return DecayAnchor(bs[d], bs[(kC / 2 - 1) * kBP + d], bs[(kC - 1) * kBP + d]);
+}
+
+// K x V: the block's slice of the state; KF x VF: the full head dims (equal to K x V except for
+// dims of 256: slice blockIdx.y = key slice * (VF / V) + value slice, gla_slices.cuh).
 template <int K, int V, int KF, int VF>
 __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -316,21 +383,22 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     }
   }
   __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(smem + L::kSt);
-  auto write_state_bf16 = [&] {
+  // St = the chunk-start state in bf16, transposed ([V][K]), its key rows times m_lo / m_hi.
+  auto write_state_bf16 = [&](float m_lo, float m_hi) {
 #pragma unroll
     for (int j = 0; j < kSN; ++j) {
       const int c = col0 + 8 * j;
-      st[c * L::kKP + d_lo] = __float2bfloat16_rn(S[j][0]);
-      st[(c + 1) * L::kKP + d_lo] = __float2bfloat16_rn(S[j][1]);
-      st[c * L::kKP + d_hi] = __float2bfloat16_rn(S[j][2]);
-      st[(c + 1) * L::kKP + d_hi] = __float2bfloat16_rn(S[j][3]);
+      st[c * L::kKP + d_lo] = __float2bfloat16_rn(S[j][0] * m_lo);
+      st[(c + 1) * L::kKP + d_lo] = __float2bfloat16_rn(S[j][1] * m_lo);
+      st[c * L::kKP + d_hi] = __float2bfloat16_rn(S[j][2] * m_hi);
+      st[(c + 1) * L::kKP + d_hi] = __float2bfloat16_rn(S[j][3] * m_hi);
     }
   };
 
   if (c_begin < c_end) load_chunk(c_begin, 0);
-  write_state_bf16();
   __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(smem + L::kA);
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
+  float* first = reinterpret_cast<float*>(smem + L::kFirst);
 
   // Chunk-start states for the backward ([BH, nchunks + 1, K, V]; index nchunks: the final one).
   auto write_state_f32 = [&](float* out) {  // out: a full [KF, VF] state
@@ -343,26 +411,28 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   float* const chunk_states =
       args.chunk_states == nullptr ? nullptr : args.chunk_states + sq.state_slot * KF * VF;
 
+  // Ldmatrix row addresses of a lane: A (16 x 16) of a row-major [m][k] tile, rows a_row, column
+  // offset a_col; B of two n8 tiles of a row-major [n][k] tile, rows b_row, column offset b_col.
+  const int a_row = lane & 15, a_col = (lane >> 4) * 8;
+  const int b_row = (lane & 7) + ((lane >> 4) & 1) * 8, b_col = ((lane >> 3) & 1) * 8;
+
   for (int c = c_begin; c < c_end; ++c) {
     const int stage = (c - c_begin) & 1;
     if (chunk_states != nullptr) write_state_f32(chunk_states + static_cast<int64_t>(c) * KF * VF);
-    if (c + 1 < c_end) {
-      load_chunk(c + 1, stage ^ 1);  // that stage's last readers passed the previous barrier
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();
+    CpAsyncWait<0>();
+    __syncthreads();  // chunk c landed; chunk c - 1's reads of the other stage, St and A are done
+    if (c + 1 < c_end) load_chunk(c + 1, stage ^ 1);
     char* base = smem + stage * L::kStage;
-    const __nv_bfloat16* qs = reinterpret_cast<const __nv_bfloat16*>(base + L::kQ);
-    const __nv_bfloat16* ks = reinterpret_cast<const __nv_bfloat16*>(base + L::kK);
+    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(base + L::kQ);
+    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(base + L::kK);
     const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + L::kV);
-    float* bs = reinterpret_cast<float*>(base + L::kB);
-    CumsumLog2<K, V>(bs, tot, tid);
+    const float* bs = reinterpret_cast<const float*>(base + L::kB);
+    const bool exact = CumsumLog2<K, V>(reinterpret_cast<float*>(base + L::kB), tot, first, tid);
     const int64_t t0 = static_cast<int64_t>(c) * kC;
 
-    {
-      // Scores: 20 causal tiles of 16 query rows x 8 key columns, over 8 warps.
+    if (exact) {
+      // Scores with per-tile references, from the unscaled q and k: 20 causal tiles of 16 query
+      // rows x 8 key columns, over 8 warps.
       for (int idx = warp; idx < 20; idx += 8) {
         const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
         const int ct = idx - i * (i + 1);
@@ -384,17 +454,64 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
         *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col) =
             PackBf16(col <= r1 ? acc[2] : 0.f, col + 1 <= r1 ? acc[3] : 0.f);
       }
-      __syncthreads();
+      __syncthreads();  // (k is scaled in place next)
+    }
+    // k (and on the anchored path q) scaled once per chunk; St from the chunk-start state, its
+    // key rows times 2^a on the anchored path (q 2^b S = (q 2^(b - a)) (2^a S)).
+    ScaleChunk<K, L::kKP, L::kBP, kThreads>(qs, ks, bs, tid, !exact);
+    const float a_lo = AnchorOf<L::kBP>(bs, d_lo), a_hi = AnchorOf<L::kBP>(bs, d_hi);
+    if (exact) {
+      write_state_bf16(1.f, 1.f);
+    } else {
+      write_state_bf16(Exp2(a_lo), Exp2(a_hi));
+    }
+    __syncthreads();
 
-      // Outputs: warp = (16 query rows) x (half of V).
-      {
-        constexpr int kNT = V / 16;
-        const int i = warp % 4, vh = warp / 4;
-        const int r0 = 16 * i + g8, r1 = r0 + 8;
-        const int n_base = vh * (V / 2);
-        float acc[kNT][4];
+    if (!exact) {
+      // Scores: the 10 causal blocks of 16 x 16, (q 2^(b - a)) (k 2^(a - b))^T, over 8 warps.
+      for (int idx = warp; idx < 10; idx += 8) {
+        const int i = idx < 1 ? 0 : idx < 3 ? 1 : idx < 6 ? 2 : 3;
+        const int j = idx - i * (i + 1) / 2;
+        float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        for (int kk = 0; kk < K / 16; ++kk) {
+          uint32_t a[4], b[4];
+          LdMatrixX4(a, qs + (16 * i + a_row) * L::kKP + 16 * kk + a_col);
+          LdMatrixX4(b, ks + (16 * j + b_row) * L::kKP + 16 * kk + b_col);
+          Mma(acc0, a, b[0], b[1]);
+          Mma(acc1, a, b[2], b[3]);
+        }
+        // (Entries above the diagonal may be huge or infinite: each is replaced, not scaled.)
+        const int r0 = 16 * i + g8, r1 = r0 + 8, col = 16 * j + 2 * t4;
+        *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col) =
+            PackBf16(col <= r0 ? acc0[0] : 0.f, col + 1 <= r0 ? acc0[1] : 0.f);
+        *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col) =
+            PackBf16(col <= r1 ? acc0[2] : 0.f, col + 1 <= r1 ? acc0[3] : 0.f);
+        *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col + 8) =
+            PackBf16(col + 8 <= r0 ? acc1[0] : 0.f, col + 9 <= r0 ? acc1[1] : 0.f);
+        *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col + 8) =
+            PackBf16(col + 8 <= r1 ? acc1[2] : 0.f, col + 9 <= r1 ? acc1[3] : 0.f);
+      }
+    }
+    // State: S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v (St holds the chunk-start state).
+    {
+      const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
+      UpdateChunkState<kSN, L::kKP, L::kVP, true>(S, ks, vs, 16 * rb, Exp2(bc_lo), Exp2(bc_hi),
+                                            Exp2(bc_lo - a_lo), Exp2(bc_hi - a_hi),
+                                            cs * (V / kCS), lane);
+    }
+    __syncthreads();  // scores and St written
+
+    // Outputs: warp = (16 query rows) x (half of V).
+    {
+      constexpr int kNT = V / 16;
+      const int i = warp % 4, vh = warp / 4;
+      const int r0 = 16 * i + g8, r1 = r0 + 8;
+      const int n_base = vh * (V / 2);
+      float acc[kNT][4];
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+      if (exact) {
         const float2 zero = make_float2(0.f, 0.f);
 #pragma unroll
         for (int kk = 0; kk < K / 16; ++kk) {
@@ -409,62 +526,65 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
                 *reinterpret_cast<const uint32_t*>(row + d1));
           }
         }
-        for (int jj = 0; jj <= i; ++jj) {
-          const int s0 = 16 * jj + 2 * t4;
-          const uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(as + r0 * L::kAP + s0),
-                                 *reinterpret_cast<const uint32_t*>(as + r1 * L::kAP + s0),
-                                 *reinterpret_cast<const uint32_t*>(as + r0 * L::kAP + s0 + 8),
-                                 *reinterpret_cast<const uint32_t*>(as + r1 * L::kAP + s0 + 8)};
-          const int vrow = 16 * jj + (lane & 7) + ((lane >> 3) & 1) * 8;
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < K / 16; ++kk) {
+          uint32_t a[4];
+          LdMatrixX4(a, qs + (16 * i + a_row) * L::kKP + 16 * kk + a_col);
 #pragma unroll
           for (int jp = 0; jp < kNT / 2; ++jp) {
             uint32_t b[4];
-            LdMatrixX4Trans(b, vs + vrow * L::kVP + n_base + 16 * jp + (lane >> 4) * 8);
+            LdMatrixX4(b, st + (n_base + 16 * jp + b_row) * L::kKP + 16 * kk + b_col);
             Mma(acc[2 * jp], a, b[0], b[1]);
             Mma(acc[2 * jp + 1], a, b[2], b[3]);
           }
         }
-        if constexpr (kSplitK) {
-          // This key slice's share of o, added in fp32 (gla_slices.cuh).
-          float* ow =
-              args.o_accum + (sq.row * args.tokens + sq.token0 + t0) * VF + voff + n_base + 2 * t4;
+      }
+      for (int jj = 0; jj <= i; ++jj) {
+        uint32_t a[4];
+        LdMatrixX4(a, as + (16 * i + a_row) * L::kAP + 16 * jj + a_col);
+        const int vrow = 16 * jj + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            if (t0 + r0 < T) {
-              atomicAdd(ow + r0 * VF + 8 * j, acc[j][0] * args.scale);
-              atomicAdd(ow + r0 * VF + 8 * j + 1, acc[j][1] * args.scale);
-            }
-            if (t0 + r1 < T) {
-              atomicAdd(ow + r1 * VF + 8 * j, acc[j][2] * args.scale);
-              atomicAdd(ow + r1 * VF + 8 * j + 1, acc[j][3] * args.scale);
-            }
+        for (int jp = 0; jp < kNT / 2; ++jp) {
+          uint32_t b[4];
+          LdMatrixX4Trans(b, vs + vrow * L::kVP + n_base + 16 * jp + (lane >> 4) * 8);
+          Mma(acc[2 * jp], a, b[0], b[1]);
+          Mma(acc[2 * jp + 1], a, b[2], b[3]);
+        }
+      }
+      if constexpr (kSplitK) {
+        // This key slice's share of o, added in fp32 (gla_slices.cuh).
+        float* ow =
+            args.o_accum + (sq.row * args.tokens + sq.token0 + t0) * VF + voff + n_base + 2 * t4;
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          if (t0 + r0 < T) {
+            atomicAdd(ow + r0 * VF + 8 * j, acc[j][0] * args.scale);
+            atomicAdd(ow + r0 * VF + 8 * j + 1, acc[j][1] * args.scale);
           }
-        } else {
-          const int64_t o_row = args.os.token;
-          __nv_bfloat16* og =
-              args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row + voff;
+          if (t0 + r1 < T) {
+            atomicAdd(ow + r1 * VF + 8 * j, acc[j][2] * args.scale);
+            atomicAdd(ow + r1 * VF + 8 * j + 1, acc[j][3] * args.scale);
+          }
+        }
+      } else {
+        const int64_t o_row = args.os.token;
+        __nv_bfloat16* og =
+            args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row + voff;
 #pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            const int col = n_base + 8 * j + 2 * t4;
-            if (t0 + r0 < T) {
-              *reinterpret_cast<uint32_t*>(og + r0 * o_row + col) =
-                  PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
-            }
-            if (t0 + r1 < T) {
-              *reinterpret_cast<uint32_t*>(og + r1 * o_row + col) =
-                  PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
-            }
+        for (int j = 0; j < kNT; ++j) {
+          const int col = n_base + 8 * j + 2 * t4;
+          if (t0 + r0 < T) {
+            *reinterpret_cast<uint32_t*>(og + r0 * o_row + col) =
+                PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
+          }
+          if (t0 + r1 < T) {
+            *reinterpret_cast<uint32_t*>(og + r1 * o_row + col) =
+                PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
           }
         }
       }
     }
-
-    // State: S <- 2^b_C S + (k 2^(b_C - b))^T v.
-    UpdateChunkState<kSN, L::kKP, L::kVP, L::kBP>(S, ks, vs, bs, d_lo, d_hi,
-                                                  bs[(kC - 1) * L::kBP + d_lo],
-                                                  bs[(kC - 1) * L::kBP + d_hi], cs * (V / kCS), lane);
-    __syncthreads();  // every read of this stage, St and the scores is done
-    write_state_bf16();
   }
 
   // The last segment's blocks write the final state (pass 1 wrote the other segments' own).
@@ -581,17 +701,21 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
     }
     __syncthreads();
     char* base = smem + stage * L::kStage;
-    const __nv_bfloat16* ks = reinterpret_cast<const __nv_bfloat16*>(base + L::kK);
+    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(base + L::kK);
     const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + L::kV);
     float* bs = reinterpret_cast<float*>(base + L::kB);
     CumsumLog2Rows<GlaStateCumsumParts(K), L::kBP>(bs, tot, tid);
+    ScaleChunk<kR, L::kKP, L::kBP, kThreads>(nullptr, ks, bs, tid, false);
+    __syncthreads();
 
-    // S <- 2^b_C S + (k 2^(b_C - b))^T v, as GlaChunkKernel's state update.
+    // S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v, as GlaChunkKernel's state update.
     const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
+    const float a_lo = AnchorOf<L::kBP>(bs, d_lo), a_hi = AnchorOf<L::kBP>(bs, d_hi);
     log_decay_lo += bc_lo;
     log_decay_hi += bc_hi;
-    UpdateChunkState<kSN, L::kKP, L::kVP, L::kBP>(S, ks, vs, bs, d_lo, d_hi, bc_lo, bc_hi,
-                                                  cs * (V / 2), lane);
+    UpdateChunkState<kSN, L::kKP, L::kVP, true>(S, ks, vs, 16 * (warp % 4), Exp2(bc_lo), Exp2(bc_hi),
+                                          Exp2(bc_lo - a_lo), Exp2(bc_hi - a_hi), cs * (V / 2),
+                                          lane);
     __syncthreads();  // every read of this stage and of the totals is done
   }
 

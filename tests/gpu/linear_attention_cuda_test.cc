@@ -108,6 +108,60 @@ TEST(CudaGlaChunkedTest, LongSequenceStrongGatesAndZeroTokens) {
   EXPECT_TRUE(at::equal(got.final_state, e.s0));
 }
 
+// The forward scales q and k once per chunk against a per-column anchor when every key column's
+// decays span at most 120 (log2 units) in the chunk, and keeps per-tile references otherwise
+// (gla_chunked.cu, DecayAnchor). Gates from the mixer's (x1) to strong (x80), and a sequence with
+// a strong stretch in the middle, so that both kinds of chunk occur, in one sequence too.
+TEST(CudaGlaChunkedTest, AnchoredAndExactChunksWithinTwiceReferenceBf16Error) {
+  HYB_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(14);
+  const int64_t t = 3000, nchunks = (t + 63) / 64;
+  for (const double gate_scale : {1.0, 12.0, 25.0, 80.0, -1.0}) {
+    GlaInputs in = MakeGla(1, 2, t, 128, 128, /*with_state=*/true);
+    if (gate_scale > 0) {
+      in.g = in.g * gate_scale;
+    } else {  // x80 for tokens [1000, 1700), x1 elsewhere
+      in.g = in.g.clone();
+      in.g.narrow(2, 1000, 700).mul_(80);
+    }
+    // Which chunks the kernel takes exactly: the widest column span of b_0 - b_63 (log2).
+    const at::Tensor padded = at::constant_pad_nd(in.g, {0, 0, 0, nchunks * 64 - t});
+    const at::Tensor span =
+        -padded.reshape({1, 2, nchunks, 64, 128}).narrow(3, 1, 63).sum(3) / std::log(2.0);
+    const int64_t exact_chunks = (std::get<0>(span.max(-1)) > 120).sum().item<int64_t>();
+    const double scale = 1.0 / std::sqrt(128.0);
+    const auto got = kernels::GlaChunked(in.q, in.k, in.v, in.g, scale, in.s0, 64);
+    ASSERT_EQ(got.final_state.scalar_type(), at::kFloat) << "the CUDA kernel did not run";
+    const auto ref =
+        kernels::GlaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g), scale, D(in.s0), 64);
+    const auto ref_bf16 =
+        kernels::GlaChunkedReference(in.q, in.k, in.v, Bf(in.g), scale, Bf(in.s0), 64);
+    const double err_o = RelErr(got.output, ref.output);
+    const double err_s = RelErr(got.final_state, ref.final_state);
+    const double ref_o = RelErr(ref_bf16.output, ref.output);
+    const double ref_s = RelErr(ref_bf16.final_state, ref.final_state);
+    SCOPED_TRACE(::testing::Message() << "gates x" << gate_scale << ": " << exact_chunks << " of "
+                                      << 2 * nchunks << " chunks exact, err_o=" << err_o
+                                      << " (bf16 ref " << ref_o << ") err_s=" << err_s
+                                      << " (bf16 ref " << ref_s << ")");
+    if (gate_scale == 1.0) EXPECT_EQ(exact_chunks, 0);
+    if (gate_scale == 25.0 || gate_scale < 0) {
+      EXPECT_GT(exact_chunks, 0);
+      EXPECT_LT(exact_chunks, 2 * nchunks);
+    }
+    if (gate_scale == 80.0) EXPECT_EQ(exact_chunks, 2 * nchunks);
+    EXPECT_TRUE(at::isfinite(got.output).all().item<bool>());
+    EXPECT_TRUE(at::isfinite(got.final_state).all().item<bool>());
+    EXPECT_LT(err_o, 1e-2);
+    EXPECT_LT(err_o, 2 * ref_o);
+    EXPECT_LT(err_s, 1e-2);
+    EXPECT_LT(err_s, 2 * ref_s + 1e-6);
+    std::cout << "[gla anchored] gates x" << gate_scale << " exact chunks " << exact_chunks << "/"
+              << 2 * nchunks << " err_o " << err_o << " ref_bf16 " << ref_o << " err_s " << err_s
+              << " ref_bf16 " << ref_s << "\n";
+  }
+}
+
 TEST(CudaGlaChunkedTest, GradientsOfBf16GatesFlowThroughTheKernel) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(13);
