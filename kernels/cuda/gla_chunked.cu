@@ -226,21 +226,16 @@ __device__ __forceinline__ uint32_t ScaledK(const __nv_bfloat16* ks, const float
 // rows lo / hi (both <= 1). Each 16 x 8 tile of (k 2^(a - b))^T v is summed from zero over the
 // chunk, then combined, so the output pass and the state-only pass 1, which make the same calls
 // on the same fragments, get bit-identical states.
-// kHoldA: load the A fragments (khat^T) once and hold them (16 registers), else once per pair of
-// value tiles (the same values: for pass 1's 128-register budget).
-template <int kSN, int kKP, int kVP, bool kHoldA>
+template <int kSN, int kKP, int kVP>
 __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_bfloat16* khat,
                                                  const __nv_bfloat16* vs, int row0, float e_lo,
                                                  float e_hi, float f_lo, float f_hi, int col0,
                                                  int lane) {
-  auto load_a = [&](uint32_t (&a)[4], int kk) {  // A = khat^T: 16 key rows x 16 tokens
-    LdMatrixX4Trans(a, khat + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kKP + row0 +
-                           ((lane >> 3) & 1) * 8);
-  };
-  uint32_t held[kHoldA ? kC / 16 : 1][4];
-  if constexpr (kHoldA) {
+  uint32_t a[kC / 16][4];  // A = khat^T: 16 key rows x 16 tokens per kk
 #pragma unroll
-    for (int kk = 0; kk < kC / 16; ++kk) load_a(held[kk], kk);
+  for (int kk = 0; kk < kC / 16; ++kk) {
+    LdMatrixX4Trans(a[kk], khat + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kKP + row0 +
+                               ((lane >> 3) & 1) * 8);
   }
   auto combine = [&](float (&s)[4], const float (&p)[4]) {
     s[0] = __fmaf_rn(e_lo, s[0], __fmul_rn(f_lo, p[0]));
@@ -254,16 +249,10 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
 #pragma unroll
     for (int kk = 0; kk < kC / 16; ++kk) {
       const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
-      uint32_t b[4], a[4];
-      if constexpr (kHoldA) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) a[r] = held[kk][r];
-      } else {
-        load_a(a, kk);
-      }
+      uint32_t b[4];
       LdMatrixX4Trans(b, vs + vrow * kVP + col0 + 16 * jp + (lane >> 4) * 8);
-      Mma(p0, a, b[0], b[1]);
-      Mma(p1, a, b[2], b[3]);
+      Mma(p0, a[kk], b[0], b[1]);
+      Mma(p1, a[kk], b[2], b[3]);
     }
     combine(S[2 * jp], p0);
     combine(S[2 * jp + 1], p1);
@@ -496,7 +485,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
     // State: S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v (St holds the chunk-start state).
     {
       const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
-      UpdateChunkState<kSN, L::kKP, L::kVP, true>(S, ks, vs, 16 * rb, Exp2(bc_lo), Exp2(bc_hi),
+      UpdateChunkState<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * rb, Exp2(bc_lo), Exp2(bc_hi),
                                             Exp2(bc_lo - a_lo), Exp2(bc_hi - a_hi),
                                             cs * (V / kCS), lane);
     }
@@ -627,10 +616,11 @@ __device__ __forceinline__ void CumsumLog2Rows(float* b, float* tot, int tid) {
 // Pass 1, state only: the local state (from zero) and log2 decay of one segment, for the
 // kGlaStateKeyRows key rows of key block kb of one slice (gla_state_pass.h). Block x =
 // (forward segment block) * (K / 64) + kb; blockIdx.y = slice as in GlaChunkKernel. The state
-// update is GlaChunkKernel's, per 16 x 8 accumulator tile the same mma.sync sequence on the same
-// fragments, and the cumulative decays are summed in the same order (CumsumLog2Rows), so the
-// results are bit-identical to those of the state-only instance of GlaChunkKernel that ran pass 1
-// before (up to commit ad69682), with a layout of ~90 KB instead of ~215 KB.
+// update is GlaChunkKernel's (UpdateChunkState on k scaled by ScaleChunk against the same anchors),
+// per 16 x 8 accumulator tile the same mma.sync sequence on the same fragments, and the cumulative
+// decays are summed in the same order (CumsumLog2Rows), so a segment's state is bit-identical to
+// the one pass 2 would reach from zero over the same chunks, with a layout of ~90 KB instead of
+// pass 2's ~215 KB.
 template <int K, int V, int KF, int VF>
 __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -713,7 +703,7 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
     const float a_lo = AnchorOf<L::kBP>(bs, d_lo), a_hi = AnchorOf<L::kBP>(bs, d_hi);
     log_decay_lo += bc_lo;
     log_decay_hi += bc_hi;
-    UpdateChunkState<kSN, L::kKP, L::kVP, true>(S, ks, vs, 16 * (warp % 4), Exp2(bc_lo), Exp2(bc_hi),
+    UpdateChunkState<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * (warp % 4), Exp2(bc_lo), Exp2(bc_hi),
                                           Exp2(bc_lo - a_lo), Exp2(bc_hi - a_hi), cs * (V / 2),
                                           lane);
     __syncthreads();  // every read of this stage and of the totals is done
