@@ -261,27 +261,37 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
 
 // Scales the chunk's k tile in place to k 2^(a - b) and, with q_too, its q tile to q 2^(b - a)
 // (bf16; a = DecayAnchor of each key column; tiles of kCols columns, pitch kKP; decays pitch kBP).
-// Thread tid takes one column pair and every (threads / pairs)-th row.
+// Thread tid takes four adjacent columns and every (threads / (kCols / 4))-th row.
 template <int kCols, int kKP, int kBP, int kThreadsUsed>
 __device__ __forceinline__ void ScaleChunk(__nv_bfloat16* qs, __nv_bfloat16* ks, const float* bs,
                                            int tid, bool q_too) {
-  constexpr int kPairs = kCols / 2, kRowStep = kThreadsUsed / kPairs;
-  static_assert(kThreadsUsed % kPairs == 0, "rows do not split evenly over the block");
-  const int d = 2 * (tid % kPairs);
-  const float2 b0 = *reinterpret_cast<const float2*>(bs + d);
-  const float2 bm = *reinterpret_cast<const float2*>(bs + (kC / 2 - 1) * kBP + d);
-  const float2 bl = *reinterpret_cast<const float2*>(bs + (kC - 1) * kBP + d);
-  const float ax = DecayAnchor(b0.x, bm.x, bl.x), ay = DecayAnchor(b0.y, bm.y, bl.y);
+  constexpr int kQuads = kCols / 4, kRowStep = kThreadsUsed / kQuads;
+  static_assert(kThreadsUsed % kQuads == 0, "rows do not split evenly over the block");
+  const int d = 4 * (tid % kQuads);
+  const float4 b0 = *reinterpret_cast<const float4*>(bs + d);
+  const float4 bm = *reinterpret_cast<const float4*>(bs + (kC / 2 - 1) * kBP + d);
+  const float4 bl = *reinterpret_cast<const float4*>(bs + (kC - 1) * kBP + d);
+  const float a[4] = {DecayAnchor(b0.x, bm.x, bl.x), DecayAnchor(b0.y, bm.y, bl.y),
+                      DecayAnchor(b0.z, bm.z, bl.z), DecayAnchor(b0.w, bm.w, bl.w)};
+  auto scale = [](uint2 x, const float (&e)[4]) {  // four bf16 times e, rounded to bf16
+    const float2 lo = UnpackBf16(x.x), hi = UnpackBf16(x.y);
+    return make_uint2(PackBf16(lo.x * e[0], lo.y * e[1]), PackBf16(hi.x * e[2], hi.y * e[3]));
+  };
 #pragma unroll 4
-  for (int r = tid / kPairs; r < kC; r += kRowStep) {
-    const float2 b = *reinterpret_cast<const float2*>(bs + r * kBP + d);
-    __nv_bfloat162* kp = reinterpret_cast<__nv_bfloat162*>(ks + r * kKP + d);
-    const float2 k = __bfloat1622float2(*kp);
-    *kp = __floats2bfloat162_rn(k.x * Exp2(ax - b.x), k.y * Exp2(ay - b.y));
+  for (int r = tid / kQuads; r < kC; r += kRowStep) {
+    const float4 b4 = *reinterpret_cast<const float4*>(bs + r * kBP + d);
+    const float b[4] = {b4.x, b4.y, b4.z, b4.w};
+    float ek[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) ek[i] = Exp2(a[i] - b[i]);
+    uint2* kp = reinterpret_cast<uint2*>(ks + r * kKP + d);
+    *kp = scale(*kp, ek);
     if (q_too) {
-      __nv_bfloat162* qp = reinterpret_cast<__nv_bfloat162*>(qs + r * kKP + d);
-      const float2 q = __bfloat1622float2(*qp);
-      *qp = __floats2bfloat162_rn(q.x * Exp2(b.x - ax), q.y * Exp2(b.y - ay));
+      float eq[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) eq[i] = Exp2(b[i] - a[i]);
+      uint2* qp = reinterpret_cast<uint2*>(qs + r * kKP + d);
+      *qp = scale(*qp, eq);
     }
   }
 }
@@ -373,7 +383,21 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   }
   __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(smem + L::kSt);
   // St = the chunk-start state in bf16, transposed ([V][K]), its key rows times m_lo / m_hi.
+  // On sm_90, stmatrix stores two accumulator tiles (16 key rows x 16 value columns) at once: lane
+  // l addresses value column (l / 16) 8 + l % 8 of the pair, key rows 8 ((l / 8) % 2) + [0, 8).
+  __nv_bfloat16* const st_lane =
+      st + (cs * (V / kCS) + 8 * (lane >> 4) + (lane & 7)) * L::kKP + 16 * rb + 8 * ((lane >> 3) & 1);
   auto write_state_bf16 = [&](float m_lo, float m_hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#pragma unroll
+    for (int jp = 0; jp < kSN / 2; ++jp) {
+      const uint32_t r[4] = {PackBf16(S[2 * jp][0] * m_lo, S[2 * jp][1] * m_lo),
+                             PackBf16(S[2 * jp][2] * m_hi, S[2 * jp][3] * m_hi),
+                             PackBf16(S[2 * jp + 1][0] * m_lo, S[2 * jp + 1][1] * m_lo),
+                             PackBf16(S[2 * jp + 1][2] * m_hi, S[2 * jp + 1][3] * m_hi)};
+      StMatrixX4Trans(st_lane + 16 * jp * L::kKP, r);
+    }
+#else
 #pragma unroll
     for (int j = 0; j < kSN; ++j) {
       const int c = col0 + 8 * j;
@@ -382,6 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
       st[c * L::kKP + d_hi] = __float2bfloat16_rn(S[j][2] * m_hi);
       st[(c + 1) * L::kKP + d_hi] = __float2bfloat16_rn(S[j][3] * m_hi);
     }
+#endif
   };
 
   if (c_begin < c_end) load_chunk(c_begin, 0);

@@ -50,4 +50,18 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* ro
                : "r"(addr));
 }
 
+// Stores four 8x8 bf16 matrices, transposed, to shared memory (sm_90): r[i] holds this lane's
+// pair of matrix i in the accumulator layout (row lane / 4, columns 2 (lane % 4) + {0, 1}); lane
+// l gives the address of the stored row l % 8 (= column l % 8 of the matrix) of matrix l / 8.
+__device__ __forceinline__ void StMatrixX4Trans(void* row_ptr, const uint32_t (&r)[4]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row_ptr));
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+#else
+  __trap();  // callers take this path on sm_90 only
+#endif
+}
+
 }  // namespace hyb::kernels::cuda
