@@ -900,12 +900,13 @@ bool GlaChunkedSupportsDims(int key_dim, int value_dim) {
 }
 
 // Cost of a chunk step of pass 1 (GlaStatePassKernel), in percent of a chunk step of pass 2
-// (GlaChunkKernel, one block per multiprocessor, H200: ~9 us), for a wave of pass-1 blocks:
-// kGlaStateBlocksPerSm blocks of 64 key rows on every multiprocessor. Such a wave step moves about
-// what a pass-2 step does per multiprocessor (2 x 40 KB of k, v and g against ~96 KB of q, k, v,
-// g and o), which at ~4 TB/s is ~2.6 us, ~30% of a pass-2 step, and does about a fifth of its
-// math; 35 adds a little for latency. An estimate from the layouts, not a measurement: calibrate
-// from the two kernels' times per chunk in a profile of a segmented run (T = 32K, 16 heads).
+// (GlaChunkKernel, one block per multiprocessor), for a wave of pass-1 blocks: kGlaStateBlocksPerSm
+// blocks of 64 key rows on every multiprocessor. Such a wave step moves about what a pass-2 step
+// does per multiprocessor (2 x 40 KB of k, v and g against ~96 KB of q, k, v, g and o) and does
+// about a fifth of its math. Estimated at 35 from the layouts; measured on the H200 (T = 32K, 16
+// heads, BENCHMARKS.md "Session 15") at ~46 (3.2 us against 6.9 us) once pass 2 scaled q and k
+// once per chunk. Both values pick the same segment lengths at every shape of
+// CudaGlaChunkedTest.SegmentChoice, so the constant stays.
 constexpr int kGlaStateStepPercent = 35;
 // Pass-1 blocks per multiprocessor (shared memory of the 128-value-column layout) and per
 // (segment, slice) (key dims of 128 and 256; 64 has one, which the model does not distinguish).
