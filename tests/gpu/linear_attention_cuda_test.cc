@@ -45,6 +45,26 @@ GlaInputs MakeGla(int64_t b, int64_t h, int64_t t, int64_t dk, int64_t dv, bool 
 at::Tensor D(const at::Tensor& x) { return x.defined() ? x.to(at::kDouble) : x; }
 at::Tensor Bf(const at::Tensor& x) { return x.defined() ? x.to(at::kBFloat16) : x; }
 
+// The CUDA forward of `in` against the fp64 reference, and the bf16 reference's own errors.
+struct GlaForwardCheck {
+  kernels::LinearAttentionOutput got;
+  double err_o, err_s;  // ours against fp64: output, final state
+  double ref_o, ref_s;  // the reference run in bf16 against fp64
+};
+GlaForwardCheck CheckGlaForward(const GlaInputs& in, double scale) {
+  GlaForwardCheck c;
+  c.got = kernels::GlaChunked(in.q, in.k, in.v, in.g, scale, in.s0, 64);
+  const auto ref =
+      kernels::GlaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g), scale, D(in.s0), 64);
+  const auto ref_bf16 =
+      kernels::GlaChunkedReference(in.q, in.k, in.v, Bf(in.g), scale, Bf(in.s0), 64);
+  c.err_o = RelErr(c.got.output, ref.output);
+  c.err_s = RelErr(c.got.final_state, ref.final_state);
+  c.ref_o = RelErr(ref_bf16.output, ref.output);
+  c.ref_s = RelErr(ref_bf16.final_state, ref.final_state);
+  return c;
+}
+
 TEST(CudaGlaChunkedTest, ForwardWithinTwiceReferenceBf16Error) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(11);
@@ -59,16 +79,8 @@ TEST(CudaGlaChunkedTest, ForwardWithinTwiceReferenceBf16Error) {
     const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
     ASSERT_TRUE(kernels::cuda::GlaChunkedSupported(in.q, in.k, in.v, in.g, in.s0));
     PoisonAllocator(b * h * t * dv * 2 + b * h * dk * dv * 4);
-    const auto got = kernels::GlaChunked(in.q, in.k, in.v, in.g, scale, in.s0, 64);
+    const auto [got, err_o, err_s, ref_o, ref_s] = CheckGlaForward(in, scale);
     ASSERT_EQ(got.final_state.scalar_type(), at::kFloat) << "the CUDA kernel did not run";
-    const auto ref =
-        kernels::GlaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g), scale, D(in.s0), 64);
-    const auto ref_bf16 =
-        kernels::GlaChunkedReference(in.q, in.k, in.v, Bf(in.g), scale, Bf(in.s0), 64);
-    const double err_o = RelErr(got.output, ref.output);
-    const double err_s = RelErr(got.final_state, ref.final_state);
-    const double ref_o = RelErr(ref_bf16.output, ref.output);
-    const double ref_s = RelErr(ref_bf16.final_state, ref.final_state);
     SCOPED_TRACE(::testing::Message() << "B=" << b << " H=" << h << " T=" << t << " K=" << dk
                                       << " V=" << dv << " err_o=" << err_o << " (bf16 ref " << ref_o
                                       << ") err_s=" << err_s << " (bf16 ref " << ref_s << ")");
@@ -130,16 +142,8 @@ TEST(CudaGlaChunkedTest, AnchoredAndExactChunksWithinTwiceReferenceBf16Error) {
         -padded.reshape({1, 2, nchunks, 64, 128}).narrow(3, 1, 63).sum(3) / std::log(2.0);
     const int64_t exact_chunks = (std::get<0>(span.max(-1)) > 120).sum().item<int64_t>();
     const double scale = 1.0 / std::sqrt(128.0);
-    const auto got = kernels::GlaChunked(in.q, in.k, in.v, in.g, scale, in.s0, 64);
+    const auto [got, err_o, err_s, ref_o, ref_s] = CheckGlaForward(in, scale);
     ASSERT_EQ(got.final_state.scalar_type(), at::kFloat) << "the CUDA kernel did not run";
-    const auto ref =
-        kernels::GlaChunkedReference(D(in.q), D(in.k), D(in.v), D(in.g), scale, D(in.s0), 64);
-    const auto ref_bf16 =
-        kernels::GlaChunkedReference(in.q, in.k, in.v, Bf(in.g), scale, Bf(in.s0), 64);
-    const double err_o = RelErr(got.output, ref.output);
-    const double err_s = RelErr(got.final_state, ref.final_state);
-    const double ref_o = RelErr(ref_bf16.output, ref.output);
-    const double ref_s = RelErr(ref_bf16.final_state, ref.final_state);
     SCOPED_TRACE(::testing::Message() << "gates x" << gate_scale << ": " << exact_chunks << " of "
                                       << 2 * nchunks << " chunks exact, err_o=" << err_o
                                       << " (bf16 ref " << ref_o << ") err_s=" << err_s
