@@ -233,10 +233,7 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
                                                  int lane) {
   uint32_t a[kC / 16][4];  // A = khat^T: 16 key rows x 16 tokens per kk
 #pragma unroll
-  for (int kk = 0; kk < kC / 16; ++kk) {
-    LdMatrixX4Trans(a[kk], khat + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kKP + row0 +
-                               ((lane >> 3) & 1) * 8);
-  }
+  for (int kk = 0; kk < kC / 16; ++kk) frag::LoadAT(a[kk], khat, kKP, row0, 16 * kk, lane);
   auto combine = [&](float (&s)[4], const float (&p)[4]) {
     s[0] = __fmaf_rn(e_lo, s[0], __fmul_rn(f_lo, p[0]));
     s[1] = __fmaf_rn(e_lo, s[1], __fmul_rn(f_lo, p[1]));
@@ -248,9 +245,8 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
     float p0[4] = {0.f, 0.f, 0.f, 0.f}, p1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int kk = 0; kk < kC / 16; ++kk) {
-      const int vrow = 16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8;
       uint32_t b[4];
-      LdMatrixX4Trans(b, vs + vrow * kVP + col0 + 16 * jp + (lane >> 4) * 8);
+      frag::LoadB2(b, vs, kVP, 16 * kk, col0 + 16 * jp, lane);
       Mma(p0, a[kk], b[0], b[1]);
       Mma(p1, a[kk], b[2], b[3]);
     }
@@ -294,6 +290,19 @@ __device__ __forceinline__ void ScaleChunk(__nv_bfloat16* qs, __nv_bfloat16* ks,
       *qp = scale(*qp, eq);
     }
   }
+}
+
+// Stores this lane's entries of a 16 x 8 score tile (rows r0 and r0 + 8, columns col and col + 1)
+// to the bf16 [C][C] tile (pitch kAP), zero above the diagonal. On the anchored path those
+// entries may be huge or infinite: each is replaced, not scaled.
+template <int kAP>
+__device__ __forceinline__ void StoreCausalScores(__nv_bfloat16* as, int r0, int col,
+                                                  const float (&acc)[4]) {
+  const int r1 = r0 + 8;
+  *reinterpret_cast<uint32_t*>(as + r0 * kAP + col) =
+      PackBf16(col <= r0 ? acc[0] : 0.f, col + 1 <= r0 ? acc[1] : 0.f);
+  *reinterpret_cast<uint32_t*>(as + r1 * kAP + col) =
+      PackBf16(col <= r1 ? acc[2] : 0.f, col + 1 <= r1 ? acc[3] : 0.f);
 }
 
 // The anchor of key column d of a chunk's cumulative decays (pitch kBP).
@@ -425,11 +434,6 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   float* const chunk_states =
       args.chunk_states == nullptr ? nullptr : args.chunk_states + sq.state_slot * KF * VF;
 
-  // Ldmatrix row addresses of a lane: A (16 x 16) of a row-major [m][k] tile, rows a_row, column
-  // offset a_col; B of two n8 tiles of a row-major [n][k] tile, rows b_row, column offset b_col.
-  const int a_row = lane & 15, a_col = (lane >> 4) * 8;
-  const int b_row = (lane & 7) + ((lane >> 4) & 1) * 8, b_col = ((lane >> 3) & 1) * 8;
-
   for (int c = c_begin; c < c_end; ++c) {
     const int stage = (c - c_begin) & 1;
     if (chunk_states != nullptr) write_state_f32(chunk_states + static_cast<int64_t>(c) * KF * VF);
@@ -462,11 +466,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
               ScaledQ<K, V>(qs, bs, r0, d1, rf1), ScaledQ<K, V>(qs, bs, r1, d1, rf1)};
           Mma(acc, a, ScaledK<K, V>(ks, bs, s, d0, rf0), ScaledK<K, V>(ks, bs, s, d1, rf1));
         }
-        const int col = 8 * ct + 2 * t4;
-        *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col) =
-            PackBf16(col <= r0 ? acc[0] : 0.f, col + 1 <= r0 ? acc[1] : 0.f);
-        *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col) =
-            PackBf16(col <= r1 ? acc[2] : 0.f, col + 1 <= r1 ? acc[3] : 0.f);
+        StoreCausalScores<L::kAP>(as, r0, 8 * ct + 2 * t4, acc);
       }
       __syncthreads();  // (k is scaled in place next)
     }
@@ -490,21 +490,13 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
 #pragma unroll
         for (int kk = 0; kk < K / 16; ++kk) {
           uint32_t a[4], b[4];
-          LdMatrixX4(a, qs + (16 * i + a_row) * L::kKP + 16 * kk + a_col);
-          LdMatrixX4(b, ks + (16 * j + b_row) * L::kKP + 16 * kk + b_col);
+          frag::LoadA(a, qs, L::kKP, 16 * i, 16 * kk, lane);
+          frag::LoadBT2(b, ks, L::kKP, 16 * kk, 16 * j, lane);
           Mma(acc0, a, b[0], b[1]);
           Mma(acc1, a, b[2], b[3]);
         }
-        // (Entries above the diagonal may be huge or infinite: each is replaced, not scaled.)
-        const int r0 = 16 * i + g8, r1 = r0 + 8, col = 16 * j + 2 * t4;
-        *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col) =
-            PackBf16(col <= r0 ? acc0[0] : 0.f, col + 1 <= r0 ? acc0[1] : 0.f);
-        *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col) =
-            PackBf16(col <= r1 ? acc0[2] : 0.f, col + 1 <= r1 ? acc0[3] : 0.f);
-        *reinterpret_cast<uint32_t*>(as + r0 * L::kAP + col + 8) =
-            PackBf16(col + 8 <= r0 ? acc1[0] : 0.f, col + 9 <= r0 ? acc1[1] : 0.f);
-        *reinterpret_cast<uint32_t*>(as + r1 * L::kAP + col + 8) =
-            PackBf16(col + 8 <= r1 ? acc1[2] : 0.f, col + 9 <= r1 ? acc1[3] : 0.f);
+        StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 2 * t4, acc0);
+        StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 8 + 2 * t4, acc1);
       }
     }
     // State: S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v (St holds the chunk-start state).
@@ -544,11 +536,11 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
 #pragma unroll
         for (int kk = 0; kk < K / 16; ++kk) {
           uint32_t a[4];
-          LdMatrixX4(a, qs + (16 * i + a_row) * L::kKP + 16 * kk + a_col);
+          frag::LoadA(a, qs, L::kKP, 16 * i, 16 * kk, lane);
 #pragma unroll
           for (int jp = 0; jp < kNT / 2; ++jp) {
             uint32_t b[4];
-            LdMatrixX4(b, st + (n_base + 16 * jp + b_row) * L::kKP + 16 * kk + b_col);
+            frag::LoadBT2(b, st, L::kKP, 16 * kk, n_base + 16 * jp, lane);
             Mma(acc[2 * jp], a, b[0], b[1]);
             Mma(acc[2 * jp + 1], a, b[2], b[3]);
           }
@@ -556,12 +548,11 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
       }
       for (int jj = 0; jj <= i; ++jj) {
         uint32_t a[4];
-        LdMatrixX4(a, as + (16 * i + a_row) * L::kAP + 16 * jj + a_col);
-        const int vrow = 16 * jj + (lane & 7) + ((lane >> 3) & 1) * 8;
+        frag::LoadA(a, as, L::kAP, 16 * i, 16 * jj, lane);
 #pragma unroll
         for (int jp = 0; jp < kNT / 2; ++jp) {
           uint32_t b[4];
-          LdMatrixX4Trans(b, vs + vrow * L::kVP + n_base + 16 * jp + (lane >> 4) * 8);
+          frag::LoadB2(b, vs, L::kVP, 16 * jj, n_base + 16 * jp, lane);
           Mma(acc[2 * jp], a, b[0], b[1]);
           Mma(acc[2 * jp + 1], a, b[2], b[3]);
         }

@@ -64,4 +64,37 @@ __device__ __forceinline__ void StMatrixX4Trans(void* row_ptr, const uint32_t (&
 #endif
 }
 
+// ldmatrix fragment loaders for mma.sync m16n8k16 (gated_delta_fast*.cu, gla_chunked.cu); in
+// their own namespace because gla_chunked_bwd.cu keeps 32-bit-load loaders of the same names.
+namespace frag {
+
+// Fragment loaders; pitches in elements, every row start 16-byte aligned.
+// A (16x16) at rows m0.., columns k0.. of a row-major [m][k] tile.
+__device__ __forceinline__ void LoadA(uint32_t (&a)[4], const __nv_bfloat16* base, int pitch,
+                                      int m0, int k0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4(a, base + (m0 + r + 8 * (mat & 1)) * pitch + k0 + 8 * (mat >> 1));
+}
+// A (16x16) = the transpose of a row-major [k][m] tile: A[m][k] = base[k][m], rows m0.., k0...
+__device__ __forceinline__ void LoadAT(uint32_t (&a)[4], const __nv_bfloat16* base, int pitch,
+                                       int m0, int k0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4Trans(a, base + (k0 + r + 8 * (mat >> 1)) * pitch + m0 + 8 * (mat & 1));
+}
+// B fragments of two n8 tiles (n0.., n0 + 8..) at rows k0.. of a row-major [k][n] tile:
+// (b[0], b[1]) and (b[2], b[3]).
+__device__ __forceinline__ void LoadB2(uint32_t (&b)[4], const __nv_bfloat16* base, int pitch,
+                                       int k0, int n0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4Trans(b, base + (k0 + r + 8 * (mat & 1)) * pitch + n0 + 8 * (mat >> 1));
+}
+// The same two n8 tiles of B when B is stored transposed, row-major [n][k]: B[k][n] = base[n][k].
+__device__ __forceinline__ void LoadBT2(uint32_t (&b)[4], const __nv_bfloat16* base, int pitch,
+                                        int k0, int n0, int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+  LdMatrixX4(b, base + (n0 + r + 8 * (mat >> 1)) * pitch + k0 + 8 * (mat & 1));
+}
+
+}  // namespace frag
+
 }  // namespace hyb::kernels::cuda
