@@ -572,7 +572,36 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
             atomicAdd(ow + r1 * VF + 8 * j + 1, acc[j][3] * args.scale);
           }
         }
+      } else if constexpr (K >= V) {
+        // o leaves in 16-byte row pieces, staged through this warp pair's q rows: warps i and
+        // i + 4 share query rows 16 i .. 16 i + 15, which no other warp reads and which are dead
+        // once both finished their products (each row holds the pair's V <= K columns).
+        __nv_bfloat16* const ost = qs + 16 * i * L::kKP;
+        auto pair_sync = [&] { asm volatile("bar.sync %0, 64;\n" ::"r"(1 + i) : "memory"); };
+        pair_sync();  // both warps' reads of these q rows are done
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          const int col = n_base + 8 * j + 2 * t4;
+          *reinterpret_cast<uint32_t*>(ost + g8 * L::kKP + col) =
+              PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
+          *reinterpret_cast<uint32_t*>(ost + (g8 + 8) * L::kKP + col) =
+              PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
+        }
+        pair_sync();  // the pair's 16 rows are staged
+        const int64_t o_row = args.os.token;
+        __nv_bfloat16* og = args.o + SeqOffset(args.os, sq.row, H) +
+                            (sq.token0 + t0 + 16 * i) * o_row + voff;
+        constexpr int kRowVecs = V / 8;  // 16-byte pieces of a row
+#pragma unroll
+        for (int n = 0; n < 16 * kRowVecs / 64; ++n) {
+          const int idx = vh * 32 + lane + 64 * n, row = idx / kRowVecs, cv = idx % kRowVecs;
+          if (t0 + 16 * i + row < T) {
+            *reinterpret_cast<uint4*>(og + row * o_row + 8 * cv) =
+                *reinterpret_cast<const uint4*>(ost + row * L::kKP + 8 * cv);
+          }
+        }
       } else {
+        // (V > K: the pair's q rows are too short to stage its outputs.)
         const int64_t o_row = args.os.token;
         __nv_bfloat16* og =
             args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row + voff;
