@@ -19,33 +19,19 @@
 
 namespace {
 
-#define CHECK(x)                                                                       \
-  do {                                                                                 \
-    const cudaError_t e = (x);                                                         \
-    if (e != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e));                     \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-
 uint64_t Fnv(const std::vector<unsigned char>& x) {
   uint64_t h = 1469598103934665603ull;
   for (const unsigned char c : x) h = (h ^ c) * 1099511628211ull;
   return h;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: %s <tokens> <batch> <label>\n", argv[0]);
-    return 2;
-  }
+// Times the forward at T tokens x B sequences and prints its line (see the top).
+cudaError_t Run(int64_t T, int64_t B, const char* label) {
   using namespace hyb::kernels::cuda;
-  const int64_t T = std::atoll(argv[1]), B = std::atoll(argv[2]), H = 16;
+  const int64_t H = 16;
   const int K = 128, V = 128;
   cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
+  HYB_CUDA_TRY(cudaGetDeviceProperties(&prop, 0));
   const int64_t n = B * H * T;
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -60,16 +46,16 @@ int main(int argc, char** argv) {
   }
   void *q, *k, *v, *o, *ws = nullptr;
   float *g, *fs;
-  CHECK(cudaMalloc(&q, n * K * 2));
-  CHECK(cudaMalloc(&k, n * K * 2));
-  CHECK(cudaMalloc(&v, n * V * 2));
-  CHECK(cudaMalloc(&o, n * V * 2));
-  CHECK(cudaMalloc(&g, n * K * 4));
-  CHECK(cudaMalloc(&fs, B * H * K * V * 4));
-  CHECK(cudaMemcpy(q, hq.data(), n * K * 2, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(k, hk.data(), n * K * 2, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(v, hv.data(), n * V * 2, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(g, hg.data(), n * K * 4, cudaMemcpyHostToDevice));
+  HYB_CUDA_TRY(cudaMalloc(&q, n * K * 2));
+  HYB_CUDA_TRY(cudaMalloc(&k, n * K * 2));
+  HYB_CUDA_TRY(cudaMalloc(&v, n * V * 2));
+  HYB_CUDA_TRY(cudaMalloc(&o, n * V * 2));
+  HYB_CUDA_TRY(cudaMalloc(&g, n * K * 4));
+  HYB_CUDA_TRY(cudaMalloc(&fs, B * H * K * V * 4));
+  HYB_CUDA_TRY(cudaMemcpy(q, hq.data(), n * K * 2, cudaMemcpyHostToDevice));
+  HYB_CUDA_TRY(cudaMemcpy(k, hk.data(), n * K * 2, cudaMemcpyHostToDevice));
+  HYB_CUDA_TRY(cudaMemcpy(v, hv.data(), n * V * 2, cudaMemcpyHostToDevice));
+  HYB_CUDA_TRY(cudaMemcpy(g, hg.data(), n * K * 4, cudaMemcpyHostToDevice));
   GlaChunkedParams p;
   p.q = q;
   p.k = k;
@@ -86,31 +72,48 @@ int main(int argc, char** argv) {
   p.num_sms = prop.multiProcessorCount;
   const size_t ws_bytes = GlaChunkedWorkspaceBytes(p);
   if (ws_bytes > 0) {
-    CHECK(cudaMalloc(&ws, ws_bytes));
-    CHECK(cudaMemset(ws, 0, ws_bytes));  // (read as start states when pass 1 is compiled out)
+    HYB_CUDA_TRY(cudaMalloc(&ws, ws_bytes));
+    HYB_CUDA_TRY(cudaMemset(ws, 0, ws_bytes));  // (read as start states when pass 1 is compiled out)
   }
   p.workspace = ws;
 
-  CHECK(LaunchGlaChunked(p, nullptr));
-  CHECK(cudaDeviceSynchronize());
+  HYB_CUDA_TRY(LaunchGlaChunked(p, nullptr));
+  HYB_CUDA_TRY(cudaDeviceSynchronize());
   std::vector<unsigned char> ho(n * V * 2), hs(B * H * K * V * 4);
-  CHECK(cudaMemcpy(ho.data(), o, ho.size(), cudaMemcpyDeviceToHost));
-  CHECK(cudaMemcpy(hs.data(), fs, hs.size(), cudaMemcpyDeviceToHost));
+  HYB_CUDA_TRY(cudaMemcpy(ho.data(), o, ho.size(), cudaMemcpyDeviceToHost));
+  HYB_CUDA_TRY(cudaMemcpy(hs.data(), fs, hs.size(), cudaMemcpyDeviceToHost));
 
-  for (int i = 0; i < 10; ++i) CHECK(LaunchGlaChunked(p, nullptr));
+  for (int i = 0; i < 10; ++i) HYB_CUDA_TRY(LaunchGlaChunked(p, nullptr));
   cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
+  HYB_CUDA_TRY(cudaEventCreate(&e0));
+  HYB_CUDA_TRY(cudaEventCreate(&e1));
   constexpr int kCalls = 70;
-  CHECK(cudaEventRecord(e0));
-  for (int i = 0; i < kCalls; ++i) CHECK(LaunchGlaChunked(p, nullptr));
-  CHECK(cudaEventRecord(e1));
-  CHECK(cudaEventSynchronize(e1));
+  HYB_CUDA_TRY(cudaEventRecord(e0));
+  for (int i = 0; i < kCalls; ++i) HYB_CUDA_TRY(LaunchGlaChunked(p, nullptr));
+  HYB_CUDA_TRY(cudaEventRecord(e1));
+  HYB_CUDA_TRY(cudaEventSynchronize(e1));
   float ms = 0.f;
-  CHECK(cudaEventElapsedTime(&ms, e0, e1));
-  std::printf("%s T=%lld B=%lld segment_chunks=%d %.4f ms o=%016llx state=%016llx\n", argv[3],
+  HYB_CUDA_TRY(cudaEventElapsedTime(&ms, e0, e1));
+  std::printf("%s T=%lld B=%lld segment_chunks=%d %.4f ms o=%016llx state=%016llx\n", label,
               static_cast<long long>(T), static_cast<long long>(B),
               GlaSegmentChunks(B * H, T, p.num_sms), ms / kCalls,
               static_cast<unsigned long long>(Fnv(ho)), static_cast<unsigned long long>(Fnv(hs)));
+  return cudaSuccess;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: %s <tokens> <batch> <label>\n", argv[0]);
+    return 2;
+  }
+  const cudaError_t err = Run(std::atoll(argv[1]), std::atoll(argv[2]), argv[3]);
+  if (err != cudaSuccess) {
+    const auto& site = hyb::kernels::cuda::LastCudaErrorSite();
+    std::fprintf(stderr, "%s: %s (%s:%d)\n", site.statement, cudaGetErrorString(err), site.file,
+                 site.line);
+    return 1;
+  }
   return 0;
 }

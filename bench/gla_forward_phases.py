@@ -121,11 +121,10 @@ def main():
     jobs = []  # (label, source, defines)
     if a.phases:
         src = instrument(open(KERNEL).read())
-        names = [p[0] for p in PHASES if p[0] != "load"]
+        math = ["cumsum", "scale", "scores", "state", "qst", "av"]  # all but loads and stores
         jobs.append(("none", src, ["SKIP_PASS1"]))
-        jobs += [(n, src, ["SKIP_PASS1", "SKIP_" + n.upper()]) for n in [p[0] for p in PHASES]]
-        jobs.append(("all-math", src, ["SKIP_PASS1"] + ["SKIP_" + n.upper() for n in names
-                                                        if n != "store"]))
+        jobs += [(p[0], src, ["SKIP_PASS1", "SKIP_" + p[0].upper()]) for p in PHASES]
+        jobs.append(("all-math", src, ["SKIP_PASS1"] + ["SKIP_" + n.upper() for n in math]))
     else:
         for rev in a.revs.split(","):
             jobs.append((rev.replace("/", "_") if rev != "." else "tree", source_at(rev), []))
@@ -137,8 +136,8 @@ def main():
     rounds = 1 if a.phases else 2
     for t, b in shapes:
         for _ in range(rounds):
-            for (label, _, _), exe in zip(jobs, exes):
-                label = ("removed " + label) if a.phases else label
+            for (name, _, _), exe in zip(jobs, exes):
+                label = "removed " + name if a.phases else name
                 r = subprocess.run([exe, t, b, label], capture_output=True, text=True)
                 print(r.stdout.strip() or r.stderr.strip(), flush=True)
 
