@@ -21,8 +21,7 @@
 //
 // Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
 // each segment's own state (from zero) and total decay, a scan over segments turns these into
-// start states (for up to 8 segments, pass 2's blocks combine them themselves), pass 2 produces
-// outputs from them. Pass 1 (GlaStatePassKernel) splits each
+// start states, pass 2 produces outputs from them. Pass 1 (GlaStatePassKernel) splits each
 // segment's state by blocks of 64 key rows, which evolve independently given the gates, and
 // holds only k, v and g in shared memory: two of its blocks share a multiprocessor
 // (gla_state_pass.h). Otherwise pass 2 alone runs, one segment per sequence.
@@ -116,9 +115,6 @@ struct KernelArgs {
   float* o_accum;       // K = 256: zeroed fp32 [rows, T, V] that the key slices add o into
   float* seg_state;  // [BH, nseg, K, V]: pass 1 writes local states, the scan start states
   float* seg_decay;  // [BH, nseg, K]: log2 decay over each segment
-  // Pass 2 combines the earlier segments' local states itself (no scan kernel; fixed-length
-  // sequences of at most kGlaPrefixInPass2Segments segments).
-  bool prefix_in_pass2;
   int64_t tokens;
   int nseg;        // segments per sequence (fixed-length)
   int grid_segs;   // segments per sequence covered by this launch's grid (fixed-length)
@@ -376,7 +372,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   float S[kSN][4];
   {
     const float* s0 = nullptr;
-    if (sb.nseg > 1 && !args.prefix_in_pass2) {
+    if (sb.nseg > 1) {
       s0 = args.seg_state + sb.slot * KF * VF;
     } else if (args.initial_state != nullptr) {
       s0 = args.initial_state + bh * KF * VF;
@@ -423,44 +419,6 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
   };
 
   if (c_begin < c_end) load_chunk(c_begin, 0);
-  if (args.prefix_in_pass2) {
-    // The start state from the earlier segments' local states, while the first chunk loads:
-    // S <- 2^decay_i S + local_i for i < seg, the operations of GlaSegmentScanKernel in its order.
-    // kBatch segments' entries are read before any is combined (one at a time for sliced head dims,
-    // whose kernels have no registers to spare).
-    constexpr int kBatch = kSliced ? 1 : 2;
-    const int64_t slot0 = sb.slot - seg;
-    const int row_lo = koff + d_lo, row_hi = row_lo + 8;
-    for (int i0 = 0; i0 < seg; i0 += kBatch) {
-      float2 lo[kBatch][kSN], hi[kBatch][kSN];
-      float e_lo[kBatch], e_hi[kBatch];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (i0 + u >= seg) break;
-        const float* loc = args.seg_state + (slot0 + i0 + u) * KF * VF;
-        const float* dec = args.seg_decay + (slot0 + i0 + u) * KF;
-        e_lo[u] = dec[row_lo];
-        e_hi[u] = dec[row_hi];
-#pragma unroll
-        for (int j = 0; j < kSN; ++j) {
-          lo[u][j] = *reinterpret_cast<const float2*>(loc + state_lo + 8 * j);
-          hi[u][j] = *reinterpret_cast<const float2*>(loc + state_lo + 8 * VF + 8 * j);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (i0 + u >= seg) break;
-        const float f_lo = Exp2(e_lo[u]), f_hi = Exp2(e_hi[u]);
-#pragma unroll
-        for (int j = 0; j < kSN; ++j) {
-          S[j][0] = __fmaf_rn(f_lo, S[j][0], lo[u][j].x);
-          S[j][1] = __fmaf_rn(f_lo, S[j][1], lo[u][j].y);
-          S[j][2] = __fmaf_rn(f_hi, S[j][2], hi[u][j].x);
-          S[j][3] = __fmaf_rn(f_hi, S[j][3], hi[u][j].y);
-        }
-      }
-    }
-  }
   __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(smem + L::kA);
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
   float* first = reinterpret_cast<float*>(smem + L::kFirst);
@@ -810,13 +768,6 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
 #endif
 }
 
-// Fixed-length sequences of at most this many segments skip the scan: each pass-2 block combines
-// its earlier segments' local states itself (KernelArgs::prefix_in_pass2), reading up to 7 of
-// them from L2 while its first chunk loads, where the scan kernel took ~20 us at T = 32K x 16
-// heads (8 segments). The blocks' reads grow as the square of the segment count (packed
-// sequences, and few long ones over many segments, keep the scan).
-constexpr int kGlaPrefixInPass2Segments = 8;
-
 // Start state of every segment: S_0 = initial (or 0); S_{i+1} = 2^decay_i S_i + local_i.
 // One thread per state element; seg_state holds local states on entry, start states on exit.
 // Sequence bh = blockIdx.y; packed (cu_segments set), its nseg and its first slot come from the
@@ -854,7 +805,7 @@ __global__ void GlaSegmentScanKernel(float* seg_state, const float* seg_decay,
     for (int j = 0; j < kScanBatch; ++j) {
       const int i = i0 + j;
       if (i < nseg) seg_state[(slot0 + i) * kv + e] = s;
-      if (i + 1 < nseg) s = __fmaf_rn(Exp2(decay[j]), s, local[j]);
+      if (i + 1 < nseg) s = Exp2(decay[j]) * s + local[j];
     }
   }
 }
@@ -903,7 +854,6 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   a.varlen = p.varlen;
   a.cu_segments = p.cu_segments;
   a.num_seqs = p.batch;
-  a.prefix_in_pass2 = !packed && nseg > 1 && nseg <= kGlaPrefixInPass2Segments;
   const int64_t slots = nseg > 1 ? (packed ? p.total_segments * p.heads : bh * nseg) : 0;
   const int64_t token_rows = GlaTokenRows(packed, p.batch, p.heads);
   if (nseg > 1 || KF != K) {
@@ -926,12 +876,10 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
         <<<dim3(static_cast<unsigned>(blocks_pass1 * kKeyBlocks), kSlices), kThreads, SL::kBytes,
            stream>>>(a);
     HYB_CUDA_TRY(cudaGetLastError());
-    if (!a.prefix_in_pass2) {
-      const dim3 grid(static_cast<unsigned>((KF * VF + 255) / 256), static_cast<unsigned>(bh));
-      GlaSegmentScanKernel<<<grid, 256, 0, stream>>>(a.seg_state, a.seg_decay, p.initial_state,
-                                                     nseg, KF, VF, p.cu_segments, p.heads);
-      HYB_CUDA_TRY(cudaGetLastError());
-    }
+    const dim3 grid(static_cast<unsigned>((KF * VF + 255) / 256), static_cast<unsigned>(bh));
+    GlaSegmentScanKernel<<<grid, 256, 0, stream>>>(a.seg_state, a.seg_decay, p.initial_state, nseg,
+                                                   KF, VF, p.cu_segments, p.heads);
+    HYB_CUDA_TRY(cudaGetLastError());
   }
   if constexpr (KF != K) {
     HYB_CUDA_TRY(cudaMemsetAsync(
