@@ -11,7 +11,9 @@ and of the final state (equal hashes: bit-identical results).
       A v, o stores, and all of the math at once. A phase's cost is the time it removes.
   python3 bench/gla_forward_phases.py --revs 50c3353,HEAD [--shapes 32768x1,2048x16]
       whole forwards of the file at each git revision (or the working tree: "."), run
-      alternately, twice each.
+      alternately, twice each. An entry may also be the path of a candidate copy of the file,
+      and may carry preprocessor definitions after '+': "cand.cu+REGS=200+FAST" builds
+      cand.cu with -DREGS=200 -DFAST.
 
 Run from the repository root on a machine with a GPU and nvcc; BENCHMARKS.md ("Session 16") has
 the numbers. The phase markers are source text of the kernel: a marker that is gone stops the
@@ -88,6 +90,8 @@ def instrument(src):
 def source_at(rev):
     if rev == ".":
         return open(KERNEL).read()
+    if os.path.isfile(rev):
+        return open(rev).read()
     return subprocess.run(["git", "show", f"{rev}:{KERNEL}"], check=True, capture_output=True,
                           text=True).stdout
 
@@ -97,7 +101,11 @@ def build(out_dir, name, src, defines, arch):
     with open(path, "w") as f:
         f.write(src)
     exe = os.path.join(out_dir, f"gla_{name}")
-    cmd = ["nvcc", "-O3", "-DNDEBUG", f"-arch={arch}", "--expt-relaxed-constexpr", "-std=c++17",
+    # -gencode with the arch's own virtual target (compute_90a for sm_90a), as CMake's "90a"
+    # builds: -arch=sm_90a alone leaves the PTX at compute_90, which refuses setmaxnreg and wgmma.
+    virt = arch.replace("sm_", "compute_")
+    cmd = ["nvcc", "-O3", "-DNDEBUG", "-gencode", f"arch={virt},code={arch}",
+           "--expt-relaxed-constexpr", "-std=c++17",
            "-I", "kernels/cuda", f'-DHYB_GLA_SOURCE="{os.path.abspath(path)}"',
            *[f"-D{d}" for d in defines], "-o", exe, HARNESS]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -110,7 +118,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--phases", action="store_true", help="pass-2 phase costs")
-    mode.add_argument("--revs", help="comma-separated git revisions ('.' = working tree)")
+    mode.add_argument("--revs", help="comma-separated git revisions ('.' = working tree) or candidate "
+                      "files, each optionally followed by +NAME=VALUE definitions")
     ap.add_argument("--shapes", default="32768x1", help="TOKENSxBATCH,... (16 heads, dims 128)")
     ap.add_argument("--arch", default="sm_90a")
     ap.add_argument("--out-dir", default="/tmp/gla_forward_phases")
@@ -126,8 +135,16 @@ def main():
         jobs += [(p[0], src, ["SKIP_PASS1", "SKIP_" + p[0].upper()]) for p in PHASES]
         jobs.append(("all-math", src, ["SKIP_PASS1"] + ["SKIP_" + n.upper() for n in math]))
     else:
-        for rev in a.revs.split(","):
-            jobs.append((rev.replace("/", "_") if rev != "." else "tree", source_at(rev), []))
+        for entry in a.revs.split(","):
+            rev, *defines = entry.split("+")
+            if rev == ".":
+                label = "tree"
+            elif os.path.isfile(rev):
+                label = os.path.splitext(os.path.basename(rev))[0]
+            else:
+                label = rev.replace("/", "_")
+            label = "+".join([label] + defines).replace("=", "")
+            jobs.append((label, source_at(rev), defines))
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         exes = list(pool.map(lambda j: build(a.out_dir, j[0], j[1], j[2], a.arch), jobs))
     if a.build_only:
@@ -138,8 +155,12 @@ def main():
         for _ in range(rounds):
             for (name, _, _), exe in zip(jobs, exes):
                 label = "removed " + name if a.phases else name
-                r = subprocess.run([exe, t, b, label], capture_output=True, text=True)
-                print(r.stdout.strip() or r.stderr.strip(), flush=True)
+                try:  # (a candidate that deadlocks must not stop the others)
+                    r = subprocess.run([exe, t, b, label], capture_output=True, text=True,
+                                       timeout=120)
+                    print(r.stdout.strip() or r.stderr.strip(), flush=True)
+                except subprocess.TimeoutExpired:
+                    print(f"{label} T={t} B={b}: no result within 120 s", flush=True)
 
 
 if __name__ == "__main__":
