@@ -118,8 +118,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--phases", action="store_true", help="pass-2 phase costs")
-    mode.add_argument("--revs", help="comma-separated git revisions ('.' = working tree) or candidate "
-                      "files, each optionally followed by +NAME=VALUE definitions")
+    mode.add_argument("--revs", help="comma-separated git revisions ('.' = working tree) or "
+                      "candidate files, each optionally followed by +NAME=VALUE definitions")
     ap.add_argument("--shapes", default="32768x1", help="TOKENSxBATCH,... (16 heads, dims 128)")
     ap.add_argument("--arch", default="sm_90a")
     ap.add_argument("--out-dir", default="/tmp/gla_forward_phases")

@@ -734,7 +734,8 @@ TEST(CudaGlaChunkedTest, SegmentsEqualOneSegment) {
       return std::make_pair(o, s);
     };
     const auto [o1, s1] = run(nchunks);
-    // Segments of 1, 2, 4 and 5 chunks: 2 to 16 segments, so that the scan's batches of 8 split too.
+    // Segments of 1, 2, 4 and 5 chunks: 2 to 16 segments, so that the scan's batches of 8
+    // split too.
     for (const int per : {1, 2, 4, 5}) {
       const auto [o, s] = run(per);
       const double err_o = RelErr(o, o1), err_s = RelErr(s, s1);
