@@ -7,8 +7,10 @@ and of the final state (equal hashes: bit-identical results).
 
   python3 bench/gla_forward_phases.py --phases [--shapes 32768x1]
       GlaChunkKernel alone (pass 1 compiled out), once as is and once per phase compiled out:
-      loads of the next chunk, cumulative decays, q / k scaling, scores, state update, q St,
-      A v, o stores, and all of the math at once. A phase's cost is the time it removes.
+      the producer warps' cumulative decays, q / k scaling, scores and loads of the next
+      chunk's q, k, v; the consumer warps' state update, q St, A v and o stores; and all of
+      the math at once. A phase's cost is the time it removes; the two roles overlap, so a
+      phase off the slower role's path costs nothing.
   python3 bench/gla_forward_phases.py --revs 50c3353,HEAD [--shapes 32768x1,2048x16]
       whole forwards of the file at each git revision (or the working tree: "."), run
       alternately, twice each. An entry may also be the path of a candidate copy of the file,
@@ -31,22 +33,27 @@ HARNESS = "bench/gla_forward_phases.cu"
 # (name, first line of the region, last line of the region, replacement or None): the region is
 # compiled out under SKIP_<NAME>, or replaced by the given text. Searched inside GlaChunkKernel.
 PHASES = [
-    ("load", "    if (c + 1 < c_end) load_chunk(c + 1, stage ^ 1);",
-     "    if (c + 1 < c_end) load_chunk(c + 1, stage ^ 1);", None),
-    ("cumsum", "    const bool exact = CumsumLog2<K, V>(",
-     "    const bool exact = CumsumLog2<K, V>(", "    const bool exact = false;"),
-    ("scale", "    ScaleChunk<K, L::kKP, L::kBP, kThreads>(qs, ks, bs, tid, !exact);",
-     "    ScaleChunk<K, L::kKP, L::kBP, kThreads>(qs, ks, bs, tid, !exact);", None),
-    ("scores", "    if (!exact) {",
-     "        StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 8 + 2 * t4, acc1);", None),
+    ("cumsum", "      if (ptid < K) wide = WsCumsumColumn<K, V>(bs, anchor, last, ptid);",
+     "      if (ptid < K) wide = WsCumsumColumn<K, V>(bs, anchor, last, ptid);",
+     "      if (ptid < K) anchor[ptid] = last[ptid] = 0.f;"),
+    ("scale",
+     "        ScaleChunk<K, L::kKP, L::kBP, kWsProducers, kWsUnroll>(qs, ks, bs, ptid, true);",
+     "        ScaleChunk<K, L::kKP, L::kBP, kWsProducers, kWsUnroll>(qs, ks, bs, ptid, true);",
+     None),
+    ("scores", "        for (int idx = pwarp; idx < 10; idx += kWsProducers / 32) {",
+     "StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 8 + 2 * t4, acc1);", None),
+    ("load", "      load_qkv(c + 1);", "      load_qkv(c + 1);",
+     "      CpAsyncCommit();  // (the next chunk's q, k, v not loaded; the wait counts kept)"),
     ("state", "      UpdateChunkState<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * rb,",
      "                                            cs * (V / kCS), lane);", None),
     ("qst", "          frag::LoadA(a, qs, L::kKP, 16 * i, 16 * kk, lane);",
      "            Mma(acc[2 * jp + 1], a, b[2], b[3]);", None),
-    ("av", "      for (int jj = 0; jj <= i; ++jj) {",
+    ("av", "        for (int jj = 0; jj <= i; ++jj) {",
      "          Mma(acc[2 * jp + 1], a, b[2], b[3]);", None),
-    ("store", "          if (t0 + 16 * i + row < T) {", "          if (t0 + 16 * i + row < T) {",
-     "          if (args.scale == 12345.f) {  // (never: the stores stay, their data too)"),
+    ("store", "            if (t0 + 16 * i + row < T) {",
+     "            if (t0 + 16 * i + row < T) {",
+     "            if (args.scale == 12345.f) {"
+     "  // (never: the stores stay, their data too)"),
 ]
 PASS1 = ("pass1", "  if (nseg > 1) {", "  if (nseg > 1) {", "  if (false) {")
 

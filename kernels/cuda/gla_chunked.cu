@@ -1,8 +1,11 @@
-// Chunked GLA forward for sm_80+ (tuned on sm_90): bf16 q/k/v, fp32 gates, state and
-// accumulation, tensor-core products through mma.sync m16n8k16.
+// Chunked GLA forward for sm_90 (H100 / H200: its layout takes ~224 KB of shared memory): bf16
+// q/k/v, fp32 gates, state and accumulation, tensor-core products through mma.sync m16n8k16.
 //
 // One thread block walks the chunks (64 tokens) of one segment of one (batch, head) in order,
-// keeping the [K, V] state in registers. Per chunk, with b_t = cumulative log2 decay inside the
+// keeping the [K, V] state in registers. Its warps are specialised (GlaChunkKernel): 8 consumer
+// warps hold the state and, per chunk, write it to shared memory in bf16, update it and produce
+// the outputs; 4 producer warps, one chunk ahead, load the tiles (cp.async), sum the gates,
+// scale q and k and compute the scores. Per chunk, with b_t = cumulative log2 decay inside the
 // chunk (b_t includes g_t):
 //   A[t, s] = sum_d q_t[d] k_s[d] 2^(b_t[d] - b_s[d])   for s <= t (intra-chunk scores)
 //   o_t     = scale * (sum_d q_t[d] 2^b_t[d] S[d, :] + sum_{s<=t} A[t, s] v_s)
@@ -75,16 +78,6 @@ struct Layout {
   static constexpr int kVP = V + 8;   // v row pitch
   static constexpr int kBP = K + 8;   // gates / cumulative decay row pitch (floats)
   static constexpr int kAP = kC + 8;  // scores row pitch
-  static constexpr int kQ = 0;
-  static constexpr int kK = kQ + kC * kKP * 2;
-  static constexpr int kV = kK + kC * kKP * 2;
-  static constexpr int kB = kV + kC * kVP * 2;
-  static constexpr int kStage = kB + kC * kBP * 4;
-  static constexpr int kSt = 2 * kStage;          // chunk-start state, bf16, [V][K] (transposed)
-  static constexpr int kA = kSt + V * kKP * 2;    // scores, bf16, [C][C]
-  static constexpr int kTot = kA + kC * kAP * 2;  // cumsum partial totals, fp32, [4][K]
-  static constexpr int kFirst = kTot + 4 * K * 4;  // cumulative decay of token 0, fp32, [K]
-  static constexpr int kBytes = kFirst + K * 4;
 };
 
 // The anchor of a key column's decays in a chunk (log2 units). Scores, outputs and the state
@@ -155,15 +148,15 @@ __device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, in
 
 // Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
 // shared memory with row pitch kPitch; rows past the end are zero-filled.
-template <int kCols, int kElemBytes, int kPitch>
+template <int kCols, int kElemBytes, int kPitch, int kThr = kThreads, int kUnroll = 16>
 __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
                                          int64_t rows_valid, int tid) {
   constexpr int kVecPerRow = kCols * kElemBytes / 16;
   constexpr int kTotal = kC * kVecPerRow;
-  static_assert(kTotal % kThreads == 0, "tile does not split evenly over the block");
-#pragma unroll
-  for (int n = 0; n < kTotal / kThreads; ++n) {
-    const int i = tid + n * kThreads;
+  static_assert(kTotal % kThr == 0, "tile does not split evenly over the block");
+#pragma unroll kUnroll
+  for (int n = 0; n < kTotal / kThr; ++n) {
+    const int i = tid + n * kThr;
     const int row = i / kVecPerRow, cv = i % kVecPerRow;
     const bool ok = row < rows_valid;
     const char* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 16);
@@ -171,32 +164,35 @@ __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src
   }
 }
 
-// In-place cumulative sum over the chunk's tokens of the gates, converted to log2 units. Returns,
-// the same on every thread, whether some key column's decays span more than 2 kAnchorSpan in the
-// chunk (b_0 - b_C): the chunk then takes the exact path of the scores (DecayAnchor).
-template <int K, int V>
-__device__ __forceinline__ bool CumsumLog2(float* b, float* tot, float* first, int tid) {
-  using L = Layout<K, V>;
-  constexpr int kParts = kThreads / K, kRows = kC / kParts;
-  const int d = tid % K, part = tid / K;
-  float x[kRows];
+// CopyTile for the warp-specialised pass 2's producer (kThr threads): the same vectors, each
+// thread walking its rows with a running source pointer, and the row checks only in a chunk
+// that ends the sequence, so that a copy is a few instructions besides the cp.async.
+template <int kCols, int kElemBytes, int kPitch, int kThr>
+__device__ __forceinline__ void CopyTileStrided(char* dst, const char* src, int64_t src_pitch,
+                                                int64_t rows_valid, int tid) {
+  constexpr int kVecPerRow = kCols * kElemBytes / 16;
+  static_assert(kThr % kVecPerRow == 0 && kC % (kThr / kVecPerRow) == 0, "uneven tile split");
+  constexpr int kRowStep = kThr / kVecPerRow, kIters = kC / kRowStep;
+  constexpr uint32_t kDstStep = kRowStep * kPitch * kElemBytes;
+  const int row0 = tid / kVecPerRow, cv = tid % kVecPerRow;
+  const char* s = src + (static_cast<int64_t>(row0) * src_pitch + cv * 16);
+  const int64_t step = kRowStep * src_pitch;
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst)) +
+                     (row0 * kPitch * kElemBytes + cv * 16);
+  if (rows_valid >= kC) {
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) x[r] = b[(part * kRows + r) * L::kBP + d];
-  float run = 0.f;
+    for (int n = 0; n < kIters; ++n, s += step) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + n * kDstStep),
+                   "l"(s));
+    }
+  } else {
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    run += x[r] * kLog2e;
-    x[r] = run;
+    for (int n = 0; n < kIters; ++n, s += step) {
+      const bool ok = row0 + n * kRowStep < rows_valid;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d + n * kDstStep),
+                   "l"(ok ? s : src), "r"(ok ? 16 : 0));
+    }
   }
-  tot[part * K + d] = run;
-  if (part == 0) first[d] = x[0];
-  __syncthreads();
-  float off = 0.f;
-  for (int p = 0; p < part; ++p) off += tot[p * K + d];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) b[(part * kRows + r) * L::kBP + d] = x[r] + off;
-  const bool wide = part == kParts - 1 && first[d] - (x[kRows - 1] + off) > 2 * kAnchorSpan;
-  return __syncthreads_or(wide) != 0;
 }
 
 // q[row][d..d+1] * 2^(b[row][d..d+1] - ref), packed to bf16.
@@ -258,7 +254,7 @@ __device__ __forceinline__ void UpdateChunkState(float (&S)[kSN][4], const __nv_
 // Scales the chunk's k tile in place to k 2^(a - b) and, with q_too, its q tile to q 2^(b - a)
 // (bf16; a = DecayAnchor of each key column; tiles of kCols columns, pitch kKP; decays pitch kBP).
 // Thread tid takes four adjacent columns and every (threads / (kCols / 4))-th row.
-template <int kCols, int kKP, int kBP, int kThreadsUsed>
+template <int kCols, int kKP, int kBP, int kThreadsUsed, int kUnroll = 4>
 __device__ __forceinline__ void ScaleChunk(__nv_bfloat16* qs, __nv_bfloat16* ks, const float* bs,
                                            int tid, bool q_too) {
   constexpr int kQuads = kCols / 4, kRowStep = kThreadsUsed / kQuads;
@@ -273,7 +269,7 @@ __device__ __forceinline__ void ScaleChunk(__nv_bfloat16* qs, __nv_bfloat16* ks,
     const float2 lo = UnpackBf16(x.x), hi = UnpackBf16(x.y);
     return make_uint2(PackBf16(lo.x * e[0], lo.y * e[1]), PackBf16(hi.x * e[2], hi.y * e[3]));
   };
-#pragma unroll 4
+#pragma unroll kUnroll
   for (int r = tid / kQuads; r < kC; r += kRowStep) {
     const float4 b4 = *reinterpret_cast<const float4*>(bs + r * kBP + d);
     const float b[4] = {b4.x, b4.y, b4.z, b4.w};
@@ -311,228 +307,344 @@ __device__ __forceinline__ float AnchorOf(const float* bs, int d) {
   return DecayAnchor(bs[d], bs[(kC / 2 - 1) * kBP + d], bs[(kC - 1) * kBP + d]);
 }
 
-// K x V: the block's slice of the state; KF x VF: the full head dims (equal to K x V except for
-// dims of 256: slice blockIdx.y = key slice * (VF / V) + value slice, gla_slices.cuh).
+// ---- Pass 2: warp-specialised ----
+// 12 warps: warps 0-7 (consumers) own the [K, V] state and, per chunk, write St, update the
+// state and produce the outputs; warps 8-11 (producer) load the chunks (cp.async), sum the
+// gates, scale q and k and compute the scores one chunk ahead. Two stages of q, k, v, scores and
+// per-column anchors / last decays, and two gate slots (the gates are loaded one chunk earlier
+// than q, k, v, so their sums run while q, k, v are in flight). Named barriers:
+//   READY(s): the producer's arrivals (128) + the consumers' wait (256): stage s is prepared;
+//   FREE(s): the consumers' arrivals + the producer's wait: stage s's readers are done;
+//   producer-only (128), consumers-only (256), and the output pairs' (64 each).
+// The producer is the slower role (ncu: the consumers wait on READY, it hardly waits on FREE), so
+// its work is kept short in instructions: copies by CopyTileStrided, and its loops unrolled
+// kWsUnroll times. Every thread has 168 registers (384 threads): moving registers from the
+// producer to the consumers (setmaxnreg 40 / 232 with the loops not unrolled, 104 / 200 with
+// them unrolled 4) was slower on the H200 (BENCHMARKS.md, "Session 18").
+constexpr int kWsUnroll = 4;
+constexpr int kWsThreads = 384;
+constexpr int kWsConsumers = 256;
+constexpr int kWsProducers = 128;
+constexpr int kBarReady0 = 1, kBarFree0 = 3, kBarProducer = 5, kBarConsumers = 6, kBarPair0 = 7;
+
+__device__ __forceinline__ void BarSync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void BarArrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+// bar.sync over n threads that also returns whether any of them passed p.
+__device__ __forceinline__ bool BarOr(int id, int n, bool p) {
+  int r;
+  asm volatile(
+      "{\n .reg .pred pin, pout;\n setp.ne.s32 pin, %1, 0;\n"
+      " bar.red.or.pred pout, %2, %3, pin;\n selp.s32 %0, 1, 0, pout;\n}\n"
+      : "=r"(r)
+      : "r"(static_cast<int>(p)), "r"(id), "r"(n)
+      : "memory");
+  return r != 0;
+}
+
+template <int K, int V>
+struct WsLayout {
+  using L = Layout<K, V>;  // (row pitches)
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + kC * L::kKP * 2;
+  static constexpr int kV = kK + kC * L::kKP * 2;
+  static constexpr int kA = kV + kC * L::kVP * 2;
+  static constexpr int kAnchor = kA + kC * L::kAP * 2;  // fp32 [K]
+  static constexpr int kLast = kAnchor + K * 4;          // fp32 [K]: b at the chunk's last token
+  static constexpr int kExact = kLast + K * 4;           // int: the chunk takes the exact path
+  static constexpr int kStage = kExact + 16;
+  static constexpr int kG = 2 * kStage;                  // gate slots, fp32 [kC][kBP]
+  static constexpr int kGSlot = kC * L::kBP * 4;
+  static constexpr int kSt = kG + 2 * kGSlot;
+  static constexpr int kBytes = kSt + V * L::kKP * 2;
+  static_assert(kStage % 16 == 0 && kBytes <= 227 * 1024, "layout");
+};
+
+// The producer's cumulative sums over a chunk's tokens of one key column's gates, in place and
+// in log2 units, by one thread: kGlaStateThreads / K runs of tokens, each summed from zero and
+// offset by the earlier runs' totals (added left to right), the order in which pass 1
+// (CumsumLog2Rows) sums a 64-column block, so that its states stay bit-identical to pass 2's.
+// Writes the column's anchor (DecayAnchor) and last decay; returns whether its decays span more
+// than 2 kAnchorSpan (the chunk then takes the exact path).
+template <int K, int V>
+__device__ __forceinline__ bool WsCumsumColumn(float* b, float* anchor, float* last, int d) {
+  using L = Layout<K, V>;
+  constexpr int kParts = kGlaStateThreads / K, kRows = kC / kParts;
+  float* col = b + d;
+  float off = 0.f, first = 0.f;
+#pragma unroll
+  for (int p = 0; p < kParts; ++p) {
+    float run = 0.f;
+#pragma unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      float* x = col + (p * kRows + r) * L::kBP;
+      run += *x * kLog2e;
+      *x = run + off;
+      if (p == 0 && r == 0) first = run;
+    }
+    off += run;
+  }
+  const float mid = col[(kC / 2 - 1) * L::kBP], lst = col[(kC - 1) * L::kBP];
+  anchor[d] = DecayAnchor(first, mid, lst);
+  last[d] = lst;
+  return first - lst > 2 * kAnchorSpan;
+}
+
 template <int K, int V, int KF, int VF>
-__global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs args) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
+__global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // its ~224 KB of shared memory need sm_90; built only so that any arch list compiles
 #else
   using L = Layout<K, V>;
+  using W = WsLayout<K, V>;
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int g8 = lane / 4, t4 = lane % 4;  // fragment row / column-pair of this lane
-  // This block's first key and value column (0 and 0 unless the dims are sliced).
+  const int g8 = lane / 4, t4 = lane % 4;
   constexpr bool kSliced = K != KF || V != VF;
-  constexpr bool kSplitK = K != KF;  // o sums over key slices (in args.o_accum)
+  constexpr bool kSplitK = K != KF;
   const int slice = kSliced ? static_cast<int>(blockIdx.y) : 0;
   const int koff = kSliced ? (slice / (VF / V)) * K : 0;
   const int voff = kSliced ? (slice % (VF / V)) * V : 0;
 
-  const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
-  const int64_t bh = sb.bh;
-  const int seg = sb.seg;
-  const int64_t H = args.heads;
-  const SeqSpan sq = SeqOf(args.varlen, bh, H, args.tokens, kC);
-  const int64_t T = sq.tokens;
-  const int nchunks = static_cast<int>(sq.nchunks);
-  const int c_begin = seg * args.seg_chunks;
-  const int c_end = min(c_begin + args.seg_chunks, nchunks);
-
-  const char* qg = reinterpret_cast<const char*>(args.q + SeqOffset(args.qs, sq.row, H) +
-                                                 sq.token0 * args.qs.token + koff);
-  const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, sq.row, H) +
-                                                 sq.token0 * args.ks.token + koff);
-  const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, sq.row, H) +
-                                                 sq.token0 * args.vs.token + voff);
-  const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, sq.row, H) +
-                                                 sq.token0 * args.gs.token + koff);
-  const int64_t q_pitch = args.qs.token * 2, k_pitch = args.ks.token * 2;
-  const int64_t v_pitch = args.vs.token * 2, g_pitch = args.gs.token * 4;
-
-  auto load_chunk = [&](int c, int stage) {
-    char* base = smem + stage * L::kStage;
-    const int64_t t0 = static_cast<int64_t>(c) * kC;
-    const int64_t rows = T - t0;
-    CopyTile<K, 2, L::kKP>(base + L::kQ, qg + t0 * q_pitch, q_pitch, rows, tid);
-    CopyTile<K, 2, L::kKP>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
-    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
-    CopyTile<K, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
-    CpAsyncCommit();
-  };
-
-  // State ownership: warp = (row block rb of 16 key rows) x (column split cs of V / kCS).
-  constexpr int kRB = K / 16, kCS = 8 / kRB, kSN = V / kCS / 8;
-  static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
-  const int rb = warp % kRB, cs = warp / kRB;
-  const int d_lo = 16 * rb + g8, d_hi = d_lo + 8;
-  const int col0 = cs * (V / kCS) + 2 * t4;  // + 8 j
-  // Element offset of this lane's (d_lo, col0) in a full [KF, VF] state (+ 8 j; d_hi: + 8 VF).
-  const int state_lo = (koff + d_lo) * VF + voff + col0;
-  float S[kSN][4];
-  {
-    const float* s0 = nullptr;
-    if (sb.nseg > 1) {
-      s0 = args.seg_state + sb.slot * KF * VF;
-    } else if (args.initial_state != nullptr) {
-      s0 = args.initial_state + bh * KF * VF;
-    }
-#pragma unroll
-    for (int j = 0; j < kSN; ++j) {
-      float2 lo = make_float2(0.f, 0.f), hi = lo;
-      if (s0 != nullptr) {
-        lo = *reinterpret_cast<const float2*>(s0 + state_lo + 8 * j);
-        hi = *reinterpret_cast<const float2*>(s0 + state_lo + 8 * VF + 8 * j);
+  // (The warpgroup index through a shuffle: warp-uniform, so that ptxas sees the roles' branches.)
+  const int warpgroup = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (warpgroup == kWsConsumers / 128) {
+    // ---------------- producer ----------------
+    const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
+    const int64_t bh = sb.bh;
+    const int seg = sb.seg;
+    const int64_t H = args.heads;
+    const SeqSpan sq = SeqOf(args.varlen, bh, H, args.tokens, kC);
+    const int64_t T = sq.tokens;
+    const int nchunks = static_cast<int>(sq.nchunks);
+    const int c_begin = seg * args.seg_chunks;
+    const int c_end = min(c_begin + args.seg_chunks, nchunks);
+    auto stage_of = [&](int c) { return smem + ((c - c_begin) & 1) * W::kStage; };
+    auto gslot_of = [&](int c) {
+      return reinterpret_cast<float*>(smem + W::kG + ((c - c_begin) & 1) * W::kGSlot);
+    };
+    const int ptid = tid - kWsConsumers, pwarp = ptid / 32;
+    const char* qg = reinterpret_cast<const char*>(args.q + SeqOffset(args.qs, sq.row, H) +
+                                                   sq.token0 * args.qs.token + koff);
+    const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, sq.row, H) +
+                                                   sq.token0 * args.ks.token + koff);
+    const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, sq.row, H) +
+                                                   sq.token0 * args.vs.token + voff);
+    const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, sq.row, H) +
+                                                   sq.token0 * args.gs.token + koff);
+    const int64_t q_pitch = args.qs.token * 2, k_pitch = args.ks.token * 2;
+    const int64_t v_pitch = args.vs.token * 2, g_pitch = args.gs.token * 4;
+    // Each load is one commit group, also when there is nothing to load (c >= c_end), so that
+    // the waits below count the same groups in every iteration.
+    auto load_gates = [&](int c) {
+      if (c < c_end) {
+        const int64_t t0 = static_cast<int64_t>(c) * kC;
+        CopyTileStrided<K, 4, L::kBP, kWsProducers>(reinterpret_cast<char*>(gslot_of(c)),
+                                                    gg + t0 * g_pitch, g_pitch, T - t0, ptid);
       }
-      S[j][0] = lo.x;
-      S[j][1] = lo.y;
-      S[j][2] = hi.x;
-      S[j][3] = hi.y;
+      CpAsyncCommit();
+    };
+    auto load_qkv = [&](int c) {
+      if (c < c_end) {
+        char* base = stage_of(c);
+        const int64_t t0 = static_cast<int64_t>(c) * kC, rows = T - t0;
+        CopyTileStrided<K, 2, L::kKP, kWsProducers>(base + W::kQ, qg + t0 * q_pitch, q_pitch, rows,
+                                                    ptid);
+        CopyTileStrided<K, 2, L::kKP, kWsProducers>(base + W::kK, kg + t0 * k_pitch, k_pitch, rows,
+                                                    ptid);
+        CopyTileStrided<V, 2, L::kVP, kWsProducers>(base + W::kV, vg + t0 * v_pitch, v_pitch, rows,
+                                                    ptid);
+      }
+      CpAsyncCommit();
+    };
+    // Commit order: G(c0), Q(c0), G(c0 + 1), then per iteration c: Q(c + 1), G(c + 2). At the
+    // top of iteration c the groups after G(c) are Q(c) and G(c + 1) (wait 2), after Q(c) one.
+    load_gates(c_begin);
+    load_qkv(c_begin);
+    load_gates(c_begin + 1);
+    for (int c = c_begin; c < c_end; ++c) {
+      const int s = (c - c_begin) & 1;
+      char* base = stage_of(c);
+      __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(base + W::kQ);
+      __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(base + W::kK);
+      __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(base + W::kA);
+      float* anchor = reinterpret_cast<float*>(base + W::kAnchor);
+      float* last = reinterpret_cast<float*>(base + W::kLast);
+      float* bs = gslot_of(c);
+      CpAsyncWait<2>();
+      BarSync(kBarProducer, kWsProducers);  // G(c) landed for every producer thread
+      bool wide = false;
+      if (ptid < K) wide = WsCumsumColumn<K, V>(bs, anchor, last, ptid);
+      const bool exact = BarOr(kBarProducer, kWsProducers, wide);
+      if (ptid == 0) *reinterpret_cast<int*>(base + W::kExact) = exact ? 1 : 0;
+      CpAsyncWait<1>();
+      BarSync(kBarProducer, kWsProducers);  // Q(c) landed
+      if (exact) {
+        // Scores with per-tile references from the unscaled q and k (as GlaChunkKernel's exact
+        // path), then k scaled against the anchors and q to q 2^b, in place.
+        for (int idx = pwarp; idx < 20; idx += kWsProducers / 32) {
+          const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
+          const int ct = idx - i * (i + 1);
+          const int r0 = 16 * i + g8, r1 = r0 + 8, sc = 8 * ct + g8, ref = 8 * ct + 7;
+          float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll kWsUnroll
+          for (int kk = 0; kk < K / 16; ++kk) {
+            const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
+            const float2 rf0 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d0);
+            const float2 rf1 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d1);
+            const uint32_t a[4] = {
+                ScaledQ<K, V>(qs, bs, r0, d0, rf0), ScaledQ<K, V>(qs, bs, r1, d0, rf0),
+                ScaledQ<K, V>(qs, bs, r0, d1, rf1), ScaledQ<K, V>(qs, bs, r1, d1, rf1)};
+            Mma(acc, a, ScaledK<K, V>(ks, bs, sc, d0, rf0), ScaledK<K, V>(ks, bs, sc, d1, rf1));
+          }
+          StoreCausalScores<L::kAP>(as, r0, 8 * ct + 2 * t4, acc);
+        }
+        BarSync(kBarProducer, kWsProducers);  // unscaled q, k read
+        ScaleChunk<K, L::kKP, L::kBP, kWsProducers, kWsUnroll>(qs, ks, bs, ptid, false);
+        // q <- q 2^(b - 0), the consumers' A operand (ScaledQ against a zero reference).
+        constexpr int kPairs = K / 2;
+        const float2 zero = make_float2(0.f, 0.f);
+        for (int e = ptid; e < kC * kPairs; e += kWsProducers) {
+          const int r = e / kPairs, d = 2 * (e % kPairs);
+          const uint32_t x = ScaledQ<K, V>(qs, bs, r, d, zero);
+          *reinterpret_cast<uint32_t*>(qs + r * L::kKP + d) = x;
+        }
+      } else {
+        ScaleChunk<K, L::kKP, L::kBP, kWsProducers, kWsUnroll>(qs, ks, bs, ptid, true);
+        BarSync(kBarProducer, kWsProducers);  // q, k scaled
+        for (int idx = pwarp; idx < 10; idx += kWsProducers / 32) {
+          const int i = idx < 1 ? 0 : idx < 3 ? 1 : idx < 6 ? 2 : 3;
+          const int j = idx - i * (i + 1) / 2;
+          float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll kWsUnroll
+          for (int kk = 0; kk < K / 16; ++kk) {
+            uint32_t a[4], b[4];
+            frag::LoadA(a, qs, L::kKP, 16 * i, 16 * kk, lane);
+            frag::LoadBT2(b, ks, L::kKP, 16 * kk, 16 * j, lane);
+            Mma(acc0, a, b[0], b[1]);
+            Mma(acc1, a, b[2], b[3]);
+          }
+          StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 2 * t4, acc0);
+          StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 8 + 2 * t4, acc1);
+        }
+      }
+      BarArrive(kBarReady0 + s, kWsThreads);  // stage s prepared
+      // Stage s ^ 1 takes chunk c + 1 once the consumers are done with chunk c - 1 in it; gate
+      // slot s takes chunk c + 2 once every producer thread is done with chunk c's gates.
+      if (c > c_begin && c + 1 < c_end) {
+        BarSync(kBarFree0 + (s ^ 1), kWsThreads);
+      } else {
+        BarSync(kBarProducer, kWsProducers);
+      }
+      load_qkv(c + 1);
+      load_gates(c + 2);
     }
-  }
-  __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(smem + L::kSt);
-  // St = the chunk-start state in bf16, transposed ([V][K]), its key rows times m_lo / m_hi.
-  // On sm_90, stmatrix stores two accumulator tiles (16 key rows x 16 value columns) at once: lane
-  // l addresses value column (l / 16) 8 + l % 8 of the pair, key rows 8 ((l / 8) % 2) + [0, 8).
-  __nv_bfloat16* const st_lane =
-      st + (cs * (V / kCS) + 8 * (lane >> 4) + (lane & 7)) * L::kKP + 16 * rb + 8 * ((lane >> 3) & 1);
-  auto write_state_bf16 = [&](float m_lo, float m_hi) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#pragma unroll
-    for (int jp = 0; jp < kSN / 2; ++jp) {
-      const uint32_t r[4] = {PackBf16(S[2 * jp][0] * m_lo, S[2 * jp][1] * m_lo),
-                             PackBf16(S[2 * jp][2] * m_hi, S[2 * jp][3] * m_hi),
-                             PackBf16(S[2 * jp + 1][0] * m_lo, S[2 * jp + 1][1] * m_lo),
-                             PackBf16(S[2 * jp + 1][2] * m_hi, S[2 * jp + 1][3] * m_hi)};
-      StMatrixX4Trans(st_lane + 16 * jp * L::kKP, r);
-    }
-#else
-#pragma unroll
-    for (int j = 0; j < kSN; ++j) {
-      const int c = col0 + 8 * j;
-      st[c * L::kKP + d_lo] = __float2bfloat16_rn(S[j][0] * m_lo);
-      st[(c + 1) * L::kKP + d_lo] = __float2bfloat16_rn(S[j][1] * m_lo);
-      st[c * L::kKP + d_hi] = __float2bfloat16_rn(S[j][2] * m_hi);
-      st[(c + 1) * L::kKP + d_hi] = __float2bfloat16_rn(S[j][3] * m_hi);
-    }
-#endif
-  };
-
-  if (c_begin < c_end) load_chunk(c_begin, 0);
-  __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(smem + L::kA);
-  float* tot = reinterpret_cast<float*>(smem + L::kTot);
-  float* first = reinterpret_cast<float*>(smem + L::kFirst);
-
-  // Chunk-start states for the backward ([BH, nchunks + 1, K, V]; index nchunks: the final one).
-  auto write_state_f32 = [&](float* out) {  // out: a full [KF, VF] state
-#pragma unroll
-    for (int j = 0; j < kSN; ++j) {
-      *reinterpret_cast<float2*>(out + state_lo + 8 * j) = make_float2(S[j][0], S[j][1]);
-      *reinterpret_cast<float2*>(out + state_lo + 8 * VF + 8 * j) = make_float2(S[j][2], S[j][3]);
-    }
-  };
-  float* const chunk_states =
-      args.chunk_states == nullptr ? nullptr : args.chunk_states + sq.state_slot * KF * VF;
-
-  for (int c = c_begin; c < c_end; ++c) {
-    const int stage = (c - c_begin) & 1;
-    if (chunk_states != nullptr) write_state_f32(chunk_states + static_cast<int64_t>(c) * KF * VF);
     CpAsyncWait<0>();
-    __syncthreads();  // chunk c landed; chunk c - 1's reads of the other stage, St and A are done
-    if (c + 1 < c_end) load_chunk(c + 1, stage ^ 1);
-    char* base = smem + stage * L::kStage;
-    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(base + L::kQ);
-    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(base + L::kK);
-    const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + L::kV);
-    const float* bs = reinterpret_cast<const float*>(base + L::kB);
-    const bool exact = CumsumLog2<K, V>(reinterpret_cast<float*>(base + L::kB), tot, first, tid);
-    const int64_t t0 = static_cast<int64_t>(c) * kC;
-
-    if (exact) {
-      // Scores with per-tile references, from the unscaled q and k: 20 causal tiles of 16 query
-      // rows x 8 key columns, over 8 warps.
-      for (int idx = warp; idx < 20; idx += 8) {
-        const int i = idx < 2 ? 0 : idx < 6 ? 1 : idx < 12 ? 2 : 3;
-        const int ct = idx - i * (i + 1);
-        const int r0 = 16 * i + g8, r1 = r0 + 8, s = 8 * ct + g8, ref = 8 * ct + 7;
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int kk = 0; kk < K / 16; ++kk) {
-          const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
-          const float2 rf0 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d0);
-          const float2 rf1 = *reinterpret_cast<const float2*>(bs + ref * L::kBP + d1);
-          const uint32_t a[4] = {
-              ScaledQ<K, V>(qs, bs, r0, d0, rf0), ScaledQ<K, V>(qs, bs, r1, d0, rf0),
-              ScaledQ<K, V>(qs, bs, r0, d1, rf1), ScaledQ<K, V>(qs, bs, r1, d1, rf1)};
-          Mma(acc, a, ScaledK<K, V>(ks, bs, s, d0, rf0), ScaledK<K, V>(ks, bs, s, d1, rf1));
-        }
-        StoreCausalScores<L::kAP>(as, r0, 8 * ct + 2 * t4, acc);
-      }
-      __syncthreads();  // (k is scaled in place next)
-    }
-    // k (and on the anchored path q) scaled once per chunk; St from the chunk-start state, its
-    // key rows times 2^a on the anchored path (q 2^b S = (q 2^(b - a)) (2^a S)).
-    ScaleChunk<K, L::kKP, L::kBP, kThreads>(qs, ks, bs, tid, !exact);
-    const float a_lo = AnchorOf<L::kBP>(bs, d_lo), a_hi = AnchorOf<L::kBP>(bs, d_hi);
-    if (exact) {
-      write_state_bf16(1.f, 1.f);
-    } else {
-      write_state_bf16(Exp2(a_lo), Exp2(a_hi));
-    }
-    __syncthreads();
-
-    if (!exact) {
-      // Scores: the 10 causal blocks of 16 x 16, (q 2^(b - a)) (k 2^(a - b))^T, over 8 warps.
-      for (int idx = warp; idx < 10; idx += 8) {
-        const int i = idx < 1 ? 0 : idx < 3 ? 1 : idx < 6 ? 2 : 3;
-        const int j = idx - i * (i + 1) / 2;
-        float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int kk = 0; kk < K / 16; ++kk) {
-          uint32_t a[4], b[4];
-          frag::LoadA(a, qs, L::kKP, 16 * i, 16 * kk, lane);
-          frag::LoadBT2(b, ks, L::kKP, 16 * kk, 16 * j, lane);
-          Mma(acc0, a, b[0], b[1]);
-          Mma(acc1, a, b[2], b[3]);
-        }
-        StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 2 * t4, acc0);
-        StoreCausalScores<L::kAP>(as, 16 * i + g8, 16 * j + 8 + 2 * t4, acc1);
-      }
-    }
-    // State: S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v (St holds the chunk-start state).
+  } else {
+    // ---------------- consumers ----------------
+    const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
+    const int64_t bh = sb.bh;
+    const int seg = sb.seg;
+    const int64_t H = args.heads;
+    const SeqSpan sq = SeqOf(args.varlen, bh, H, args.tokens, kC);
+    const int64_t T = sq.tokens;
+    const int nchunks = static_cast<int>(sq.nchunks);
+    const int c_begin = seg * args.seg_chunks;
+    const int c_end = min(c_begin + args.seg_chunks, nchunks);
+    auto stage_of = [&](int c) { return smem + ((c - c_begin) & 1) * W::kStage; };
+    auto gslot_of = [&](int c) {
+      return reinterpret_cast<float*>(smem + W::kG + ((c - c_begin) & 1) * W::kGSlot);
+    };
+    constexpr int kRB = K / 16, kCS = 8 / kRB, kSN = V / kCS / 8;
+    static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
+    const int rb = warp % kRB, cs = warp / kRB;
+    const int d_lo = 16 * rb + g8, d_hi = d_lo + 8;
+    const int col0 = cs * (V / kCS) + 2 * t4;
+    const int state_lo = (koff + d_lo) * VF + voff + col0;
+    float S[kSN][4];
     {
-      const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
+      const float* s0 = nullptr;
+      if (sb.nseg > 1) {
+        s0 = args.seg_state + sb.slot * KF * VF;
+      } else if (args.initial_state != nullptr) {
+        s0 = args.initial_state + bh * KF * VF;
+      }
+#pragma unroll
+      for (int j = 0; j < kSN; ++j) {
+        float2 lo = make_float2(0.f, 0.f), hi = lo;
+        if (s0 != nullptr) {
+          lo = *reinterpret_cast<const float2*>(s0 + state_lo + 8 * j);
+          hi = *reinterpret_cast<const float2*>(s0 + state_lo + 8 * VF + 8 * j);
+        }
+        S[j][0] = lo.x;
+        S[j][1] = lo.y;
+        S[j][2] = hi.x;
+        S[j][3] = hi.y;
+      }
+    }
+    __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(smem + W::kSt);
+    __nv_bfloat16* const st_lane = st + (cs * (V / kCS) + 8 * (lane >> 4) + (lane & 7)) * L::kKP +
+                                   16 * rb + 8 * ((lane >> 3) & 1);
+    auto write_state_bf16 = [&](float m_lo, float m_hi) {
+#pragma unroll
+      for (int jp = 0; jp < kSN / 2; ++jp) {
+        const uint32_t r[4] = {PackBf16(S[2 * jp][0] * m_lo, S[2 * jp][1] * m_lo),
+                               PackBf16(S[2 * jp][2] * m_hi, S[2 * jp][3] * m_hi),
+                               PackBf16(S[2 * jp + 1][0] * m_lo, S[2 * jp + 1][1] * m_lo),
+                               PackBf16(S[2 * jp + 1][2] * m_hi, S[2 * jp + 1][3] * m_hi)};
+        StMatrixX4Trans(st_lane + 16 * jp * L::kKP, r);
+      }
+    };
+    auto write_state_f32 = [&](float* out) {
+#pragma unroll
+      for (int j = 0; j < kSN; ++j) {
+        *reinterpret_cast<float2*>(out + state_lo + 8 * j) = make_float2(S[j][0], S[j][1]);
+        *reinterpret_cast<float2*>(out + state_lo + 8 * VF + 8 * j) =
+            make_float2(S[j][2], S[j][3]);
+      }
+    };
+    float* const chunk_states =
+        args.chunk_states == nullptr ? nullptr : args.chunk_states + sq.state_slot * KF * VF;
+
+    for (int c = c_begin; c < c_end; ++c) {
+      const int s = (c - c_begin) & 1;
+      char* base = stage_of(c);
+      if (chunk_states != nullptr) {
+        write_state_f32(chunk_states + static_cast<int64_t>(c) * KF * VF);
+      }
+      BarSync(kBarReady0 + s, kWsThreads);  // stage s prepared; every consumer done with c - 1
+      __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(base + W::kQ);
+      const __nv_bfloat16* ks = reinterpret_cast<const __nv_bfloat16*>(base + W::kK);
+      const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + W::kV);
+      const __nv_bfloat16* as = reinterpret_cast<const __nv_bfloat16*>(base + W::kA);
+      const float* anchor = reinterpret_cast<const float*>(base + W::kAnchor);
+      const float* last = reinterpret_cast<const float*>(base + W::kLast);
+      const bool exact = *reinterpret_cast<const int*>(base + W::kExact) != 0;
+      const float a_lo = anchor[d_lo], a_hi = anchor[d_hi];
+      const float bc_lo = last[d_lo], bc_hi = last[d_hi];
+      // St: the chunk-start state, times 2^a on the anchored path (q there is q 2^(b - a)); on
+      // the exact path q is q 2^b and St the state itself.
+      if (exact) {
+        write_state_bf16(1.f, 1.f);
+      } else {
+        write_state_bf16(Exp2(a_lo), Exp2(a_hi));
+      }
+      BarSync(kBarConsumers, kWsConsumers);  // St written
       UpdateChunkState<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * rb, Exp2(bc_lo), Exp2(bc_hi),
                                             Exp2(bc_lo - a_lo), Exp2(bc_hi - a_hi),
                                             cs * (V / kCS), lane);
-    }
-    __syncthreads();  // scores and St written
-
-    // Outputs: warp = (16 query rows) x (half of V).
-    {
-      constexpr int kNT = V / 16;
-      const int i = warp % 4, vh = warp / 4;
-      const int r0 = 16 * i + g8, r1 = r0 + 8;
-      const int n_base = vh * (V / 2);
-      float acc[kNT][4];
+      const int64_t t0 = static_cast<int64_t>(c) * kC;
+      {
+        constexpr int kNT = V / 16;
+        const int i = warp % 4, vh = warp / 4;
+        const int r0 = 16 * i + g8, r1 = r0 + 8;
+        const int n_base = vh * (V / 2);
+        float acc[kNT][4];
 #pragma unroll
-      for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-      if (exact) {
-        const float2 zero = make_float2(0.f, 0.f);
-#pragma unroll
-        for (int kk = 0; kk < K / 16; ++kk) {
-          const int d0 = 16 * kk + 2 * t4, d1 = d0 + 8;
-          const uint32_t a[4] = {
-              ScaledQ<K, V>(qs, bs, r0, d0, zero), ScaledQ<K, V>(qs, bs, r1, d0, zero),
-              ScaledQ<K, V>(qs, bs, r0, d1, zero), ScaledQ<K, V>(qs, bs, r1, d1, zero)};
-#pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            const __nv_bfloat16* row = st + (n_base + 8 * j + g8) * L::kKP;
-            Mma(acc[j], a, *reinterpret_cast<const uint32_t*>(row + d0),
-                *reinterpret_cast<const uint32_t*>(row + d1));
-          }
-        }
-      } else {
+        for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < K / 16; ++kk) {
           uint32_t a[4];
@@ -545,93 +657,87 @@ __global__ void __launch_bounds__(kThreads, 1) GlaChunkKernel(const KernelArgs a
             Mma(acc[2 * jp + 1], a, b[2], b[3]);
           }
         }
-      }
-      for (int jj = 0; jj <= i; ++jj) {
-        uint32_t a[4];
-        frag::LoadA(a, as, L::kAP, 16 * i, 16 * jj, lane);
+        for (int jj = 0; jj <= i; ++jj) {
+          uint32_t a[4];
+          frag::LoadA(a, as, L::kAP, 16 * i, 16 * jj, lane);
 #pragma unroll
-        for (int jp = 0; jp < kNT / 2; ++jp) {
-          uint32_t b[4];
-          frag::LoadB2(b, vs, L::kVP, 16 * jj, n_base + 16 * jp, lane);
-          Mma(acc[2 * jp], a, b[0], b[1]);
-          Mma(acc[2 * jp + 1], a, b[2], b[3]);
-        }
-      }
-      if constexpr (kSplitK) {
-        // This key slice's share of o, added in fp32 (gla_slices.cuh).
-        float* ow =
-            args.o_accum + (sq.row * args.tokens + sq.token0 + t0) * VF + voff + n_base + 2 * t4;
-#pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          if (t0 + r0 < T) {
-            atomicAdd(ow + r0 * VF + 8 * j, acc[j][0] * args.scale);
-            atomicAdd(ow + r0 * VF + 8 * j + 1, acc[j][1] * args.scale);
-          }
-          if (t0 + r1 < T) {
-            atomicAdd(ow + r1 * VF + 8 * j, acc[j][2] * args.scale);
-            atomicAdd(ow + r1 * VF + 8 * j + 1, acc[j][3] * args.scale);
+          for (int jp = 0; jp < kNT / 2; ++jp) {
+            uint32_t b[4];
+            frag::LoadB2(b, vs, L::kVP, 16 * jj, n_base + 16 * jp, lane);
+            Mma(acc[2 * jp], a, b[0], b[1]);
+            Mma(acc[2 * jp + 1], a, b[2], b[3]);
           }
         }
-      } else if constexpr (K >= V) {
-        // o leaves in 16-byte row pieces, staged through this warp pair's q rows: warps i and
-        // i + 4 share query rows 16 i .. 16 i + 15, which no other warp reads and which are dead
-        // once both finished their products (each row holds the pair's V <= K columns).
-        __nv_bfloat16* const ost = qs + 16 * i * L::kKP;
-        auto pair_sync = [&] { asm volatile("bar.sync %0, 64;\n" ::"r"(1 + i) : "memory"); };
-        pair_sync();  // both warps' reads of these q rows are done
+        if constexpr (kSplitK) {
+          float* ow = args.o_accum + (sq.row * args.tokens + sq.token0 + t0) * VF + voff + n_base +
+                      2 * t4;
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const int col = n_base + 8 * j + 2 * t4;
-          *reinterpret_cast<uint32_t*>(ost + g8 * L::kKP + col) =
-              PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
-          *reinterpret_cast<uint32_t*>(ost + (g8 + 8) * L::kKP + col) =
-              PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
-        }
-        pair_sync();  // the pair's 16 rows are staged
-        const int64_t o_row = args.os.token;
-        __nv_bfloat16* og = args.o + SeqOffset(args.os, sq.row, H) +
-                            (sq.token0 + t0 + 16 * i) * o_row + voff;
-        constexpr int kRowVecs = V / 8;  // 16-byte pieces of a row
-#pragma unroll
-        for (int n = 0; n < 16 * kRowVecs / 64; ++n) {
-          const int idx = vh * 32 + lane + 64 * n, row = idx / kRowVecs, cv = idx % kRowVecs;
-          if (t0 + 16 * i + row < T) {
-            *reinterpret_cast<uint4*>(og + row * o_row + 8 * cv) =
-                *reinterpret_cast<const uint4*>(ost + row * L::kKP + 8 * cv);
+          for (int j = 0; j < kNT; ++j) {
+            if (t0 + r0 < T) {
+              atomicAdd(ow + r0 * VF + 8 * j, acc[j][0] * args.scale);
+              atomicAdd(ow + r0 * VF + 8 * j + 1, acc[j][1] * args.scale);
+            }
+            if (t0 + r1 < T) {
+              atomicAdd(ow + r1 * VF + 8 * j, acc[j][2] * args.scale);
+              atomicAdd(ow + r1 * VF + 8 * j + 1, acc[j][3] * args.scale);
+            }
           }
-        }
-      } else {
-        // (V > K: the pair's q rows are too short to stage its outputs.)
-        const int64_t o_row = args.os.token;
-        __nv_bfloat16* og =
-            args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row + voff;
+        } else if constexpr (K >= V) {
+          __nv_bfloat16* const ost = qs + 16 * i * L::kKP;
+          BarSync(kBarPair0 + i, 64);  // both warps' reads of these q rows are done
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const int col = n_base + 8 * j + 2 * t4;
-          if (t0 + r0 < T) {
-            *reinterpret_cast<uint32_t*>(og + r0 * o_row + col) =
+          for (int j = 0; j < kNT; ++j) {
+            const int col = n_base + 8 * j + 2 * t4;
+            *reinterpret_cast<uint32_t*>(ost + g8 * L::kKP + col) =
                 PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
-          }
-          if (t0 + r1 < T) {
-            *reinterpret_cast<uint32_t*>(og + r1 * o_row + col) =
+            *reinterpret_cast<uint32_t*>(ost + (g8 + 8) * L::kKP + col) =
                 PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
           }
+          BarSync(kBarPair0 + i, 64);  // the pair's 16 rows are staged
+          const int64_t o_row = args.os.token;
+          __nv_bfloat16* og = args.o + SeqOffset(args.os, sq.row, H) +
+                              (sq.token0 + t0 + 16 * i) * o_row + voff;
+          constexpr int kRowVecs = V / 8;
+#pragma unroll
+          for (int n = 0; n < 16 * kRowVecs / 64; ++n) {
+            const int idx = vh * 32 + lane + 64 * n, row = idx / kRowVecs, cv = idx % kRowVecs;
+            if (t0 + 16 * i + row < T) {
+              *reinterpret_cast<uint4*>(og + row * o_row + 8 * cv) =
+                  *reinterpret_cast<const uint4*>(ost + row * L::kKP + 8 * cv);
+            }
+          }
+        } else {
+          const int64_t o_row = args.os.token;
+          __nv_bfloat16* og =
+              args.o + SeqOffset(args.os, sq.row, H) + (sq.token0 + t0) * o_row + voff;
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const int col = n_base + 8 * j + 2 * t4;
+            if (t0 + r0 < T) {
+              *reinterpret_cast<uint32_t*>(og + r0 * o_row + col) =
+                  PackBf16(acc[j][0] * args.scale, acc[j][1] * args.scale);
+            }
+            if (t0 + r1 < T) {
+              *reinterpret_cast<uint32_t*>(og + r1 * o_row + col) =
+                  PackBf16(acc[j][2] * args.scale, acc[j][3] * args.scale);
+            }
+          }
         }
       }
+      // Stage s is free for chunk c + 2 (the producer waits for this only while one follows).
+      if (c + 2 < c_end) BarArrive(kBarFree0 + s, kWsThreads);
     }
-  }
-
-  // The last segment's blocks write the final state (pass 1 wrote the other segments' own).
-  if (seg == sb.nseg - 1) write_state_f32(args.final_state + bh * KF * VF);
-  if (chunk_states != nullptr && seg == sb.nseg - 1) {
-    write_state_f32(chunk_states + static_cast<int64_t>(nchunks) * KF * VF);
+    if (seg == sb.nseg - 1) write_state_f32(args.final_state + bh * KF * VF);
+    if (chunk_states != nullptr && seg == sb.nseg - 1) {
+      write_state_f32(chunk_states + static_cast<int64_t>(nchunks) * KF * VF);
+    }
   }
 #endif
 }
 
 // In-place cumulative sum in log2 units of a [kC][kGlaStateKeyRows] gate tile (row pitch kBP),
 // in kParts runs of kC / kParts tokens per column: the same operations, in the same order, as
-// CumsumLog2 for a slice of 256 / kParts key columns. Threads tid >= kParts * 64 only wait.
+// WsCumsumColumn for a slice of 256 / kParts key columns. Threads tid >= kParts * 64 only wait.
 template <int kParts, int kBP>
 __device__ __forceinline__ void CumsumLog2Rows(float* b, float* tot, int tid) {
   constexpr int kR = kGlaStateKeyRows, kRows = kC / kParts;
@@ -665,7 +771,7 @@ __device__ __forceinline__ void CumsumLog2Rows(float* b, float* tot, int tid) {
 // per 16 x 8 accumulator tile the same mma.sync sequence on the same fragments, and the cumulative
 // decays are summed in the same order (CumsumLog2Rows), so a segment's state is bit-identical to
 // the one pass 2 would reach from zero over the same chunks, with a layout of ~90 KB instead of
-// pass 2's ~215 KB.
+// pass 2's ~224 KB.
 template <int K, int V, int KF, int VF>
 __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -885,11 +991,12 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     HYB_CUDA_TRY(cudaMemsetAsync(
         a.o_accum, 0, static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float), stream));
   }
+  using WL = WsLayout<K, V>;
   HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, WL::kBytes));
   a.grid_segs = nseg;
   GlaChunkKernel<K, V, KF, VF>
-      <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kThreads, L::kBytes, stream>>>(a);
+      <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kWsThreads, WL::kBytes, stream>>>(a);
   HYB_CUDA_TRY(cudaGetLastError());
   if constexpr (KF != K) {
     return GlaStoreAccumulated(a.o_accum, a.o, a.os, token_rows, p.heads, p.tokens, VF, stream);

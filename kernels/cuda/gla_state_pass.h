@@ -9,7 +9,7 @@
 // block therefore takes kGlaStateKeyRows key rows of one (segment, slice): 2 blocks per 128-dim
 // slice, 1 per 64-dim one. Its shared memory holds only two stages of k, v and g (no q, no
 // chunk-start state, no score tile): ~90 KB, so 2 blocks of 8 warps run on a multiprocessor where
-// the full forward layout (~215 KB) allows 1.
+// the full forward layout (~224 KB) allows 1.
 #pragma once
 
 #include <cstdint>
@@ -81,9 +81,9 @@ HYB_GLA_HD GlaStateOwner GlaStateOwnerOf(int tid, int key_block, int koff, int v
 }
 
 // The cumulative-decay sum splits the chunk's 64 tokens into kParts runs per key column, as the
-// forward's CumsumLog2 does for a slice of K key columns (256 / K runs), so that pass 1's decays
-// are bit-identical to the ones the forward kernel computed: thread tid < kParts * 64 sums run
-// tid / 64 of column tid % 64.
+// forward's producer warps do for a slice of K key columns (256 / K runs, WsCumsumColumn), so
+// that pass 1's decays are bit-identical to the ones the forward kernel computed: thread
+// tid < kParts * 64 sums run tid / 64 of column tid % 64.
 constexpr int GlaStateCumsumParts(int slice_key_dim) { return kGlaStateThreads / slice_key_dim; }
 
 }  // namespace hyb::kernels::cuda
