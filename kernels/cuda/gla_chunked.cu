@@ -393,6 +393,20 @@ __device__ __forceinline__ bool WsCumsumColumn(float* b, float* anchor, float* l
   return first - lst > 2 * kAnchorSpan;
 }
 
+// The segment a pass-2 block walks (both of its roles compute it): the sequence, and the
+// chunks [c_begin, c_end).
+struct WsBlock {
+  SegmentOfBlock sb;
+  SeqSpan sq;
+  int c_begin, c_end;
+};
+__device__ __forceinline__ WsBlock WsBlockOf(const KernelArgs& args) {
+  const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
+  const SeqSpan sq = SeqOf(args.varlen, sb.bh, args.heads, args.tokens, kC);
+  const int c_begin = sb.seg * args.seg_chunks;
+  return {sb, sq, c_begin, min(c_begin + args.seg_chunks, static_cast<int>(sq.nchunks))};
+}
+
 template <int K, int V, int KF, int VF>
 __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -413,15 +427,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
   const int warpgroup = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (warpgroup == kWsConsumers / 128) {
     // ---------------- producer ----------------
-    const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
-    const int64_t bh = sb.bh;
-    const int seg = sb.seg;
+    const WsBlock blk = WsBlockOf(args);
     const int64_t H = args.heads;
-    const SeqSpan sq = SeqOf(args.varlen, bh, H, args.tokens, kC);
+    const SeqSpan sq = blk.sq;
     const int64_t T = sq.tokens;
-    const int nchunks = static_cast<int>(sq.nchunks);
-    const int c_begin = seg * args.seg_chunks;
-    const int c_end = min(c_begin + args.seg_chunks, nchunks);
+    const int c_begin = blk.c_begin, c_end = blk.c_end;
     auto stage_of = [&](int c) { return smem + ((c - c_begin) & 1) * W::kStage; };
     auto gslot_of = [&](int c) {
       return reinterpret_cast<float*>(smem + W::kG + ((c - c_begin) & 1) * W::kGSlot);
@@ -545,19 +555,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
     CpAsyncWait<0>();
   } else {
     // ---------------- consumers ----------------
-    const SegmentOfBlock sb = SegmentOf(args, blockIdx.x);
+    const WsBlock blk = WsBlockOf(args);
+    const SegmentOfBlock sb = blk.sb;
     const int64_t bh = sb.bh;
     const int seg = sb.seg;
     const int64_t H = args.heads;
-    const SeqSpan sq = SeqOf(args.varlen, bh, H, args.tokens, kC);
+    const SeqSpan sq = blk.sq;
     const int64_t T = sq.tokens;
     const int nchunks = static_cast<int>(sq.nchunks);
-    const int c_begin = seg * args.seg_chunks;
-    const int c_end = min(c_begin + args.seg_chunks, nchunks);
+    const int c_begin = blk.c_begin, c_end = blk.c_end;
     auto stage_of = [&](int c) { return smem + ((c - c_begin) & 1) * W::kStage; };
-    auto gslot_of = [&](int c) {
-      return reinterpret_cast<float*>(smem + W::kG + ((c - c_begin) & 1) * W::kGSlot);
-    };
     constexpr int kRB = K / 16, kCS = 8 / kRB, kSN = V / kCS / 8;
     static_assert(kRB * kCS == 8 && kSN % 2 == 0, "unsupported head dims");
     const int rb = warp % kRB, cs = warp / kRB;
