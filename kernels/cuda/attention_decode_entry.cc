@@ -10,6 +10,7 @@
 
 #include "attention_decode_launch.h"
 #include "cuda_check.h"
+#include "device_support.h"
 #include "hyb/kernels/cuda_attention.h"
 
 namespace hyb::kernels::cuda {
@@ -107,6 +108,7 @@ at::Tensor Run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 bool AttentionDecodeSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   if (!q.defined() || !k.defined() || !v.defined() || !q.is_cuda()) return false;
+  if (!KernelsRunOnDevice(q.device().index(), 0)) return false;
   if (!k.is_cuda() || !v.is_cuda() || k.device() != q.device() || v.device() != q.device()) {
     return false;
   }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "device_support.h"
 #include "entry_util.h"
 #include "fused_elementwise_launch.h"
 #include "hyb/kernels/cuda_elementwise.h"
@@ -23,6 +24,7 @@ bool Aligned4(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_p
 
 bool RotarySupported(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   if (!x.defined() || !x.is_cuda() || x.dim() != 4) return false;
+  if (!KernelsRunOnDevice(x.device().index(), 0)) return false;
   const at::Device device = x.device();
   if (!Bf16On(x, device) || !Bf16On(cos, device) || !Bf16On(sin, device)) return false;
   const int64_t t = x.size(2), d = x.size(3);
@@ -56,6 +58,7 @@ at::Tensor Rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 
 bool SiluMulSupported(const at::Tensor& gate, const at::Tensor& up) {
   if (!gate.defined() || !gate.is_cuda()) return false;
+  if (!KernelsRunOnDevice(gate.device().index(), 0)) return false;
   return Bf16On(gate, gate.device()) && Bf16On(up, gate.device()) && gate.sizes() == up.sizes() &&
          gate.is_contiguous() && up.is_contiguous();
 }

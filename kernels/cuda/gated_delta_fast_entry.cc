@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "device_support.h"
 #include "entry_util.h"
 #include "gated_delta_fast_launch.h"
 #include "hyb/kernels/cuda_gated_delta.h"
@@ -366,6 +367,7 @@ bool GatedDeltaChunkedFastSupported(const at::Tensor& q, const at::Tensor& k, co
                                     const at::Tensor& g, const at::Tensor& beta,
                                     const at::Tensor& initial_state, bool forward_only) {
   if (!q.defined() || !q.is_cuda()) return false;
+  if (!KernelsRunOnDevice(q.device().index(), kChunkedKernelSmem)) return false;
   const at::Device dev = q.device();
   if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(g, dev) || !OnDevice(beta, dev)) {
     return false;

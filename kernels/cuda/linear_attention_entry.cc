@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "device_support.h"
 #include "entry_util.h"
 #include "hyb/kernels/cuda_ops.h"
 #include "linear_attention_launch.h"
@@ -69,6 +70,7 @@ bool StateSupported(const at::Tensor& initial_state, const at::Tensor& q, const 
 bool GlaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& g, const at::Tensor& initial_state) {
   if (!q.defined() || !q.is_cuda()) return false;
+  if (!KernelsRunOnDevice(q.device().index(), kChunkedKernelSmem)) return false;
   const at::Device dev = q.device();
   if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(g, dev)) return false;
   if (q.scalar_type() != at::kBFloat16 || k.scalar_type() != at::kBFloat16 ||
@@ -412,6 +414,7 @@ bool GatedDeltaChunkedSupported(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& g, const at::Tensor& beta,
                                 const at::Tensor& initial_state) {
   if (!q.defined() || !q.is_cuda()) return false;
+  if (!KernelsRunOnDevice(q.device().index(), kChunkedKernelSmem)) return false;
   const at::Device dev = q.device();
   if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(g, dev) || !OnDevice(beta, dev)) {
     return false;
@@ -693,6 +696,7 @@ GatedDeltaChunkedGradients GatedDeltaChunkedVarlenBackward(const at::Tensor& q, 
 bool LinearStepSupported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& state) {
   if (!q.defined() || !q.is_cuda()) return false;
+  if (!KernelsRunOnDevice(q.device().index(), 0)) return false;
   const at::Device dev = q.device();
   if (!OnDevice(k, dev) || !OnDevice(v, dev) || !OnDevice(state, dev)) return false;
   const auto t = q.scalar_type();

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "device_support.h"
 #include "hyb/kernels/logits.h"
 #include "logits_score_launch.h"
 
@@ -30,7 +31,8 @@ bool ToType(at::ScalarType t, LogitsType* out) {
 bool RowsSupported(const at::Tensor& x) {
   LogitsType type;
   return x.defined() && x.is_cuda() && x.dim() == 2 && x.size(1) >= 1 &&
-         (x.stride(1) == 1 || x.size(1) == 1) && ToType(x.scalar_type(), &type);
+         (x.stride(1) == 1 || x.size(1) == 1) && ToType(x.scalar_type(), &type) &&
+         KernelsRunOnDevice(x.device().index(), 0);
 }
 
 }  // namespace

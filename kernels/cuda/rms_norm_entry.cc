@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "cuda_check.h"
+#include "device_support.h"
 #include "entry_util.h"
 #include "hyb/kernels/cuda_norm.h"
 #include "hyb/kernels/cuda_ops.h"
@@ -193,7 +194,7 @@ bool RmsNormSupported(const at::Tensor& x, const at::Tensor& weight) {
   const auto t = x.scalar_type();
   return x.is_cuda() && weight.is_cuda() && x.get_device() == weight.get_device() &&
          t == weight.scalar_type() && IsNormType(t) && weight.dim() == 1 &&
-         x.size(-1) == weight.size(0);
+         x.size(-1) == weight.size(0) && KernelsRunOnDevice(x.device().index(), 0);
 }
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -219,6 +220,7 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 
 bool RmsNormGatedSupported(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& gate) {
   if (!x.defined() || !weight.defined() || !x.is_cuda() || x.dim() < 1) return false;
+  if (!KernelsRunOnDevice(x.device().index(), 0)) return false;
   const auto t = x.scalar_type();
   if (!IsNormType(t) || !weight.is_cuda() || weight.device() != x.device() ||
       weight.scalar_type() != t || weight.dim() != 1 || weight.size(0) != x.size(-1)) {

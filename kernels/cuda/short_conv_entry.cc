@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "cuda_check.h"
+#include "device_support.h"
 #include "entry_util.h"
 #include "hyb/kernels/cuda_conv.h"
 #include "short_conv_launch.h"
@@ -172,6 +173,7 @@ class ShortConvFunction : public torch::autograd::Function<ShortConvFunction> {
 
 bool ShortConvSupported(const at::Tensor& u, const at::Tensor& w, const at::Tensor& cache) {
   if (!u.defined() || !w.defined() || !u.is_cuda() || u.dim() != 3 || w.dim() != 2) return false;
+  if (!KernelsRunOnDevice(u.device().index(), 0)) return false;
   const auto t = u.scalar_type();
   if (!IsConvType(t) || !w.is_cuda() || w.device() != u.device() || w.scalar_type() != t) {
     return false;
