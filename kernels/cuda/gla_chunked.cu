@@ -141,11 +141,6 @@ __device__ __forceinline__ SegmentOfBlock SegmentOf(const KernelArgs& a, int64_t
   return {n * a.heads + h, seg, nseg, s0 * a.heads + h * nseg + seg};
 }
 
-// Element offset of token 0 of sequence bh = batch * heads + head.
-__device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, int64_t heads) {
-  return (bh / heads) * s.batch + (bh % heads) * s.head;
-}
-
 // Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
 // shared memory with row pitch kPitch; rows past the end are zero-filled.
 template <int kCols, int kElemBytes, int kPitch, int kThr = kThreads, int kUnroll = 16>
@@ -437,14 +432,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
       return reinterpret_cast<float*>(smem + W::kG + ((c - c_begin) & 1) * W::kGSlot);
     };
     const int ptid = tid - kWsConsumers, pwarp = ptid / 32;
-    const char* qg = reinterpret_cast<const char*>(args.q + SeqOffset(args.qs, sq.row, H) +
-                                                   sq.token0 * args.qs.token + koff);
-    const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, sq.row, H) +
-                                                   sq.token0 * args.ks.token + koff);
-    const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, sq.row, H) +
-                                                   sq.token0 * args.vs.token + voff);
-    const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, sq.row, H) +
-                                                   sq.token0 * args.gs.token + koff);
+    const char* qg =
+        reinterpret_cast<const char*>(args.q + TokenOffset(args.qs, sq.row, H, sq.token0) + koff);
+    const char* kg =
+        reinterpret_cast<const char*>(args.k + TokenOffset(args.ks, sq.row, H, sq.token0) + koff);
+    const char* vg =
+        reinterpret_cast<const char*>(args.v + TokenOffset(args.vs, sq.row, H, sq.token0) + voff);
+    const char* gg =
+        reinterpret_cast<const char*>(args.g + TokenOffset(args.gs, sq.row, H, sq.token0) + koff);
     const int64_t q_pitch = args.qs.token * 2, k_pitch = args.ks.token * 2;
     const int64_t v_pitch = args.vs.token * 2, g_pitch = args.gs.token * 4;
     // Each load is one commit group, also when there is nothing to load (c >= c_end), so that
@@ -807,12 +802,12 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
   const int c_end = min(c_begin + args.seg_chunks, nchunks);
   const int krow = koff + kR * blk.key_block;  // first key column of this block
 
-  const char* kg = reinterpret_cast<const char*>(args.k + SeqOffset(args.ks, sq.row, H) +
-                                                 sq.token0 * args.ks.token + krow);
-  const char* vg = reinterpret_cast<const char*>(args.v + SeqOffset(args.vs, sq.row, H) +
-                                                 sq.token0 * args.vs.token + voff);
-  const char* gg = reinterpret_cast<const char*>(args.g + SeqOffset(args.gs, sq.row, H) +
-                                                 sq.token0 * args.gs.token + krow);
+  const char* kg =
+      reinterpret_cast<const char*>(args.k + TokenOffset(args.ks, sq.row, H, sq.token0) + krow);
+  const char* vg =
+      reinterpret_cast<const char*>(args.v + TokenOffset(args.vs, sq.row, H, sq.token0) + voff);
+  const char* gg =
+      reinterpret_cast<const char*>(args.g + TokenOffset(args.gs, sq.row, H, sq.token0) + krow);
   const int64_t k_pitch = args.ks.token * 2, v_pitch = args.vs.token * 2;
   const int64_t g_pitch = args.gs.token * 4;
 

@@ -105,11 +105,6 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Element offset of token 0 of sequence bh = batch * heads + head.
-__device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, int64_t heads) {
-  return (bh / heads) * s.batch + (bh % heads) * s.head;
-}
-
 // Copies rows [0, rows_valid) of kCols columns (global rows `src_pitch` bytes apart) into shared
 // memory with row pitch kPitch elements; rows past the end (up to kC) are zero-filled.
 template <int kCols, int kElemBytes, int kPitch>
@@ -223,12 +218,12 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
   const int wcol0 = cs * kWC;                // first column of this warp inside the slice
   const int col0 = col_base + wcol0 + 2 * t4;  // + 8 j: this lane's state columns
 
-  const char* qg = reinterpret_cast<const char*>(a.q + SeqOffset(a.qs, sq.row, H) +
-                                                 sq.token0 * a.qs.token + koff);
-  const char* gg = reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, sq.row, H) +
-                                                 sq.token0 * a.gs.token + koff);
-  const char* dog = reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, sq.row, H) +
-                                                  sq.token0 * a.dos.token + col_base);
+  const char* qg =
+      reinterpret_cast<const char*>(a.q + TokenOffset(a.qs, sq.row, H, sq.token0) + koff);
+  const char* gg =
+      reinterpret_cast<const char*>(a.g + TokenOffset(a.gs, sq.row, H, sq.token0) + koff);
+  const char* dog = reinterpret_cast<const char*>(
+      a.d_output + TokenOffset(a.dos, sq.row, H, sq.token0) + col_base);
   const int64_t q_pitch = a.qs.token * 2, g_pitch = a.gs.token * 4, do_pitch = a.dos.token * 2;
   auto load_chunk = [&](int c, int stage) {
     char* base = smem + stage * L::kStage;
@@ -446,17 +441,17 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
   const int64_t row = sq.row;
   const int64_t sum_row0 = row * a.tokens + tt0;  // this chunk's first row in the fp32 sums
 
-  const __nv_bfloat16* qg = a.q + SeqOffset(a.qs, row, H) + tt0 * a.qs.token + koff;
-  const __nv_bfloat16* kg = a.k + SeqOffset(a.ks, row, H) + tt0 * a.ks.token + koff;
+  const __nv_bfloat16* qg = a.q + TokenOffset(a.qs, row, H, tt0) + koff;
+  const __nv_bfloat16* kg = a.k + TokenOffset(a.ks, row, H, tt0) + koff;
 
   // Gates, v and do into shared memory (asynchronous) while the states are converted.
   {
     const char* gg =
-        reinterpret_cast<const char*>(a.g + SeqOffset(a.gs, row, H) + tt0 * a.gs.token + koff);
+        reinterpret_cast<const char*>(a.g + TokenOffset(a.gs, row, H, tt0) + koff);
     const char* vg =
-        reinterpret_cast<const char*>(a.v + SeqOffset(a.vs, row, H) + tt0 * a.vs.token + voff);
-    const char* dg = reinterpret_cast<const char*>(a.d_output + SeqOffset(a.dos, row, H) +
-                                                   tt0 * a.dos.token + voff);
+        reinterpret_cast<const char*>(a.v + TokenOffset(a.vs, row, H, tt0) + voff);
+    const char* dg =
+        reinterpret_cast<const char*>(a.d_output + TokenOffset(a.dos, row, H, tt0) + voff);
     CopyTile<K, 4, L::kBP>(smem + L::kB, gg, a.gs.token * 4, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kV, vg, a.vs.token * 2, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kDo, dg, a.dos.token * 2, rows, tid);
@@ -638,7 +633,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dq) + SeqOffset(a.dqs, row, H) + tt0 * a.dqs.token + koff;
+    GradT* out = static_cast<GradT*>(a.dq) + TokenOffset(a.dqs, row, H, tt0) + koff;
     float* sum = kSumKeySide ? a.dq_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
@@ -696,7 +691,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dk) + SeqOffset(a.dks, row, H) + tt0 * a.dks.token + koff;
+    GradT* out = static_cast<GradT*>(a.dk) + TokenOffset(a.dks, row, H, tt0) + koff;
     float* sum = kSumKeySide ? a.dk_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
@@ -765,7 +760,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
 
   // dg, second half: add the later blocks' totals and rowsum(S_end * dS).
   {
-    float* out = a.dg + SeqOffset(a.dgs, row, H) + tt0 * a.dgs.token + koff;
+    float* out = a.dg + TokenOffset(a.dgs, row, H, tt0) + koff;
     float* sum = kSumKeySide ? a.dg_sum + sum_row0 * KF + koff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNK; ++j) {
@@ -816,7 +811,7 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
         Mma(acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    GradT* out = static_cast<GradT*>(a.dv) + SeqOffset(a.dvs, row, H) + tt0 * a.dvs.token + voff;
+    GradT* out = static_cast<GradT*>(a.dv) + TokenOffset(a.dvs, row, H, tt0) + voff;
     float* sum = kSumValueSide ? a.dv_sum + sum_row0 * VF + voff : nullptr;
 #pragma unroll
     for (int j = 0; j < kNV; ++j) {

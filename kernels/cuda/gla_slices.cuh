@@ -42,6 +42,17 @@ inline int64_t GlaTokenRows(bool packed, int64_t batch, int64_t heads) {
   return packed ? heads : batch * heads;
 }
 
+// Offsets into the per-token tensors, (batch, head, token) strides s (the forward's and the
+// backward's kernels alike). Element offset of token 0 of sequence bh = batch * heads + head:
+__device__ __forceinline__ int64_t SeqOffset(const GlaStrides& s, int64_t bh, int64_t heads) {
+  return (bh / heads) * s.batch + (bh % heads) * s.head;
+}
+// ... and of its token `token`.
+__device__ __forceinline__ int64_t TokenOffset(const GlaStrides& s, int64_t bh, int64_t heads,
+                                               int64_t token) {
+  return SeqOffset(s, bh, heads) + token * s.token;
+}
+
 // f(kf, vf) with kf, vf std::integral_constant<int, D> of the dims (each 64, 128 or 256, checked
 // by the caller: anything else runs as 256).
 template <typename F>
