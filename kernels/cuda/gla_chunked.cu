@@ -432,14 +432,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
       return reinterpret_cast<float*>(smem + W::kG + ((c - c_begin) & 1) * W::kGSlot);
     };
     const int ptid = tid - kWsConsumers, pwarp = ptid / 32;
-    const char* qg =
-        reinterpret_cast<const char*>(args.q + TokenOffset(args.qs, sq.row, H, sq.token0) + koff);
-    const char* kg =
-        reinterpret_cast<const char*>(args.k + TokenOffset(args.ks, sq.row, H, sq.token0) + koff);
-    const char* vg =
-        reinterpret_cast<const char*>(args.v + TokenOffset(args.vs, sq.row, H, sq.token0) + voff);
-    const char* gg =
-        reinterpret_cast<const char*>(args.g + TokenOffset(args.gs, sq.row, H, sq.token0) + koff);
+    const char* qg = TokenBytes(args.q, args.qs, sq.row, H, sq.token0, koff);
+    const char* kg = TokenBytes(args.k, args.ks, sq.row, H, sq.token0, koff);
+    const char* vg = TokenBytes(args.v, args.vs, sq.row, H, sq.token0, voff);
+    const char* gg = TokenBytes(args.g, args.gs, sq.row, H, sq.token0, koff);
     const int64_t q_pitch = args.qs.token * 2, k_pitch = args.ks.token * 2;
     const int64_t v_pitch = args.vs.token * 2, g_pitch = args.gs.token * 4;
     // Each load is one commit group, also when there is nothing to load (c >= c_end), so that
@@ -802,12 +798,9 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
   const int c_end = min(c_begin + args.seg_chunks, nchunks);
   const int krow = koff + kR * blk.key_block;  // first key column of this block
 
-  const char* kg =
-      reinterpret_cast<const char*>(args.k + TokenOffset(args.ks, sq.row, H, sq.token0) + krow);
-  const char* vg =
-      reinterpret_cast<const char*>(args.v + TokenOffset(args.vs, sq.row, H, sq.token0) + voff);
-  const char* gg =
-      reinterpret_cast<const char*>(args.g + TokenOffset(args.gs, sq.row, H, sq.token0) + krow);
+  const char* kg = TokenBytes(args.k, args.ks, sq.row, H, sq.token0, krow);
+  const char* vg = TokenBytes(args.v, args.vs, sq.row, H, sq.token0, voff);
+  const char* gg = TokenBytes(args.g, args.gs, sq.row, H, sq.token0, krow);
   const int64_t k_pitch = args.ks.token * 2, v_pitch = args.vs.token * 2;
   const int64_t g_pitch = args.gs.token * 4;
 

@@ -218,12 +218,9 @@ __global__ void __launch_bounds__(kThreads) GlaStateGradKernel(const ScanArgs a)
   const int wcol0 = cs * kWC;                // first column of this warp inside the slice
   const int col0 = col_base + wcol0 + 2 * t4;  // + 8 j: this lane's state columns
 
-  const char* qg =
-      reinterpret_cast<const char*>(a.q + TokenOffset(a.qs, sq.row, H, sq.token0) + koff);
-  const char* gg =
-      reinterpret_cast<const char*>(a.g + TokenOffset(a.gs, sq.row, H, sq.token0) + koff);
-  const char* dog = reinterpret_cast<const char*>(
-      a.d_output + TokenOffset(a.dos, sq.row, H, sq.token0) + col_base);
+  const char* qg = TokenBytes(a.q, a.qs, sq.row, H, sq.token0, koff);
+  const char* gg = TokenBytes(a.g, a.gs, sq.row, H, sq.token0, koff);
+  const char* dog = TokenBytes(a.d_output, a.dos, sq.row, H, sq.token0, col_base);
   const int64_t q_pitch = a.qs.token * 2, g_pitch = a.gs.token * 4, do_pitch = a.dos.token * 2;
   auto load_chunk = [&](int c, int stage) {
     char* base = smem + stage * L::kStage;
@@ -446,12 +443,9 @@ __global__ void __launch_bounds__(kThreads, (ChunkMinBlocks<K, V>()))
 
   // Gates, v and do into shared memory (asynchronous) while the states are converted.
   {
-    const char* gg =
-        reinterpret_cast<const char*>(a.g + TokenOffset(a.gs, row, H, tt0) + koff);
-    const char* vg =
-        reinterpret_cast<const char*>(a.v + TokenOffset(a.vs, row, H, tt0) + voff);
-    const char* dg =
-        reinterpret_cast<const char*>(a.d_output + TokenOffset(a.dos, row, H, tt0) + voff);
+    const char* gg = TokenBytes(a.g, a.gs, row, H, tt0, koff);
+    const char* vg = TokenBytes(a.v, a.vs, row, H, tt0, voff);
+    const char* dg = TokenBytes(a.d_output, a.dos, row, H, tt0, voff);
     CopyTile<K, 4, L::kBP>(smem + L::kB, gg, a.gs.token * 4, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kV, vg, a.vs.token * 2, rows, tid);
     CopyTile<V, 2, L::kVP>(smem + L::kDo, dg, a.dos.token * 2, rows, tid);

@@ -52,6 +52,12 @@ __device__ __forceinline__ int64_t TokenOffset(const GlaStrides& s, int64_t bh, 
                                                int64_t token) {
   return SeqOffset(s, bh, heads) + token * s.token;
 }
+// The bytes of `base` (a per-token tensor) from column `col` of token `token` of sequence bh.
+template <typename T>
+__device__ __forceinline__ const char* TokenBytes(const T* base, const GlaStrides& s, int64_t bh,
+                                                  int64_t heads, int64_t token, int col) {
+  return reinterpret_cast<const char*>(base + TokenOffset(s, bh, heads, token) + col);
+}
 
 // f(kf, vf) with kf, vf std::integral_constant<int, D> of the dims (each 64, 128 or 256, checked
 // by the caller: anything else runs as 256).
