@@ -58,11 +58,14 @@ constexpr int kC = kGlaChunk;  // tokens per chunk
 constexpr int kThreads = 256;  // 8 warps
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int src_size = valid ? 16 : 0;  // 0: fill with zeros, read nothing
+// 16 bytes from gmem to the shared-memory address s (or zeros: !valid reads nothing).
+__device__ __forceinline__ void CpAsync16(uint32_t s, const void* gmem, bool valid) {
+  const int src_size = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
                "r"(src_size));
+}
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  CpAsync16(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, valid);
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
@@ -176,16 +179,12 @@ __device__ __forceinline__ void CopyTileStrided(char* dst, const char* src, int6
                      (row0 * kPitch * kElemBytes + cv * 16);
   if (rows_valid >= kC) {
 #pragma unroll
-    for (int n = 0; n < kIters; ++n, s += step) {
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + n * kDstStep),
-                   "l"(s));
-    }
+    for (int n = 0; n < kIters; ++n, s += step) CpAsync16(d + n * kDstStep, s, true);
   } else {
 #pragma unroll
     for (int n = 0; n < kIters; ++n, s += step) {
       const bool ok = row0 + n * kRowStep < rows_valid;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d + n * kDstStep),
-                   "l"(ok ? s : src), "r"(ok ? 16 : 0));
+      CpAsync16(d + n * kDstStep, ok ? s : src, ok);
     }
   }
 }
@@ -916,7 +915,6 @@ template <int KF, int VF>
 cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   constexpr int K = GlaSliceDim(KF), V = GlaSliceDim(VF);
   constexpr int kSlices = GlaSlices(KF) * GlaSlices(VF);
-  using L = Layout<K, V>;
   const int64_t bh = p.batch * p.heads;
   const bool packed = p.varlen.cu_seqlens != nullptr;
   const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
