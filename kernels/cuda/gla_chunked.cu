@@ -64,9 +64,6 @@ __device__ __forceinline__ void CpAsync16(uint32_t s, const void* gmem, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
                "r"(src_size));
 }
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  CpAsync16(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, valid);
-}
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
@@ -145,28 +142,11 @@ __device__ __forceinline__ SegmentOfBlock SegmentOf(const KernelArgs& a, int64_t
 }
 
 // Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
-// shared memory with row pitch kPitch; rows past the end are zero-filled.
-template <int kCols, int kElemBytes, int kPitch, int kThr = kThreads, int kUnroll = 16>
-__device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
-                                         int64_t rows_valid, int tid) {
-  constexpr int kVecPerRow = kCols * kElemBytes / 16;
-  constexpr int kTotal = kC * kVecPerRow;
-  static_assert(kTotal % kThr == 0, "tile does not split evenly over the block");
-#pragma unroll kUnroll
-  for (int n = 0; n < kTotal / kThr; ++n) {
-    const int i = tid + n * kThr;
-    const int row = i / kVecPerRow, cv = i % kVecPerRow;
-    const bool ok = row < rows_valid;
-    const char* s = src + (static_cast<int64_t>(row) * src_pitch + cv * 16);
-    CpAsync16(dst + (row * kPitch * kElemBytes + cv * 16), ok ? s : src, ok);
-  }
-}
-
-// CopyTile for the warp-specialised pass 2's producer (kThr threads): the same vectors, each
-// thread walking its rows with a running source pointer, and the row checks only in a chunk
+// shared memory with row pitch kPitch, over kThr threads; rows past the end are zero-filled. Each
+// thread walks its rows with a running source pointer, and the row checks come only in a chunk
 // that ends the sequence, so that a copy is a few instructions besides the cp.async.
 template <int kCols, int kElemBytes, int kPitch, int kThr>
-__device__ __forceinline__ void CopyTileStrided(char* dst, const char* src, int64_t src_pitch,
+__device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
                                                 int64_t rows_valid, int tid) {
   constexpr int kVecPerRow = kCols * kElemBytes / 16;
   static_assert(kThr % kVecPerRow == 0 && kC % (kThr / kVecPerRow) == 0, "uneven tile split");
@@ -267,15 +247,18 @@ __device__ __forceinline__ void ScaleChunk(__nv_bfloat16* qs, __nv_bfloat16* ks,
   for (int r = tid / kQuads; r < kC; r += kRowStep) {
     const float4 b4 = *reinterpret_cast<const float4*>(bs + r * kBP + d);
     const float b[4] = {b4.x, b4.y, b4.z, b4.w};
-    float ek[4];
+    float ek[4], x[4];  // x = a - b; b - a = -x exactly, and the negation folds into ex2
 #pragma unroll
-    for (int i = 0; i < 4; ++i) ek[i] = Exp2(a[i] - b[i]);
+    for (int i = 0; i < 4; ++i) {
+      x[i] = a[i] - b[i];
+      ek[i] = Exp2(x[i]);
+    }
     uint2* kp = reinterpret_cast<uint2*>(ks + r * kKP + d);
     *kp = scale(*kp, ek);
     if (q_too) {
       float eq[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) eq[i] = Exp2(b[i] - a[i]);
+      for (int i = 0; i < 4; ++i) eq[i] = Exp2(-x[i]);
       uint2* qp = reinterpret_cast<uint2*>(qs + r * kKP + d);
       *qp = scale(*qp, eq);
     }
@@ -311,7 +294,7 @@ __device__ __forceinline__ float AnchorOf(const float* bs, int d) {
 //   FREE(s): the consumers' arrivals + the producer's wait: stage s's readers are done;
 //   producer-only (128), consumers-only (256), and the output pairs' (64 each).
 // The producer is the slower role (ncu: the consumers wait on READY, it hardly waits on FREE), so
-// its work is kept short in instructions: copies by CopyTileStrided, and its loops unrolled
+// its work is kept short in instructions: copies by CopyTile, and its loops unrolled
 // kWsUnroll times. Every thread has 168 registers (384 threads): moving registers from the
 // producer to the consumers (setmaxnreg 40 / 232 with the loops not unrolled, 104 / 200 with
 // them unrolled 4) was slower on the H200 (BENCHMARKS.md, "Session 18").
@@ -442,7 +425,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
     auto load_gates = [&](int c) {
       if (c < c_end) {
         const int64_t t0 = static_cast<int64_t>(c) * kC;
-        CopyTileStrided<K, 4, L::kBP, kWsProducers>(reinterpret_cast<char*>(gslot_of(c)),
+        CopyTile<K, 4, L::kBP, kWsProducers>(reinterpret_cast<char*>(gslot_of(c)),
                                                     gg + t0 * g_pitch, g_pitch, T - t0, ptid);
       }
       CpAsyncCommit();
@@ -451,11 +434,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
       if (c < c_end) {
         char* base = stage_of(c);
         const int64_t t0 = static_cast<int64_t>(c) * kC, rows = T - t0;
-        CopyTileStrided<K, 2, L::kKP, kWsProducers>(base + W::kQ, qg + t0 * q_pitch, q_pitch, rows,
+        CopyTile<K, 2, L::kKP, kWsProducers>(base + W::kQ, qg + t0 * q_pitch, q_pitch, rows,
                                                     ptid);
-        CopyTileStrided<K, 2, L::kKP, kWsProducers>(base + W::kK, kg + t0 * k_pitch, k_pitch, rows,
+        CopyTile<K, 2, L::kKP, kWsProducers>(base + W::kK, kg + t0 * k_pitch, k_pitch, rows,
                                                     ptid);
-        CopyTileStrided<V, 2, L::kVP, kWsProducers>(base + W::kV, vg + t0 * v_pitch, v_pitch, rows,
+        CopyTile<V, 2, L::kVP, kWsProducers>(base + W::kV, vg + t0 * v_pitch, v_pitch, rows,
                                                     ptid);
       }
       CpAsyncCommit();
@@ -807,9 +790,9 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
     char* base = smem + stage * L::kStage;
     const int64_t t0 = static_cast<int64_t>(c) * kC;
     const int64_t rows = T - t0;
-    CopyTile<kR, 2, L::kKP>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
-    CopyTile<V, 2, L::kVP>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
-    CopyTile<kR, 4, L::kBP>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
+    CopyTile<kR, 2, L::kKP, kThreads>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
+    CopyTile<V, 2, L::kVP, kThreads>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
+    CopyTile<kR, 4, L::kBP, kThreads>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
     CpAsyncCommit();
   };
 
