@@ -25,9 +25,9 @@ constexpr bool KernelsFit(bool has_image, int optin_smem, int smem_bytes) {
 // KernelsFit for CUDA device `device`, whose facts are queried once (thread-safe) and kept.
 // False for an index that is not a device, and, without keeping anything, when CUDA cannot say
 // (a query fails for another reason than a missing image); a failed query leaves no error behind
-// for the next cudaGetLastError() unless the error is sticky. The query (cudaFuncGetAttributes, which may load
-// the module) is best not made first inside a stream capture: the decoder's capture of a step
-// follows a warm-up step that has made it.
+// for the next cudaGetLastError() unless the error is sticky. The query (cudaFuncGetAttributes,
+// which may load the module) is best not made first inside a stream capture: the decoder's capture
+// of a step follows a warm-up step that has made it.
 bool KernelsRunOnDevice(int device, int smem_bytes);
 
 }  // namespace hyb::kernels::cuda

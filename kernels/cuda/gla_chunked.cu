@@ -147,7 +147,7 @@ __device__ __forceinline__ SegmentOfBlock SegmentOf(const KernelArgs& a, int64_t
 // that ends the sequence, so that a copy is a few instructions besides the cp.async.
 template <int kCols, int kElemBytes, int kPitch, int kThr>
 __device__ __forceinline__ void CopyTile(char* dst, const char* src, int64_t src_pitch,
-                                                int64_t rows_valid, int tid) {
+                                         int64_t rows_valid, int tid) {
   constexpr int kVecPerRow = kCols * kElemBytes / 16;
   static_assert(kThr % kVecPerRow == 0 && kC % (kThr / kVecPerRow) == 0, "uneven tile split");
   constexpr int kRowStep = kThr / kVecPerRow, kIters = kC / kRowStep;
@@ -426,7 +426,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
       if (c < c_end) {
         const int64_t t0 = static_cast<int64_t>(c) * kC;
         CopyTile<K, 4, L::kBP, kWsProducers>(reinterpret_cast<char*>(gslot_of(c)),
-                                                    gg + t0 * g_pitch, g_pitch, T - t0, ptid);
+                                             gg + t0 * g_pitch, g_pitch, T - t0, ptid);
       }
       CpAsyncCommit();
     };
@@ -434,12 +434,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
       if (c < c_end) {
         char* base = stage_of(c);
         const int64_t t0 = static_cast<int64_t>(c) * kC, rows = T - t0;
-        CopyTile<K, 2, L::kKP, kWsProducers>(base + W::kQ, qg + t0 * q_pitch, q_pitch, rows,
-                                                    ptid);
-        CopyTile<K, 2, L::kKP, kWsProducers>(base + W::kK, kg + t0 * k_pitch, k_pitch, rows,
-                                                    ptid);
-        CopyTile<V, 2, L::kVP, kWsProducers>(base + W::kV, vg + t0 * v_pitch, v_pitch, rows,
-                                                    ptid);
+        CopyTile<K, 2, L::kKP, kWsProducers>(base + W::kQ, qg + t0 * q_pitch, q_pitch, rows, ptid);
+        CopyTile<K, 2, L::kKP, kWsProducers>(base + W::kK, kg + t0 * k_pitch, k_pitch, rows, ptid);
+        CopyTile<V, 2, L::kVP, kWsProducers>(base + W::kV, vg + t0 * v_pitch, v_pitch, rows, ptid);
       }
       CpAsyncCommit();
     };
