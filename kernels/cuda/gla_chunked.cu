@@ -23,14 +23,17 @@
 // q 2^b against St = S. The state update is the anchored one on both paths.
 //
 // Long sequences with few (batch x heads) are cut into segments of whole chunks: pass 1 computes
-// each segment's own state (from zero) and total decay, a scan over segments turns these into
-// start states, pass 2 produces outputs from them. Pass 1 (GlaStatePassKernel) splits each
-// segment's state by blocks of 64 key rows, which evolve independently given the gates, and
-// holds only k, v and g in shared memory: two of its blocks share a multiprocessor
-// (gla_state_pass.h). Otherwise pass 2 alone runs, one segment per sequence.
+// each segment's own state (from zero) and total decay, in pieces; each pass-2 block combines the
+// earlier segments' pieces into its start state, then produces outputs. Pass 1
+// (GlaStatePassKernel) splits each segment's state by blocks of 64 key rows, which evolve
+// independently given the gates, and holds only k, v and g in shared memory: two of its blocks
+// share a multiprocessor (gla_state_pass.h). For fixed-length sequences its blocks take equal
+// ranges of all (key block, chunk) steps, two per multiprocessor, so that none idles while others
+// run two segments: a segment that ranges cut has a piece per range, combined in order. Otherwise
+// pass 2 alone runs, one segment per sequence.
 //
 // Packed sequences (GlaChunkedParams::varlen): blocks map to (sequence, segment, head) through
-// the segment offsets, so sequences of any lengths share both passes and the scan.
+// the segment offsets, so sequences of any lengths share both passes.
 //
 // With GlaChunkedParams::chunk_states set, pass 2 also writes the fp32 state at every chunk start
 // (and the final state after them): what the backward (gla_chunked_bwd.cu) reads.
@@ -57,6 +60,8 @@ namespace {
 constexpr int kC = kGlaChunk;  // tokens per chunk
 constexpr int kThreads = 256;  // 8 warps
 constexpr float kLog2e = 1.4426950408889634f;
+// Pass-1 blocks per multiprocessor (shared memory of the 128-value-column layout).
+constexpr int kGlaStateBlocksPerSm = GlaBlocksPerSm(GlaStateLayout<128>::kBytes);
 
 // 16 bytes from gmem to the shared-memory address s (or zeros: !valid reads nothing).
 __device__ __forceinline__ void CpAsync16(uint32_t s, const void* gmem, bool valid) {
@@ -106,11 +111,16 @@ struct KernelArgs {
   float* final_state;
   float* chunk_states;  // [BH, nchunks + 1, K, V] or null: state at every chunk start, final
   float* o_accum;       // K = 256: zeroed fp32 [rows, T, V] that the key slices add o into
-  float* seg_state;  // [BH, nseg, K, V]: pass 1 writes local states, the scan start states
-  float* seg_decay;  // [BH, nseg, K]: log2 decay over each segment
+  // Pass 1's pieces (PieceAt): per segment (all but each sequence's last) and key block, its
+  // state from zero and log2 decay over each part of it that one pass-1 block took.
+  float* pieces;
+  int* piece_parts;    // [slice][segment id][key block]: its pieces, when p1_parts > 1
+  int64_t piece_sids;  // segment ids per slice: B H (nseg - 1) fixed-length, slots packed
+  int64_t p1_steps;    // fixed-length: pass-1 steps per slice (GlaStatePlanOf)
+  int64_t p1_blocks;   // fixed-length: pass-1 blocks per slice
+  int p1_parts;        // pieces per segment, at most (1 packed)
   int64_t tokens;
   int nseg;        // segments per sequence (fixed-length)
-  int grid_segs;   // segments per sequence covered by this launch's grid (fixed-length)
   int seg_chunks;  // chunks per segment
   float scale;
   VarlenSeqs varlen;           // packed sequences, or none
@@ -118,19 +128,19 @@ struct KernelArgs {
   int64_t num_seqs;            // packed: N
 };
 
-// Segment `seg` of sequence bh, and where its entries of seg_state / seg_decay lie.
+// Segment `seg` of sequence bh, and its slot among all segments (packed: its segment id).
 struct SegmentOfBlock {
   int64_t bh;
   int seg, nseg;  // this segment, and the sequence's segment count
-  int64_t slot;   // index of [K, V] in seg_state ([K] in seg_decay)
+  int64_t slot;   // bh nseg + seg fixed-length; packed, over every sequence's segments
 };
 
-// Fixed-length: block x = bh * grid_segs + seg. Packed: x = (cu_segments[n] + seg) * H + h over
+// Fixed-length: block x = bh * nseg + seg. Packed: x = (cu_segments[n] + seg) * H + h over
 // every segment of every sequence (pass 1's blocks of last segments return at once).
 __device__ __forceinline__ SegmentOfBlock SegmentOf(const KernelArgs& a, int64_t x) {
   if (a.varlen.cu_seqlens == nullptr) {
-    const int64_t bh = x / a.grid_segs;
-    const int seg = static_cast<int>(x % a.grid_segs);
+    const int64_t bh = x / a.nseg;
+    const int seg = static_cast<int>(x % a.nseg);
     return {bh, seg, a.nseg, bh * a.nseg + seg};
   }
   const int64_t gs = x / a.heads, h = x % a.heads;
@@ -139,6 +149,15 @@ __device__ __forceinline__ SegmentOfBlock SegmentOf(const KernelArgs& a, int64_t
   const int nseg = static_cast<int>(a.cu_segments[n + 1] - s0);
   const int seg = static_cast<int>(gs - s0);
   return {n * a.heads + h, seg, nseg, s0 * a.heads + h * nseg + seg};
+}
+
+// Piece `part` of key block kb of segment id sid (fixed-length: bh (nseg - 1) + segment; packed:
+// the segment's slot), in the slice's [sid][key block][part] array of GlaPieceFloats(V) floats.
+template <int V>
+__device__ __forceinline__ float* PieceAt(const KernelArgs& a, int64_t sid, int kb, int part,
+                                          int key_blocks, int slice) {
+  return a.pieces +
+         (((slice * a.piece_sids + sid) * key_blocks + kb) * a.p1_parts + part) * GlaPieceFloats(V);
 }
 
 // Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
@@ -543,12 +562,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
     const int state_lo = (koff + d_lo) * VF + voff + col0;
     float S[kSN][4];
     {
-      const float* s0 = nullptr;
-      if (sb.nseg > 1) {
-        s0 = args.seg_state + sb.slot * KF * VF;
-      } else if (args.initial_state != nullptr) {
-        s0 = args.initial_state + bh * KF * VF;
-      }
+      const float* s0 = args.initial_state != nullptr ? args.initial_state + bh * KF * VF : nullptr;
 #pragma unroll
       for (int j = 0; j < kSN; ++j) {
         float2 lo = make_float2(0.f, 0.f), hi = lo;
@@ -560,6 +574,40 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
         S[j][1] = lo.y;
         S[j][2] = hi.x;
         S[j][3] = hi.y;
+      }
+      // The segment's start state: the earlier segments' pieces (pass 1), in order,
+      // S <- 2^decay S + piece. (The producer prepares the first chunk meanwhile.)
+      constexpr int kKeyBlocks = GlaStateKeyBlocks(K);
+      const int kb = d_lo / kGlaStateKeyRows, prow = d_lo % kGlaStateKeyRows;
+      const bool packed = args.varlen.cu_seqlens != nullptr;
+      const int64_t segs = args.nseg - 1;
+      // (One loop over the pieces of segments 0 .. seg - 1: nested loops cost the main loop
+      // registers.)
+      const int64_t sid0 = packed ? sb.slot - seg : bh * segs;
+      auto parts_of = [&](int u) {
+        return args.p1_parts == 1
+                   ? 1
+                   : args.piece_parts[(slice * args.piece_sids + sid0 + u) * kKeyBlocks + kb];
+      };
+      int u = 0, part = 0, parts = seg > 0 ? parts_of(0) : 0;
+      while (u < seg) {
+        const float* piece = PieceAt<V>(args, sid0 + u, kb, part, kKeyBlocks, slice);
+        const float* local = piece + prow * V + col0;
+        const float* decay = piece + kGlaStateKeyRows * V + prow;
+        const float e_lo = Exp2(decay[0]), e_hi = Exp2(decay[8]);
+#pragma unroll
+        for (int j = 0; j < kSN; ++j) {
+          const float2 lo = *reinterpret_cast<const float2*>(local + 8 * j);
+          const float2 hi = *reinterpret_cast<const float2*>(local + 8 * V + 8 * j);
+          S[j][0] = e_lo * S[j][0] + lo.x;
+          S[j][1] = e_lo * S[j][1] + lo.y;
+          S[j][2] = e_hi * S[j][2] + hi.x;
+          S[j][3] = e_hi * S[j][3] + hi.y;
+        }
+        if (++part == parts) {
+          part = 0;
+          if (++u < seg) parts = parts_of(u);
+        }
       }
     }
     __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(smem + W::kSt);
@@ -741,14 +789,14 @@ __device__ __forceinline__ void CumsumLog2Rows(float* b, float* tot, int tid) {
   __syncthreads();
 }
 
-// Pass 1, state only: the local state (from zero) and log2 decay of one segment, for the
-// kGlaStateKeyRows key rows of key block kb of one slice (gla_state_pass.h). Block x =
-// (forward segment block) * (K / 64) + kb; blockIdx.y = slice as in GlaChunkKernel. The state
-// update is GlaChunkKernel's (UpdateChunkState on k scaled by ScaleChunk against the same anchors),
-// per 16 x 8 accumulator tile the same mma.sync sequence on the same fragments, and the cumulative
-// decays are summed in the same order (CumsumLog2Rows), so a segment's state is bit-identical to
-// the one pass 2 would reach from zero over the same chunks, with a layout of ~90 KB instead of
-// pass 2's ~224 KB.
+// Pass 1, state only: states from zero and log2 decays of segments, for the kGlaStateKeyRows key
+// rows of one key block of a slice (gla_state_pass.h); blockIdx.y = slice as in GlaChunkKernel.
+// Fixed-length, block x takes an equal range of the steps (sequence x key block, segment, chunk)
+// and writes a piece wherever a segment (or the range) ends; packed, block x = (segment block of
+// SegmentOf) * (K / 64) + key block, one whole segment. The state update is GlaChunkKernel's
+// (UpdateChunkState on k scaled by ScaleChunk against the same anchors), per 16 x 8 accumulator
+// tile the same mma.sync sequence on the same fragments, and the cumulative decays are summed in
+// the same order (CumsumLog2Rows), with a layout of ~90 KB instead of pass 2's ~224 KB.
 template <int K, int V, int KF, int VF>
 __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -765,129 +813,151 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
   const int slice = kSliced ? static_cast<int>(blockIdx.y) : 0;
   const int koff = kSliced ? (slice / (VF / V)) * K : 0;
   const int voff = kSliced ? (slice % (VF / V)) * V : 0;
-
-  const GlaStateBlock blk = GlaStateBlockOf(blockIdx.x, kKeyBlocks);
-  const SegmentOfBlock sb = SegmentOf(args, blk.segment_block);
-  if (sb.seg == sb.nseg - 1) return;  // the last segment's state is pass 2's
   const int64_t H = args.heads;
-  const SeqSpan sq = SeqOf(args.varlen, sb.bh, H, args.tokens, kC);
-  const int64_t T = sq.tokens;
-  const int nchunks = static_cast<int>(sq.nchunks);
-  const int c_begin = sb.seg * args.seg_chunks;
-  const int c_end = min(c_begin + args.seg_chunks, nchunks);
-  const int krow = koff + kR * blk.key_block;  // first key column of this block
+  const bool packed = args.varlen.cu_seqlens != nullptr;
+  const int64_t L_c = args.seg_chunks, segs = args.nseg - 1;
 
-  const char* kg = TokenBytes(args.k, args.ks, sq.row, H, sq.token0, krow);
-  const char* vg = TokenBytes(args.v, args.vs, sq.row, H, sq.token0, voff);
-  const char* gg = TokenBytes(args.g, args.gs, sq.row, H, sq.token0, krow);
-  const int64_t k_pitch = args.ks.token * 2, v_pitch = args.vs.token * 2;
-  const int64_t g_pitch = args.gs.token * 4;
-
-  auto load_chunk = [&](int c, int stage) {
-    char* base = smem + stage * L::kStage;
-    const int64_t t0 = static_cast<int64_t>(c) * kC;
-    const int64_t rows = T - t0;
-    CopyTile<kR, 2, L::kKP, kThreads>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
-    CopyTile<V, 2, L::kVP, kThreads>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
-    CopyTile<kR, 4, L::kBP, kThreads>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
-    CpAsyncCommit();
-  };
+  // This block's steps [x0, x1); packed, the chunks of one segment from c_base.
+  int64_t x0 = 0, x1 = 0, c_base = 0;
+  SegmentOfBlock psb{};
+  int pkb = 0;
+  if (packed) {
+    const GlaStateBlock blk = GlaStateBlockOf(blockIdx.x, kKeyBlocks);
+    psb = SegmentOf(args, blk.segment_block);
+    if (psb.seg == psb.nseg - 1) return;  // the last segment's state is pass 2's
+    pkb = blk.key_block;
+    const SeqSpan sq = SeqOf(args.varlen, psb.bh, H, args.tokens, kC);
+    c_base = psb.seg * L_c;
+    x1 = min(c_base + L_c, sq.nchunks) - c_base;
+  } else {
+    x0 = GlaStepBegin(blockIdx.x, args.p1_steps, args.p1_blocks);
+    x1 = GlaStepBegin(blockIdx.x + 1, args.p1_steps, args.p1_blocks);
+  }
 
   // Warp (rb, cs): key rows 16 rb + [0, 16) x value columns cs V/2 + [0, V/2) (gla_state_pass.h).
   constexpr int kSN = V / 16;
   static_assert(kSN % 2 == 0, "unsupported value dim");
   const int cs = warp / 4;
-  const GlaStateOwner own = GlaStateOwnerOf(tid, blk.key_block, koff, voff, V, VF);
+  const GlaStateOwner own = GlaStateOwnerOf(tid, 0, koff, voff, V, VF);
   const int d_lo = own.d_lo, d_hi = own.d_hi;
-  float S[kSN][4];
-#pragma unroll
-  for (int j = 0; j < kSN; ++j) S[j][0] = S[j][1] = S[j][2] = S[j][3] = 0.f;
-  float log_decay_lo = 0.f, log_decay_hi = 0.f;
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
+  const int64_t k_pitch = args.ks.token * 2, v_pitch = args.vs.token * 2;
+  const int64_t g_pitch = args.gs.token * 4;
 
-  if (c_begin < c_end) load_chunk(c_begin, 0);
-  for (int c = c_begin; c < c_end; ++c) {
-    const int stage = (c - c_begin) & 1;
-    if (c + 1 < c_end) {
-      load_chunk(c + 1, stage ^ 1);  // that stage's last readers passed the previous barrier
-      CpAsyncWait<1>();
+  // One piece per iteration: chunks [c_begin, c_end) of key block kb of sequence bh.
+  for (int64_t x = x0; x < x1;) {
+    int64_t bh = psb.bh, sid = psb.slot, c_begin = c_base, c_end = c_base + x1;
+    int kb = pkb, part = 0;
+    bool seg_end = false;  // the piece ends its segment (fixed-length: it writes the count)
+    if (packed) {
+      x = x1;
     } else {
-      CpAsyncWait<0>();
+      const int64_t row = x / (segs * L_c), u = x / L_c % segs, cl = x % L_c;
+      const int64_t n = min(x1 - x, L_c - cl);
+      bh = row / kKeyBlocks;
+      kb = static_cast<int>(row % kKeyBlocks);
+      sid = bh * segs + u;
+      part = static_cast<int>(blockIdx.x - GlaBlockOfStep(x - cl, args.p1_steps, args.p1_blocks));
+      c_begin = u * L_c + cl;
+      c_end = c_begin + n;
+      seg_end = cl + n == L_c;
+      x += n;
     }
-    __syncthreads();
-    char* base = smem + stage * L::kStage;
-    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(base + L::kK);
-    const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + L::kV);
-    float* bs = reinterpret_cast<float*>(base + L::kB);
-    CumsumLog2Rows<GlaStateCumsumParts(K), L::kBP>(bs, tot, tid);
-    ScaleChunk<kR, L::kKP, L::kBP, kThreads>(nullptr, ks, bs, tid, false);
-    __syncthreads();
-
-    // S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v, as GlaChunkKernel's state update.
-    const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
-    const float a_lo = AnchorOf<L::kBP>(bs, d_lo), a_hi = AnchorOf<L::kBP>(bs, d_hi);
-    log_decay_lo += bc_lo;
-    log_decay_hi += bc_hi;
-    UpdateChunkState<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * (warp % 4), Exp2(bc_lo), Exp2(bc_hi),
-                                          Exp2(bc_lo - a_lo), Exp2(bc_hi - a_hi), cs * (V / 2),
-                                          lane);
-    __syncthreads();  // every read of this stage and of the totals is done
-  }
-
-  float* out = args.seg_state + sb.slot * KF * VF;
+    const SeqSpan sq = SeqOf(args.varlen, bh, H, args.tokens, kC);
+    const int64_t T = sq.tokens;
+    const int krow = koff + kR * kb;  // first key column of this piece
+    const char* kg = TokenBytes(args.k, args.ks, sq.row, H, sq.token0, krow);
+    const char* vg = TokenBytes(args.v, args.vs, sq.row, H, sq.token0, voff);
+    const char* gg = TokenBytes(args.g, args.gs, sq.row, H, sq.token0, krow);
+    auto load_chunk = [&](int64_t c, int stage) {
+      char* base = smem + stage * L::kStage;
+      const int64_t t0 = c * kC;
+      const int64_t rows = T - t0;
+      CopyTile<kR, 2, L::kKP, kThreads>(base + L::kK, kg + t0 * k_pitch, k_pitch, rows, tid);
+      CopyTile<V, 2, L::kVP, kThreads>(base + L::kV, vg + t0 * v_pitch, v_pitch, rows, tid);
+      CopyTile<kR, 4, L::kBP, kThreads>(base + L::kB, gg + t0 * g_pitch, g_pitch, rows, tid);
+      CpAsyncCommit();
+    };
+    float S[kSN][4];
 #pragma unroll
-  for (int j = 0; j < kSN; ++j) {
-    *reinterpret_cast<float2*>(out + own.lo + 8 * j) = make_float2(S[j][0], S[j][1]);
-    *reinterpret_cast<float2*>(out + own.lo + 8 * VF + 8 * j) = make_float2(S[j][2], S[j][3]);
-  }
-  if (cs == 0 && t4 == 0 && voff == 0) {  // (every value slice has the same decay)
-    float* dec = args.seg_decay + sb.slot * KF + krow;
-    dec[d_lo] = log_decay_lo;
-    dec[d_hi] = log_decay_hi;
+    for (int j = 0; j < kSN; ++j) S[j][0] = S[j][1] = S[j][2] = S[j][3] = 0.f;
+    float log_decay_lo = 0.f, log_decay_hi = 0.f;
+
+    load_chunk(c_begin, 0);  // (the previous piece's last barrier passed every read of stage 0)
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const int stage = static_cast<int>((c - c_begin) & 1);
+      if (c + 1 < c_end) {
+        load_chunk(c + 1, stage ^ 1);  // that stage's last readers passed the previous barrier
+        CpAsyncWait<1>();
+      } else {
+        CpAsyncWait<0>();
+      }
+      __syncthreads();
+      char* base = smem + stage * L::kStage;
+      __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(base + L::kK);
+      const __nv_bfloat16* vs = reinterpret_cast<const __nv_bfloat16*>(base + L::kV);
+      float* bs = reinterpret_cast<float*>(base + L::kB);
+      CumsumLog2Rows<GlaStateCumsumParts(K), L::kBP>(bs, tot, tid);
+      ScaleChunk<kR, L::kKP, L::kBP, kThreads>(nullptr, ks, bs, tid, false);
+      __syncthreads();
+
+      // S <- 2^b_C S + 2^(b_C - a) (k 2^(a - b))^T v, as GlaChunkKernel's state update.
+      const float bc_lo = bs[(kC - 1) * L::kBP + d_lo], bc_hi = bs[(kC - 1) * L::kBP + d_hi];
+      const float a_lo = AnchorOf<L::kBP>(bs, d_lo), a_hi = AnchorOf<L::kBP>(bs, d_hi);
+      log_decay_lo += bc_lo;
+      log_decay_hi += bc_hi;
+      UpdateChunkState<kSN, L::kKP, L::kVP>(S, ks, vs, 16 * (warp % 4), Exp2(bc_lo), Exp2(bc_hi),
+                                            Exp2(bc_lo - a_lo), Exp2(bc_hi - a_hi), cs * (V / 2),
+                                            lane);
+      __syncthreads();  // every read of this stage and of the totals is done
+    }
+
+    float* piece = PieceAt<V>(args, sid, kb, part, kKeyBlocks, slice);
+    float* out = piece + d_lo * V + own.col0;
+#pragma unroll
+    for (int j = 0; j < kSN; ++j) {
+      *reinterpret_cast<float2*>(out + 8 * j) = make_float2(S[j][0], S[j][1]);
+      *reinterpret_cast<float2*>(out + 8 * V + 8 * j) = make_float2(S[j][2], S[j][3]);
+    }
+    if (cs == 0 && t4 == 0) {
+      piece[kR * V + d_lo] = log_decay_lo;
+      piece[kR * V + d_hi] = log_decay_hi;
+    }
+    if (tid == 0 && seg_end) {  // the segment's last piece: how many it has
+      args.piece_parts[(slice * args.piece_sids + sid) * kKeyBlocks + kb] = part + 1;
+    }
   }
 #endif
 }
 
-// Start state of every segment: S_0 = initial (or 0); S_{i+1} = 2^decay_i S_i + local_i.
-// One thread per state element; seg_state holds local states on entry, start states on exit.
-// Sequence bh = blockIdx.y; packed (cu_segments set), its nseg and its first slot come from the
-// segment offsets. The inputs of kScanBatch segments are loaded before any is combined (and before
-// this thread's stores, which the compiler could not otherwise move them past), so a sequence of
-// n segments waits on ceil(n / kScanBatch) memory round trips instead of n.
-constexpr int kScanBatch = 8;
-__global__ void GlaSegmentScanKernel(float* seg_state, const float* seg_decay,
-                                     const float* initial_state, int nseg, int key_dim,
-                                     int value_dim, const int64_t* cu_segments, int64_t heads) {
-  const int64_t kv = static_cast<int64_t>(key_dim) * value_dim;
-  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e >= kv) return;
-  const int64_t bh = blockIdx.y;
-  int64_t slot0 = bh * nseg;
-  if (cu_segments != nullptr) {
-    const int64_t n = bh / heads, h = bh % heads;
-    nseg = static_cast<int>(cu_segments[n + 1] - cu_segments[n]);
-    slot0 = cu_segments[n] * heads + h * nseg;
+// Pass 1's pieces (KernelArgs::pieces) for segments of `seg_chunks` chunks, `nseg` per sequence
+// (fixed-length) or as cu_segments says (packed): none when no sequence has two segments.
+struct GlaPieces {
+  int64_t sids = 0, steps = 0, blocks = 0;  // (KernelArgs's piece_sids, p1_steps, p1_blocks)
+  int parts = 1;
+  int64_t floats = 0;  // of the workspace: the pieces, then piece_parts's ints
+};
+GlaPieces GlaPiecesOf(const GlaChunkedParams& p, int64_t nseg, int seg_chunks) {
+  GlaPieces r;
+  const int key_blocks = GlaStateKeyBlocks(GlaSliceDim(p.key_dim));
+  const int64_t slices = GlaSlices(p.key_dim) * GlaSlices(p.value_dim);
+  if (p.varlen.cu_seqlens != nullptr) {
+    if (p.total_segments <= p.batch) return r;
+    r.sids = p.total_segments * p.heads;
+  } else {
+    if (nseg < 2) return r;
+    const int64_t bh = p.batch * p.heads;
+    r.sids = bh * (nseg - 1);
+    const GlaStatePlan plan =
+        GlaStatePlanOf(bh * key_blocks, nseg - 1, seg_chunks,
+                       static_cast<int64_t>(p.num_sms) * kGlaStateBlocksPerSm);
+    r.steps = bh * key_blocks * (nseg - 1) * seg_chunks;
+    r.blocks = plan.blocks;
+    r.parts = plan.parts;
   }
-  const int d = static_cast<int>(e / value_dim);
-  float s = initial_state != nullptr ? initial_state[bh * kv + e] : 0.f;
-  for (int i0 = 0; i0 < nseg; i0 += kScanBatch) {
-    // Segment nseg - 1 has no local state or decay (pass 1 skips it): only its start is stored.
-    float local[kScanBatch], decay[kScanBatch];
-#pragma unroll
-    for (int j = 0; j < kScanBatch; ++j) {
-      const int i = i0 + j;
-      if (i + 1 < nseg) {
-        local[j] = seg_state[(slot0 + i) * kv + e];
-        decay[j] = seg_decay[(slot0 + i) * key_dim + d];
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kScanBatch; ++j) {
-      const int i = i0 + j;
-      if (i < nseg) seg_state[(slot0 + i) * kv + e] = s;
-      if (i + 1 < nseg) s = Exp2(decay[j]) * s + local[j];
-    }
-  }
+  r.floats =
+      slices * r.sids * key_blocks * (r.parts * GlaPieceFloats(GlaSliceDim(p.value_dim)) + 1);
+  return r;
 }
 
 // KF x VF: the head dims; blocks run slices of K x V = GlaSliceDim of them (gla_slices.cuh).
@@ -900,11 +970,10 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   const int nchunks = static_cast<int>((p.tokens + kC - 1) / kC);
   const int seg_chunks =
       p.segment_chunks > 0 ? p.segment_chunks : GlaSegmentChunks(bh * kSlices, p.tokens, p.num_sms);
-  // Fixed-length: segments per sequence. Packed: 2 when any sequence has several (pass 1 and the
-  // scan run), else 1; the grids cover every segment of every sequence.
+  // Fixed-length: segments per sequence. Packed: 2 when any sequence has several (pass 1 runs),
+  // else 1; the grids cover every segment of every sequence.
   const int nseg =
       packed ? (p.total_segments > p.batch ? 2 : 1) : (nchunks + seg_chunks - 1) / seg_chunks;
-  const int64_t blocks_pass1 = packed ? p.total_segments * p.heads : bh * (nseg - 1);
   const int64_t blocks_pass2 = packed ? p.total_segments * p.heads : bh * nseg;
   KernelArgs a{};
   a.q = static_cast<const __nv_bfloat16*>(p.q);
@@ -933,13 +1002,18 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   a.varlen = p.varlen;
   a.cu_segments = p.cu_segments;
   a.num_seqs = p.batch;
-  const int64_t slots = nseg > 1 ? (packed ? p.total_segments * p.heads : bh * nseg) : 0;
+  const GlaPieces pieces = GlaPiecesOf(p, nseg, seg_chunks);
+  a.piece_sids = pieces.sids;
+  a.p1_steps = pieces.steps;
+  a.p1_blocks = pieces.blocks;
+  a.p1_parts = pieces.parts;
   const int64_t token_rows = GlaTokenRows(packed, p.batch, p.heads);
   if (nseg > 1 || KF != K) {
     if (p.workspace == nullptr) return cudaErrorInvalidValue;
-    a.seg_state = static_cast<float*>(p.workspace);
-    a.seg_decay = a.seg_state + slots * KF * VF;
-    a.o_accum = a.seg_decay + slots * KF;  // (GlaChunkedWorkspaceBytes's layout)
+    a.pieces = static_cast<float*>(p.workspace);
+    const int64_t counts = kSlices * pieces.sids * GlaStateKeyBlocks(K);
+    a.piece_parts = reinterpret_cast<int*>(a.pieces + pieces.floats - counts);
+    a.o_accum = a.pieces + pieces.floats;  // (GlaChunkedWorkspaceBytes's layout)
   }
   if (nseg > 1) {
     using SL = GlaStateLayout<V>;
@@ -950,14 +1024,9 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     HYB_CUDA_TRY(cudaFuncSetAttribute(GlaStatePassKernel<K, V, KF, VF>,
                                       cudaFuncAttributePreferredSharedMemoryCarveout,
                                       cudaSharedmemCarveoutMaxShared));
-    a.grid_segs = nseg - 1;
+    const int64_t grid1 = packed ? p.total_segments * p.heads * kKeyBlocks : pieces.blocks;
     GlaStatePassKernel<K, V, KF, VF>
-        <<<dim3(static_cast<unsigned>(blocks_pass1 * kKeyBlocks), kSlices), kThreads, SL::kBytes,
-           stream>>>(a);
-    HYB_CUDA_TRY(cudaGetLastError());
-    const dim3 grid(static_cast<unsigned>((KF * VF + 255) / 256), static_cast<unsigned>(bh));
-    GlaSegmentScanKernel<<<grid, 256, 0, stream>>>(a.seg_state, a.seg_decay, p.initial_state, nseg,
-                                                   KF, VF, p.cu_segments, p.heads);
+        <<<dim3(static_cast<unsigned>(grid1), kSlices), kThreads, SL::kBytes, stream>>>(a);
     HYB_CUDA_TRY(cudaGetLastError());
   }
   if constexpr (KF != K) {
@@ -967,7 +1036,6 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   using WL = WsLayout<K, V>;
   HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, WL::kBytes));
-  a.grid_segs = nseg;
   GlaChunkKernel<K, V, KF, VF>
       <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kWsThreads, WL::kBytes, stream>>>(a);
   HYB_CUDA_TRY(cudaGetLastError());
@@ -1008,9 +1076,8 @@ bool GlaChunkedSupportsDims(int key_dim, int value_dim) {
 // once per chunk. Both values pick the same segment lengths at every shape of
 // CudaGlaChunkedTest.SegmentChoice, so the constant stays.
 constexpr int kGlaStateStepPercent = 35;
-// Pass-1 blocks per multiprocessor (shared memory of the 128-value-column layout) and per
-// (segment, slice) (key dims of 128 and 256; 64 has one, which the model does not distinguish).
-constexpr int kGlaStateBlocksPerSm = GlaBlocksPerSm(GlaStateLayout<128>::kBytes);
+// Pass-1 key blocks per (segment, slice) (key dims of 128 and 256; 64 has one, which the model
+// does not distinguish).
 constexpr int kGlaStateKeyBlocksModel = GlaStateKeyBlocks(128);
 
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
@@ -1054,9 +1121,6 @@ int GlaVarlenSegmentChunks(int64_t heads, const std::vector<int64_t>& cu_chunks,
   for (size_t n = 1; n < cu_chunks.size(); ++n) {
     longest = std::max(longest, cu_chunks[n] - cu_chunks[n - 1]);
   }
-  // The segment scan's grid has one row per (sequence, head): at most 65535 of them.
-  if ((static_cast<int64_t>(cu_chunks.size()) - 1) * heads > 65535)
-    return static_cast<int>(longest);
   const int64_t total = cu_chunks.back() * heads;
   const int64_t want = 4 * static_cast<int64_t>(num_sms);
   const int64_t per = std::max<int64_t>(4, (total + want - 1) / want);
@@ -1074,22 +1138,18 @@ std::vector<int64_t> GlaVarlenSegments(const std::vector<int64_t>& cu_chunks, in
 }
 
 size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
-  // [segment states, slots x K x V][segment decays, slots x K][K = 256: o in fp32, rows x T x V]
+  // [pass 1's pieces (GlaPiecesOf)][K = 256: o in fp32, rows x T x V]
   const bool packed = p.varlen.cu_seqlens != nullptr;
-  int64_t slots = 0;
-  if (packed) {
-    if (p.total_segments > p.batch) slots = p.total_segments * p.heads;
-  } else {
+  int64_t nseg = 0;
+  int seg_chunks = p.segment_chunks;
+  if (!packed) {
     const int64_t bh = p.batch * p.heads;
     const int64_t nchunks = (p.tokens + kC - 1) / kC;
     const int64_t slices = GlaSlices(p.key_dim) * GlaSlices(p.value_dim);
-    const int seg_chunks = p.segment_chunks > 0
-                               ? p.segment_chunks
-                               : GlaSegmentChunks(bh * slices, p.tokens, p.num_sms);
-    const int64_t nseg = (nchunks + seg_chunks - 1) / seg_chunks;
-    if (nseg > 1) slots = bh * nseg;
+    if (seg_chunks <= 0) seg_chunks = GlaSegmentChunks(bh * slices, p.tokens, p.num_sms);
+    nseg = (nchunks + seg_chunks - 1) / seg_chunks;
   }
-  int64_t floats = slots * p.key_dim * (p.value_dim + 1);
+  int64_t floats = GlaPiecesOf(p, nseg, seg_chunks).floats;
   if (GlaSlices(p.key_dim) > 1) {
     floats += GlaTokenRows(packed, p.batch, p.heads) * p.tokens * p.value_dim;
   }

@@ -61,6 +61,43 @@ HYB_GLA_HD GlaStateBlock GlaStateBlockOf(int64_t x, int key_blocks) {
   return {x / key_blocks, static_cast<int>(x % key_blocks)};
 }
 
+// Fixed-length sequences: pass 1's steps (one chunk of one key block of one sequence) in the
+// order (sequence x key block, segment, chunk), W of them per slice, go to G blocks in equal
+// ranges, so that every multiprocessor gets the same share however few (segment, key block)
+// items there are. Block b takes steps [GlaStepBegin(b), GlaStepBegin(b + 1)); a segment cut by
+// range ends has a piece (state from zero, decay) per range it meets, in order.
+HYB_GLA_HD int64_t GlaStepBegin(int64_t b, int64_t steps, int64_t blocks) {
+  return b * steps / blocks;
+}
+// The block whose range holds step x: the largest b with GlaStepBegin(b) <= x.
+HYB_GLA_HD int64_t GlaBlockOfStep(int64_t x, int64_t steps, int64_t blocks) {
+  return ((x + 1) * blocks - 1) / steps;
+}
+
+// Pass 1's grid (per slice) and the most pieces a segment has, for `rows` (sequence, key block)
+// rows of `segs` segments of `seg_chunks` chunks each and at most `max_blocks` blocks.
+struct GlaStatePlan {
+  int64_t blocks;
+  int parts;
+};
+inline GlaStatePlan GlaStatePlanOf(int64_t rows, int64_t segs, int64_t seg_chunks,
+                                   int64_t max_blocks) {
+  const int64_t items = rows * segs, steps = items * seg_chunks;
+  const int64_t blocks = steps < max_blocks ? steps : max_blocks;
+  int parts = 1;
+  for (int64_t i = 0; i < items && blocks > 0; ++i) {
+    const int64_t first = GlaBlockOfStep(i * seg_chunks, steps, blocks);
+    const int64_t last = GlaBlockOfStep(i * seg_chunks + seg_chunks - 1, steps, blocks);
+    if (last - first + 1 > parts) parts = static_cast<int>(last - first + 1);
+  }
+  return {blocks, parts};
+}
+
+// Floats of one piece: the [64, V] fp32 state of its key block, then its [64] log2 decays.
+constexpr int64_t GlaPieceFloats(int value_dim) {
+  return static_cast<int64_t>(kGlaStateKeyRows) * (value_dim + 1);
+}
+
 // The state entries a thread of a pass-1 block owns, as mma.sync m16n8k16 accumulator fragments:
 // warp w holds key rows 16 (w % 4) + [0, 16) of the block's 64 and value columns (w / 4) V/2 +
 // [0, V/2); lane (g8 = lane / 4, t4 = lane % 4) holds rows d_lo = 16 (w % 4) + g8 and d_hi =

@@ -86,16 +86,16 @@ struct GlaChunkedParams {
 bool GlaChunkedSupportsDims(int key_dim, int value_dim);
 
 // Chunks per segment. Long sequences are cut into segments that run in parallel: a first pass
-// computes each segment's own state contribution, a scan joins them, a second pass produces the
-// outputs. With enough (batch x heads) to fill the device every sequence is one segment;
-// otherwise the count that a model of both passes' waves finds cheapest, a first-pass chunk step
-// costing a fraction of a second-pass one (kGlaStateStepPercent in gla_chunked.cu).
+// computes each segment's own state contribution, a second pass joins the earlier segments' ones
+// into its start state and produces the outputs. With enough (batch x heads) to fill the device
+// every sequence is one segment; otherwise the count that a model of both passes' waves finds
+// cheapest, a first-pass chunk step costing a fraction of a second-pass one (kGlaStateStepPercent
+// in gla_chunked.cu).
 int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms);
 
 // Chunks per segment for packed sequences with chunk offsets `cu_chunks` (VarlenChunks) and
 // `heads` heads: about four blocks per multiprocessor over all sequences, at least 4 chunks per
-// segment, so a long sequence among short ones is cut while a batch that fills the device is not
-// (nor one of more than 65535 (sequence, head) pairs: the segment scan's grid limit).
+// segment, so a long sequence among short ones is cut while a batch that fills the device is not.
 int GlaVarlenSegmentChunks(int64_t heads, const std::vector<int64_t>& cu_chunks, int num_sms);
 // Segment offsets: max(1, ceil(chunks / segment_chunks)) per sequence, summed.
 std::vector<int64_t> GlaVarlenSegments(const std::vector<int64_t>& cu_chunks, int segment_chunks);

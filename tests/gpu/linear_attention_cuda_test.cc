@@ -679,12 +679,15 @@ TEST(CudaGatedDeltaChunkedTest, DecodeStepContinuesTheChunkedState) {
   }
 }
 
-// The segmented forward (pass 1 over blocks of key rows, the scan, pass 2 from the segments'
-// start states) against one segment per sequence on the same inputs, through the launcher with
-// the segment length forced. Both apply the same per-chunk fp32 updates; only how the segments'
-// contributions are combined differs (2^(sum of a segment's log2 decays) S + local state against
-// the chunk-by-chunk product), so the states agree to fp32 round-off and the outputs up to a rare
-// bf16 rounding of the chunk-start state that comes out the other way.
+// The segmented forward (pass 1's pieces over blocks of key rows, pass 2 combining them into its
+// segment's start state) against one segment per sequence on the same inputs, through the
+// launcher with the segment length forced. Both apply the same per-chunk fp32 updates; only how
+// the pieces' contributions are combined differs (2^(sum of a piece's log2 decays) S + piece
+// against the chunk-by-chunk product), so the states agree to fp32 round-off and the outputs up
+// to a rare bf16 rounding of the chunk-start state that comes out the other way. With 132
+// multiprocessors these small cases have fewer pass-1 steps than blocks: every piece is one chunk
+// (and combines bit-exactly); with 3, pass 1's ranges cut segments into pieces of several chunks.
+// Gates as the mixer's, and 64 times weaker, so that earlier segments still count at the end.
 TEST(CudaGlaChunkedTest, SegmentsEqualOneSegment) {
   HYB_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(13);
@@ -697,63 +700,74 @@ TEST(CudaGlaChunkedTest, SegmentsEqualOneSegment) {
     // (Named copies: the lambda below captures them.)
     const int64_t b = std::get<0>(c), h = std::get<1>(c), t = std::get<2>(c);
     const int dk = std::get<3>(c), dv = std::get<4>(c);
-    const GlaInputs in = MakeGla(b, h, t, dk, dv, /*with_state=*/true);
-    const int nchunks = static_cast<int>((t + 63) / 64);
-    auto run = [&](int segment_chunks) {
-      const float nan = std::numeric_limits<float>::quiet_NaN();
-      at::Tensor o = at::full({b, h, t, dv}, nan, in.q.options());
-      at::Tensor s = at::full({b, h, dk, dv}, nan, in.g.options());
-      kernels::cuda::GlaChunkedParams p;
-      p.q = in.q.data_ptr();
-      p.k = in.k.data_ptr();
-      p.v = in.v.data_ptr();
-      p.g = in.g.data_ptr<float>();
-      p.initial_state = in.s0.data_ptr<float>();
-      p.o = o.data_ptr();
-      p.final_state = s.data_ptr<float>();
-      p.batch = b;
-      p.heads = h;
-      p.tokens = t;
-      p.key_dim = dk;
-      p.value_dim = dv;
-      p.scale = 1.f / std::sqrt(static_cast<float>(dk));
-      p.segment_chunks = segment_chunks;
-      at::Tensor workspace;
-      const size_t bytes = kernels::cuda::GlaChunkedWorkspaceBytes(p);
-      // Segment states and decays exist exactly when the sequence is cut (K = 256 adds o in fp32).
-      const size_t seg_bytes = 4 * static_cast<size_t>(b * h) * dk * (dv + 1) *
-                               ((nchunks + segment_chunks - 1) / segment_chunks);
-      const size_t o_bytes = dk > 128 ? 4 * static_cast<size_t>(b * h * t * dv) : 0;
-      EXPECT_EQ(bytes, (segment_chunks < nchunks ? seg_bytes : 0) + o_bytes);
-      if (bytes > 0) {
-        workspace = at::empty({static_cast<int64_t>(bytes)}, in.q.options().dtype(at::kByte));
-        p.workspace = workspace.data_ptr();
+    for (const float gate_scale : {1.f, 1.f / 64}) {
+      GlaInputs in = MakeGla(b, h, t, dk, dv, /*with_state=*/true);
+      in.g = in.g * gate_scale;
+      const int nchunks = static_cast<int>((t + 63) / 64);
+      auto run = [&](int segment_chunks, int num_sms) {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        at::Tensor o = at::full({b, h, t, dv}, nan, in.q.options());
+        at::Tensor s = at::full({b, h, dk, dv}, nan, in.g.options());
+        kernels::cuda::GlaChunkedParams p;
+        p.q = in.q.data_ptr();
+        p.k = in.k.data_ptr();
+        p.v = in.v.data_ptr();
+        p.g = in.g.data_ptr<float>();
+        p.initial_state = in.s0.data_ptr<float>();
+        p.o = o.data_ptr();
+        p.final_state = s.data_ptr<float>();
+        p.batch = b;
+        p.heads = h;
+        p.tokens = t;
+        p.key_dim = dk;
+        p.value_dim = dv;
+        p.scale = 1.f / std::sqrt(static_cast<float>(dk));
+        p.segment_chunks = segment_chunks;
+        p.num_sms = num_sms;
+        at::Tensor workspace;
+        const size_t bytes = kernels::cuda::GlaChunkedWorkspaceBytes(p);
+        // Pass 1's pieces exist exactly when the sequence is cut, at least a [K, V + 1] state and
+        // decays per segment before the last (K = 256 adds o in fp32).
+        const size_t o_bytes = dk > 128 ? 4 * static_cast<size_t>(b * h * t * dv) : 0;
+        if (segment_chunks < nchunks) {
+          const size_t pieces = 4 * static_cast<size_t>(b * h) * dk * (dv + 1) *
+                                ((nchunks + segment_chunks - 1) / segment_chunks - 1);
+          EXPECT_GE(bytes, o_bytes + pieces);
+        } else {
+          EXPECT_EQ(bytes, o_bytes);
+        }
+        if (bytes > 0) {
+          workspace = at::empty({static_cast<int64_t>(bytes)}, in.q.options().dtype(at::kByte));
+          p.workspace = workspace.data_ptr();
+        }
+        EXPECT_EQ(kernels::cuda::LaunchGlaChunked(p, /*stream=*/nullptr), cudaSuccess);
+        torch::cuda::synchronize();
+        return std::make_pair(o, s);
+      };
+      const auto [o1, s1] = run(nchunks, 132);
+      // Segments of 1, 2, 4 and 5 chunks: 2 to 16 segments.
+      const std::vector<std::pair<int, int>> runs = {{1, 132}, {2, 132}, {4, 132},
+                                                     {5, 132}, {4, 3},   {5, 3}};
+      for (const auto& [per, sms] : runs) {
+        const auto [o, s] = run(per, sms);
+        const double err_o = RelErr(o, o1), err_s = RelErr(s, s1);
+        SCOPED_TRACE(::testing::Message()
+                     << "B=" << b << " H=" << h << " T=" << t << " K=" << dk << " V=" << dv
+                     << " gates x" << gate_scale << " segments of " << per << " on " << sms
+                     << " multiprocessors: err_o " << err_o << " err_s " << err_s);
+        EXPECT_TRUE(at::isfinite(o).all().item<bool>());
+        EXPECT_TRUE(at::isfinite(s).all().item<bool>());
+        // The first segment starts from the initial state either way: bit-equal outputs there.
+        EXPECT_TRUE(at::equal(o.narrow(2, 0, 64 * per), o1.narrow(2, 0, 64 * per)));
+        // States: each segment boundary adds a few fp32 roundings (2^decay from a sum of the
+        // segment's log2 decays, each off by up to |b| 2^-24), ~1e-6 of the state per boundary;
+        // outputs: a rare one-ulp difference (2^-8) of the bf16 chunk-start state or output.
+        EXPECT_LT(err_s, 5e-5);
+        EXPECT_LT(err_o, 4e-3);
+        std::cout << "[gla segments] B=" << b << " H=" << h << " T=" << t << " K=" << dk
+                  << " V=" << dv << " gates x" << gate_scale << " per=" << per << " sms=" << sms
+                  << " err_o " << err_o << " err_s " << err_s << "\n";
       }
-      EXPECT_EQ(kernels::cuda::LaunchGlaChunked(p, /*stream=*/nullptr), cudaSuccess);
-      torch::cuda::synchronize();
-      return std::make_pair(o, s);
-    };
-    const auto [o1, s1] = run(nchunks);
-    // Segments of 1, 2, 4 and 5 chunks: 2 to 16 segments, so that the scan's batches of 8
-    // split too.
-    for (const int per : {1, 2, 4, 5}) {
-      const auto [o, s] = run(per);
-      const double err_o = RelErr(o, o1), err_s = RelErr(s, s1);
-      SCOPED_TRACE(::testing::Message()
-                   << "B=" << b << " H=" << h << " T=" << t << " K=" << dk << " V=" << dv
-                   << " segments of " << per << ": err_o " << err_o << " err_s " << err_s);
-      EXPECT_TRUE(at::isfinite(o).all().item<bool>());
-      EXPECT_TRUE(at::isfinite(s).all().item<bool>());
-      // The first segment starts from the initial state either way: bit-equal outputs there.
-      EXPECT_TRUE(at::equal(o.narrow(2, 0, 64 * per), o1.narrow(2, 0, 64 * per)));
-      // States: each segment boundary adds a few fp32 roundings (2^decay from a sum of the
-      // segment's log2 decays, each off by up to |b| 2^-24), ~1e-6 of the state per boundary;
-      // outputs: a rare one-ulp difference (2^-8) of the bf16 chunk-start state or output.
-      EXPECT_LT(err_s, 5e-5);
-      EXPECT_LT(err_o, 4e-3);
-      std::cout << "[gla segments] B=" << b << " H=" << h << " T=" << t << " K=" << dk
-                << " V=" << dv << " per=" << per << " err_o " << err_o << " err_s " << err_s
-                << "\n";
     }
   }
 }

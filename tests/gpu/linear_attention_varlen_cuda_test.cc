@@ -353,7 +353,7 @@ TEST(CudaVarlenTest, HostTablesOfChunksAndSegments) {
   mixed.push_back(65536);
   const std::vector<int64_t> mixed_chunks = VarlenChunks(Offsets(mixed));
   EXPECT_EQ(GlaVarlenSegmentChunks(16, mixed_chunks, 132), 35);  // ceil(16 * 1151 / 528)
-  // More (sequence, head) pairs than the segment scan's grid takes: no segments.
+  // 80,000 (sequence, head) pairs of 10 chunks: a segment per sequence (the longest's length).
   const std::vector<int64_t> huge = VarlenChunks(Offsets(std::vector<int64_t>(5000, 640)));
   EXPECT_EQ(GlaVarlenSegmentChunks(16, huge, 132), 10);
   EXPECT_EQ(VarlenChunks({0, 0}), (std::vector<int64_t>{0, 0}));
