@@ -160,6 +160,12 @@ __device__ __forceinline__ float* PieceAt(const KernelArgs& a, int64_t sid, int 
          (((slice * a.piece_sids + sid) * key_blocks + kb) * a.p1_parts + part) * GlaPieceFloats(V);
 }
 
+// The piece count of key block kb of segment id sid (written by the block that ends the segment).
+__device__ __forceinline__ int* PartsAt(const KernelArgs& a, int64_t sid, int kb, int key_blocks,
+                                        int slice) {
+  return a.piece_parts + (slice * a.piece_sids + sid) * key_blocks + kb;
+}
+
 // Copies rows [0, rows_valid) of a [kC][kCols] global tile (rows `src_pitch` bytes apart) into
 // shared memory with row pitch kPitch, over kThr threads; rows past the end are zero-filled. Each
 // thread walks its rows with a running source pointer, and the row checks come only in a chunk
@@ -585,9 +591,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
       // registers.)
       const int64_t sid0 = packed ? sb.slot - seg : bh * segs;
       auto parts_of = [&](int u) {
-        return args.p1_parts == 1
-                   ? 1
-                   : args.piece_parts[(slice * args.piece_sids + sid0 + u) * kKeyBlocks + kb];
+        return args.p1_parts == 1 ? 1 : *PartsAt(args, sid0 + u, kb, kKeyBlocks, slice);
       };
       int u = 0, part = 0, parts = seg > 0 ? parts_of(0) : 0;
       while (u < seg) {
@@ -838,7 +842,7 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
   constexpr int kSN = V / 16;
   static_assert(kSN % 2 == 0, "unsupported value dim");
   const int cs = warp / 4;
-  const GlaStateOwner own = GlaStateOwnerOf(tid, 0, koff, voff, V, VF);
+  const GlaStateOwner own = GlaStateOwnerOf(tid, V);
   const int d_lo = own.d_lo, d_hi = own.d_hi;
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
   const int64_t k_pitch = args.ks.token * 2, v_pitch = args.vs.token * 2;
@@ -924,7 +928,7 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
       piece[kR * V + d_hi] = log_decay_hi;
     }
     if (tid == 0 && seg_end) {  // the segment's last piece: how many it has
-      args.piece_parts[(slice * args.piece_sids + sid) * kKeyBlocks + kb] = part + 1;
+      *PartsAt(args, sid, kb, kKeyBlocks, slice) = part + 1;
     }
   }
 #endif
@@ -935,7 +939,7 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
 struct GlaPieces {
   int64_t sids = 0, steps = 0, blocks = 0;  // (KernelArgs's piece_sids, p1_steps, p1_blocks)
   int parts = 1;
-  int64_t floats = 0;  // of the workspace: the pieces, then piece_parts's ints
+  int64_t piece_floats = 0, counts = 0;  // the workspace: the pieces, then piece_parts's ints
 };
 GlaPieces GlaPiecesOf(const GlaChunkedParams& p, int64_t nseg, int seg_chunks) {
   GlaPieces r;
@@ -955,8 +959,8 @@ GlaPieces GlaPiecesOf(const GlaChunkedParams& p, int64_t nseg, int seg_chunks) {
     r.blocks = plan.blocks;
     r.parts = plan.parts;
   }
-  r.floats =
-      slices * r.sids * key_blocks * (r.parts * GlaPieceFloats(GlaSliceDim(p.value_dim)) + 1);
+  r.counts = slices * r.sids * key_blocks;
+  r.piece_floats = r.counts * r.parts * GlaPieceFloats(GlaSliceDim(p.value_dim));
   return r;
 }
 
@@ -1011,9 +1015,8 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
   if (nseg > 1 || KF != K) {
     if (p.workspace == nullptr) return cudaErrorInvalidValue;
     a.pieces = static_cast<float*>(p.workspace);
-    const int64_t counts = kSlices * pieces.sids * GlaStateKeyBlocks(K);
-    a.piece_parts = reinterpret_cast<int*>(a.pieces + pieces.floats - counts);
-    a.o_accum = a.pieces + pieces.floats;  // (GlaChunkedWorkspaceBytes's layout)
+    a.piece_parts = reinterpret_cast<int*>(a.pieces + pieces.piece_floats);
+    a.o_accum = a.pieces + pieces.piece_floats + pieces.counts;  // (GlaChunkedWorkspaceBytes)
   }
   if (nseg > 1) {
     using SL = GlaStateLayout<V>;
@@ -1149,7 +1152,8 @@ size_t GlaChunkedWorkspaceBytes(const GlaChunkedParams& p) {
     if (seg_chunks <= 0) seg_chunks = GlaSegmentChunks(bh * slices, p.tokens, p.num_sms);
     nseg = (nchunks + seg_chunks - 1) / seg_chunks;
   }
-  int64_t floats = GlaPiecesOf(p, nseg, seg_chunks).floats;
+  const GlaPieces pieces = GlaPiecesOf(p, nseg, seg_chunks);
+  int64_t floats = pieces.piece_floats + pieces.counts;
   if (GlaSlices(p.key_dim) > 1) {
     floats += GlaTokenRows(packed, p.batch, p.heads) * p.tokens * p.value_dim;
   }

@@ -101,20 +101,15 @@ constexpr int64_t GlaPieceFloats(int value_dim) {
 // The state entries a thread of a pass-1 block owns, as mma.sync m16n8k16 accumulator fragments:
 // warp w holds key rows 16 (w % 4) + [0, 16) of the block's 64 and value columns (w / 4) V/2 +
 // [0, V/2); lane (g8 = lane / 4, t4 = lane % 4) holds rows d_lo = 16 (w % 4) + g8 and d_hi =
-// d_lo + 8, columns col0 + 8 j + {0, 1} for j < V / 16. Offsets are in a full [KF, VF] state,
-// for the slice whose first key and value columns are koff, voff.
+// d_lo + 8, columns col0 + 8 j + {0, 1} for j < V / 16 of the slice's V (a piece's layout).
 struct GlaStateOwner {
   int d_lo, d_hi;  // key rows inside the block's 64
   int col0;        // first value column inside the slice
-  int64_t lo;      // element offset of (koff + 64 key_block + d_lo, voff + col0); d_hi: + 8 VF
 };
-HYB_GLA_HD GlaStateOwner GlaStateOwnerOf(int tid, int key_block, int koff, int voff, int V,
-                                         int VF) {
+HYB_GLA_HD GlaStateOwner GlaStateOwnerOf(int tid, int V) {
   const int warp = tid / 32, lane = tid % 32;
   const int d_lo = 16 * (warp % 4) + lane / 4;
-  const int col0 = (warp / 4) * (V / 2) + 2 * (lane % 4);
-  const int64_t row = koff + kGlaStateKeyRows * key_block + d_lo;
-  return {d_lo, d_lo + 8, col0, row * VF + voff + col0};
+  return {d_lo, d_lo + 8, (warp / 4) * (V / 2) + 2 * (lane % 4)};
 }
 
 // The cumulative-decay sum splits the chunk's 64 tokens into kParts runs per key column, as the

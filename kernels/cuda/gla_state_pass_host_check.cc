@@ -216,7 +216,7 @@ int Run(const Shape& sh, uint32_t seed) {
     }
   };
 
-  // GlaPiecesOf (gla_chunked.cu): segment ids, steps, blocks and parts per slice, and floats.
+  // GlaPiecesOf (gla_chunked.cu): segment ids, steps, blocks and parts per slice, and sizes.
   int64_t sids = 0, steps = 0, G = 0, items = 0;
   int p1_parts = 1;
   if (sh.packed) {
@@ -230,9 +230,9 @@ int Run(const Shape& sh, uint32_t seed) {
     items = bh_total * kKeyBlocks * segs;
   }
   const int64_t PF = GlaPieceFloats(V);
-  const int64_t floats = kSlices * sids * kKeyBlocks * (p1_parts * PF + 1);
   const int64_t counts = kSlices * sids * kKeyBlocks;
-  const int64_t parts_base = floats - counts;  // LaunchDims's a.piece_parts
+  const int64_t parts_base = counts * p1_parts * PF;  // LaunchDims's a.piece_parts
+  const int64_t floats = parts_base + counts;
   std::vector<float> ws(floats, NAN);
   std::vector<int> ws_writes(floats, 0);
   int bad_index = 0;  // an offset outside the workspace, a part past p1_parts, a bad count read
@@ -387,7 +387,7 @@ int Run(const Shape& sh, uint32_t seed) {
             }
           }
           for (int tid = 0; tid < kGlaStateThreads; ++tid) {
-            const GlaStateOwner own = GlaStateOwnerOf(tid, 0, koff, voff, V, VF);
+            const GlaStateOwner own = GlaStateOwnerOf(tid, V);
             const int dr[2] = {own.d_lo, own.d_hi};
             float bc[2];
             for (int h2 = 0; h2 < 2; ++h2) {
@@ -416,7 +416,7 @@ int Run(const Shape& sh, uint32_t seed) {
         }
         const int64_t piece = piece_at(pc.sid, pc.kb, pc.part, y);
         for (int tid = 0; tid < kGlaStateThreads; ++tid) {
-          const GlaStateOwner own = GlaStateOwnerOf(tid, 0, koff, voff, V, VF);
+          const GlaStateOwner own = GlaStateOwnerOf(tid, V);
           const int64_t out = piece + own.d_lo * V + own.col0;
           for (int j = 0; j < V / 16; ++j) {
             for (int i = 0; i < 4; ++i) {
