@@ -29,8 +29,10 @@
 // independently given the gates, and holds only k, v and g in shared memory: two of its blocks
 // share a multiprocessor (gla_state_pass.h). For fixed-length sequences its blocks take equal
 // ranges of all (key block, chunk) steps, two per multiprocessor, so that none idles while others
-// run two segments: a segment that ranges cut has a piece per range, combined in order. Otherwise
-// pass 2 alone runs, one segment per sequence.
+// run two segments: a segment that ranges cut has a piece per range, combined in order. Pass 2
+// is launched programmatically dependent on pass 1, so that its blocks start as pass 1's leave
+// and wait for the pieces only where they read them. Otherwise pass 2 alone runs, one segment
+// per sequence.
 //
 // Packed sequences (GlaChunkedParams::varlen): blocks map to (sequence, segment, head) through
 // the segment offsets, so sequences of any lengths share both passes.
@@ -68,6 +70,20 @@ __device__ __forceinline__ void CpAsync16(uint32_t s, const void* gmem, bool val
   const int src_size = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
                "r"(src_size));
+}
+// Programmatic dependent launch (sm_90; the forward's layouts need sm_90 anyway): the grid
+// launched after this one with programmatic stream serialization may start once every block of
+// this one has called LaunchDependentGrid (or exited); WaitForPrimaryGrid blocks until the grid
+// before this one has completed and its writes are visible.
+__device__ __forceinline__ void LaunchDependentGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void WaitForPrimaryGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
@@ -593,6 +609,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
       auto parts_of = [&](int u) {
         return args.p1_parts == 1 ? 1 : *PartsAt(args, sid0 + u, kb, kKeyBlocks, slice);
       };
+      // Pass 2 may run before pass 1 ends (LaunchDims): wait for it, and its pieces, here.
+      if (seg > 0) WaitForPrimaryGrid();
       int u = 0, part = 0, parts = seg > 0 ? parts_of(0) : 0;
       while (u < seg) {
         const float* piece = PieceAt<V>(args, sid0 + u, kb, part, kKeyBlocks, slice);
@@ -795,7 +813,7 @@ __device__ __forceinline__ void CumsumLog2Rows(float* b, float* tot, int tid) {
 
 // Pass 1, state only: states from zero and log2 decays of segments, for the kGlaStateKeyRows key
 // rows of one key block of a slice (gla_state_pass.h); blockIdx.y = slice as in GlaChunkKernel.
-// Fixed-length, block x takes an equal range of the steps (sequence x key block, segment, chunk)
+// Fixed-length, block x takes an equal range of the steps (key block x sequence, segment, chunk)
 // and writes a piece wherever a segment (or the range) ends; packed, block x = (segment block of
 // SegmentOf) * (K / 64) + key block, one whole segment. The state update is GlaChunkKernel's
 // (UpdateChunkState on k scaled by ScaleChunk against the same anchors), per 16 x 8 accumulator
@@ -806,6 +824,9 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and bf16 mma.sync need sm_80; built only so that any arch list compiles
 #else
+  // Pass 2 may launch once every pass-1 block runs (LaunchDims): its blocks take multiprocessors
+  // as pass-1 blocks leave them and prepare their first chunk while the rest finish.
+  LaunchDependentGrid();
   using L = GlaStateLayout<V>;
   constexpr int kR = kGlaStateKeyRows;
   constexpr int kKeyBlocks = GlaStateKeyBlocks(K);
@@ -858,8 +879,9 @@ __global__ void __launch_bounds__(kThreads, 2) GlaStatePassKernel(const KernelAr
     } else {
       const int64_t row = x / (segs * L_c), u = x / L_c % segs, cl = x % L_c;
       const int64_t n = min(x1 - x, L_c - cl);
-      bh = row / kKeyBlocks;
-      kb = static_cast<int>(row % kKeyBlocks);
+      const GlaStateRow r = GlaStateRowOf(row, args.num_seqs * H);
+      bh = r.seq;
+      kb = r.key_block;
       sid = bh * segs + u;
       part = static_cast<int>(blockIdx.x - GlaBlockOfStep(x - cl, args.p1_steps, args.p1_blocks));
       c_begin = u * L_c + cl;
@@ -1018,6 +1040,10 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
     a.piece_parts = reinterpret_cast<int*>(a.pieces + pieces.piece_floats);
     a.o_accum = a.pieces + pieces.piece_floats + pieces.counts;  // (GlaChunkedWorkspaceBytes)
   }
+  if constexpr (KF != K) {  // (before pass 1, which pass 2 then follows directly)
+    HYB_CUDA_TRY(cudaMemsetAsync(
+        a.o_accum, 0, static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float), stream));
+  }
   if (nseg > 1) {
     using SL = GlaStateLayout<V>;
     constexpr int kKeyBlocks = GlaStateKeyBlocks(K);
@@ -1032,16 +1058,26 @@ cudaError_t LaunchDims(const GlaChunkedParams& p, cudaStream_t stream) {
         <<<dim3(static_cast<unsigned>(grid1), kSlices), kThreads, SL::kBytes, stream>>>(a);
     HYB_CUDA_TRY(cudaGetLastError());
   }
-  if constexpr (KF != K) {
-    HYB_CUDA_TRY(cudaMemsetAsync(
-        a.o_accum, 0, static_cast<size_t>(token_rows * p.tokens * VF) * sizeof(float), stream));
-  }
   using WL = WsLayout<K, V>;
   HYB_CUDA_TRY(cudaFuncSetAttribute(GlaChunkKernel<K, V, KF, VF>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, WL::kBytes));
-  GlaChunkKernel<K, V, KF, VF>
-      <<<dim3(static_cast<unsigned>(blocks_pass2), kSlices), kWsThreads, WL::kBytes, stream>>>(a);
-  HYB_CUDA_TRY(cudaGetLastError());
+  // Programmatic dependent launch after pass 1: pass-2 blocks start as pass-1 blocks leave the
+  // multiprocessors (every pass-1 block lets it launch as it starts), and only consumers of
+  // segments past the first wait for pass 1 (griddepcontrol.wait) before reading its pieces;
+  // the launch gap and the first chunk's loads, sums and scores overlap pass 1's end (H200,
+  // T = 32K: -6 us, 8K: -8 us; BENCHMARKS.md "Session 21"). Pass 2 cannot end before pass 1
+  // does, so the stream's later work still sees both. Without pass 1 it launches as usual.
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks_pass2), kSlices);
+  cfg.blockDim = dim3(kWsThreads);
+  cfg.dynamicSmemBytes = WL::kBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = nseg > 1 ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  HYB_CUDA_TRY(cudaLaunchKernelEx(&cfg, GlaChunkKernel<K, V, KF, VF>, a));
   if constexpr (KF != K) {
     return GlaStoreAccumulated(a.o_accum, a.o, a.os, token_rows, p.heads, p.tokens, VF, stream);
   }
@@ -1091,8 +1127,9 @@ int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
   // last of each sequence, kGlaStateBlocksPerSm per multiprocessor, each chunk step costing
   // kGlaStateStepPercent of a pass-2 step. In percent of a pass-2 step: one pass over whole
   // sequences, or pass 1 plus pass 2 over segments of `per` chunks. The fewest segments (at
-  // least 4 chunks each) within 4% of the cheapest count. Whole sequences win while batch x heads
-  // is near the multiprocessor count (T = 4K, 8 x 16 heads: 64 steps against 75 split in two).
+  // least 4 chunks each) within 4% of the cheapest count, split evenly. Whole sequences win while
+  // batch x heads is near the multiprocessor count (T = 4K, 8 x 16 heads: 64 steps against 75 split
+  // in two).
   const auto waves = [](int64_t blocks, int64_t per_wave) {
     return (blocks + per_wave - 1) / per_wave;
   };
@@ -1108,7 +1145,12 @@ int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
   for (int64_t per = 4; per < nchunks; ++per) least = std::min(least, cost(per));
   int64_t per = nchunks;
   while (per > 4 && 100 * cost(per) > 104 * least) --per;
-  return static_cast<int>(per);
+  // That many segments, of equal lengths: a shorter last segment would shorten no pass-2 block
+  // but the last, while every other one takes the longer length (T = 32K: 8 segments of 64, not
+  // 7 of 65 and one of 57: -2 us at T = 32K, -7 us at 8K x 4 on the H200, BENCHMARKS.md
+  // "Session 21").
+  const int64_t segments = (nchunks + per - 1) / per;
+  return static_cast<int>((nchunks + segments - 1) / segments);
 }
 
 std::vector<int64_t> VarlenChunks(const std::vector<int64_t>& cu_seqlens) {

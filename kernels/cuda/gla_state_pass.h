@@ -62,10 +62,23 @@ HYB_GLA_HD GlaStateBlock GlaStateBlockOf(int64_t x, int key_blocks) {
 }
 
 // Fixed-length sequences: pass 1's steps (one chunk of one key block of one sequence) in the
-// order (sequence x key block, segment, chunk), W of them per slice, go to G blocks in equal
+// order (key block x sequence, segment, chunk), W of them per slice, go to G blocks in equal
 // ranges, so that every multiprocessor gets the same share however few (segment, key block)
 // items there are. Block b takes steps [GlaStepBegin(b), GlaStepBegin(b + 1)); a segment cut by
 // range ends has a piece (state from zero, decay) per range it meets, in order.
+// Key blocks outermost: with G even (2 per multiprocessor) and 2 key blocks, block b and block
+// b + G / 2 take the same chunks of key blocks 0 and 1, side by side in the one wave, so the
+// second read of each v tile (both key blocks need all of v) mostly hits L2 (H200, T = 32K:
+// pass 1 reads 490 MB from DRAM instead of 598, the forward takes 7 us less; BENCHMARKS.md,
+// "Session 21").
+struct GlaStateRow {
+  int64_t seq;  // batch x head
+  int key_block;
+};
+// Row `row` = x / (segments x chunks) of the step order, over `seqs` (batch x heads) sequences.
+HYB_GLA_HD GlaStateRow GlaStateRowOf(int64_t row, int64_t seqs) {
+  return {row % seqs, static_cast<int>(row / seqs)};
+}
 HYB_GLA_HD int64_t GlaStepBegin(int64_t b, int64_t steps, int64_t blocks) {
   return b * steps / blocks;
 }

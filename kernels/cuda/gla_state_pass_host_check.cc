@@ -11,7 +11,8 @@
 //   - pass 1's grid, fixed-length: GlaStatePlanOf's G blocks (at most the steps and the case's
 //     max_blocks, as num_sms x blocks per multiprocessor), block b taking steps [GlaStepBegin(b),
 //     GlaStepBegin(b + 1)) one piece per iteration as the kernel's loop does (copied): from step
-//     x, row = x / (segs L), segment u = x / L % segs and chunk cl = x % L by divisions, n =
+//     x, row = x / (segs L) (key block row / (B H), sequence row % (B H): GlaStateRowOf),
+//     segment u = x / L % segs and chunk cl = x % L by divisions, n =
 //     min(x1 - x, L - cl) chunks, part = b - GlaBlockOfStep(x - cl); the state restarts from zero
 //     per piece, which is written at its part, with the count part + 1 where it ends its segment
 //     (cl + n == L); every step of every piece checked against a direct decode of that step and
@@ -66,6 +67,8 @@ using hyb::kernels::cuda::GlaStateOwner;
 using hyb::kernels::cuda::GlaStateOwnerOf;
 using hyb::kernels::cuda::GlaStatePlan;
 using hyb::kernels::cuda::GlaStatePlanOf;
+using hyb::kernels::cuda::GlaStateRow;
+using hyb::kernels::cuda::GlaStateRowOf;
 using hyb::kernels::cuda::GlaStepBegin;
 using hyb::kernels::cuda::kGlaStateKeyRows;
 using hyb::kernels::cuda::kGlaStateThreads;
@@ -295,8 +298,9 @@ int Run(const Shape& sh, uint32_t seed) {
       } else {
         const int64_t row = x / (segs * L_c), u = x / L_c % segs, cl = x % L_c;
         const int64_t n = std::min(x1 - x, L_c - cl);
-        pc.bh = row / kKeyBlocks;
-        pc.kb = static_cast<int>(row % kKeyBlocks);
+        const GlaStateRow sr = GlaStateRowOf(row, bh_total);
+        pc.bh = sr.seq;
+        pc.kb = sr.key_block;
         pc.sid = pc.bh * segs + u;
         pc.part = static_cast<int>(b - GlaBlockOfStep(x - cl, steps, G));
         pc.c_begin = u * L_c + cl;
@@ -313,8 +317,8 @@ int Run(const Shape& sh, uint32_t seed) {
         // the block holding the segment's first step, and the piece maximal.
         for (int64_t q = pc.x; q < pc.x + n; ++q) {
           const int64_t qrow = q / (segs * L_c), qu = q / L_c % segs, qcl = q % L_c;
-          if (q < 0 || q >= steps || owner[q] != b || qrow / kKeyBlocks != pc.bh ||
-              qrow % kKeyBlocks != pc.kb || qrow / kKeyBlocks * segs + qu != pc.sid ||
+          if (q < 0 || q >= steps || owner[q] != b || qrow % bh_total != pc.bh ||
+              qrow / bh_total != pc.kb || qrow % bh_total * segs + qu != pc.sid ||
               qu * L_c + qcl != pc.c_begin + (q - pc.x) || pc.part != b - owner[q - qcl]) {
             ++bad_decode;
             continue;
@@ -475,9 +479,8 @@ int Run(const Shape& sh, uint32_t seed) {
         }
         const int n = static_cast<int>(runs.size());
         for (int p = 0; p < n; ++p) {
-          expect.push_back({r / kKeyBlocks, (r / kKeyBlocks) * segs + u,
-                            static_cast<int>(r % kKeyBlocks), p, n,
-                            static_cast<int>(u * L_c + runs[p].first),
+          expect.push_back({r % bh_total, (r % bh_total) * segs + u, static_cast<int>(r / bh_total),
+                            p, n, static_cast<int>(u * L_c + runs[p].first),
                             static_cast<int>(u * L_c + runs[p].second)});
         }
         ++found[n];

@@ -786,13 +786,17 @@ TEST(CudaGlaChunkedTest, SegmentChoice) {
   // segments of 32 are 2 pass-2 waves x 32 + 1 pass-1 wave (256 blocks) x 32 x 0.35 = 75.2.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(128, 4096, 132), 64);
   // 4 x 16 heads of 8K (128 chunks): whole, 128 steps; two segments of 64, 64 + 0.35 x 64 = 86.4
-  // (the cheapest); the fewest within 4% (89.86): two segments of 66, 66 x 1.35 = 89.1 (67 would
-  // be 90.45). The former rule (both passes at full cost) kept whole sequences: 128 = 2 x 64.
-  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(64, 8192, 132), 66);
+  // (the cheapest); the fewest within 4% (89.86): two segments (66 x 1.35 = 89.1 is within it, 67
+  // would be 90.45), split evenly: 64. The former rule (both passes at full cost) kept whole
+  // sequences: 128 = 2 x 64.
+  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(64, 8192, 132), 64);
   // 16 heads of 32K (512 chunks): the cheapest is 74 segments of 7, 9 pass-2 waves x 7 + 9
-  // pass-1 waves (2336 blocks) x 7 x 0.35 = 85.05; 8 segments of 65 (one wave per pass),
-  // 65 x 1.35 = 87.75, is within 4% (88.45), 66 (89.1) is not. Whole: 512 steps.
-  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 32768, 132), 65);
+  // pass-1 waves (2336 blocks) x 7 x 0.35 = 85.05; 8 segments (one wave per pass): 65 chunks,
+  // 65 x 1.35 = 87.75, is within 4% (88.45), 66 (89.1) is not; split evenly, 64 (not 7 of 65
+  // and a last one of 57). Whole: 512 steps.
+  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 32768, 132), 64);
+  // 16 heads of 64K (1024 chunks): 8 segments again, 128 each (the 4% rule alone: 130).
+  EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 65536, 132), 128);
   // Too short to split: at least 4 chunks a segment.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(1, 100, 132), 2);
   // One sequence of 64K (1024 chunks): 128 segments of 8, 8 + 8 x 0.35 (254 pass-1 blocks, one
