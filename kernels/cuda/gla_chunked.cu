@@ -80,7 +80,7 @@ __device__ __forceinline__ void LaunchDependentGrid() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void WaitForPrimaryGrid() {
+[[maybe_unused]] __device__ __forceinline__ void WaitForPrimaryGrid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
@@ -610,6 +610,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) GlaChunkKernel(const KernelArgs
         return args.p1_parts == 1 ? 1 : *PartsAt(args, sid0 + u, kb, kKeyBlocks, slice);
       };
       // Pass 2 may run before pass 1 ends (LaunchDims): wait for it, and its pieces, here.
+      // Every launch with pass 1 has blocks with seg > 0 (fixed-length: nseg > 1 in every
+      // sequence; packed: some sequence has two segments), and they must wait unconditionally:
+      // that is what keeps pass 2 from ending before pass 1, for all later work on the stream.
       if (seg > 0) WaitForPrimaryGrid();
       int u = 0, part = 0, parts = seg > 0 ? parts_of(0) : 0;
       while (u < seg) {
@@ -1126,10 +1129,10 @@ int GlaSegmentChunks(int64_t batch_heads, int64_t tokens, int num_sms) {
   // chunks per segment; pass 1 runs kGlaStateKeyBlocksModel blocks per segment but all but the
   // last of each sequence, kGlaStateBlocksPerSm per multiprocessor, each chunk step costing
   // kGlaStateStepPercent of a pass-2 step. In percent of a pass-2 step: one pass over whole
-  // sequences, or pass 1 plus pass 2 over segments of `per` chunks. The fewest segments (at
-  // least 4 chunks each) within 4% of the cheapest count, split evenly. Whole sequences win while
-  // batch x heads is near the multiprocessor count (T = 4K, 8 x 16 heads: 64 steps against 75 split
-  // in two).
+  // sequences, or pass 1 plus pass 2 over segments of `per` chunks, per >= 4. The fewest segments
+  // within 4% of the cheapest count, split evenly (so a segment may have 3 chunks: 6 -> 2 x 3).
+  // Whole sequences win while batch x heads is near the multiprocessor count (T = 4K, 8 x 16
+  // heads: 64 steps against 75 split in two).
   const auto waves = [](int64_t blocks, int64_t per_wave) {
     return (blocks + per_wave - 1) / per_wave;
   };

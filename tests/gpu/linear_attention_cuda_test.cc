@@ -797,7 +797,7 @@ TEST(CudaGlaChunkedTest, SegmentChoice) {
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 32768, 132), 64);
   // 16 heads of 64K (1024 chunks): 8 segments again, 128 each (the 4% rule alone: 130).
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(16, 65536, 132), 128);
-  // Too short to split: at least 4 chunks a segment.
+  // Too short to split: the model considers segments of at least 4 chunks.
   EXPECT_EQ(kernels::cuda::GlaSegmentChunks(1, 100, 132), 2);
   // One sequence of 64K (1024 chunks): 128 segments of 8, 8 + 8 x 0.35 (254 pass-1 blocks, one
   // wave) = 10.8, the cheapest (7 chunks need 147 segments, two pass-2 waves: 14).
