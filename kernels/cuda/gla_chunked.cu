@@ -141,7 +141,7 @@ struct KernelArgs {
   float scale;
   VarlenSeqs varlen;           // packed sequences, or none
   const int64_t* cu_segments;  // packed: [N + 1] segment offsets
-  int64_t num_seqs;            // packed: N
+  int64_t num_seqs;            // packed: N; fixed-length: the batch (pass 1 decodes rows by it)
 };
 
 // Segment `seg` of sequence bh, and its slot among all segments (packed: its segment id).
